@@ -1,0 +1,102 @@
+"""Batches from uint8 image tensors on the training device, augmented with tensor ops.
+
+The whole split lives on the device; each epoch is shuffled, cropped and flipped in a few
+whole-set tensor operations (no DataLoader, no per-image Python), and each batch is cast and
+normalised just before the model sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 32, 32, 3) uint8 array -> (N, 3, 32, 32) uint8 tensor on ``device``, with int64 labels."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    return x.to(device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+
+
+@dataclass
+class Normalizer:
+    """uint8 batch -> float32 batch normalised by the training set's per-channel mean and std."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+    channels_last: bool
+
+    @classmethod
+    def from_stats(cls, mean, std, device: torch.device, channels_last: bool) -> "Normalizer":
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        return cls(scale=1.0 / (255.0 * std_t), shift=-mean_t / std_t, channels_last=channels_last)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.float().mul_(self.scale).add_(self.shift)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class Augmenter:
+    """Random crop from a padded image and random horizontal flip, drawn per image."""
+
+    def __init__(self, crop_padding: int, pad_mode: str, flip: bool):
+        self.padding = crop_padding
+        self.pad_mode = pad_mode
+        self.flip = flip
+
+    def pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Pad once per run; :meth:`__call__` crops from the padded images every epoch."""
+        p = self.padding
+        if p == 0:
+            return images
+        if self.pad_mode == "zeros":
+            return F.pad(images, (p, p, p, p))
+        size = images.shape[-1]
+        # Reflect by indexing, which works for uint8 where F.pad's reflect mode does not.
+        index = torch.arange(-p, size + p, device=images.device).abs()
+        index = torch.where(index >= size, 2 * (size - 1) - index, index)
+        return images[:, :, index][:, :, :, index]
+
+    def __call__(self, padded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        images = self._crop(padded, generator) if self.padding else padded
+        if self.flip:
+            mirror = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+            images = torch.where(mirror.view(-1, 1, 1, 1), images.flip(-1), images)
+        return images
+
+    def _crop(self, padded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Per-image random crop, done as one masked copy per row shift, then per column shift."""
+        n, c, h, w = padded.shape
+        size, shifts = h - 2 * self.padding, 2 * self.padding + 1
+        offsets = torch.randint(0, shifts, (2, n), generator=generator, device=padded.device)
+        rows = torch.empty((n, c, size, w), dtype=padded.dtype, device=padded.device)
+        for s in range(shifts):
+            mask = offsets[0] == s
+            rows[mask] = padded[mask, :, s : s + size, :]
+        out = torch.empty((n, c, size, size), dtype=padded.dtype, device=padded.device)
+        for s in range(shifts):
+            mask = offsets[1] == s
+            out[mask] = rows[mask, :, :, s : s + size]
+        return out
+
+
+def train_batches(
+    padded: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    augment: Augmenter,
+    generator: torch.Generator,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled, augmented uint8 batches; the last partial batch is dropped."""
+    order = torch.randperm(len(labels), generator=generator, device=labels.device)
+    images, labels = augment(padded[order], generator), labels[order]
+    for start in range(0, len(labels) - batch_size + 1, batch_size):
+        yield images[start : start + batch_size], labels[start : start + batch_size]
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    return n_images // batch_size

@@ -1,0 +1,206 @@
+"""Structured config schemas: the types and keys every composed config must match.
+
+Values live in the YAML files under ``conf/``; these dataclasses only say what keys exist
+and what type each has, so a typo or a wrong type fails while Hydra composes the config.
+Ranges that a type cannot express are checked by :func:`validate` before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from cifar.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class SimpleCNNConfig(ModelConfig):
+    channels: list[int] = MISSING
+    hidden: int = MISSING
+    dropout: float = MISSING
+    batch_norm: bool = MISSING
+
+
+@dataclass
+class ResNet18Config(ModelConfig):
+    pass
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    betas: list[float] = MISSING
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class CosineConfig(SchedulerConfig):
+    warmup_epochs: float = MISSING
+    min_lr_ratio: float = MISSING
+
+
+@dataclass
+class OneCycleConfig(SchedulerConfig):
+    pct_start: float = MISSING
+    div_factor: float = MISSING
+    final_div_factor: float = MISSING
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = MISSING
+    pad_mode: str = MISSING
+    flip: bool = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    path: str = MISSING
+    download: bool = MISSING
+    cache_dir: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    val_size: int = MISSING
+    limit: Optional[int] = MISSING
+    test_limit: Optional[int] = MISSING
+    augment: AugmentConfig = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    device: str = MISSING
+    amp: Optional[bool] = MISSING
+    channels_last: Optional[bool] = MISSING
+    compile: bool = MISSING
+    patience: Optional[int] = MISSING
+    label_smoothing: float = MISSING
+    threads: Optional[int] = MISSING
+    progress: Optional[bool] = MISSING
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = MISSING
+    experiment: str = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    mlflow: MlflowConfig = MISSING
+    seed: int = MISSING
+
+
+GROUP_SCHEMAS = {
+    "model": {"simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config},
+    "optimizer": {"adam": AdamConfig, "adamw": AdamConfig, "sgd": SGDConfig},
+    "scheduler": {"none": SchedulerConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
+    "data": {"cifar10": DataConfig},
+}
+
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def config_groups() -> str:
+    """``group: option, option`` lines for the config groups under ``conf/`` (used by ``--help``)."""
+    lines = []
+    for group in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        if options:
+            lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def register_configs() -> None:
+    """Register the schemas under ``schema/<group>/<option>``; each ``conf/`` option extends one."""
+    OmegaConf.register_resolver("cifar_config_groups", config_groups, replace=True)
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for group, options in GROUP_SCHEMAS.items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema)
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PAD_MODES = ("reflect", "zeros")
+
+
+def validate(cfg: Any) -> None:
+    """Check the ranges a type cannot express; raise ConfigError naming the key and the fix."""
+    checks = [
+        ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
+        ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
+        ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
+        ("data.eval_batch_size", cfg.data.eval_batch_size > 0, "must be > 0"),
+        ("data.val_size", cfg.data.val_size > 0, "must be > 0"),
+        ("data.limit", cfg.data.limit is None or cfg.data.limit > 0, "must be > 0 or null (all)"),
+        (
+            "data.test_limit",
+            cfg.data.test_limit is None or cfg.data.test_limit > 0,
+            "must be > 0 or null (all)",
+        ),
+        ("data.augment.crop_padding", cfg.data.augment.crop_padding >= 0, "must be >= 0"),
+        ("data.augment.pad_mode", cfg.data.augment.pad_mode in PAD_MODES, f"must be one of {PAD_MODES}"),
+        ("trainer.epochs", cfg.trainer.epochs >= 1, "must be >= 1"),
+        ("trainer.device", _device_kind(cfg.trainer.device) in DEVICES, f"must be one of {DEVICES} (or cuda:N)"),
+        ("trainer.patience", cfg.trainer.patience is None or cfg.trainer.patience >= 1, "must be >= 1 or null (off)"),
+        ("trainer.label_smoothing", 0 <= cfg.trainer.label_smoothing < 1, "must be in [0, 1)"),
+        ("trainer.threads", cfg.trainer.threads is None or cfg.trainer.threads >= 1, "must be >= 1 or null (auto)"),
+        ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),
+    ]
+    if "momentum" in cfg.optimizer:
+        checks.append(("optimizer.momentum", 0 <= cfg.optimizer.momentum < 1, "must be in [0, 1)"))
+    if "dropout" in cfg.model:
+        checks.append(("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"))
+    if "pct_start" in cfg.scheduler:
+        checks.append(("scheduler.pct_start", 0 < cfg.scheduler.pct_start < 1, "must be in (0, 1)"))
+    if "warmup_epochs" in cfg.scheduler:
+        checks.append(("scheduler.warmup_epochs", cfg.scheduler.warmup_epochs >= 0, "must be >= 0"))
+    for key, ok, rule in checks:
+        if not ok:
+            value = _lookup(cfg, key)
+            raise ConfigError(f"{key}={value} is out of range: it {rule}. Fix the override or the config file.")
+
+
+def _device_kind(device: str) -> str:
+    return device.split(":", 1)[0]
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node

@@ -1,0 +1,72 @@
+"""Device choice and the per-device speed settings (bf16 autocast, channels_last, threads)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from cifar.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp: bool
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is taken as a torch device name."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but CUDA is not available here: use trainer.device=auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.device={name} but MPS is not available here: use trainer.device=auto or cpu")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN has bf16 kernels (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def default_amp(device: torch.device) -> bool:
+    """bf16 autocast where it pays: CUDA GPUs with bf16, CPUs with native bf16 (measured in bench/)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def default_channels_last(device: torch.device) -> bool:
+    """channels_last measured faster for these conv nets on CUDA and on the CPU (oneDNN)."""
+    return device.type in ("cuda", "cpu")
+
+
+def make_runtime(device_name: str, amp: bool | None, channels_last: bool | None, threads: int | None) -> Runtime:
+    device = resolve_device(device_name)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return Runtime(
+        device=device,
+        amp=default_amp(device) if amp is None else amp,
+        channels_last=default_channels_last(device) if channels_last is None else channels_last,
+    )
+

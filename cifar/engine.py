@@ -1,0 +1,91 @@
+"""One training epoch and one evaluation pass: the only code that runs per batch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from cifar.batches import Normalizer
+from cifar.device import Runtime
+from cifar.errors import DivergedError
+
+
+@dataclass
+class Pass:
+    """Mean loss and accuracy over one pass through a split."""
+
+    loss: float
+    acc: float
+    images: int
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    normalize: Normalizer,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: nn.Module,
+    runtime: Runtime,
+    on_step: Callable[[], None] | None = None,
+) -> Pass:
+    """Train over ``batches``; sums stay on the device so no step waits for a host sync."""
+    model.train()
+    loss_sum = torch.zeros((), device=runtime.device)
+    correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    images = 0
+    for x, y in batches:
+        with runtime.autocast():
+            logits = model(normalize(x))
+            loss = loss_fn(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_sum += loss.detach().float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        images += len(y)
+        if on_step is not None:
+            on_step()
+    mean_loss = loss_sum.item() / max(images, 1)
+    if not math.isfinite(mean_loss):
+        raise DivergedError(f"train/loss is {mean_loss}")
+    return Pass(loss=mean_loss, acc=correct.item() / max(images, 1), images=images)
+
+
+@dataclass
+class Evaluation(Pass):
+    predictions: torch.Tensor
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    normalize: Normalizer,
+    batch_size: int,
+    runtime: Runtime,
+) -> Evaluation:
+    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=runtime.device)
+    predictions = torch.empty_like(labels)
+    for start in range(0, len(labels), batch_size):
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
+        with runtime.autocast():
+            logits = model(normalize(x))
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        predictions[start : start + batch_size] = logits.argmax(1)
+    n = max(len(labels), 1)
+    return Evaluation(
+        loss=loss_sum.item() / n,
+        acc=(predictions == labels).sum().item() / n,
+        images=len(labels),
+        predictions=predictions.cpu(),
+    )

@@ -1,0 +1,17 @@
+"""Errors caused by the user's input: reported as one line, never as a traceback."""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
+
+
+class ConfigError(UserError):
+    """A config value that composes but cannot be used (out of range, inconsistent)."""
+
+
+class DataError(UserError):
+    """Data that is missing, unreadable or not CIFAR-10."""
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite."""

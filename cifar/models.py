@@ -1,0 +1,61 @@
+"""The classifiers, built from the ``model`` config group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+NUM_CLASSES = 10
+
+
+def simplecnn(channels: list[int], hidden: int, dropout: float, batch_norm: bool) -> nn.Sequential:
+    """The classic lab CNN: conv-(BN)-ReLU-maxpool blocks, then a hidden FC layer with dropout."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for out_channels in channels:
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm)]
+        layers += [nn.BatchNorm2d(out_channels)] if batch_norm else []
+        layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        in_channels = out_channels
+    side = 32 // 2 ** len(channels)
+    layers += [
+        nn.Flatten(),
+        nn.Linear(in_channels * side * side, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, NUM_CLASSES),
+    ]
+    return nn.Sequential(*layers)
+
+
+def resnet18() -> nn.Module:
+    """torchvision's ResNet-18, randomly initialised, with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+    model = torchvision_resnet18(weights=None, num_classes=NUM_CLASSES)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_model(cfg: Any) -> nn.Module:
+    """Build the model named by ``cfg.name`` with the rest of ``cfg`` as its options."""
+    if cfg.name == "simplecnn":
+        return simplecnn(list(cfg.channels), cfg.hidden, cfg.dropout, cfg.batch_norm)
+    if cfg.name == "resnet18":
+        return resnet18()
+    raise ValueError(f"unknown model {cfg.name!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_image(model: nn.Module) -> int:
+    """Forward FLOPs for one 32x32 image: 2 x the multiply-adds that torchinfo counts (module hooks)."""
+    import torchinfo
+
+    device = next(model.parameters()).device
+    summary = torchinfo.summary(model, input_size=(1, 3, 32, 32), device=device, verbose=0, mode="eval")
+    return 2 * summary.total_mult_adds

@@ -1,0 +1,51 @@
+"""Optimizer and learning-rate schedule from the ``optimizer`` and ``scheduler`` config groups."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+
+def build_optimizer(cfg: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+        )
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def build_scheduler(
+    cfg: Any, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+) -> LRScheduler | None:
+    """A schedule stepped once per batch over ``epochs`` epochs; None for a constant rate."""
+    total = steps_per_epoch * epochs
+    if cfg.name == "none":
+        return None
+    if cfg.name == "onecycle":
+        return OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=total,
+            pct_start=cfg.pct_start,
+            div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor,
+        )
+    if cfg.name == "cosine":
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        return LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, cfg.min_lr_ratio))
+    raise ValueError(f"unknown scheduler {cfg.name!r}")
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Multiplier of the base rate: linear from 0 over ``warmup`` steps, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -1,0 +1,201 @@
+"""MLflow tracking: one run per job, and one parent run per multirun with the jobs nested under it.
+
+The parent run is created by :class:`SweepCallback` in the process that starts the sweep; its id
+and the swept keys are written to ``<sweep dir>/mlflow_sweep.json`` so that jobs find them from
+any process or machine that sees the sweep directory (the joblib and cluster launchers run jobs
+elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cifar.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "mlflow_sweep.json"
+# Overrides that say where or how a job runs, not what it trains: left out of run names.
+NOT_IN_RUN_NAMES = frozenset({
+    "data.path", "data.cache_dir", "data.download", "trainer.device", "trainer.progress", "trainer.threads",
+    "mlflow.tracking_uri", "mlflow.experiment",
+})
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
+BEST_VAL_ACC = "val/best_acc"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def configure(cfg_mlflow: Any) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment id.
+
+    ``MLFLOW_TRACKING_URI`` wins over ``mlflow.tracking_uri``; with neither, MLflow's own default
+    (``sqlite:///mlflow.db`` in the working directory) is used.
+    """
+    import mlflow
+
+    if not os.environ.get("MLFLOW_TRACKING_URI") and cfg_mlflow.tracking_uri:
+        mlflow.set_tracking_uri(cfg_mlflow.tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    try:
+        experiment = mlflow.get_experiment_by_name(cfg_mlflow.experiment)
+        if experiment is None:
+            try:
+                mlflow.create_experiment(cfg_mlflow.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+            except mlflow.exceptions.MlflowException:
+                pass  # created meanwhile by a parallel job
+            experiment = mlflow.get_experiment_by_name(cfg_mlflow.experiment)
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+    except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
+        raise UserError(
+            f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: {_first_line(err)}): "
+            "check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
+        ) from err
+    return experiment.experiment_id
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as ``{"optimizer.lr": "0.001", ...}``, lists kept whole."""
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the code that runs, and whether tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        return {
+            "git.commit": git("rev-parse", "HEAD"),
+            "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        }
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def run_name(overrides: list[str], only: list[str] | None = None) -> str:
+    """The job's overrides that change what it trains (only the swept ones, in a sweep)."""
+    kept = [o for o in overrides if override_key(o) not in NOT_IN_RUN_NAMES and (only is None or override_key(o) in only)]
+    return _truncate(",".join(sorted(kept))) or "defaults"
+
+
+def sweep_overrides(config: DictConfig) -> list[str]:
+    """The multirun's sweep overrides as typed (``optimizer.lr=1e-3,5e-4``)."""
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [o.input_line for o in overrides if o.is_sweep_override()]
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """Keys that vary across a multirun's jobs: sweep overrides and the sweeper's search space."""
+    keys = [override_key(o) for o in sweep_overrides(config)]
+    search_space = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return keys + [key for key in search_space if key not in keys]
+
+
+def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"parent_run_id": ..., "swept_keys": [...]}`` written at the sweep's start, if any."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@contextlib.contextmanager
+def job_run(run_name: str, parent_id: str | None, tags: dict[str, str]) -> Iterator[Any]:
+    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+    import mlflow
+
+    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_id, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+class SweepCallback(Callback):
+    """Opens the multirun's parent run before the first job and closes it with a summary."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        experiment_id = configure(config.mlflow)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or sweep_dir.name}"),
+            tags={
+                "cifar.sweep_dir": str(Path(config.hydra.sweep.dir).resolve()),
+                "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
+                **git_state(),
+            },
+        )
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep = {"parent_run_id": run.info.run_id, "swept_keys": swept_keys(config)}
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(sweep))
+        log.info("MLflow parent run %s for this sweep", run.info.run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        sweep = read_sweep(config.hydra.sweep.dir)
+        if sweep is None:
+            return
+        run_id = sweep["parent_run_id"]
+        client = MlflowClient()
+        parent = client.get_run(run_id)
+        children = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+        )
+        statuses = [child.info.status for child in children]
+        metrics = {
+            "sweep/jobs": len(children),
+            "sweep/jobs_finished": statuses.count("FINISHED"),
+            "sweep/jobs_failed": statuses.count("FAILED"),
+        }
+        scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
+        if scored:
+            best = max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC])
+            metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
+            client.set_tag(run_id, "best_run_id", best.info.run_id)
+            client.set_tag(run_id, "best_run_name", best.info.run_name)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_terminated(run_id, "FINISHED" if metrics["sweep/jobs_finished"] else "FAILED")
+
+
+def _truncate(text: str, limit: int = 250) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else ""

@@ -1,0 +1,84 @@
+"""``python -m cifar.train``: the Hydra app that trains one classifier per job.
+
+This module stays light (no torch or MLflow import) so that ``--help`` and config errors
+answer at once; the task itself is in :mod:`cifar.task`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from cifar.config import register_configs, validate
+from cifar.errors import DivergedError, UserError
+
+register_configs()
+
+# Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
+# samplers and pruners. Hydra 1.4 refuses anything else.
+EXECUTION_WHITELIST = ["cifar.*", "logging.*", "optuna.*"]
+
+
+class AbortRun(BaseException):
+    """Carries a UserError past Hydra's per-job failure report, so a single run prints one line."""
+
+
+@hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
+def train(cfg: DictConfig) -> float:
+    try:
+        validate(cfg)
+        from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
+
+        return run(cfg)
+    except UserError as err:
+        if HydraConfig.get().mode == RunMode.RUN:
+            raise AbortRun(err) from err
+        raise  # in a sweep Hydra names the failed job's overrides first
+
+
+def main() -> None:
+    """Run the Hydra app; report a user error as one line on stderr and exit with status 2.
+
+    Hydra re-raises errors only when HYDRA_FULL_ERROR is set, so it is set here; a user who
+    set it themselves gets the full traceback instead of the one line.
+    """
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        train()
+    except (AbortRun, UserError, HydraException, OmegaConfBaseException) as err:
+        if full_error:
+            raise
+        print(f"cifar.train: error: {describe(err)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def describe(err: BaseException) -> str:
+    """One line naming the problem: Hydra's and OmegaConf's multi-line messages condensed."""
+    if isinstance(err, AbortRun):
+        err = err.__cause__
+    if isinstance(err, DivergedError):
+        return f"training diverged: {err}. Lower optimizer.lr or add a scheduler warm-up"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        cause_lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        key = next((line.split(":", 1)[1].strip() for line in cause_lines if line.startswith("full_key:")), None)
+        message = cause_lines[0] if cause_lines else lines[0]
+        return f"{message} (key: {key})" if key else f"{lines[0]} {message}"
+    if "Available options" in str(err):
+        options = [line for line in lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1 :]
+                   if not line.startswith(("Config search path", "provider=", "In "))]
+        return f"{lines[0]} Available options: {', '.join(options)}"
+    return " ".join(line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type=")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The epoch loop: train, validate, keep the best checkpoint, stop early."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifar import checkpoint
+from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, train_batches
+from cifar.data import Cifar10
+from cifar.device import Runtime
+from cifar.engine import Evaluation, Pass, evaluate, train_epoch
+from cifar.errors import ConfigError
+from cifar.progress import Progress
+
+log = logging.getLogger(__name__)
+
+TEST_SUBSET_SEED = 0  # fixed, so runs with the same data.test_limit are scored on the same images
+
+
+@dataclass
+class Splits:
+    """Train (padded for cropping), validation and test images as uint8 tensors on the device."""
+
+    train_padded: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train_labels)
+
+
+def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, device: torch.device) -> Splits:
+    """Hold out a seeded validation set from train, then apply ``limit`` and ``test_limit``."""
+    n = len(data.train_labels)
+    if cfg_data.val_size >= n:
+        raise ConfigError(
+            f"data.val_size={cfg_data.val_size} must be smaller than the training set ({n} images): lower data.val_size"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = np.sort(order[: cfg_data.val_size]), order[cfg_data.val_size :]
+    train_idx = np.sort(train_idx[: cfg_data.limit])
+    if len(train_idx) < cfg_data.batch_size:
+        raise ConfigError(
+            f"data.batch_size={cfg_data.batch_size} is larger than the {len(train_idx)} training images: "
+            "lower data.batch_size or raise data.limit"
+        )
+    test_idx = np.arange(len(data.test_labels))
+    if cfg_data.test_limit is not None and cfg_data.test_limit < len(test_idx):
+        test_idx = np.sort(np.random.default_rng(TEST_SUBSET_SEED).permutation(len(test_idx))[: cfg_data.test_limit])
+    train_x, train_y = to_tensors(data.train_images[train_idx], data.train_labels[train_idx], device)
+    val_x, val_y = to_tensors(data.train_images[val_idx], data.train_labels[val_idx], device)
+    test_x, test_y = to_tensors(data.test_images[test_idx], data.test_labels[test_idx], device)
+    return Splits(augment.pad(train_x), train_y, val_x, val_y, test_x, test_y)
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train: Pass
+    val: Pass
+    lr: float
+    seconds: float
+    train_seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "train/loss": self.train.loss,
+            "train/acc": self.train.acc,
+            "val/loss": self.val.loss,
+            "val/acc": self.val.acc,
+            "lr": self.lr,
+            "epoch_seconds": self.seconds,
+            "train/images_per_s": self.train.images / self.train_seconds,
+        }
+
+    def summary(self, epochs: int) -> str:
+        return (
+            f"epoch {self.epoch}/{epochs}  train loss {self.train.loss:.4f} acc {self.train.acc:.4f}  "
+            f"val loss {self.val.loss:.4f} acc {self.val.acc:.4f}  lr {self.lr:.2e}  "
+            f"{self.seconds:.1f}s ({self.train.images / self.train_seconds:.0f} img/s)"
+        )
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    stopped_early: bool
+    history: list[EpochMetrics] = field(default_factory=list)
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    loss_fn: nn.Module
+    splits: Splits
+    normalize: Normalizer
+    augment: Augmenter
+    runtime: Runtime
+    batch_size: int
+    eval_batch_size: int
+    generator: torch.Generator
+    checkpoint_dir: Path
+    show_progress: bool
+
+    def fit(self, epochs: int, patience: int | None, on_epoch: Callable[[EpochMetrics], None]) -> FitResult:
+        """Train for ``epochs``, saving ``best.pt`` on each new best val/acc and ``last.pt`` every epoch."""
+        result = FitResult(best_val_acc=-1.0, best_epoch=0, stopped_early=False)
+        steps = steps_per_epoch(self.splits.n_train, self.batch_size)
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            with Progress(steps * self.batch_size, f"epoch {epoch}/{epochs}", self.show_progress) as progress:
+                train = train_epoch(
+                    self.model,
+                    train_batches(
+                        self.splits.train_padded, self.splits.train_labels, self.batch_size, self.augment, self.generator
+                    ),
+                    self.normalize,
+                    self.optimizer,
+                    self.scheduler,
+                    self.loss_fn,
+                    self.runtime,
+                    on_step=lambda: progress.advance(self.batch_size),
+                )
+            train_seconds = time.perf_counter() - start
+            val = self.evaluate(self.splits.val_images, self.splits.val_labels)
+            metrics = EpochMetrics(
+                epoch=epoch,
+                train=train,
+                val=val,
+                lr=self.optimizer.param_groups[0]["lr"],
+                seconds=time.perf_counter() - start,
+                train_seconds=train_seconds,
+            )
+            result.history.append(metrics)
+            log.info(metrics.summary(epochs))
+            if val.acc > result.best_val_acc:
+                result.best_val_acc, result.best_epoch = val.acc, epoch
+                checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._state(epoch, result))
+            checkpoint.save(self.checkpoint_dir / checkpoint.LAST, self._state(epoch, result))
+            on_epoch(metrics)
+            if patience is not None and epoch - result.best_epoch >= patience:
+                log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
+                         patience, result.best_val_acc, result.best_epoch)
+                result.stopped_early = True
+                break
+        return result
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
+        return evaluate(self.model, images, labels, self.normalize, self.eval_batch_size, self.runtime)
+
+    def test_best(self) -> Evaluation:
+        """Load ``best.pt`` into the model and evaluate it on the test split."""
+        state = checkpoint.load(self.checkpoint_dir / checkpoint.BEST, self.runtime.device)
+        self.model.load_state_dict(state["model"])
+        return self.evaluate(self.splits.test_images, self.splits.test_labels)
+
+    def _state(self, epoch: int, result: FitResult) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "best_val_acc": result.best_val_acc,
+            "best_epoch": result.best_epoch,
+            "generator": self.generator.get_state(),
+        }

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import fakedata
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def official_dir(tmp_path_factory) -> Path:
+    return fakedata.write_official(tmp_path_factory.mktemp("official"))
+
+
+@pytest.fixture(scope="session")
+def official_archive(official_dir, tmp_path_factory) -> Path:
+    return fakedata.tar_gz(official_dir, tmp_path_factory.mktemp("official-tar") / "cifar-10-python.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def folders_dir(tmp_path_factory) -> Path:
+    return fakedata.write_image_folders(tmp_path_factory.mktemp("folders"))
+
+
+@pytest.fixture(scope="session")
+def folders_archive(folders_dir, tmp_path_factory) -> Path:
+    return fakedata.tar_gz(folders_dir, tmp_path_factory.mktemp("folders-tar") / "fake-cifar.tar.gz")
+
+
+# Small, fast runs on the fake data: 160 train / 40 val images, 2 epochs of 5 batches.
+FAST = [
+    "data.val_size=40",
+    "data.batch_size=32",
+    "data.eval_batch_size=64",
+    "trainer.epochs=2",
+    "trainer.device=cpu",
+    "data.download=false",
+]
+
+
+def with_overrides(defaults: list[str], overrides: tuple[str, ...]) -> list[str]:
+    """``defaults`` with any key that ``overrides`` sets replaced (Hydra refuses a key twice)."""
+    keys = {o.split("=", 1)[0] for o in overrides}
+    return [d for d in defaults if d.split("=", 1)[0] not in keys] + list(overrides)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory) -> str:
+    """One MLflow store for the session (creating its tables takes seconds); tests use own experiments."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri
+
+
+@pytest.fixture
+def cli(request, tmp_path, official_dir, tracking_uri):
+    """Run ``python -m cifar.train`` in a temp dir, into an MLflow experiment of the test's own."""
+    experiment = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name) + f"-{id(request)}"
+
+    def run(*overrides: str, multirun: bool = False, data: Path = official_dir, check: bool = True):
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+        env.pop("HYDRA_FULL_ERROR", None)
+        args = [sys.executable, "-m", "cifar.train", *(["-m"] if multirun else [])]
+        defaults = [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}", f"mlflow.experiment={experiment}", *FAST]
+        args += with_overrides(defaults, overrides)
+        if not multirun:
+            args.append(f"hydra.run.dir={tmp_path / 'run'}")
+        else:
+            args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    run.tracking_uri = tracking_uri
+    run.experiment = experiment
+    run.tmp_path = tmp_path
+    return run

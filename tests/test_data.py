@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar import data
+from cifar.data import CLASSES, load_cifar10
+from cifar.errors import DataError
+from tests import fakedata
+from tests.conftest import REAL_DATA
+
+
+def expected_official():
+    train_labels = fakedata.balanced_labels(20, seed=0)
+    test_labels = fakedata.balanced_labels(5, seed=2)
+    return fakedata.images_for(train_labels, 1), train_labels, fakedata.images_for(test_labels, 3), test_labels
+
+
+@pytest.mark.parametrize("source", ["official_dir", "official_archive"])
+def test_official_layout_reads_the_exact_pixels_and_labels(source, request, tmp_path):
+    loaded = load_cifar10(request.getfixturevalue(source), tmp_path / "cache", download=False)
+    train_x, train_y, test_x, test_y = expected_official()
+    np.testing.assert_array_equal(loaded.train_images, train_x)
+    np.testing.assert_array_equal(loaded.train_labels, train_y)
+    np.testing.assert_array_equal(loaded.test_images, test_x)
+    np.testing.assert_array_equal(loaded.test_labels, test_y)
+
+
+def test_image_folders_from_directory_and_archive_agree(folders_dir, folders_archive, tmp_path):
+    from_dir = load_cifar10(folders_dir, tmp_path / "a", download=False)
+    from_tar = load_cifar10(folders_archive, tmp_path / "b", download=False)
+    assert from_dir.train_images.shape == (200, 32, 32, 3)
+    assert from_dir.test_images.shape == (50, 32, 32, 3)
+    assert from_dir.class_counts["train"] == {c: 20 for c in CLASSES}
+    np.testing.assert_array_equal(from_dir.train_images, from_tar.train_images)
+    np.testing.assert_array_equal(from_dir.test_labels, from_tar.test_labels)
+    assert from_dir.content_hash == from_tar.content_hash
+
+
+def test_image_folder_labels_follow_the_folder_names(folders_dir, tmp_path):
+    loaded = load_cifar10(folders_dir, tmp_path / "cache", download=False)
+    for label in range(len(CLASSES)):
+        mean_colour = loaded.train_images[loaded.train_labels == label].reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean_colour - fakedata.PALETTE[label]).max() < 25
+
+
+def test_directory_holding_one_archive_reads_the_archive(folders_archive, tmp_path):
+    loaded = load_cifar10(folders_archive.parent, tmp_path / "cache", download=False)
+    assert loaded.train_images.shape[0] == 200
+
+
+def test_cache_is_reused_and_mean_std_are_the_train_pixels(official_dir, tmp_path, monkeypatch):
+    first = load_cifar10(official_dir, tmp_path / "cache", download=False)
+    cache_files = list((tmp_path / "cache").iterdir())
+    assert [f.name for f in cache_files] == [first.cache_file.name]  # no temp file left behind
+
+    monkeypatch.setattr(data, "read_source", lambda source: pytest.fail("decoded again despite the cache"))
+    second = load_cifar10(official_dir, tmp_path / "cache", download=False)
+    np.testing.assert_array_equal(first.train_images, second.train_images)
+    pixels = first.train_images.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(second.mean, pixels.mean(axis=0))
+    np.testing.assert_allclose(second.std, pixels.std(axis=0))
+
+
+def test_a_corrupt_cache_is_decoded_again(official_dir, tmp_path):
+    first = load_cifar10(official_dir, tmp_path / "cache", download=False)
+    first.cache_file.write_bytes(b"not a zip file")
+    again = load_cifar10(official_dir, tmp_path / "cache", download=False)
+    assert again.content_hash == first.content_hash
+
+
+def test_a_failed_cache_write_leaves_no_file(official_dir, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        load_cifar10(official_dir, tmp_path / "cache", download=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_missing_data_without_download_names_the_fix(tmp_path):
+    with pytest.raises(DataError, match="data.download=true"):
+        load_cifar10(tmp_path / "nowhere", tmp_path / "cache", download=False)
+
+
+def test_missing_data_is_downloaded_with_torchvision(official_dir, tmp_path, monkeypatch):
+    calls = []
+
+    class FakeCIFAR10:  # stands in for torchvision's downloader: writes the official layout
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            fakedata.write_official(Path(root))
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    loaded = load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
+    assert calls == [(str(tmp_path / "raw"), True, True)]
+    assert loaded.train_images.shape == (200, 32, 32, 3)
+
+
+def test_a_failed_download_says_where_to_put_the_data(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError, match="download failed.*Name or service not known.*data.path"):
+        load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
+
+
+def test_truncated_archive_is_reported(official_archive, tmp_path):
+    truncated = tmp_path / "cut.tar.gz"
+    truncated.write_bytes(official_archive.read_bytes()[:5000])
+    with pytest.raises(DataError, match="truncated or not a tar archive"):
+        load_cifar10(truncated, tmp_path / "cache", download=False)
+
+
+def test_file_that_is_not_an_archive_is_reported(tmp_path):
+    bogus = tmp_path / "data.tar.gz"
+    bogus.write_text("hello")
+    with pytest.raises(DataError, match="truncated or not a tar archive"):
+        load_cifar10(bogus, tmp_path / "cache", download=False)
+
+
+def test_pickle_of_the_wrong_shape_is_reported(official_dir, tmp_path):
+    broken = tmp_path / "broken"
+    fakedata.write_official(broken)
+    with open(broken / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}, f)
+    with pytest.raises(DataError, match=r"data_batch_3 has data of shape \(4, 100\)"):
+        load_cifar10(broken, tmp_path / "cache", download=False)
+
+
+def test_unknown_class_folder_is_reported(tmp_path):
+    root = fakedata.write_image_folders(tmp_path / "src", train_per_class=1, test_per_class=1)
+    (root / "fake-cifar" / "train" / "cats").mkdir()
+    Image.new("RGB", (32, 32)).save(root / "fake-cifar" / "train" / "cats" / "x.png")
+    with pytest.raises(DataError, match=r"unknown class folder\(s\) \['cats'\]"):
+        load_cifar10(root, tmp_path / "cache", download=False)
+
+
+def test_class_without_images_is_reported(tmp_path):
+    root = fakedata.write_image_folders(tmp_path / "src", train_per_class=1, test_per_class=1)
+    for image in (root / "fake-cifar" / "test" / "frog").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"test/ has no images of class\(es\) \['frog'\]"):
+        load_cifar10(root, tmp_path / "cache", download=False)
+
+
+def test_image_of_the_wrong_size_is_refused_and_grey_is_converted(tmp_path):
+    root = fakedata.write_image_folders(tmp_path / "src", train_per_class=1, test_per_class=1)
+    grey = root / "fake-cifar" / "train" / "cat" / "grey.png"
+    Image.new("L", (32, 32), color=77).save(grey)
+    loaded = load_cifar10(root, tmp_path / "cache", download=False)
+    assert loaded.train_images.shape[0] == 11
+    assert (loaded.train_images == 77).all(axis=(1, 2, 3)).sum() == 1
+
+    Image.new("RGB", (64, 64)).save(root / "fake-cifar" / "train" / "cat" / "big.png")
+    with pytest.raises(DataError, match="big.png is 64x64: CIFAR-10 images must be 32x32"):
+        load_cifar10(root, tmp_path / "cache2", download=False)
+
+
+def test_folder_without_any_layout_is_reported(tmp_path):
+    (tmp_path / "src" / "misc").mkdir(parents=True)
+    (tmp_path / "src" / "misc" / "notes.txt").write_text("x")
+    with tarfile.open(tmp_path / "src.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src", arcname="src")
+    with pytest.raises(DataError, match="holds no CIFAR-10 layout"):
+        load_cifar10(tmp_path / "src.tar.gz", tmp_path / "cache", download=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DATA.exists(), reason="real CIFAR-10 copy not present at ../shared/data")
+def test_real_jpeg_copy_has_the_standard_split(tmp_path):
+    loaded = load_cifar10(REAL_DATA, tmp_path / "cache", download=False)
+    assert loaded.train_images.shape == (50000, 32, 32, 3)
+    assert loaded.test_images.shape == (10000, 32, 32, 3)
+    assert loaded.class_counts == {"train": {c: 5000 for c in CLASSES}, "test": {c: 1000 for c in CLASSES}}
+    # Published CIFAR-10 channel means; the JPEG copy is within a few thousandths.
+    np.testing.assert_allclose(loaded.mean, (0.4914, 0.4822, 0.4465), atol=0.005)

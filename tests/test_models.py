@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+
+from cifar.models import build_model, count_parameters, flops_per_image
+
+
+def test_resnet18_has_the_cifar_stem_and_parameter_count():
+    model = build_model(OmegaConf.create({"name": "resnet18"}))
+    assert count_parameters(model) == 11_173_962
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_simplecnn_follows_its_config():
+    cfg = OmegaConf.create({"name": "simplecnn", "channels": [32, 64, 128], "hidden": 256, "dropout": 0.5, "batch_norm": True})
+    model = build_model(cfg)
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model) == 3
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    no_bn = build_model(OmegaConf.merge(cfg, {"batch_norm": False, "channels": [16, 32]}))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in no_bn)
+    assert no_bn(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_flops_count_the_convolutions_and_linear_layers():
+    cfg = OmegaConf.create({"name": "simplecnn", "channels": [8], "hidden": 4, "dropout": 0.0, "batch_norm": False})
+    model = build_model(cfg)
+    conv = 32 * 32 * 8 * (3 * 3 * 3 + 1)  # multiply-adds per output, bias included
+    linear = (8 * 16 * 16 + 1) * 4 + (4 + 1) * 10
+    assert flops_per_image(model) == 2 * (conv + linear)
+    assert model.training  # counting does not leave the model in eval mode

@@ -1,0 +1,153 @@
+"""End-to-end runs of ``python -m cifar.train`` on tiny fake data, checked through MLflow."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+
+def client_for(cli) -> MlflowClient:
+    return MlflowClient(tracking_uri=cli.tracking_uri)
+
+
+def all_runs(cli):
+    client = client_for(cli)
+    experiment = client.get_experiment_by_name(cli.experiment)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def metric_history(cli, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client_for(cli).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
+    proc = cli("optimizer.lr=0.002")
+    [run] = all_runs(cli)
+    assert run.info.status == "FINISHED"
+    # where-to-run overrides (data.path, data.cache_dir, data.download, trainer.device) are left out
+    assert run.info.run_name == (
+        "data.batch_size=32,data.eval_batch_size=64,data.val_size=40,optimizer.lr=0.002,trainer.epochs=2"
+    )
+    params = run.data.params
+    assert params["optimizer.lr"] == "0.002"
+    assert params["model.name"] == "simplecnn" and params["data.batch_size"] == "32"
+    assert int(params["model.parameters"]) > 0 and int(params["model.flops_per_image"]) > 0
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds", "train/images_per_s"):
+        assert len(metric_history(cli, run.info.run_id, key)) == 2, key
+    metrics = run.data.metrics
+    assert 0 <= metrics["test/acc"] <= 1 and math.isfinite(metrics["test/loss"])
+    assert metrics["val/best_acc"] == max(metric_history(cli, run.info.run_id, "val/acc"))
+    tags = run.data.tags
+    assert len(tags["git.commit"]) == 40 or tags["git.commit"] == "unknown"
+    assert tags["git.dirty"] in ("true", "false", "unknown")
+    assert len(tags["data.hash"]) == 64 and tags["device"] == "cpu" and tags["torch.version"]
+    experiment = client_for(cli).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    artifacts = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "hydra")}
+    assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= artifacts
+    plots = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
+
+    run_dir = cli.tmp_path / "run"
+    assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists()
+    assert not list(run_dir.glob(".*.tmp"))
+    assert proc.stdout.count("epoch ") >= 2 or proc.stderr.count("epoch ") >= 2
+
+
+def test_training_learns_the_fake_classes(cli):
+    cli("trainer.epochs=8", "optimizer.lr=0.003")
+    [run] = all_runs(cli)
+    assert run.data.metrics["val/best_acc"] >= 0.5  # chance is 0.1
+
+
+def test_multirun_nests_four_jobs_under_one_parent(cli):
+    cli("optimizer.lr=1e-3,5e-4", "data.batch_size=16,32", "trainer.epochs=1", multirun=True)
+    runs = all_runs(cli)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.info.run_name for c in children} == {  # the swept keys only
+        f"data.batch_size={b},optimizer.lr={lr}" for b in (16, 32) for lr in ("0.001", "0.0005")
+    }
+    assert parent.info.run_name.startswith("sweep ") and "optimizer.lr=1e-3,5e-4" in parent.info.run_name
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["sweep/jobs"] == 4 and parent.data.metrics["sweep/jobs_finished"] == 4
+    assert parent.data.metrics["val/best_acc"] == max(c.data.metrics["val/best_acc"] for c in children)
+    best = max(children, key=lambda c: c.data.metrics["val/best_acc"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
+    """Jobs of one sweep share a process: a repeated seed must still give the same numbers."""
+    def epoch_metrics(run):
+        return {key: metric_history(cli, run.info.run_id, key) for key in ("train/loss", "val/acc", "val/loss")}
+
+    cli("seed=7,8,7", multirun=True)
+    children = [r for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags]
+    by_job = sorted(children, key=lambda r: r.info.start_time)
+    first, other, again = (epoch_metrics(r) for r in by_job)
+    assert first == again
+    assert first != other
+    assert by_job[0].data.metrics["test/acc"] == by_job[2].data.metrics["test/acc"]
+
+
+BAD_INPUT = [
+    ("optimizer.lrr=1", "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr)"),
+    ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size)"),
+    ("model=vgg", "Could not find 'model/vgg' Available options: resnet18, simplecnn"),
+    ("optimizer.lr=-1", "optimizer.lr=-1.0 is out of range: it must be > 0"),
+    ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
+    ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
+    ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (200 images)"),
+    ("data.batch_size=500", "data.batch_size=500 is larger than the 160 training images"),
+    ("data.limit=-5", "data.limit=-5 is out of range: it must be > 0 or null (all)"),
+    ("trainer.device=tpu", "trainer.device=tpu is out of range: it must be one of"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD_INPUT, ids=[o for o, _ in BAD_INPUT])
+def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
+    proc = cli(override, check=False)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cifar.train: error:") and message in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert all_runs(cli) == []
+    assert not (cli.tmp_path / "run" / "best.pt").exists()
+
+
+def test_missing_data_fails_with_one_line(cli):
+    proc = cli(data=cli.tmp_path / "missing", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("cifar.train: error: No CIFAR-10 data in")
+    assert "data.download=true" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_diverging_run_ends_failed_with_a_clear_message(cli):
+    proc = cli("optimizer=sgd", "optimizer.lr=1e12", "scheduler=none", check=False)
+    assert proc.returncode == 2
+    assert "training diverged: train/loss is nan" in proc.stderr
+    [run] = all_runs(cli)
+    assert run.info.status == "FAILED"
+
+
+def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
+    import subprocess
+    import sys
+
+    help_text = subprocess.run([sys.executable, "-m", "cifar.train", "--help"], capture_output=True, text=True).stdout
+    for line in ("model: resnet18, simplecnn", "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle"):
+        assert line in help_text
+    assert "schema" not in help_text
+    cfg = subprocess.run(
+        [sys.executable, "-m", "cifar.train", "--cfg", "job", "model=resnet18", "optimizer=sgd"],
+        capture_output=True, text=True,
+    ).stdout
+    assert "name: resnet18" in cfg and "nesterov: true" in cfg
