@@ -58,6 +58,12 @@ class Cifar10:
             for split, labels in (("train", self.train_labels), ("test", self.test_labels))
         }
 
+    @property
+    def stats(self) -> dict:
+        """What a run records about its data: content hash, per-channel mean/std, class counts."""
+        return {"content_hash": self.content_hash, "mean": list(self.mean), "std": list(self.std),
+                "class_counts": self.class_counts}
+
 
 def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download: bool) -> Cifar10:
     """Return CIFAR-10 from ``path``, decoding it into the cache on first use."""

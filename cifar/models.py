@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 NUM_CLASSES = 10
@@ -53,9 +54,14 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def flops_per_image(model: nn.Module) -> int:
-    """Forward FLOPs for one 32x32 image: 2 x the multiply-adds that torchinfo counts (module hooks)."""
+    """Forward FLOPs for one 32x32 image: 2 x the multiply-adds that torchinfo counts (module hooks).
+
+    The input is zeros, not torchinfo's random default, so counting draws nothing from the RNG
+    that seeds training.
+    """
     import torchinfo
 
     device = next(model.parameters()).device
-    summary = torchinfo.summary(model, input_size=(1, 3, 32, 32), device=device, verbose=0, mode="eval")
+    image = torch.zeros(1, 3, 32, 32, device=device)
+    summary = torchinfo.summary(model, input_data=image, device=device, verbose=0, mode="eval")
     return 2 * summary.total_mult_adds

@@ -45,3 +45,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: Seque
                     color="white" if counts[i, j] > threshold else "black")
     ax.set_title(f"test accuracy {counts.trace() / max(counts.sum(), 1):.2%}")
     return fig
+
+
+def close(figure: Figure) -> None:
+    plt.close(figure)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -19,7 +20,8 @@ from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
 from cifar.models import build_model, count_parameters, flops_per_image
 from cifar.optim import build_optimizer, build_scheduler
-from cifar.trainer import Trainer, make_splits
+from cifar.engine import Evaluation
+from cifar.trainer import FitResult, Trainer, make_splits
 
 log = logging.getLogger("cifar.train")
 
@@ -46,14 +48,6 @@ def run(cfg: DictConfig) -> float:
     tracking.configure(cfg.mlflow)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    tags = {
-        **tracking.git_state(),
-        "data.hash": data.content_hash,
-        "device": str(runtime.device),
-        "amp": str(runtime.amp).lower(),
-        "torch.version": torch.__version__,
-        "hydra.output_dir": str(output_dir.resolve()),
-    }
     log.info(
         "%s on %s (amp=%s, channels_last=%s): %d train / %d val / %d test images; %s parameters, %s FLOPs per image",
         cfg.model.name, runtime.device, runtime.amp, runtime.channels_last, splits.n_train,
@@ -63,9 +57,18 @@ def run(cfg: DictConfig) -> float:
     sweep = tracking.read_sweep(hydra_cfg.sweep.dir) if multirun else None
     overrides = list(hydra_cfg.overrides.task)
     name = tracking.run_name(overrides, sweep["swept_keys"] if sweep else None)
+    tags = {
+        **tracking.git_state(),
+        "data.hash": data.content_hash,
+        "device": str(runtime.device),
+        "amp": str(runtime.amp).lower(),
+        "torch.version": torch.__version__,
+        "hydra.output_dir": str(output_dir.resolve()),
+    }
     with tracking.job_run(name, sweep and sweep["parent_run_id"], tags) as run:
         mlflow.log_params({**tracking.flatten(cfg), **model_info})
         mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
+        mlflow.log_dict(data.stats, "data/stats.json")
         trainer = Trainer(
             model=model,
             optimizer=optimizer,
@@ -87,28 +90,33 @@ def run(cfg: DictConfig) -> float:
             on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),
         )
         test = trainer.test_best()
-        mlflow.log_metrics(
-            {
-                "test/loss": test.loss,
-                "test/acc": test.acc,
-                tracking.BEST_VAL_ACC: result.best_val_acc,
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-            }
-        )
-        mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
-        for name, figure in (
-            ("learning_curves.png", plots.learning_curves([m.as_dict() for m in result.history])),
-            ("confusion_matrix.png", plots.confusion_matrix(
-                splits.test_labels.cpu().numpy(), test.predictions.numpy(), CLASSES)),
-        ):
-            mlflow.log_figure(figure, f"plots/{name}")
-            plots.plt.close(figure)
+        _log_results(result, test, splits.test_labels.cpu().numpy())
         log.info(
             "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
             result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
         )
     return result.best_val_acc
+
+
+def _log_results(result: FitResult, test: Evaluation, test_labels: np.ndarray) -> None:
+    """The run's final metrics and its learning-curve and confusion-matrix figures."""
+    mlflow.log_metrics(
+        {
+            "test/loss": test.loss,
+            "test/acc": test.acc,
+            tracking.BEST_VAL_ACC: result.best_val_acc,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+        }
+    )
+    mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
+    figures = {
+        "learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history]),
+        "confusion_matrix.png": plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES),
+    }
+    for filename, figure in figures.items():
+        mlflow.log_figure(figure, f"plots/{filename}")
+        plots.close(figure)
 
 
 def _show_progress(setting: bool | None, multirun: bool) -> bool:

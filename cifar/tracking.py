@@ -34,6 +34,7 @@ NOT_IN_RUN_NAMES = frozenset({
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
 BEST_VAL_ACC = "val/best_acc"
+SWEEP_DIR_TAG = "cifar.sweep_dir"  # set on sweep parent runs only
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -154,7 +155,7 @@ class SweepCallback(Callback):
             experiment_id,
             run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or sweep_dir.name}"),
             tags={
-                "cifar.sweep_dir": str(Path(config.hydra.sweep.dir).resolve()),
+                SWEEP_DIR_TAG: str(sweep_dir.resolve()),
                 "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
                 **git_state(),
             },

@@ -11,7 +11,7 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -61,23 +61,18 @@ def main() -> None:
 
 
 def describe(err: BaseException) -> str:
-    """One line naming the problem: Hydra's and OmegaConf's multi-line messages condensed."""
+    """One line naming the problem, from Hydra's and OmegaConf's multi-line messages."""
     if isinstance(err, AbortRun):
         err = err.__cause__
     if isinstance(err, DivergedError):
         return f"training diverged: {err}. Lower optimizer.lr or add a scheduler warm-up"
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException):
-        cause_lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
-        key = next((line.split(":", 1)[1].strip() for line in cause_lines if line.startswith("full_key:")), None)
-        message = cause_lines[0] if cause_lines else lines[0]
-        return f"{message} (key: {key})" if key else f"{lines[0]} {message}"
-    if "Available options" in str(err):
-        options = [line for line in lines[lines.index(next(l for l in lines if l.startswith("Available options"))) + 1 :]
-                   if not line.startswith(("Config search path", "provider=", "In "))]
-        return f"{lines[0]} Available options: {', '.join(options)}"
-    return " ".join(line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type=")))
+    config_error = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    if isinstance(config_error, OmegaConfBaseException) and config_error.msg:
+        key = f" (key: {config_error.full_key})" if config_error.full_key else ""
+        return f"{config_error.msg.strip().splitlines()[0]}{key}"
+    if isinstance(err, MissingConfigException) and err.options:
+        return f"{str(err).strip().splitlines()[0]}. Available options: {', '.join(err.options)}"
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

@@ -34,6 +34,18 @@ def folders_archive(folders_dir, tmp_path_factory) -> Path:
     return fakedata.tar_gz(folders_dir, tmp_path_factory.mktemp("folders-tar") / "fake-cifar.tar.gz")
 
 
+@pytest.fixture(scope="session")
+def real_data_cache(tmp_path_factory) -> Path:
+    """A cache dir holding the decoded real copy, shared by the tests that use it."""
+    if not REAL_DATA.exists():
+        pytest.skip("real CIFAR-10 copy not present at ../shared/data/cifar10-jpeg.tar.gz")
+    from cifar.data import load_cifar10
+
+    cache = tmp_path_factory.mktemp("real-cache")
+    load_cifar10(REAL_DATA, cache, download=False)
+    return cache
+
+
 # Small, fast runs on the fake data: 160 train / 40 val images, 2 epochs of 5 batches.
 FAST = [
     "data.val_size=40",

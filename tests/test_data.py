@@ -178,9 +178,8 @@ def test_folder_without_any_layout_is_reported(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL_DATA.exists(), reason="real CIFAR-10 copy not present at ../shared/data")
-def test_real_jpeg_copy_has_the_standard_split(tmp_path):
-    loaded = load_cifar10(REAL_DATA, tmp_path / "cache", download=False)
+def test_real_jpeg_copy_has_the_standard_split(real_data_cache):
+    loaded = load_cifar10(REAL_DATA, real_data_cache, download=False)
     assert loaded.train_images.shape == (50000, 32, 32, 3)
     assert loaded.test_images.shape == (10000, 32, 32, 3)
     assert loaded.class_counts == {"train": {c: 5000 for c in CLASSES}, "test": {c: 1000 for c in CLASSES}}

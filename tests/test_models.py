@@ -33,3 +33,12 @@ def test_flops_count_the_convolutions_and_linear_layers():
     linear = (8 * 16 * 16 + 1) * 4 + (4 + 1) * 10
     assert flops_per_image(model) == 2 * (conv + linear)
     assert model.training  # counting does not leave the model in eval mode
+
+
+def test_counting_flops_draws_nothing_from_the_global_rng():
+    model = build_model(OmegaConf.create({"name": "resnet18"}))
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    flops_per_image(model)
+    assert torch.equal(torch.rand(3), expected)

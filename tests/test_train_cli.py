@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 
+import mlflow.artifacts
 import pytest
 from mlflow.tracking import MlflowClient
+
+from cifar.data import CLASSES
+from tests.conftest import REAL_DATA
 
 
 def client_for(cli) -> MlflowClient:
@@ -48,6 +52,9 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
 
     artifacts = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "hydra")}
     assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= artifacts
+    stats = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/data/stats.json")
+    assert stats["content_hash"] == tags["data.hash"]
+    assert stats["class_counts"]["train"] == {c: 20 for c in CLASSES} and len(stats["mean"]) == 3
     plots = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
 
@@ -100,7 +107,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
 BAD_INPUT = [
     ("optimizer.lrr=1", "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr)"),
     ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size)"),
-    ("model=vgg", "Could not find 'model/vgg' Available options: resnet18, simplecnn"),
+    ("model=vgg", "Could not find 'model/vgg'. Available options: resnet18, simplecnn"),
     ("optimizer.lr=-1", "optimizer.lr=-1.0 is out of range: it must be > 0"),
     ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
@@ -151,3 +158,15 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
         capture_output=True, text=True,
     ).stdout
     assert "name: resnet18" in cfg and "nesterov: true" in cfg
+
+
+@pytest.mark.slow
+def test_short_run_on_the_real_jpeg_copy_learns(cli, real_data_cache):
+    cli(
+        f"data.cache_dir={real_data_cache}", "data.limit=4096", "data.val_size=1000", "data.test_limit=2000",
+        "data.batch_size=128", "data.eval_batch_size=1000", "trainer.epochs=2", "optimizer.lr=2e-3",
+        data=REAL_DATA,
+    )
+    [run] = all_runs(cli)
+    assert run.data.params["data.limit"] == "4096"
+    assert run.data.metrics["test/acc"] > 0.3  # chance is 0.1; 2 epochs on 4096 images reach about 0.4

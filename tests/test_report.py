@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cifar import report
+from cifar.tracking import SWEEP_DIR_TAG
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An MLflow store with a single run, an older sweep and a newer sweep of three jobs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cifar")
+
+    def run(name, status="FINISHED", parent=None, metrics=None, tags=None, start=0, seconds=10):
+        tags = {**(tags or {}), **({"mlflow.parentRunId": parent} if parent else {})}
+        r = client.create_run(experiment, run_name=name, tags=tags, start_time=start)
+        for key, value in (metrics or {}).items():
+            client.log_metric(r.info.run_id, key, value)
+        client.set_terminated(r.info.run_id, status, end_time=start + seconds * 1000)
+        return r.info.run_id
+
+    run("lonely", metrics={"val/best_acc": 0.5, "test/acc": 0.49, "epochs_run": 3}, start=1000)
+    old = run("sweep old", tags={SWEEP_DIR_TAG: "/tmp/old"}, start=2000)
+    run("seed=0", parent=old, metrics={"val/best_acc": 0.9}, start=2001)
+    new = run("sweep optimizer.lr=1e-3,5e-4", tags={SWEEP_DIR_TAG: "/tmp/new"}, start=3000, seconds=100)
+    run("optimizer.lr=0.001", parent=new, metrics={"val/best_acc": 0.61, "test/acc": 0.6, "epochs_run": 5},
+        start=3001, seconds=42)
+    run("optimizer.lr=0.0005", parent=new, metrics={"val/best_acc": 0.72, "test/acc": 0.7, "epochs_run": 5},
+        start=3002)
+    run("optimizer.lr=10", parent=new, status="FAILED", metrics={"epochs_run": 1}, start=3003)
+    return uri, new, old
+
+
+def table_rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")][1:]
+
+
+def test_latest_sweep_is_reported_best_first(store, capsys, tmp_path):
+    uri, new, _ = store
+    assert report.main(["--tracking-uri", uri, "--output", str(tmp_path / "r.md")]) == 0
+    out = capsys.readouterr().out
+    assert f"Sweep 'sweep optimizer.lr=1e-3,5e-4' ({new})" in out
+    rows = table_rows(out)
+    assert [r[0] for r in rows] == ["optimizer.lr=0.0005", "optimizer.lr=0.001", "optimizer.lr=10"]
+    assert rows[1] == ["optimizer.lr=0.001", "61.00%", "60.00%", "5", "finished", "42 s"]
+    assert rows[2][4] == "failed" and rows[2][1] == ""
+    assert (tmp_path / "r.md").read_text() == out
+
+
+def test_a_chosen_sweep_and_all_runs(store, capsys):
+    uri, _, old = store
+    report.main(["--tracking-uri", uri, "--sweep", old])
+    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+    report.main(["--tracking-uri", uri, "--all"])
+    names = [r[0] for r in table_rows(capsys.readouterr().out)]
+    assert names == ["seed=0", "optimizer.lr=0.0005", "optimizer.lr=0.001", "lonely", "optimizer.lr=10"]
+
+
+def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert report.main(["--tracking-uri", uri]) == 1
+    assert "nothing to report: no MLflow experiment named 'cifar'" in capsys.readouterr().err
+    MlflowClient(tracking_uri=uri).create_experiment("cifar")
+    assert report.main(["--tracking-uri", uri]) == 1
+    assert "has no sweep yet" in capsys.readouterr().err
