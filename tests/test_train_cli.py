@@ -170,3 +170,32 @@ def test_short_run_on_the_real_jpeg_copy_learns(cli, real_data_cache):
     [run] = all_runs(cli)
     assert run.data.params["data.limit"] == "4096"
     assert run.data.metrics["test/acc"] > 0.3  # chance is 0.1; 2 epochs on 4096 images reach about 0.4
+
+
+def test_a_failed_job_in_a_sweep_ends_failed_and_the_parent_is_closed(cli):
+    proc = cli("optimizer=sgd", "scheduler=none", "optimizer.lr=0.01,100000.0", "trainer.epochs=1", multirun=True,
+               check=False)
+    assert proc.returncode == 2
+    assert "training diverged" in proc.stderr
+    runs = all_runs(cli)
+    statuses = {r.info.run_name: r.info.status for r in runs}
+    assert statuses == {
+        "optimizer.lr=0.01": "FINISHED",
+        "optimizer.lr=100000.0": "FAILED",
+        "sweep optimizer.lr=0.01,100000.0": "FINISHED",
+    }
+    parent = next(r for r in runs if r.info.run_name.startswith("sweep"))
+    assert parent.data.metrics["sweep/jobs_failed"] == 1 and parent.data.metrics["sweep/jobs_finished"] == 1
+    assert "RUNNING" not in statuses.values()
+
+
+def test_patience_stops_a_run_that_no_longer_improves_and_progress_can_be_forced_on(cli):
+    # Without batch norm and with a learning rate of 1e-12 the predictions never change, so the
+    # best val/acc is the first epoch's and the run stops `patience` epochs later.
+    proc = cli("model.batch_norm=false", "optimizer.lr=1e-12", "scheduler=none", "trainer.epochs=6",
+               "trainer.patience=2", "trainer.progress=true")
+    [run] = all_runs(cli)
+    assert run.data.metrics["epochs_run"] == 3 and run.data.metrics["best_epoch"] == 1
+    assert run.data.tags["stopped_early"] == "true"
+    assert "Stopping early" in proc.stderr + proc.stdout
+    assert "epoch 1/6:" in proc.stderr  # the live bar, which is off by default when not on a terminal
