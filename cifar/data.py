@@ -75,9 +75,7 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
         except (OSError, ValueError, KeyError) as err:
             log.warning("Cache %s is unreadable (%s); decoding the source again", cache_file, err)
     log.info("Decoding %s into %s (once per source)", source, cache_file)
-    splits = read_source(source)
-    _write_cache(cache_file, *splits)
-    return _read_cache(cache_file)
+    return _write_cache(cache_file, *read_source(source))
 
 
 # --- finding the source ---------------------------------------------------------------------
@@ -293,7 +291,7 @@ def _decode_images(paths: list[str], blobs: Iterator[bytes]) -> np.ndarray:
 # --- the cache ------------------------------------------------------------------------------
 
 
-def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> None:
+def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> Cifar10:
     """Write the decoded arrays and their statistics to a temp file, then rename it into place."""
     pixels = train_x.reshape(-1, 3).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
@@ -307,6 +305,8 @@ def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> None:
             f, train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y, meta=json.dumps(meta)
         ),
     )
+    return Cifar10(train_x, train_y, test_x, test_y, tuple(meta["mean"]), tuple(meta["std"]),
+                   meta["content_hash"], cache_file)
 
 
 def _read_cache(cache_file: Path) -> Cifar10:
