@@ -151,10 +151,12 @@ class SweepCallback(Callback):
 
         experiment_id = configure(config.mlflow)
         sweep_dir = Path(config.hydra.sweep.dir)
+        study_name = OmegaConf.select(config, "hydra.sweeper.study_name")
         run = MlflowClient().create_run(
             experiment_id,
-            run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or sweep_dir.name}"),
+            run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or study_name or sweep_dir.name}"),
             tags={
+                **({"optuna.study_name": study_name} if study_name else {}),
                 SWEEP_DIR_TAG: str(sweep_dir.resolve()),
                 "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
                 **git_state(),
