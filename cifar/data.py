@@ -51,6 +51,20 @@ class Cifar10:
     content_hash: str
     cache_file: Path
 
+    @classmethod
+    def from_cache(cls, arrays, meta: dict, cache_file: Path) -> "Cifar10":
+        """Build from the cache's four arrays (by name) and its metadata."""
+        return cls(
+            train_images=arrays["train_images"],
+            train_labels=arrays["train_labels"],
+            test_images=arrays["test_images"],
+            test_labels=arrays["test_labels"],
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+            content_hash=meta["content_hash"],
+            cache_file=cache_file,
+        )
+
     @property
     def class_counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -299,14 +313,9 @@ def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> Cifar10:
     for array in (train_x, train_y, test_x, test_y):
         digest.update(np.ascontiguousarray(array).data)
     meta = {"format": CACHE_FORMAT, "mean": mean.tolist(), "std": std.tolist(), "content_hash": digest.hexdigest()}
-    atomic_write(
-        cache_file,
-        lambda f: np.savez(
-            f, train_images=train_x, train_labels=train_y, test_images=test_x, test_labels=test_y, meta=json.dumps(meta)
-        ),
-    )
-    return Cifar10(train_x, train_y, test_x, test_y, tuple(meta["mean"]), tuple(meta["std"]),
-                   meta["content_hash"], cache_file)
+    arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
+    atomic_write(cache_file, lambda f: np.savez(f, **arrays, meta=json.dumps(meta)))
+    return Cifar10.from_cache(arrays, meta, cache_file)
 
 
 def _read_cache(cache_file: Path) -> Cifar10:
@@ -314,13 +323,4 @@ def _read_cache(cache_file: Path) -> Cifar10:
         meta = json.loads(str(npz["meta"]))
         if meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache format {meta.get('format')} is not {CACHE_FORMAT}")
-        return Cifar10(
-            train_images=npz["train_images"],
-            train_labels=npz["train_labels"],
-            test_images=npz["test_images"],
-            test_labels=npz["test_labels"],
-            mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]),
-            content_hash=meta["content_hash"],
-            cache_file=cache_file,
-        )
+        return Cifar10.from_cache(npz, meta, cache_file)

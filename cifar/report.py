@@ -68,13 +68,12 @@ def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
 
 def _row(run) -> Row:
     metrics, info = run.data.metrics, run.info
-    state = "pruned" if run.data.tags.get("pruned") == "true" else info.status.lower()
     return Row(
         name=info.run_name or info.run_id,
         val_acc=metrics.get(BEST_VAL_ACC),
         test_acc=metrics.get("test/acc"),
         epochs=int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
-        state=state,
+        state=info.status.lower(),
         seconds=(info.end_time - info.start_time) / 1000 if info.end_time else None,
     )
 
