@@ -49,3 +49,27 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: Seque
 
 def close(figure: Figure) -> None:
     plt.close(figure)
+
+
+def study_figures(study) -> dict[str, Figure]:
+    """Optuna's optimisation history and, once it can be estimated, the parameter importances
+    (none before a trial completed)."""
+    import warnings
+
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    figures: dict[str, Figure] = {}
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        return figures
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
+        try:
+            figures["param_importances.png"] = optuna_plots.plot_param_importances(study).figure
+        except (ValueError, RuntimeError):
+            pass  # fewer than two completed trials, or no parameter that varied
+    for figure in figures.values():
+        figure.set_size_inches(8, 4.5)
+        figure.tight_layout()
+    return figures

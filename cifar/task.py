@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -14,22 +15,30 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cifar import plots, tracking
+from cifar import parallel, plots, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
 from cifar.models import build_model, count_parameters, flops_per_image
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import Evaluation
-from cifar.trainer import FitResult, Trainer, make_splits
+from cifar.errors import DivergedError
+from cifar.study import SweepTrial
+from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
 
 log = logging.getLogger("cifar.train")
 
 
 def run(cfg: DictConfig) -> float:
-    """Train, validate and test one model; return its best validation accuracy."""
+    """Train, validate and test one model; return its best validation accuracy.
+
+    As a trial of an Optuna sweep, the job reports each epoch's validation accuracy to its trial
+    and stops when the pruner says so; a trial whose loss diverges is recorded as pruned (its
+    MLflow run as failed) and returns NaN, so that the sweep goes on.
+    """
     hydra_cfg = HydraConfig.get()
-    runtime = make_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.threads)
+    threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
+    runtime = make_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, threads)
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
     augment = Augmenter(cfg.data.augment.crop_padding, cfg.data.augment.pad_mode, cfg.data.augment.flip)
     splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)
@@ -63,57 +72,93 @@ def run(cfg: DictConfig) -> float:
         "device": str(runtime.device),
         "amp": str(runtime.amp).lower(),
         "torch.version": torch.__version__,
+        "torch.threads": str(torch.get_num_threads()),
         "hydra.output_dir": str(output_dir.resolve()),
     }
-    with tracking.job_run(name, sweep and sweep["parent_run_id"], tags) as run:
-        mlflow.log_params({**tracking.flatten(cfg), **model_info})
-        mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
-        mlflow.log_dict(data.stats, "data/stats.json")
-        trainer = Trainer(
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
-            splits=splits,
-            normalize=Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last),
-            augment=augment,
-            runtime=runtime,
-            batch_size=cfg.data.batch_size,
-            eval_batch_size=cfg.data.eval_batch_size,
-            generator=torch.Generator(runtime.device).manual_seed(cfg.seed),
-            checkpoint_dir=output_dir,
-            show_progress=_show_progress(cfg.trainer.progress, multirun),
-        )
-        result = trainer.fit(
-            cfg.trainer.epochs,
-            cfg.trainer.patience,
-            on_epoch=lambda m: mlflow.log_metrics(m.as_dict(), step=m.epoch),
-        )
-        test = trainer.test_best()
-        _log_results(result, test, splits.test_labels.cpu().numpy())
-        log.info(
-            "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
-            result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
-        )
+    trial = SweepTrial.of_job(hydra_cfg)
+    if trial is not None:
+        tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), "optuna.study_name": trial.study_name})
+    try:
+        with tracking.job_run(name, sweep and sweep["parent_run_id"], tags) as run:
+            mlflow.log_params({**tracking.flatten(cfg), **model_info})
+            mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
+            mlflow.log_dict(data.stats, "data/stats.json")
+            trainer = Trainer(
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing),
+                splits=splits,
+                normalize=Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last),
+                augment=augment,
+                runtime=runtime,
+                batch_size=cfg.data.batch_size,
+                eval_batch_size=cfg.data.eval_batch_size,
+                generator=torch.Generator(runtime.device).manual_seed(cfg.seed),
+                checkpoint_dir=output_dir,
+                show_progress=_show_progress(cfg.trainer.progress, multirun),
+            )
+            result = _fit(trainer, cfg.trainer, trial)
+            if result.stop_reason == PRUNED:
+                _log_results(result, None, None)
+                log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
+                         trial.number, len(result.history), result.history[-1].val.acc, run.info.run_id)
+                return result.best_val_acc
+            test = trainer.test_best()
+            _log_results(result, test, splits.test_labels.cpu().numpy())
+            log.info(
+                "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
+                result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
+            )
+    except DivergedError as err:
+        if trial is None:
+            raise
+        log.warning("Trial %d diverged (%s): recorded as pruned in study %s; the sweep goes on",
+                    trial.number, err, trial.study_name)
+        return math.nan
     return result.best_val_acc
 
 
-def _log_results(result: FitResult, test: Evaluation, test_labels: np.ndarray) -> None:
-    """The run's final metrics and its learning-curve and confusion-matrix figures."""
-    mlflow.log_metrics(
-        {
-            "test/loss": test.loss,
-            "test/acc": test.acc,
-            tracking.BEST_VAL_ACC: result.best_val_acc,
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-        }
-    )
-    mlflow.set_tag("stopped_early", str(result.stopped_early).lower())
-    figures = {
-        "learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history]),
-        "confusion_matrix.png": plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES),
+PRUNED = "pruned"
+
+
+def _fit(trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None) -> FitResult:
+    """Fit, logging each epoch to MLflow and, in an Optuna sweep, reporting it to the job's trial.
+
+    A trial that the pruner stops, or whose loss diverges, is finished as PRUNED in the study here.
+    """
+    def on_epoch(metrics: EpochMetrics) -> str | None:
+        mlflow.log_metrics(metrics.as_dict(), step=metrics.epoch)
+        if trial is not None and trial.should_prune(metrics.epoch, metrics.val.acc):
+            return PRUNED
+        return None
+
+    try:
+        result = trainer.fit(cfg_trainer.epochs, cfg_trainer.patience, on_epoch)
+    except DivergedError:
+        if trial is not None:
+            trial.prune()
+            mlflow.set_tags({PRUNED: "true", "diverged": "true"})
+        raise
+    if result.stop_reason == PRUNED:
+        trial.prune()
+        mlflow.set_tag(PRUNED, "true")
+    return result
+
+
+def _log_results(result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None) -> None:
+    """The run's final metrics and figures: learning curves, and the test scores unless it was pruned."""
+    metrics = {
+        tracking.BEST_VAL_ACC: result.best_val_acc,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
     }
+    figures = {"learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history])}
+    if test is not None:
+        metrics.update({"test/loss": test.loss, "test/acc": test.acc})
+        figures["confusion_matrix.png"] = plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES)
+    mlflow.log_metrics(metrics)
+    mlflow.set_tag("stopped_early", str(result.stop_reason == "patience").lower())
     for filename, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{filename}")
         plots.close(figure)

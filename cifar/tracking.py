@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cifar import sweeper
 from cifar.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,10 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
 BEST_VAL_ACC = "val/best_acc"
 SWEEP_DIR_TAG = "cifar.sweep_dir"  # set on sweep parent runs only
+STUDY_NAME_TAG = "optuna.study_name"
+STUDY_STORAGE_TAG = "optuna.storage"  # on the parent run of an Optuna sweep
+TRIAL_NUMBER_TAG = "optuna.trial_number"
+TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each trial when the sweep ends
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -151,12 +156,12 @@ class SweepCallback(Callback):
 
         experiment_id = configure(config.mlflow)
         sweep_dir = Path(config.hydra.sweep.dir)
-        study_name = OmegaConf.select(config, "hydra.sweeper.study_name")
+        study_tags = _study_tags(config.hydra)
         run = MlflowClient().create_run(
             experiment_id,
-            run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or study_name or sweep_dir.name}"),
+            run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}"),
             tags={
-                **({"optuna.study_name": study_name} if study_name else {}),
+                **study_tags,
                 SWEEP_DIR_TAG: str(sweep_dir.resolve()),
                 "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
                 **git_state(),
@@ -191,9 +196,45 @@ class SweepCallback(Callback):
             metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
             client.set_tag(run_id, "best_run_id", best.info.run_id)
             client.set_tag(run_id, "best_run_name", best.info.run_name)
+        metrics["sweep/jobs_pruned"] = sum(c.data.tags.get("pruned") == "true" for c in children)
         for key, value in metrics.items():
             client.log_metric(run_id, key, value)
+        if _study_tags(config.hydra):
+            _log_study(client, run_id, config.hydra, children)
         client.set_terminated(run_id, "FINISHED" if metrics["sweep/jobs_finished"] else "FAILED")
+
+
+def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
+    """The study name and storage URL of an Optuna sweep (none for other sweeps)."""
+    if not sweeper.is_optuna_sweep(hydra_cfg):
+        return {}
+    return {
+        STUDY_NAME_TAG: sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir),
+        STUDY_STORAGE_TAG: sweeper.storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir),
+    }
+
+
+def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: list[Any]) -> None:
+    """Trial states on the trials' runs; the study's best trial and its plots on the parent run."""
+    from cifar import plots, study
+
+    optuna_study, _ = study.load_sweep_study(hydra_cfg)
+    states = {t.number: t.state.name for t in optuna_study.get_trials(deepcopy=False)}
+    for child in children:
+        number = child.data.tags.get(TRIAL_NUMBER_TAG)
+        if number is not None and int(number) in states:
+            client.set_tag(child.info.run_id, TRIAL_STATE_TAG, states[int(number)])
+    summary = study.summary(optuna_study)
+    for state, count in summary["trials"].items():
+        client.log_metric(parent_id, f"study/trials_{state}", count)
+    if "best_value" in summary:
+        client.log_metric(parent_id, "study/best_value", summary["best_value"])
+        client.set_tag(parent_id, "optuna.best_trial", str(summary["best_trial"]))
+        for name, value in summary["best_params"].items():
+            client.log_param(parent_id, f"best.{name}", value)
+    for filename, figure in plots.study_figures(optuna_study).items():
+        client.log_figure(parent_id, figure, f"optuna/{filename}")
+        plots.close(figure)
 
 
 def _truncate(text: str, limit: int = 250) -> str:

@@ -18,8 +18,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifar.config import register_configs, validate
 from cifar.errors import DivergedError, UserError
+from cifar.sweeper import register as register_sweeper
 
 register_configs()
+register_sweeper()
 
 # Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
 # samplers and pruners. Hydra 1.4 refuses anything else.

@@ -97,7 +97,7 @@ class EpochMetrics:
 class FitResult:
     best_val_acc: float
     best_epoch: int
-    stopped_early: bool
+    stop_reason: str | None = None  # why training ended before its last epoch: "patience", or on_epoch's reason
     history: list[EpochMetrics] = field(default_factory=list)
 
 
@@ -117,9 +117,14 @@ class Trainer:
     checkpoint_dir: Path
     show_progress: bool
 
-    def fit(self, epochs: int, patience: int | None, on_epoch: Callable[[EpochMetrics], None]) -> FitResult:
-        """Train for ``epochs``, saving ``best.pt`` on each new best val/acc and ``last.pt`` every epoch."""
-        result = FitResult(best_val_acc=-1.0, best_epoch=0, stopped_early=False)
+    def fit(
+        self, epochs: int, patience: int | None, on_epoch: Callable[[EpochMetrics], str | None]
+    ) -> FitResult:
+        """Train for ``epochs``, saving ``best.pt`` on each new best val/acc and ``last.pt`` every epoch.
+
+        ``on_epoch`` sees each epoch's metrics and may return a reason to stop now (a pruned trial).
+        """
+        result = FitResult(best_val_acc=-1.0, best_epoch=0)
         steps = steps_per_epoch(self.splits.n_train, self.batch_size)
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
@@ -152,11 +157,12 @@ class Trainer:
                 result.best_val_acc, result.best_epoch = val.acc, epoch
                 checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._state(epoch, result))
             checkpoint.save(self.checkpoint_dir / checkpoint.LAST, self._state(epoch, result))
-            on_epoch(metrics)
-            if patience is not None and epoch - result.best_epoch >= patience:
+            result.stop_reason = on_epoch(metrics)
+            if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
                 log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
                          patience, result.best_val_acc, result.best_epoch)
-                result.stopped_early = True
+                result.stop_reason = "patience"
+            if result.stop_reason is not None:
                 break
         return result
 

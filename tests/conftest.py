@@ -97,3 +97,16 @@ def cli(request, tmp_path, official_dir, tracking_uri):
     run.experiment = experiment
     run.tmp_path = tmp_path
     return run
+
+
+def client_for(cli) -> "MlflowClient":
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=cli.tracking_uri)
+
+
+def all_runs(cli) -> list:
+    """Every run of the test's own MLflow experiment."""
+    client = client_for(cli)
+    experiment = client.get_experiment_by_name(cli.experiment)
+    return client.search_runs([experiment.experiment_id]) if experiment else []

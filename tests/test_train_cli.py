@@ -6,20 +6,9 @@ import math
 
 import mlflow.artifacts
 import pytest
-from mlflow.tracking import MlflowClient
 
 from cifar.data import CLASSES
-from tests.conftest import REAL_DATA
-
-
-def client_for(cli) -> MlflowClient:
-    return MlflowClient(tracking_uri=cli.tracking_uri)
-
-
-def all_runs(cli):
-    client = client_for(cli)
-    experiment = client.get_experiment_by_name(cli.experiment)
-    return client.search_runs([experiment.experiment_id]) if experiment else []
+from tests.conftest import REAL_DATA, all_runs, client_for
 
 
 def metric_history(cli, run_id: str, key: str) -> list[float]:
@@ -199,22 +188,3 @@ def test_patience_stops_a_run_that_no_longer_improves_and_progress_can_be_forced
     assert run.data.tags["stopped_early"] == "true"
     assert "Stopping early" in proc.stderr + proc.stdout
     assert "epoch 1/6:" in proc.stderr  # the live bar, which is off by default when not on a terminal
-
-
-def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
-    import optuna
-
-    # data.batch_size=32 from the fixture fixes that key (the fake train set has 160 images);
-    # the sweeper samples the rest of the preset's search space.
-    cli("hparams_search=optuna", "hydra.sweeper.n_trials=4", "trainer.epochs=1", multirun=True)
-    study = optuna.load_study(study_name="cifar-optuna", storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    runs = all_runs(cli)
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4 and parent.info.run_name == "sweep cifar-optuna"
-    assert parent.data.tags["optuna.study_name"] == "cifar-optuna"
-    # each trial's objective is the job's best validation accuracy, as logged in MLflow
-    assert sorted(t.value for t in study.trials) == sorted(c.data.metrics["val/best_acc"] for c in children)
-    for child in children:  # run names carry the sampled values
-        assert child.info.run_name.startswith("data.batch_size=") and "optimizer.lr=" in child.info.run_name

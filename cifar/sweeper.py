@@ -1,0 +1,134 @@
+"""Hydra's Optuna sweeper, with pruning and resumable studies.
+
+Registered as ``hydra/sweeper=optuna`` in place of the stock plugin, it takes the same config
+(search-space syntax, samplers, storage, ``n_jobs``, ``max_failure_rate``) plus ``pruner``, a
+group with the options median, successive_halving, hyperband, threshold and none. A null
+``storage`` means a SQLite file in the sweep dir, since jobs reach their trials through it. It changes
+three things and leaves the search to Optuna:
+
+- each trial is tagged in the study with the sweep dir and number of the job that runs it, so the
+  job finds its trial through the study's storage (:class:`cifar.study.SweepTrial`): it reports
+  its validation accuracy after every epoch and stops when the pruner says so, from whatever
+  process or machine the launcher runs it on;
+- a job that stopped that way has already told the study (PRUNED), so the sweeper's own tell
+  skips finished trials;
+- ``n_trials`` is the study's total: rerunning a sweep on the same study runs only the trials
+  still missing, and a seeded sampler is reseeded so that it does not replay the first samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
+SQLITE = "sqlite:///"
+
+
+@dataclass
+class PrunerConfig:
+    _target_: str = MISSING
+
+
+@dataclass
+class MedianPrunerConfig(PrunerConfig):
+    """Stop a trial whose value is below the median of earlier trials at the same epoch."""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class SuccessiveHalvingPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+    bootstrap_count: int = 0
+
+
+@dataclass
+class HyperbandPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+    bootstrap_count: int = 0
+
+
+@dataclass
+class ThresholdPrunerConfig(PrunerConfig):
+    """Stop a trial whose value leaves [lower, upper]."""
+
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: Optional[float] = None
+    upper: Optional[float] = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class NopPrunerConfig(PrunerConfig):
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+PRUNERS = {
+    "median": MedianPrunerConfig,
+    "successive_halving": SuccessiveHalvingPrunerConfig,
+    "hyperband": HyperbandPrunerConfig,
+    "threshold": ThresholdPrunerConfig,
+    "none": NopPrunerConfig,
+}
+
+
+@dataclass
+class PruningOptunaSweeperConf(OptunaSweeperConf):
+    _target_: str = "cifar.sweeper.PruningOptunaSweeper"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    pruner: PrunerConfig = MISSING
+
+
+class PruningOptunaSweeper(OptunaSweeper):
+    def __init__(self, pruner: Any, **stock: Any) -> None:
+        super().__init__(**stock)  # instantiates the sampler
+        from cifar.sweeper_impl import PruningOptunaSweeperImpl  # imports Optuna: only when sweeping
+
+        self.sweeper = PruningOptunaSweeperImpl(pruner, **{**stock, "sampler": self.sweeper.sampler})
+
+
+def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:
+    return OmegaConf.select(hydra_cfg, "sweeper._target_") == PruningOptunaSweeperConf._target_
+
+
+def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
+    """The configured storage URL, a SQLite path made absolute; with none, a SQLite file in the
+    sweep dir (jobs reach their trials through the storage, so there must be one)."""
+    if storage is None:
+        return f"{SQLITE}{(Path(sweep_dir) / STUDY_FILE).resolve()}"
+    if storage.startswith(SQLITE):
+        return f"{SQLITE}{Path(storage.removeprefix(SQLITE)).resolve()}"
+    return storage
+
+
+def study_name(name: str | None, sweep_dir: str | Path) -> str:
+    """The configured study name; with none, the sweep dir (every process derives the same name)."""
+    return name or str(sweep_dir)
+
+
+def register() -> None:
+    """Make ``hydra/sweeper=optuna`` this sweeper and its config (stock keys plus ``pruner``)."""
+    store = ConfigStore.instance()
+    store.store(group="hydra/sweeper", name="optuna", node=PruningOptunaSweeperConf, provider="cifar", replace=True)
+    for name, node in PRUNERS.items():
+        store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="cifar")
+    Plugins.instance().register(PruningOptunaSweeper)
