@@ -110,6 +110,7 @@ class TrainerConfig:
 class MlflowConfig:
     tracking_uri: Optional[str] = MISSING
     experiment: str = MISSING
+    log_plots: bool = MISSING
 
 
 @dataclass

@@ -16,7 +16,9 @@ from matplotlib.figure import Figure  # noqa: E402
 def learning_curves(history: Sequence[dict[str, float]]) -> Figure:
     """Loss and accuracy per epoch, train against validation."""
     epochs = np.arange(1, len(history) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), constrained_layout=True)
+    # fixed margins: a layout engine doubles the time to render (~0.1 s a figure, per run)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={
+        "left": 0.07, "right": 0.98, "bottom": 0.15, "top": 0.91, "wspace": 0.2})
     for ax, metric in zip(axes, ("loss", "acc")):
         for split in ("train", "val"):
             ax.plot(epochs, [h[f"{split}/{metric}"] for h in history], marker="o", label=split)
@@ -32,7 +34,7 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, classes: Seque
     k = len(classes)
     counts = np.bincount(labels * k + predictions, minlength=k * k).reshape(k, k)
     recall = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
-    fig, ax = plt.subplots(figsize=(7, 6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7, 6), gridspec_kw={"left": 0.2, "right": 0.98, "bottom": 0.16, "top": 0.94})
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), [f"{c} ({r:.0%})" for c, r in zip(classes, recall)])
@@ -53,7 +55,8 @@ def close(figure: Figure) -> None:
 
 def study_figures(study) -> dict[str, Figure]:
     """Optuna's optimisation history and, once it can be estimated, the parameter importances
-    (none before a trial completed)."""
+    (none before a trial completed). Importances come from PED-ANOVA: Optuna's default, fANOVA,
+    took 7 s on an 8-trial study here (scikit-learn random forests), PED-ANOVA 0.04 s."""
     import warnings
 
     import optuna
@@ -66,7 +69,9 @@ def study_figures(study) -> dict[str, Figure]:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
         try:
-            figures["param_importances.png"] = optuna_plots.plot_param_importances(study).figure
+            figures["param_importances.png"] = optuna_plots.plot_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
+            ).figure
         except (ValueError, RuntimeError):
             pass  # fewer than two completed trials, or no parameter that varied
     for figure in figures.values():

@@ -1,5 +1,8 @@
 """``python -m cifar.report``: a markdown table of a sweep's runs (or an experiment's), best first.
 
+For an Optuna sweep, the table says each run's trial and state (finished, pruned, failed), and a
+line above it sums up the study from its storage: trials by state, best value and parameters.
+
     python -m cifar.report                      # the latest sweep in experiment "cifar"
     python -m cifar.report --sweep RUN_ID       # one sweep, by its parent run id
     python -m cifar.report --all                # every training run of the experiment
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cifar.tracking import BEST_VAL_ACC, SWEEP_DIR_TAG
+from cifar.tracking import BEST_VAL_ACC, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG
 
 
 class NothingToReport(Exception):
@@ -29,10 +32,18 @@ class Row:
     epochs: int | None
     state: str
     seconds: float | None
+    trial: int | None = None
 
 
-def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> tuple[str, list[Row]]:
-    """The report's title and rows, best validation accuracy first."""
+@dataclass
+class Report:
+    title: str
+    rows: list[Row]
+    study: str | None = None  # the Optuna study's summary line, for an Optuna sweep
+
+
+def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
+    """The report's title, study summary and rows, best validation accuracy first."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
         raise NothingToReport(f"no MLflow experiment named {experiment_name!r} in {client.tracking_uri}")
@@ -53,7 +64,29 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
         raise NothingToReport(f"{title} has no runs")
     rows = [_row(r) for r in runs]
     rows.sort(key=lambda row: -1.0 if row.val_acc is None else row.val_acc, reverse=True)
-    return title, rows
+    study = None if every_run else _study_line(parent.data.tags)
+    return Report(title, rows, study)
+
+
+def _study_line(tags: dict[str, str]) -> str | None:
+    """The sweep's Optuna study summed up from its storage; None for a sweep without a study."""
+    name, storage = tags.get(STUDY_NAME_TAG), tags.get(STUDY_STORAGE_TAG)
+    if name is None or storage is None:
+        return None
+    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+        return f"Optuna study `{name}`: its storage {storage} is gone"
+    import optuna
+
+    from cifar.study import summary
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_summary = summary(optuna.load_study(study_name=name, storage=storage))
+    counts = ", ".join(f"{count} {state}" for state, count in study_summary["trials"].items())
+    line = f"Optuna study `{name}` ({storage}): {counts}"
+    if "best_value" in study_summary:
+        params = ", ".join(f"{k}={v}" for k, v in study_summary["best_params"].items())
+        line += f"; best value {study_summary['best_value']:.4f} (trial {study_summary['best_trial']}): {params}"
+    return line
 
 
 def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
@@ -67,31 +100,37 @@ def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
 
 
 def _row(run) -> Row:
-    metrics, info = run.data.metrics, run.info
+    metrics, info, tags = run.data.metrics, run.info, run.data.tags
     return Row(
         name=info.run_name or info.run_id,
         val_acc=metrics.get(BEST_VAL_ACC),
         test_acc=metrics.get("test/acc"),
         epochs=int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
-        state=info.status.lower(),
+        state="pruned" if tags.get("pruned") == "true" else info.status.lower(),
         seconds=(info.end_time - info.start_time) / 1000 if info.end_time else None,
+        trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
     )
 
 
-def to_markdown(title: str, rows: Sequence[Row]) -> str:
+def to_markdown(report: Report) -> str:
     def pct(value: float | None) -> str:
         return "" if value is None else f"{value:.2%}"
 
-    lines = [
-        f"### {title}",
-        "",
-        "| run | best val acc | test acc | epochs | state | wall time |",
-        "|---|---:|---:|---:|---|---:|",
+    trials = any(row.trial is not None for row in report.rows)
+    lines = [f"### {report.title}", ""]
+    if report.study:
+        lines += [report.study, ""]
+    lines += [
+        f"| {'trial | ' if trials else ''}run | best val acc | test acc | epochs | state | wall time |",
+        f"|{'---:|' if trials else ''}---|---:|---:|---:|---|---:|",
     ]
-    for row in rows:
+    for row in report.rows:
+        trial = ("" if row.trial is None else str(row.trial)) + " | " if trials else ""
         wall = "" if row.seconds is None else f"{row.seconds:.0f} s"
         epochs = "" if row.epochs is None else str(row.epochs)
-        lines.append(f"| {row.name} | {pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} | {wall} |")
+        lines.append(
+            f"| {trial}{row.name} | {pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} | {wall} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -110,14 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
-        title, rows = collect(MlflowClient(tracking_uri=args.tracking_uri), args.experiment, args.sweep, args.all)
+        report = collect(MlflowClient(tracking_uri=args.tracking_uri), args.experiment, args.sweep, args.all)
     except NothingToReport as empty:
         print(f"cifar.report: nothing to report: {empty}", file=sys.stderr)
         return 1
     except MlflowException as err:
         print(f"cifar.report: error: {err.message.splitlines()[0]}", file=sys.stderr)
         return 2
-    table = to_markdown(title, rows)
+    table = to_markdown(report)
     print(table, end="")
     if args.output:
         args.output.write_text(table)

@@ -8,6 +8,7 @@ machine the launcher runs it on.
 
 from __future__ import annotations
 
+import functools
 import math
 import sqlite3
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ def load_sweep_study(hydra_cfg: DictConfig, **kwargs: Any) -> tuple[optuna.Study
     return optuna.load_study(study_name=name, storage=storage, **kwargs), storage
 
 
+@functools.cache
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An RDB storage that several processes can write at once.
+    """An RDB storage that several processes can write at once; one per URL and process.
 
     For SQLite: write-ahead logging (readers such as optuna-dashboard do not block writers) and
     a busy timeout, so that parallel jobs queue for the lock instead of raising "database is locked".

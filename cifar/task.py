@@ -100,12 +100,12 @@ def run(cfg: DictConfig) -> float:
             )
             result = _fit(trainer, cfg.trainer, trial)
             if result.stop_reason == PRUNED:
-                _log_results(result, None, None)
+                _log_results(result, None, None, cfg.mlflow.log_plots)
                 log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
                          trial.number, len(result.history), result.history[-1].val.acc, run.info.run_id)
                 return result.best_val_acc
             test = trainer.test_best()
-            _log_results(result, test, splits.test_labels.cpu().numpy())
+            _log_results(result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots)
             log.info(
                 "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
                 result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
@@ -146,19 +146,25 @@ def _fit(trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None) ->
     return result
 
 
-def _log_results(result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None) -> None:
-    """The run's final metrics and figures: learning curves, and the test scores unless it was pruned."""
+def _log_results(
+    result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool
+) -> None:
+    """The run's final metrics, and the test scores unless it was pruned; with ``with_plots``, its
+    learning curves and (with test scores) confusion matrix as PNGs."""
     metrics = {
         tracking.BEST_VAL_ACC: result.best_val_acc,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
     }
-    figures = {"learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history])}
     if test is not None:
         metrics.update({"test/loss": test.loss, "test/acc": test.acc})
-        figures["confusion_matrix.png"] = plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES)
     mlflow.log_metrics(metrics)
     mlflow.set_tag("stopped_early", str(result.stop_reason == "patience").lower())
+    if not with_plots:
+        return
+    figures = {"learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history])}
+    if test is not None:
+        figures["confusion_matrix.png"] = plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES)
     for filename, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{filename}")
         plots.close(figure)

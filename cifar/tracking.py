@@ -9,6 +9,7 @@ elsewhere).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -86,8 +87,9 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
+@functools.cache
 def git_state() -> dict[str, str]:
-    """The commit of the code that runs, and whether tracked files differ from it."""
+    """The commit of the code that runs, and whether tracked files differ from it (once per process)."""
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True

@@ -66,3 +66,40 @@ def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
     MlflowClient(tracking_uri=uri).create_experiment("cifar")
     assert report.main(["--tracking-uri", uri]) == 1
     assert "has no sweep yet" in capsys.readouterr().err
+
+
+def test_an_optuna_sweep_reports_trials_states_and_its_study(tmp_path, capsys):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    for state, value in [("COMPLETE", 0.72), ("PRUNED", None), ("FAIL", None)]:
+        trial = study.ask({"optimizer.lr": lr})
+        if state == "PRUNED":
+            trial.report(0.3, step=1)
+        study.tell(trial, value, state=optuna.trial.TrialState[state])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cifar")
+    parent = client.create_run(experiment, run_name="sweep search", tags={
+        SWEEP_DIR_TAG: "/tmp/s", "optuna.study_name": "search", "optuna.storage": storage,
+    }).info.run_id
+    for number, (status, tags, metrics) in enumerate([
+        ("FINISHED", {}, {"val/best_acc": 0.72, "test/acc": 0.7, "epochs_run": 3}),
+        ("FINISHED", {"pruned": "true"}, {"val/best_acc": 0.3, "epochs_run": 1}),
+        ("FAILED", {}, {}),
+    ]):
+        run = client.create_run(experiment, run_name=f"run{number}", tags={
+            "mlflow.parentRunId": parent, "optuna.trial_number": str(number), **tags,
+        }).info.run_id
+        for key, value in metrics.items():
+            client.log_metric(run, key, value)
+        client.set_terminated(run, status)
+    assert report.main(["--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    best_lr = study.best_trial.params["optimizer.lr"]
+    assert (f"Optuna study `search` ({storage}): 1 complete, 1 pruned, 1 fail; "
+            f"best value 0.7200 (trial 0): optimizer.lr={best_lr}") in out
+    rows = table_rows(out)
+    assert [(r[0], r[1], r[5]) for r in rows] == [("0", "run0", "finished"), ("1", "run1", "pruned"), ("2", "run2", "failed")]

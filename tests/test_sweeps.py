@@ -82,13 +82,17 @@ def test_a_trial_that_the_pruner_stops_is_pruned_in_the_study_and_mlflow(cli):
 
 
 def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
-    proc, by_lr = grid_sweep(cli, "optimizer=sgd", "scheduler=none", "optimizer.lr=choice(0.01,1e12)")
+    proc, by_lr = grid_sweep(
+        cli, "optimizer=sgd", "scheduler=none", "optimizer.lr=choice(0.01,1e12)", "mlflow.log_plots=false"
+    )
     assert by_lr[0.01].state == COMPLETE and by_lr[1e12].state == PRUNED
     assert "diverged (train/loss is nan" in proc.stderr + proc.stdout
     parent, children = sweep_runs(cli)
     diverged = children[by_lr[1e12].number]
     assert diverged.info.status == "FAILED" and diverged.data.tags["diverged"] == "true"
-    assert children[by_lr[0.01].number].info.status == "FINISHED"
+    finished = children[by_lr[0.01].number]
+    assert finished.info.status == "FINISHED" and "test/acc" in finished.data.metrics
+    assert client_for(cli).list_artifacts(finished.info.run_id, "plots") == []  # mlflow.log_plots=false
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs_pruned"] == 1
 
 
