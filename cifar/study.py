@@ -8,6 +8,7 @@ machine the launcher runs it on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sqlite3
@@ -20,8 +21,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar.sweeper import is_optuna_sweep, storage_url, study_name
-
+from cifar.sweeper import SQLITE, is_optuna_sweep, storage_url, study_name
 
 # Parallel jobs write to one SQLite file: wait this long for its lock instead of failing.
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -42,11 +42,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     a busy timeout, so that parallel jobs queue for the lock instead of raising "database is locked".
     """
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
+    if url.startswith(SQLITE):
+        path = Path(url.removeprefix(SQLITE))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
+            db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 

@@ -28,6 +28,8 @@ from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
 
 log = logging.getLogger("cifar.train")
 
+PRUNED = "pruned"  # the stop reason, and the MLflow tag, of a trial that its pruner stopped
+
 
 def run(cfg: DictConfig) -> float:
     """Train, validate and test one model; return its best validation accuracy.
@@ -117,9 +119,6 @@ def run(cfg: DictConfig) -> float:
                     trial.number, err, trial.study_name)
         return math.nan
     return result.best_val_acc
-
-
-PRUNED = "pruned"
 
 
 def _fit(trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None) -> FitResult:
