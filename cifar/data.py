@@ -3,7 +3,8 @@
 Sources: a directory or a ``.tar.gz``/``.tar`` archive holding either the official python
 batches (``cifar-10-batches-py/``) or image folders (``train/<class>/*``, ``test/<class>/*``,
 under any common top folder). The first run decodes the source once into
-``<cache_dir>/cifar10-<fingerprint>.npz``; later runs load that file.
+``<cache_dir>/cifar10-<fingerprint>.npz``; later runs load that file. A decoded ``.npz``
+(such a cache, or the DVC pipeline's ``data/processed/cifar10.npz``) is a source too.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class Cifar10:
 
 def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download: bool) -> Cifar10:
     """Return CIFAR-10 from ``path``, decoding it into the cache on first use."""
+    if Path(path).suffix == ".npz":
+        return read_decoded(Path(path))
     source = locate_source(Path(path), download)
     cache_file = Path(cache_dir) / f"cifar10-{fingerprint(source)}.npz"
     if cache_file.exists():
@@ -303,6 +306,21 @@ def _decode_images(paths: list[str], blobs: Iterator[bytes]) -> np.ndarray:
 
 
 # --- the cache ------------------------------------------------------------------------------
+
+
+def read_decoded(path: Path) -> Cifar10:
+    """A decoded ``.npz`` given as the source; a one-line DataError if it is missing or not one."""
+    try:
+        return _read_cache(path)
+    except FileNotFoundError:
+        raise DataError(f"data.path={path} does not exist: run `dvc repro prepare` or point data.path at the raw data") from None
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"data.path={path} is not a decoded CIFAR-10 .npz ({err}): point data.path at the raw data") from err
+
+
+def write_decoded(path: Path, source: Path) -> Cifar10:
+    """Decode ``source`` into the ``.npz`` at ``path`` (written to a temp file, then renamed)."""
+    return _write_cache(path, *read_source(locate_source(source, download=False)))
 
 
 def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> Cifar10:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.plugins import Plugins
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -125,10 +124,9 @@ def study_name(name: str | None, sweep_dir: str | Path) -> str:
     return name or str(sweep_dir)
 
 
-def register() -> None:
-    """Make ``hydra/sweeper=optuna`` this sweeper and its config (stock keys plus ``pruner``)."""
+def register_sweeper_configs() -> None:
+    """Make ``hydra/sweeper=optuna`` this sweeper's config (stock keys plus ``pruner``)."""
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="optuna", node=PruningOptunaSweeperConf, provider="cifar", replace=True)
     for name, node in PRUNERS.items():
         store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="cifar")
-    Plugins.instance().register(PruningOptunaSweeper)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -23,12 +24,16 @@ from cifar.models import build_model, count_parameters, flops_per_image
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import Evaluation
 from cifar.errors import DivergedError
+from cifar.files import atomic_write
 from cifar.study import SweepTrial
 from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
+from cifar.versioning import dvc_data_hash
 
 log = logging.getLogger("cifar.train")
 
 PRUNED = "pruned"  # the stop reason, and the MLflow tag, of a trial that its pruner stopped
+METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
+EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
 
 
 def run(cfg: DictConfig) -> float:
@@ -77,6 +82,9 @@ def run(cfg: DictConfig) -> float:
         "torch.threads": str(torch.get_num_threads()),
         "hydra.output_dir": str(output_dir.resolve()),
     }
+    dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
+    if dvc_hash is not None:
+        tags["dvc.data_hash"] = dvc_hash
     trial = SweepTrial.of_job(hydra_cfg)
     if trial is not None:
         tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), "optuna.study_name": trial.study_name})
@@ -102,12 +110,12 @@ def run(cfg: DictConfig) -> float:
             )
             result = _fit(trainer, cfg.trainer, trial)
             if result.stop_reason == PRUNED:
-                _log_results(result, None, None, cfg.mlflow.log_plots)
+                _record_results(output_dir, result, None, None, cfg.mlflow.log_plots)
                 log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
                          trial.number, len(result.history), result.history[-1].val.acc, run.info.run_id)
                 return result.best_val_acc
             test = trainer.test_best()
-            _log_results(result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots)
+            _record_results(output_dir, result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots)
             log.info(
                 "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
                 result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
@@ -145,11 +153,12 @@ def _fit(trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None) ->
     return result
 
 
-def _log_results(
-    result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool
+def _record_results(
+    output_dir: Path, result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool
 ) -> None:
-    """The run's final metrics, and the test scores unless it was pruned; with ``with_plots``, its
-    learning curves and (with test scores) confusion matrix as PNGs."""
+    """The run's final metrics (with the test scores unless it was pruned), to MLflow and to
+    ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
+    with ``with_plots``, its learning curves and (with test scores) confusion matrix as PNGs."""
     metrics = {
         tracking.BEST_VAL_ACC: result.best_val_acc,
         "best_epoch": result.best_epoch,
@@ -158,6 +167,8 @@ def _log_results(
     if test is not None:
         metrics.update({"test/loss": test.loss, "test/acc": test.acc})
     mlflow.log_metrics(metrics)
+    _write_text(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    _write_text(output_dir / EPOCHS_FILE, _epochs_csv(result))
     mlflow.set_tag("stopped_early", str(result.stop_reason == "patience").lower())
     if not with_plots:
         return
@@ -167,6 +178,18 @@ def _log_results(
     for filename, figure in figures.items():
         mlflow.log_figure(figure, f"plots/{filename}")
         plots.close(figure)
+
+
+def _epochs_csv(result: FitResult) -> str:
+    """One row per epoch: losses, accuracies and lr (no timings, so that reruns give the same file)."""
+    columns = ["train/loss", "train/acc", "val/loss", "val/acc", "lr"]
+    rows = [",".join(["epoch", *columns])]
+    rows += [",".join([str(m.epoch), *(repr(m.as_dict()[c]) for c in columns)]) for m in result.history]
+    return "\n".join(rows) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _show_progress(setting: bool | None, multirun: bool) -> bool:

@@ -11,17 +11,18 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from cifar.config import register_configs, validate
+from cifar import hydra_plugin
+from cifar.config import validate
 from cifar.errors import DivergedError, UserError
-from cifar.sweeper import register as register_sweeper
 
-register_configs()
-register_sweeper()
+# Registered by the package's entry point once installed; here too for a plain source checkout.
+Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
 
 # Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
 # samplers and pruners. Hydra 1.4 refuses anything else.

@@ -185,3 +185,29 @@ def test_real_jpeg_copy_has_the_standard_split(real_data_cache):
     assert loaded.class_counts == {"train": {c: 5000 for c in CLASSES}, "test": {c: 1000 for c in CLASSES}}
     # Published CIFAR-10 channel means; the JPEG copy is within a few thousandths.
     np.testing.assert_allclose(loaded.mean, (0.4914, 0.4822, 0.4465), atol=0.005)
+
+
+def test_prepare_writes_the_decoded_npz_and_stats_that_training_reads(official_dir, tmp_path, capsys):
+    import json
+
+    from cifar import prepare
+
+    assert prepare.main([str(official_dir), str(tmp_path / "processed")]) == 0
+    decoded = load_cifar10(tmp_path / "processed/cifar10.npz", tmp_path / "unused-cache", download=False)
+    direct = load_cifar10(official_dir, tmp_path / "cache", download=False)
+    assert np.array_equal(decoded.train_images, direct.train_images)
+    assert np.array_equal(decoded.test_labels, direct.test_labels)
+    assert not (tmp_path / "unused-cache").exists()  # a decoded .npz is read as it is
+    stats = json.loads((tmp_path / "processed/stats.json").read_text())
+    assert stats == json.loads(json.dumps(direct.stats))
+    assert prepare.main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert "cifar.prepare: error: No CIFAR-10 data in" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_or_foreign_npz_source_is_reported(tmp_path):
+    with pytest.raises(DataError, match="does not exist: run `dvc repro prepare`"):
+        load_cifar10(tmp_path / "cifar10.npz", tmp_path / "cache", download=False)
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="is not a decoded CIFAR-10 .npz"):
+        load_cifar10(tmp_path / "other.npz", tmp_path / "cache", download=False)

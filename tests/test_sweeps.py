@@ -63,9 +63,11 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
 
 def test_a_trial_that_the_pruner_stops_is_pruned_in_the_study_and_mlflow(cli):
     # lr=1e-12 never learns (its val acc stays that of a constant guess, 0.15 here); lr=3e-3
-    # passes 0.25 from epoch 1.
+    # passes 0.25 from epoch 1. Both trials run at once in two joblib worker processes, so the
+    # pruned job reached its trial through the storage.
     proc, by_lr = grid_sweep(
         cli, "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=0.25",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
         "optimizer=adam", "scheduler=none", "optimizer.lr=choice(3e-3,1e-12)", "trainer.epochs=3",
     )
     assert by_lr[3e-3].state == COMPLETE and len(by_lr[3e-3].intermediate_values) == 3
