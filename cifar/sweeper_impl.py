@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
 from cifar import study as studies
+from cifar.sweeper import storage_url, study_name
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         self.pruner_cfg = pruner
 
     def sweep(self, arguments: list[str]) -> None:
-        self.storage = studies.open_storage(studies.storage_url(self.storage, self.sweep_dir))
-        self.study_name = studies.study_name(self.study_name, self.sweep_dir)
+        self.storage = studies.open_storage(storage_url(self.storage, self.sweep_dir))
+        self.study_name = study_name(self.study_name, self.sweep_dir)
         study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, directions=self._get_directions(), load_if_exists=True
         )
@@ -48,7 +49,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         study.tell = functools.partial(type(study).tell, study, skip_if_finished=True)
         study.pruner = instantiate(self.pruner_cfg)  # the sampler groups trials by it (hyperband)
         overrides = super()._configure_trials(trials, *args)
-        for job_num, trial in enumerate(trials, start=self.job_idx):  # the launcher numbers jobs so
+        for job_num, trial in enumerate(trials, start=self.job_idx):  # numbered as the launcher will
             studies.assign_job(trial, self.sweep_dir, job_num)
         return overrides
 
