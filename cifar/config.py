@@ -102,6 +102,7 @@ class TrainerConfig:
     compile: bool = MISSING
     patience: Optional[int] = MISSING
     label_smoothing: float = MISSING
+    tta_flip: bool = MISSING
     threads: Optional[int] = MISSING
     progress: Optional[bool] = MISSING
 

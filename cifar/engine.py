@@ -71,15 +71,22 @@ def evaluate(
     normalize: Normalizer,
     batch_size: int,
     runtime: Runtime,
+    tta_flip: bool = False,
 ) -> Evaluation:
-    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches."""
+    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches.
+
+    With ``tta_flip``, the logits are the mean of the image's and its mirror image's.
+    """
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device)
     predictions = torch.empty_like(labels)
     for start in range(0, len(labels), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         with runtime.autocast():
-            logits = model(normalize(x))
+            x = normalize(x)
+            logits = model(x)
+            if tta_flip:
+                logits = (logits + model(x.flip(-1))) / 2
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         predictions[start : start + batch_size] = logits.argmax(1)
     n = max(len(labels), 1)

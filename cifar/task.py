@@ -107,6 +107,7 @@ def run(cfg: DictConfig) -> float:
                 generator=torch.Generator(runtime.device).manual_seed(cfg.seed),
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
+                tta_flip=cfg.trainer.tta_flip,
             )
             result = _fit(trainer, cfg.trainer, trial)
             if result.stop_reason == PRUNED:

@@ -116,6 +116,7 @@ class Trainer:
     generator: torch.Generator
     checkpoint_dir: Path
     show_progress: bool
+    tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the logits
 
     def fit(
         self, epochs: int, patience: int | None, on_epoch: Callable[[EpochMetrics], str | None]
@@ -167,7 +168,7 @@ class Trainer:
         return result
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
-        return evaluate(self.model, images, labels, self.normalize, self.eval_batch_size, self.runtime)
+        return evaluate(self.model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta_flip)
 
     def test_best(self) -> Evaluation:
         """Load ``best.pt`` into the model and evaluate it on the test split."""
