@@ -175,6 +175,7 @@ class SweepCallback(Callback):
         log.info("MLflow parent run %s for this sweep", run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too."""
         from mlflow.tracking import MlflowClient
 
         sweep = read_sweep(config.hydra.sweep.dir)
@@ -182,28 +183,38 @@ class SweepCallback(Callback):
             return
         run_id = sweep["parent_run_id"]
         client = MlflowClient()
-        parent = client.get_run(run_id)
-        children = client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-        )
-        statuses = [child.info.status for child in children]
-        metrics = {
-            "sweep/jobs": len(children),
-            "sweep/jobs_finished": statuses.count("FINISHED"),
-            "sweep/jobs_failed": statuses.count("FAILED"),
-        }
-        scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
-        if scored:
-            best = max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC])
-            metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
-            client.set_tag(run_id, "best_run_id", best.info.run_id)
-            client.set_tag(run_id, "best_run_name", best.info.run_name)
-        metrics["sweep/jobs_pruned"] = sum(c.data.tags.get("pruned") == "true" for c in children)
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value)
-        if _study_tags(config.hydra):
-            _log_study(client, run_id, config.hydra, children)
-        client.set_terminated(run_id, "FINISHED" if metrics["sweep/jobs_finished"] else "FAILED")
+        status = "FAILED"
+        try:
+            children = client.search_runs(
+                [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+            )
+            metrics = _log_jobs(client, run_id, children)
+            if metrics["sweep/jobs_finished"]:
+                status = "FINISHED"
+            if _study_tags(config.hydra):
+                _log_study(client, run_id, config.hydra, children)
+        finally:
+            client.set_terminated(run_id, status)
+
+
+def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, float]:
+    """The jobs' counts by outcome and the best job, on the parent run; returns the counts."""
+    statuses = [child.info.status for child in children]
+    metrics = {
+        "sweep/jobs": len(children),
+        "sweep/jobs_finished": statuses.count("FINISHED"),
+        "sweep/jobs_failed": statuses.count("FAILED"),
+        "sweep/jobs_pruned": sum(c.data.tags.get("pruned") == "true" for c in children),
+    }
+    scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
+    if scored:
+        best = max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC])
+        metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
+        client.set_tag(parent_id, "best_run_id", best.info.run_id)
+        client.set_tag(parent_id, "best_run_name", best.info.run_name)
+    for key, value in metrics.items():
+        client.log_metric(parent_id, key, value)
+    return metrics
 
 
 def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
@@ -220,7 +231,12 @@ def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: lis
     """Trial states on the trials' runs; the study's best trial and its plots on the parent run."""
     from cifar import plots, study
 
-    optuna_study, _ = study.load_sweep_study(hydra_cfg)
+    try:
+        optuna_study, _ = study.load_sweep_study(hydra_cfg)
+    except KeyError:  # optuna.load_study: the sweep failed before it created its study
+        log.warning("Study %s was not created: no study summary on the sweep's parent run",
+                    sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir))
+        return
     states = {t.number: t.state.name for t in optuna_study.get_trials(deepcopy=False)}
     for child in children:
         number = child.data.tags.get(TRIAL_NUMBER_TAG)

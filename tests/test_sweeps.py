@@ -98,6 +98,13 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs_pruned"] == 1
 
 
+def test_a_sweep_that_fails_before_its_study_exists_ends_its_parent_run(cli):
+    proc = cli("hparams_search=optuna", "hydra.sweeper.direction=sideways", multirun=True, check=False)
+    assert proc.returncode != 0 and "`directions` must be a list of `minimize` or `maximize`" in proc.stderr
+    [parent] = all_runs(cli)
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/jobs"] == 0
+
+
 @pytest.mark.slow
 def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
     cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1", multirun=True)
