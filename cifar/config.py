@@ -103,6 +103,7 @@ class TrainerConfig:
     patience: Optional[int] = MISSING
     label_smoothing: float = MISSING
     tta_flip: bool = MISSING
+    resume: bool = MISSING
     threads: Optional[int] = MISSING
     progress: Optional[bool] = MISSING
 

@@ -16,14 +16,14 @@ from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cifar import parallel, plots, tracking
+from cifar import checkpoint, parallel, plots, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
 from cifar.models import build_model, count_parameters, flops_per_image
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import Evaluation
-from cifar.errors import DivergedError
+from cifar.errors import ConfigError, DivergedError
 from cifar.files import atomic_write
 from cifar.study import SweepTrial
 from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
@@ -34,6 +34,7 @@ log = logging.getLogger("cifar.train")
 PRUNED = "pruned"  # the stop reason, and the MLflow tag, of a trial that its pruner stopped
 METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
 EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
+MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
 
 
 def run(cfg: DictConfig) -> float:
@@ -88,9 +89,15 @@ def run(cfg: DictConfig) -> float:
     trial = SweepTrial.of_job(hydra_cfg)
     if trial is not None:
         tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), "optuna.study_name": trial.study_name})
+    params = {**tracking.flatten(cfg), **model_info}
+    del params["trainer.resume"]  # how the run was started, not what it trains
+    resume_from = _last_checkpoint(output_dir) if cfg.trainer.resume else None
+    run_id = resume_from.get(MLFLOW_RUN_ID) if resume_from else None
+    if run_id is not None:
+        tracking.check_unchanged_params(run_id, params)
     try:
-        with tracking.job_run(name, sweep and sweep["parent_run_id"], tags) as run:
-            mlflow.log_params({**tracking.flatten(cfg), **model_info})
+        with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, run_id=run_id) as run:
+            mlflow.log_params(params)
             mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
             mlflow.log_dict(data.stats, "data/stats.json")
             trainer = Trainer(
@@ -108,8 +115,9 @@ def run(cfg: DictConfig) -> float:
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
                 tta_flip=cfg.trainer.tta_flip,
+                checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
-            result = _fit(trainer, cfg.trainer, trial)
+            result = _fit(trainer, cfg.trainer, trial, resume_from)
             if result.stop_reason == PRUNED:
                 _record_results(output_dir, result, None, None, cfg.mlflow.log_plots)
                 log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
@@ -130,7 +138,20 @@ def run(cfg: DictConfig) -> float:
     return result.best_val_acc
 
 
-def _fit(trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None) -> FitResult:
+def _last_checkpoint(output_dir: Path) -> dict:
+    """The interrupted run's ``last.pt``, to resume from (``trainer.resume=true``)."""
+    path = output_dir / checkpoint.LAST
+    if not path.exists():
+        raise ConfigError(
+            f"trainer.resume=true but {path} does not exist: set hydra.run.dir to the interrupted run's "
+            "output dir, or drop trainer.resume"
+        )
+    return checkpoint.load(path)  # on the CPU: RNG states must stay there
+
+
+def _fit(
+    trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None, resume_from: dict | None = None
+) -> FitResult:
     """Fit, logging each epoch to MLflow and, in an Optuna sweep, reporting it to the job's trial.
 
     A trial that the pruner stops, or whose loss diverges, is finished as PRUNED in the study here.
@@ -142,7 +163,7 @@ def _fit(trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None) ->
         return None
 
     try:
-        result = trainer.fit(cfg_trainer.epochs, cfg_trainer.patience, on_epoch)
+        result = trainer.fit(cfg_trainer.epochs, cfg_trainer.patience, on_epoch, resume_from)
     except DivergedError:
         if trial is not None:
             trial.prune()

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar import sweeper
-from cifar.errors import UserError
+from cifar.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -133,12 +133,32 @@ def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def check_unchanged_params(run_id: str, params: dict[str, Any]) -> None:
+    """Refuse to resume MLflow run ``run_id`` with params other than those it logged."""
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient().get_run(run_id).data.params
+    changed = sorted(key for key, value in params.items() if key in logged and logged[key] != str(value))
+    if changed:
+        diffs = ", ".join(f"{key}: {logged[key]} -> {params[key]}" for key in changed)
+        raise ConfigError(
+            f"trainer.resume=true with a config that differs from the interrupted run's ({diffs}): "
+            "resume with the same overrides, or start a new run without trainer.resume"
+        )
+
+
 @contextlib.contextmanager
-def job_run(run_name: str, parent_id: str | None, tags: dict[str, str]) -> Iterator[Any]:
-    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+
+    With ``run_id``, that run is continued (a resumed training run) instead of a new one started.
+    """
     import mlflow
 
-    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_id, tags=tags)
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id, tags=tags)
+    else:
+        run = mlflow.start_run(run_name=run_name, parent_run_id=parent_id, tags=tags)
     try:
         yield run
     except KeyboardInterrupt:

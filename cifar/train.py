@@ -7,6 +7,7 @@ answer at once; the task itself is in :mod:`cifar.task`.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import hydra
@@ -50,10 +51,13 @@ def main() -> None:
     """Run the Hydra app; report a user error as one line on stderr and exit with status 2.
 
     Hydra re-raises errors only when HYDRA_FULL_ERROR is set, so it is set here; a user who
-    set it themselves gets the full traceback instead of the one line.
+    set it themselves gets the full traceback instead of the one line. SIGTERM is handled as
+    Ctrl-C: the MLflow run ends KILLED, the last epoch's checkpoint stays, and the exit status
+    is 128 + the signal's number.
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         train()
     except (AbortRun, UserError, HydraException, OmegaConfBaseException) as err:
@@ -61,6 +65,15 @@ def main() -> None:
             raise
         print(f"cifar.train: error: {describe(err)}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as interrupt:
+        number = interrupt.args[0] if interrupt.args else signal.SIGINT
+        print(f"cifar.train: interrupted by {signal.Signals(number).name}: the last epoch's checkpoint (last.pt) "
+              "is kept; continue with trainer.resume=true and the same hydra.run.dir", file=sys.stderr)
+        sys.exit(128 + number)
+
+
+def _interrupt(number: int, frame: object) -> None:
+    raise KeyboardInterrupt(number)
 
 
 def describe(err: BaseException) -> str:

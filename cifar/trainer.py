@@ -117,17 +117,27 @@ class Trainer:
     checkpoint_dir: Path
     show_progress: bool
     tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the logits
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint as is
 
     def fit(
-        self, epochs: int, patience: int | None, on_epoch: Callable[[EpochMetrics], str | None]
+        self,
+        epochs: int,
+        patience: int | None,
+        on_epoch: Callable[[EpochMetrics], str | None],
+        resume_from: dict[str, Any] | None = None,
     ) -> FitResult:
         """Train for ``epochs``, saving ``best.pt`` on each new best val/acc and ``last.pt`` every epoch.
 
         ``on_epoch`` sees each epoch's metrics and may return a reason to stop now (a pruned trial).
+        ``resume_from`` (a ``last.pt``) continues an interrupted fit from the epoch after it, with
+        every state it held, so that the result is the one of an uninterrupted fit.
         """
         result = FitResult(best_val_acc=-1.0, best_epoch=0)
+        first_epoch = 1
+        if resume_from is not None:
+            first_epoch = self._restore(resume_from, result) + 1
         steps = steps_per_epoch(self.splits.n_train, self.batch_size)
-        for epoch in range(1, epochs + 1):
+        for epoch in range(first_epoch, epochs + 1):
             start = time.perf_counter()
             with Progress(steps * self.batch_size, f"epoch {epoch}/{epochs}", self.show_progress) as progress:
                 train = train_epoch(
@@ -154,11 +164,13 @@ class Trainer:
             )
             result.history.append(metrics)
             log.info(metrics.summary(epochs))
+            # Reported before last.pt is written: a run killed in between repeats this epoch when
+            # resumed (and reports it again), rather than never reporting it.
+            result.stop_reason = on_epoch(metrics)
             if val.acc > result.best_val_acc:
                 result.best_val_acc, result.best_epoch = val.acc, epoch
                 checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._state(epoch, result))
             checkpoint.save(self.checkpoint_dir / checkpoint.LAST, self._state(epoch, result))
-            result.stop_reason = on_epoch(metrics)
             if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
                 log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
                          patience, result.best_val_acc, result.best_epoch)
@@ -178,11 +190,28 @@ class Trainer:
 
     def _state(self, epoch: int, result: FitResult) -> dict[str, Any]:
         return {
+            **self.checkpoint_extra,
             "epoch": epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "best_val_acc": result.best_val_acc,
             "best_epoch": result.best_epoch,
+            "history": list(result.history),
             "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),  # dropout draws from it
         }
+
+    def _restore(self, state: dict[str, Any], result: FitResult) -> int:
+        """Load a ``last.pt`` into the model, optimizer, scheduler, RNGs and ``result``; return its epoch."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
+        result.history.extend(state["history"])
+        log.info("Resuming after epoch %d (best val/acc %.4f at epoch %d)", state["epoch"], result.best_val_acc,
+                 result.best_epoch)
+        return state["epoch"]

@@ -78,21 +78,23 @@ def cli(request, tmp_path, official_dir, tracking_uri):
     """Run ``python -m cifar.train`` in a temp dir, into an MLflow experiment of the test's own."""
     experiment = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name) + f"-{id(request)}"
 
-    def run(*overrides: str, multirun: bool = False, data: Path = official_dir, check: bool = True):
+    def command(*overrides: str, multirun: bool = False, data: Path = official_dir) -> tuple[list[str], dict]:
+        """The command line and environment of a run (for tests that start and signal it themselves)."""
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
         env.pop("HYDRA_FULL_ERROR", None)
         args = [sys.executable, "-m", "cifar.train", *(["-m"] if multirun else [])]
-        defaults = [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}", f"mlflow.experiment={experiment}", *FAST]
-        args += with_overrides(defaults, overrides)
-        if not multirun:
-            args.append(f"hydra.run.dir={tmp_path / 'run'}")
-        else:
-            args.append(f"hydra.sweep.dir={tmp_path / 'sweep'}")
+        defaults = [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}", f"mlflow.experiment={experiment}", *FAST,
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"]
+        return args + with_overrides(defaults, overrides), env
+
+    def run(*overrides: str, multirun: bool = False, data: Path = official_dir, check: bool = True):
+        args, env = command(*overrides, multirun=multirun, data=data)
         proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
         return proc
 
+    run.command = command
     run.tracking_uri = tracking_uri
     run.experiment = experiment
     run.tmp_path = tmp_path

@@ -1,0 +1,71 @@
+"""Interrupted runs: SIGTERM ends the MLflow run KILLED; a killed run resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import all_runs, client_for
+
+pytestmark = pytest.mark.slow
+
+
+def start_and_signal(cli, run_dir: Path, wait_for: str, signum: int, *overrides: str) -> subprocess.CompletedProcess:
+    """Start a run, send it ``signum`` once its log shows ``wait_for``, and wait for it to end."""
+    args, env = cli.command(f"hydra.run.dir={run_dir}", *overrides)
+    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not any(wait_for in log.read_text() for log in run_dir.glob("*.log")):
+        assert proc.poll() is None, f"the run ended before {wait_for!r}: {proc.communicate()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    signalled = time.monotonic()
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), time.monotonic() - signalled
+
+
+def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
+    run_dir = cli.tmp_path / "run"
+    proc, seconds = start_and_signal(cli, run_dir, "epoch 2/500", signal.SIGTERM, "trainer.epochs=500")
+    assert proc.returncode == 128 + signal.SIGTERM and seconds < 10
+    assert "cifar.train: interrupted by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
+    [run] = all_runs(cli)
+    assert run.info.status == "KILLED"
+    last = torch.load(run_dir / "last.pt", weights_only=False)
+    assert 1 <= last["epoch"] < 500 and last["mlflow_run_id"] == run.info.run_id  # a finished epoch
+    assert not list(run_dir.glob(".*.tmp"))  # no half-written checkpoint
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflow_run(cli):
+    cli("trainer.epochs=12", f"hydra.run.dir={cli.tmp_path / 'whole'}")
+    whole = json.loads((cli.tmp_path / "whole/metrics.json").read_text())
+
+    run_dir = cli.tmp_path / "killed"
+    proc, _ = start_and_signal(cli, run_dir, "epoch 3/12", signal.SIGKILL, "trainer.epochs=12")
+    assert proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
+    killed_at = torch.load(run_dir / "last.pt", weights_only=False)["epoch"]
+    assert 2 <= killed_at < 12
+
+    changed = cli("trainer.epochs=13", f"hydra.run.dir={run_dir}", "trainer.resume=true", check=False)
+    assert changed.returncode == 2 and "differs from the interrupted run's (trainer.epochs: 12 -> 13)" in changed.stderr
+    resumed = cli("trainer.epochs=12", f"hydra.run.dir={run_dir}", "trainer.resume=true")
+    assert f"Resuming after epoch {killed_at}" in resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "metrics.json").read_text()) == whole  # CPU, seeded: identical
+    runs = {r.data.tags["hydra.output_dir"]: r for r in all_runs(cli)}
+    assert len(runs) == 2 and runs[str(run_dir)].info.status == "FINISHED"
+    history = client_for(cli).get_metric_history(runs[str(run_dir)].info.run_id, "val/acc")
+    assert {m.step for m in history} == set(range(1, 13))  # one run holds every epoch
+
+
+def test_resume_without_a_checkpoint_names_the_fix(cli):
+    proc = cli("trainer.resume=true", check=False)
+    assert proc.returncode == 2
+    assert "trainer.resume=true but" in proc.stderr and "last.pt does not exist" in proc.stderr
+    assert all_runs(cli) == []
