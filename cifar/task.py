@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from cifar import checkpoint, parallel, plots, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.data import CLASSES, load_cifar10
-from cifar.device import make_runtime
+from cifar.device import Runtime, make_runtime
 from cifar.models import build_model, count_parameters, flops_per_image
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import Evaluation
@@ -74,21 +74,8 @@ def run(cfg: DictConfig) -> float:
     sweep = tracking.read_sweep(hydra_cfg.sweep.dir) if multirun else None
     overrides = list(hydra_cfg.overrides.task)
     name = tracking.run_name(overrides, sweep["swept_keys"] if sweep else None)
-    tags = {
-        **tracking.git_state(),
-        "data.hash": data.content_hash,
-        "device": str(runtime.device),
-        "amp": str(runtime.amp).lower(),
-        "torch.version": torch.__version__,
-        "torch.threads": str(torch.get_num_threads()),
-        "hydra.output_dir": str(output_dir.resolve()),
-    }
-    dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
-    if dvc_hash is not None:
-        tags["dvc.data_hash"] = dvc_hash
     trial = SweepTrial.of_job(hydra_cfg)
-    if trial is not None:
-        tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), "optuna.study_name": trial.study_name})
+    tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
     params = {**tracking.flatten(cfg), **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
     resume_from = _last_checkpoint(output_dir) if cfg.trainer.resume else None
@@ -136,6 +123,27 @@ def run(cfg: DictConfig) -> float:
                     trial.number, err, trial.study_name)
         return math.nan
     return result.best_val_acc
+
+
+def _run_tags(
+    cfg: DictConfig, content_hash: str, runtime: Runtime, output_dir: Path, trial: SweepTrial | None
+) -> dict[str, str]:
+    """What ties a run to its code, data, machine and (in an Optuna sweep) trial."""
+    tags = {
+        **tracking.git_state(),
+        "data.hash": content_hash,
+        "device": str(runtime.device),
+        "amp": str(runtime.amp).lower(),
+        "torch.version": torch.__version__,
+        "torch.threads": str(torch.get_num_threads()),
+        "hydra.output_dir": str(output_dir.resolve()),
+    }
+    dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
+    if dvc_hash is not None:
+        tags["dvc.data_hash"] = dvc_hash
+    if trial is not None:
+        tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), "optuna.study_name": trial.study_name})
+    return tags
 
 
 def _last_checkpoint(output_dir: Path) -> dict:

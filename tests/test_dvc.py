@@ -58,6 +58,7 @@ def project(tmp_path, tracking_uri):
     for args in (["init", "-q"], ["config", "hydra.enabled", "true"], ["config", "hydra.config_name", "pipeline"],
                  ["remote", "add", "-d", "local", str(remote)], ["add", "-q", "data/raw"]):
         sh(repo, *DVC, *args, env=env)
+    shutil.copy(REPO / ".dvcignore", repo / ".dvcignore")  # bytecode is not part of the code dependency
     sh(repo, *DVC, "push", "-q", env=env)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "data and pipeline")
