@@ -169,7 +169,7 @@ class Trainer:
             result.stop_reason = on_epoch(metrics)
             if val.acc > result.best_val_acc:
                 result.best_val_acc, result.best_epoch = val.acc, epoch
-                checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._state(epoch, result))
+                checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._best_state(epoch, result))
             checkpoint.save(self.checkpoint_dir / checkpoint.LAST, self._state(epoch, result))
             if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
                 log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
@@ -188,7 +188,12 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         return self.evaluate(self.splits.test_images, self.splits.test_labels)
 
+    def _best_state(self, epoch: int, result: FitResult) -> dict[str, Any]:
+        """The weights and score only: the same bytes for the same training (a DVC output)."""
+        return {"epoch": epoch, "model": self.model.state_dict(), "best_val_acc": result.best_val_acc}
+
     def _state(self, epoch: int, result: FitResult) -> dict[str, Any]:
+        """Everything a resumed fit needs, including timings and the MLflow run id."""
         return {
             **self.checkpoint_extra,
             "epoch": epoch,

@@ -92,7 +92,7 @@ def test_repro_on_a_fresh_clone_gives_the_committed_metrics(project, tmp_path):
     out = sh(clone, *DVC, "repro", env=env)
     assert "Running stage 'prepare'" in out and "Running stage 'train'" in out
     assert json.loads((clone / METRICS).read_text()) == metrics  # CPU, seeded: the same numbers
-    assert sh(clone, "git", "status", "--porcelain") == ""  # and the same committed files
+    assert sh(clone, "git", "status", "--porcelain") == "", sh(clone, "git", "diff")  # and the same committed files
 
 
 def test_exp_run_with_a_hydra_override_changes_the_param_and_the_metrics(project):
