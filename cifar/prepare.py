@@ -17,7 +17,7 @@ from typing import Sequence
 
 from cifar.data import write_decoded
 from cifar.errors import DataError
-from cifar.files import atomic_write
+from cifar.files import atomic_write_text
 
 DECODED = "cifar10.npz"
 STATS = "stats.json"
@@ -35,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"cifar.prepare: error: {err}", file=sys.stderr)
         return 2
-    stats = json.dumps(data.stats, indent=2) + "\n"
-    atomic_write(args.out_dir / STATS, lambda f: f.write(stats.encode()))
+    atomic_write_text(args.out_dir / STATS, json.dumps(data.stats, indent=2) + "\n")
     print(f"{args.out_dir / DECODED}: {len(data.train_labels)} train / {len(data.test_labels)} test images")
     return 0
 

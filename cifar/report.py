@@ -17,7 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cifar.tracking import BEST_VAL_ACC, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG
+from cifar.sweeper import SQLITE
+from cifar.tracking import (
+    BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG,
+)
 
 
 class NothingToReport(Exception):
@@ -73,7 +76,7 @@ def _study_line(tags: dict[str, str]) -> str | None:
     name, storage = tags.get(STUDY_NAME_TAG), tags.get(STUDY_STORAGE_TAG)
     if name is None or storage is None:
         return None
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
+    if storage.startswith(SQLITE) and not Path(storage.removeprefix(SQLITE)).exists():
         return f"Optuna study `{name}`: its storage {storage} is gone"
     import optuna
 
@@ -106,7 +109,7 @@ def _row(run) -> Row:
         val_acc=metrics.get(BEST_VAL_ACC),
         test_acc=metrics.get("test/acc"),
         epochs=int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
-        state="pruned" if tags.get("pruned") == "true" else info.status.lower(),
+        state="pruned" if tags.get(PRUNED_TAG) == "true" else info.status.lower(),
         seconds=(info.end_time - info.start_time) / 1000 if info.end_time else None,
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
     )

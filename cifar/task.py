@@ -24,14 +24,14 @@ from cifar.models import build_model, count_parameters, flops_per_image
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import Evaluation
 from cifar.errors import ConfigError, DivergedError
-from cifar.files import atomic_write
+from cifar.files import atomic_write_text
 from cifar.study import SweepTrial
 from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
 from cifar.versioning import dvc_data_hash
 
 log = logging.getLogger("cifar.train")
 
-PRUNED = "pruned"  # the stop reason, and the MLflow tag, of a trial that its pruner stopped
+PRUNED = "pruned"  # the stop reason of a trial that its pruner stopped
 METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
 EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
 MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
@@ -142,7 +142,7 @@ def _run_tags(
     if dvc_hash is not None:
         tags["dvc.data_hash"] = dvc_hash
     if trial is not None:
-        tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), "optuna.study_name": trial.study_name})
+        tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), tracking.STUDY_NAME_TAG: trial.study_name})
     return tags
 
 
@@ -175,11 +175,11 @@ def _fit(
     except DivergedError:
         if trial is not None:
             trial.prune()
-            mlflow.set_tags({PRUNED: "true", "diverged": "true"})
+            mlflow.set_tags({tracking.PRUNED_TAG: "true", "diverged": "true"})
         raise
     if result.stop_reason == PRUNED:
         trial.prune()
-        mlflow.set_tag(PRUNED, "true")
+        mlflow.set_tag(tracking.PRUNED_TAG, "true")
     return result
 
 
@@ -197,8 +197,8 @@ def _record_results(
     if test is not None:
         metrics.update({"test/loss": test.loss, "test/acc": test.acc})
     mlflow.log_metrics(metrics)
-    _write_text(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    _write_text(output_dir / EPOCHS_FILE, _epochs_csv(result))
+    atomic_write_text(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(output_dir / EPOCHS_FILE, _epochs_csv(result))
     mlflow.set_tag("stopped_early", str(result.stop_reason == "patience").lower())
     if not with_plots:
         return
@@ -216,10 +216,6 @@ def _epochs_csv(result: FitResult) -> str:
     rows = [",".join(["epoch", *columns])]
     rows += [",".join([str(m.epoch), *(repr(m.as_dict()[c]) for c in columns)]) for m in result.history]
     return "\n".join(rows) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _show_progress(setting: bool | None, multirun: bool) -> bool:

@@ -41,6 +41,7 @@ STUDY_NAME_TAG = "optuna.study_name"
 STUDY_STORAGE_TAG = "optuna.storage"  # on the parent run of an Optuna sweep
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each trial when the sweep ends
+PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or that diverged)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -211,7 +212,7 @@ class SweepCallback(Callback):
             metrics = _log_jobs(client, run_id, children)
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
-            if _study_tags(config.hydra):
+            if sweeper.is_optuna_sweep(config.hydra):
                 _log_study(client, run_id, config.hydra, children)
         finally:
             client.set_terminated(run_id, status)
@@ -224,7 +225,7 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, flo
         "sweep/jobs": len(children),
         "sweep/jobs_finished": statuses.count("FINISHED"),
         "sweep/jobs_failed": statuses.count("FAILED"),
-        "sweep/jobs_pruned": sum(c.data.tags.get("pruned") == "true" for c in children),
+        "sweep/jobs_pruned": sum(c.data.tags.get(PRUNED_TAG) == "true" for c in children),
     }
     scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
     if scored:

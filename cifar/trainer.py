@@ -196,11 +196,9 @@ class Trainer:
         """Everything a resumed fit needs, including timings and the MLflow run id."""
         return {
             **self.checkpoint_extra,
-            "epoch": epoch,
-            "model": self.model.state_dict(),
+            **self._best_state(epoch, result),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "best_val_acc": result.best_val_acc,
             "best_epoch": result.best_epoch,
             "history": list(result.history),
             "generator": self.generator.get_state(),
