@@ -42,7 +42,7 @@ def main() -> None:
         if not path.exists():
             sys.exit(f"{path} is missing: run `uv run dvc repro` (or pass --checkpoint/--data/--config)")
     cfg = OmegaConf.create(yaml.safe_load(args.config.read_text()))
-    runtime = make_runtime("cpu", amp=None, channels_last=None, threads=None)
+    runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
     data = load_cifar10(args.data, REPO / "data/processed", download=False)
     model = build_model(cfg.model)
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])

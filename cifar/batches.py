@@ -41,15 +41,23 @@ class Normalizer:
 
 
 class Augmenter:
-    """Random crop from a padded image and random horizontal flip, drawn per image."""
+    """Random crop from a padded image and horizontal flip, drawn per image.
 
-    def __init__(self, crop_padding: int, pad_mode: str, flip: bool):
+    With ``alternate_flip`` (airbench's trick), a seeded random half of the images is mirrored once
+    in :meth:`prepare`, and every second epoch mirrors them all: each image is seen both ways in
+    every two epochs, instead of the same way twice a quarter of the time with random flips.
+    """
+
+    def __init__(self, crop_padding: int, pad_mode: str, flip: bool, alternate_flip: bool = False):
         self.padding = crop_padding
         self.pad_mode = pad_mode
         self.flip = flip
+        self.alternate_flip = alternate_flip
 
-    def pad(self, images: torch.Tensor) -> torch.Tensor:
-        """Pad once per run; :meth:`__call__` crops from the padded images every epoch."""
+    def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Once per run: pad for cropping; with ``alternate_flip``, mirror a random half (``generator``)."""
+        if self.flip and self.alternate_flip:
+            images = _mirror(images, _coin_flips(len(images), generator, images.device))
         p = self.padding
         if p == 0:
             return images
@@ -61,11 +69,13 @@ class Augmenter:
         index = torch.where(index >= size, 2 * (size - 1) - index, index)
         return images[:, :, index][:, :, :, index]
 
-    def __call__(self, padded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, padded: torch.Tensor, generator: torch.Generator, epoch: int = 1) -> torch.Tensor:
+        """Crop and flip images from :meth:`prepare` for (1-based) ``epoch``."""
         images = self._crop(padded, generator) if self.padding else padded
+        if self.flip and self.alternate_flip:
+            return images.flip(-1) if epoch % 2 == 0 else images
         if self.flip:
-            mirror = torch.rand(len(images), generator=generator, device=images.device) < 0.5
-            images = torch.where(mirror.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = _mirror(images, _coin_flips(len(images), generator, images.device))
         return images
 
     def _crop(self, padded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -84,16 +94,25 @@ class Augmenter:
         return out
 
 
+def _coin_flips(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=device) < 0.5
+
+
+def _mirror(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def train_batches(
     padded: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
     augment: Augmenter,
     generator: torch.Generator,
+    epoch: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of shuffled, augmented uint8 batches; the last partial batch is dropped."""
     order = torch.randperm(len(labels), generator=generator, device=labels.device)
-    images, labels = augment(padded[order], generator), labels[order]
+    images, labels = augment(padded[order], generator, epoch), labels[order]
     for start in range(0, len(labels) - batch_size + 1, batch_size):
         yield images[start : start + batch_size], labels[start : start + batch_size]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import signal
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Iterator
 
 import torch
 
+from cifar.errors import CheckpointError
 from cifar.files import atomic_write
 
 BEST = "best.pt"
@@ -17,8 +19,21 @@ LAST = "last.pt"
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` whole or not at all: a failed write leaves the previous file as it was.
+
+    It is serialised in memory first, so that a full disk surfaces as the OSError it is (torch's zip
+    writer turns it into an opaque RuntimeError).
+    """
+    buffer = io.BytesIO()
     with _interrupts_held():
-        atomic_write(path, lambda f: torch.save(state, f))
+        torch.save(state, buffer)
+        try:
+            atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+        except OSError as err:
+            raise CheckpointError(
+                f"could not write checkpoint {path} ({err.strerror or err}): free some disk space or set "
+                f"hydra.run.dir to a writable place; the previous {path.name}, if any, is intact"
+            ) from err
 
 
 @contextlib.contextmanager

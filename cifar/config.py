@@ -7,13 +7,14 @@ Ranges that a type cannot express are checked by :func:`validate` before any wor
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from cifar.errors import ConfigError
 
@@ -70,6 +71,7 @@ class OneCycleConfig(SchedulerConfig):
     pct_start: float = MISSING
     div_factor: float = MISSING
     final_div_factor: float = MISSING
+    anneal: str = MISSING
 
 
 @dataclass
@@ -77,6 +79,7 @@ class AugmentConfig:
     crop_padding: int = MISSING
     pad_mode: str = MISSING
     flip: bool = MISSING
+    alternate_flip: bool = MISSING
 
 
 @dataclass
@@ -99,10 +102,11 @@ class TrainerConfig:
     device: str = MISSING
     amp: Optional[bool] = MISSING
     channels_last: Optional[bool] = MISSING
-    compile: bool = MISSING
+    compile: Optional[bool] = MISSING
     patience: Optional[int] = MISSING
     label_smoothing: float = MISSING
     tta_flip: bool = MISSING
+    ema_decay: Optional[float] = MISSING
     resume: bool = MISSING
     threads: Optional[int] = MISSING
     progress: Optional[bool] = MISSING
@@ -159,10 +163,13 @@ def register_configs() -> None:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAD_MODES = ("reflect", "zeros")
+ANNEALS = ("cos", "linear")
 
 
 def validate(cfg: Any) -> None:
-    """Check the ranges a type cannot express; raise ConfigError naming the key and the fix."""
+    """Check the keys and ranges that types cannot express; raise ConfigError naming the key and the fix."""
+    for key in _unknown_keys(cfg):
+        raise ConfigError(f"{key} is not a config key (added with +?): drop it; `--cfg job` lists the keys")
     checks = [
         ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
@@ -180,6 +187,13 @@ def validate(cfg: Any) -> None:
         ("trainer.epochs", cfg.trainer.epochs >= 1, "must be >= 1"),
         ("trainer.device", _device_kind(cfg.trainer.device) in DEVICES, f"must be one of {DEVICES} (or cuda:N)"),
         ("trainer.patience", cfg.trainer.patience is None or cfg.trainer.patience >= 1, "must be >= 1 or null (off)"),
+        ("trainer.ema_decay", cfg.trainer.ema_decay is None or 0 < cfg.trainer.ema_decay < 1,
+         "must be in (0, 1) or null (off)"),
+        (
+            "data.augment.alternate_flip",
+            cfg.data.augment.flip or not cfg.data.augment.alternate_flip,
+            "needs data.augment.flip=true",
+        ),
         ("trainer.label_smoothing", 0 <= cfg.trainer.label_smoothing < 1, "must be in [0, 1)"),
         ("trainer.threads", cfg.trainer.threads is None or cfg.trainer.threads >= 1, "must be >= 1 or null (auto)"),
         ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),
@@ -190,12 +204,26 @@ def validate(cfg: Any) -> None:
         checks.append(("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"))
     if "pct_start" in cfg.scheduler:
         checks.append(("scheduler.pct_start", 0 < cfg.scheduler.pct_start < 1, "must be in (0, 1)"))
+    if "anneal" in cfg.scheduler:
+        checks.append(("scheduler.anneal", cfg.scheduler.anneal in ANNEALS, f"must be one of {ANNEALS}"))
     if "warmup_epochs" in cfg.scheduler:
         checks.append(("scheduler.warmup_epochs", cfg.scheduler.warmup_epochs >= 0, "must be >= 0"))
     for key, ok, rule in checks:
         if not ok:
             value = _lookup(cfg, key)
             raise ConfigError(f"{key}={value} is out of range: it {rule}. Fix the override or the config file.")
+
+
+def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
+    """Keys that no schema declares: Hydra lets ``+key=value`` add them, and nothing would read them."""
+    schema = OmegaConf.get_type(node)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        if declared is not None and key not in declared:
+            yield f"{prefix}{key}"
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            yield from _unknown_keys(child, f"{prefix}{key}.")
 
 
 def _device_kind(device: str) -> str:

@@ -15,3 +15,7 @@ class DataError(UserError):
 
 class DivergedError(UserError):
     """The training loss became NaN or infinite."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that could not be written (disk full, no permission); the previous one is kept."""

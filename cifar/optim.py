@@ -9,14 +9,18 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 
-def build_optimizer(cfg: Any, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+FUSED_DEVICES = ("cpu", "cuda")  # one kernel per step instead of one per parameter tensor
+
+
+def build_optimizer(cfg: Any, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+    fused = device.type in FUSED_DEVICES
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, fused=fused
         )
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
@@ -32,10 +36,11 @@ def build_scheduler(
         return OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total,
+            total_steps=total + 1,  # its last rate is reached after the last step, not one step beyond it
             pct_start=cfg.pct_start,
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
+            anneal_strategy=cfg.anneal,
         )
     if cfg.name == "cosine":
         warmup = round(cfg.warmup_epochs * steps_per_epoch)

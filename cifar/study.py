@@ -14,13 +14,14 @@ import math
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cifar import owner
 from cifar.sweeper import SQLITE, is_optuna_sweep, storage_url, study_name
 
 # Parallel jobs write to one SQLite file: wait this long for its lock instead of failing.
@@ -51,13 +52,34 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
-def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(
-        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL,
-    ))
-
-
 JOB_ATTR = "hydra_job"  # user attribute of a trial: "<sweep dir>/<job number>", its output dir
+OWNER_ATTR = "sweeper"  # user attribute of a trial: the sweeper process that asked for it (cifar.owner)
+KILLED_ATTR = "killed"  # user attribute of a trial failed because its sweep was stopped or killed
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward ``n_trials``: complete, pruned or failed, but not killed."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(KILLED_ATTR)]
+
+
+def fail_killed_trials(
+    study: optuna.Study, storage: optuna.storages.BaseStorage, killed: Callable[[str], bool]
+) -> list[int]:
+    """Fail, tagged ``killed``, the RUNNING trials whose sweeper ``killed(owner)`` says is stopped; their numbers.
+
+    They do not count toward ``n_trials``: a resumed sweep runs them again with new samples.
+    """
+    study_id = storage.get_study_id_from_name(study.study_name)
+    numbers = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if killed(trial.user_attrs.get(OWNER_ATTR, "")):
+            storage.set_trial_user_attr(
+                storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), KILLED_ATTR, True
+            )
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            numbers.append(trial.number)
+    return numbers
 
 
 def job_key(sweep_dir: str | Path, job_num: int) -> str:
@@ -66,6 +88,7 @@ def job_key(sweep_dir: str | Path, job_num: int) -> str:
 
 def assign_job(trial: optuna.Trial, sweep_dir: str | Path, job_num: int) -> None:
     trial.set_user_attr(JOB_ATTR, job_key(sweep_dir, job_num))
+    trial.set_user_attr(OWNER_ATTR, owner.current())
 
 
 @dataclass

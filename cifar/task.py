@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifar import checkpoint, parallel, plots, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
@@ -46,9 +47,10 @@ def run(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
-    runtime = make_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, threads)
+    trainer_cfg = cfg.trainer
+    runtime = make_runtime(trainer_cfg.device, trainer_cfg.amp, trainer_cfg.channels_last, trainer_cfg.compile, threads)
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
-    augment = Augmenter(cfg.data.augment.crop_padding, cfg.data.augment.pad_mode, cfg.data.augment.flip)
+    augment = Augmenter(**cfg.data.augment)
     splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)
 
     torch.manual_seed(cfg.seed)
@@ -56,14 +58,16 @@ def run(cfg: DictConfig) -> float:
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model_info = {"model.parameters": count_parameters(model), "model.flops_per_image": flops_per_image(model)}
-    if cfg.trainer.compile:
+    if runtime.compile:
         model.compile()
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), runtime.device)
     steps = steps_per_epoch(splits.n_train, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 
-    tracking.configure(cfg.mlflow)
+    experiment_id = tracking.configure(cfg.mlflow)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if not multirun:  # a sweep does this once, when it starts
+        tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)
     log.info(
         "%s on %s (amp=%s, channels_last=%s): %d train / %d val / %d test images; %s parameters, %s FLOPs per image",
@@ -102,6 +106,7 @@ def run(cfg: DictConfig) -> float:
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
                 tta_flip=cfg.trainer.tta_flip,
+                ema=_ema(model, cfg.trainer.ema_decay),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
             result = _fit(trainer, cfg.trainer, trial, resume_from)
@@ -134,6 +139,7 @@ def _run_tags(
         "data.hash": content_hash,
         "device": str(runtime.device),
         "amp": str(runtime.amp).lower(),
+        "compile": str(runtime.compile).lower(),
         "torch.version": torch.__version__,
         "torch.threads": str(torch.get_num_threads()),
         "hydra.output_dir": str(output_dir.resolve()),
@@ -144,6 +150,13 @@ def _run_tags(
     if trial is not None:
         tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), tracking.STUDY_NAME_TAG: trial.study_name})
     return tags
+
+
+def _ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:
+    """``trainer.ema_decay``: an exponential moving average of the weights and BatchNorm statistics."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _last_checkpoint(output_dir: Path) -> dict:
@@ -165,7 +178,7 @@ def _fit(
     A trial that the pruner stops, or whose loss diverges, is finished as PRUNED in the study here.
     """
     def on_epoch(metrics: EpochMetrics) -> str | None:
-        mlflow.log_metrics(metrics.as_dict(), step=metrics.epoch)
+        tracking.retrying(mlflow.log_metrics, metrics.as_dict(), step=metrics.epoch)
         if trial is not None and trial.should_prune(metrics.epoch, metrics.val.acc):
             return PRUNED
         return None
@@ -186,8 +199,8 @@ def _fit(
 def _record_results(
     output_dir: Path, result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool
 ) -> None:
-    """The run's final metrics (with the test scores unless it was pruned), to MLflow and to
-    ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
+    """The run's final metrics (with the test scores unless it was pruned), to MLflow and (but
+    the timing) to ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
     with ``with_plots``, its learning curves and (with test scores) confusion matrix as PNGs."""
     metrics = {
         tracking.BEST_VAL_ACC: result.best_val_acc,
@@ -196,17 +209,18 @@ def _record_results(
     }
     if test is not None:
         metrics.update({"test/loss": test.loss, "test/acc": test.acc})
-    mlflow.log_metrics(metrics)
     atomic_write_text(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(output_dir / EPOCHS_FILE, _epochs_csv(result))
-    mlflow.set_tag("stopped_early", str(result.stop_reason == "patience").lower())
+    # Time in training steps only (no validation, testing or data loading): time to accuracy.
+    tracking.retrying(mlflow.log_metrics, {**metrics, "train_seconds": sum(m.train_seconds for m in result.history)})
+    tracking.retrying(mlflow.set_tag, "stopped_early", str(result.stop_reason == "patience").lower())
     if not with_plots:
         return
     figures = {"learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history])}
     if test is not None:
         figures["confusion_matrix.png"] = plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES)
     for filename, figure in figures.items():
-        mlflow.log_figure(figure, f"plots/{filename}")
+        tracking.retrying(mlflow.log_figure, figure, f"plots/{filename}")
         plots.close(figure)
 
 

@@ -15,14 +15,15 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar import sweeper
+from cifar import owner, sweeper
 from cifar.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ STUDY_STORAGE_TAG = "optuna.storage"  # on the parent run of an Optuna sweep
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each trial when the sweep ends
 PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or that diverged)
+OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
+STORE_RETRIES = 6  # attempts of an MLflow call during training, waiting 1, 2, 4, 8, 16 s in between
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -148,6 +151,39 @@ def check_unchanged_params(run_id: str, params: dict[str, Any]) -> None:
         )
 
 
+T = TypeVar("T")
+
+
+def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried with exponential backoff while the MLflow store fails.
+
+    A locked SQLite file or a tracking server that restarts must not cost the training done so far.
+    """
+    for attempt in range(STORE_RETRIES):
+        try:
+            return call(*args, **kwargs)
+        except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
+            if attempt == STORE_RETRIES - 1:
+                raise
+            delay = 2**attempt
+            log.warning("MLflow store unavailable (%s: %s): retrying in %d s", type(err).__name__,
+                        _first_line(err), delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def close_stale_runs(client: Any, experiment_id: str) -> int:
+    """End KILLED the experiment's RUNNING runs whose process on this machine is gone; return how many."""
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    stale = [r for r in running if owner.is_gone(r.data.tags.get(OWNER_TAG, ""))]
+    for run in stale:
+        client.set_terminated(run.info.run_id, "KILLED")
+    if stale:
+        log.warning("Ended %d MLflow run(s) KILLED that a killed process had left RUNNING: %s",
+                    len(stale), ", ".join(r.info.run_name for r in stale))
+    return len(stale)
+
+
 @contextlib.contextmanager
 def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
     """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
@@ -156,6 +192,7 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: 
     """
     import mlflow
 
+    tags = {**tags, OWNER_TAG: owner.current()}
     if run_id is not None:
         run = mlflow.start_run(run_id=run_id, tags=tags)
     else:
@@ -163,12 +200,12 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: 
     try:
         yield run
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        retrying(mlflow.end_run, "KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        retrying(mlflow.end_run, "FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    retrying(mlflow.end_run, "FINISHED")
 
 
 class SweepCallback(Callback):
@@ -180,12 +217,15 @@ class SweepCallback(Callback):
         experiment_id = configure(config.mlflow)
         sweep_dir = Path(config.hydra.sweep.dir)
         study_tags = _study_tags(config.hydra)
-        run = MlflowClient().create_run(
+        client = MlflowClient()
+        close_stale_runs(client, experiment_id)
+        run = client.create_run(
             experiment_id,
             run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}"),
             tags={
                 **study_tags,
                 SWEEP_DIR_TAG: str(sweep_dir.resolve()),
+                OWNER_TAG: owner.current(),
                 "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
                 **git_state(),
             },
@@ -196,12 +236,16 @@ class SweepCallback(Callback):
         log.info("MLflow parent run %s for this sweep", run.info.run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too."""
+        """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.
+
+        After Ctrl-C or SIGTERM, the parent and the jobs still running end KILLED.
+        """
         from mlflow.tracking import MlflowClient
 
         sweep = read_sweep(config.hydra.sweep.dir)
         if sweep is None:
             return
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)  # Hydra calls this in a finally
         run_id = sweep["parent_run_id"]
         client = MlflowClient()
         status = "FAILED"
@@ -209,13 +253,17 @@ class SweepCallback(Callback):
             children = client.search_runs(
                 [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
             )
+            if interrupted:
+                for child in children:
+                    if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
+                        client.set_terminated(child.info.run_id, "KILLED")
             metrics = _log_jobs(client, run_id, children)
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
             if sweeper.is_optuna_sweep(config.hydra):
                 _log_study(client, run_id, config.hydra, children)
         finally:
-            client.set_terminated(run_id, status)
+            client.set_terminated(run_id, "KILLED" if interrupted else status)
 
 
 def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, float]:

@@ -65,11 +65,23 @@ def main() -> None:
             raise
         print(f"cifar.train: error: {describe(err)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # Hydra creating the output dir: not a directory, no permission, disk full
+        if full_error or err.filename is None:
+            raise
+        print(f"cifar.train: error: cannot write {err.filename} ({err.strerror}): set hydra.run.dir "
+              "(hydra.sweep.dir with -m) to a writable directory", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt as interrupt:
         number = interrupt.args[0] if interrupt.args else signal.SIGINT
-        print(f"cifar.train: interrupted by {signal.Signals(number).name}: the last epoch's checkpoint (last.pt) "
-              "is kept; continue with trainer.resume=true and the same hydra.run.dir", file=sys.stderr)
+        print(f"cifar.train: interrupted by {signal.Signals(number).name}: {_how_to_continue()}", file=sys.stderr)
         sys.exit(128 + number)
+
+
+def _how_to_continue() -> str:
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        return ("finished jobs are kept; an Optuna sweep (hparams_search=...) finishes its study when the same "
+                "command runs again")
+    return "the last epoch's checkpoint (last.pt) is kept; continue with trainer.resume=true and the same hydra.run.dir"
 
 
 def _interrupt(number: int, frame: object) -> None:

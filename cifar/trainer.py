@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, train_batches
@@ -62,7 +63,8 @@ def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, dev
     train_x, train_y = to_tensors(data.train_images[train_idx], data.train_labels[train_idx], device)
     val_x, val_y = to_tensors(data.train_images[val_idx], data.train_labels[val_idx], device)
     test_x, test_y = to_tensors(data.test_images[test_idx], data.test_labels[test_idx], device)
-    return Splits(augment.pad(train_x), train_y, val_x, val_y, test_x, test_y)
+    flips = torch.Generator(device).manual_seed(seed)  # alternate_flip's fixed half, the same on resume
+    return Splits(augment.prepare(train_x, flips), train_y, val_x, val_y, test_x, test_y)
 
 
 @dataclass
@@ -117,6 +119,7 @@ class Trainer:
     checkpoint_dir: Path
     show_progress: bool
     tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the logits
+    ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint as is
 
     def fit(
@@ -143,14 +146,19 @@ class Trainer:
                 train = train_epoch(
                     self.model,
                     train_batches(
-                        self.splits.train_padded, self.splits.train_labels, self.batch_size, self.augment, self.generator
+                        self.splits.train_padded,
+                        self.splits.train_labels,
+                        self.batch_size,
+                        self.augment,
+                        self.generator,
+                        epoch,
                     ),
                     self.normalize,
                     self.optimizer,
                     self.scheduler,
                     self.loss_fn,
                     self.runtime,
-                    on_step=lambda: progress.advance(self.batch_size),
+                    on_step=lambda: self._after_step(progress),
                 )
             train_seconds = time.perf_counter() - start
             val = self.evaluate(self.splits.val_images, self.splits.val_labels)
@@ -179,24 +187,38 @@ class Trainer:
                 break
         return result
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are scored and kept as ``best.pt``: the EMA's where there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
-        return evaluate(self.model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta_flip)
+        return evaluate(
+            self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta_flip
+        )
 
     def test_best(self) -> Evaluation:
-        """Load ``best.pt`` into the model and evaluate it on the test split."""
+        """Load ``best.pt`` into the evaluated model and score it on the test split."""
         state = checkpoint.load(self.checkpoint_dir / checkpoint.BEST, self.runtime.device)
-        self.model.load_state_dict(state["model"])
+        self.eval_model.load_state_dict(state["model"])
         return self.evaluate(self.splits.test_images, self.splits.test_labels)
 
+    def _after_step(self, progress: Progress) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        progress.advance(self.batch_size)
+
     def _best_state(self, epoch: int, result: FitResult) -> dict[str, Any]:
-        """The weights and score only: the same bytes for the same training (a DVC output)."""
-        return {"epoch": epoch, "model": self.model.state_dict(), "best_val_acc": result.best_val_acc}
+        """The evaluated weights and score only: the same bytes for the same training (a DVC output)."""
+        return {"epoch": epoch, "model": self.eval_model.state_dict(), "best_val_acc": result.best_val_acc}
 
     def _state(self, epoch: int, result: FitResult) -> dict[str, Any]:
         """Everything a resumed fit needs, including timings and the MLflow run id."""
         return {
             **self.checkpoint_extra,
             **self._best_state(epoch, result),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "best_epoch": result.best_epoch,
@@ -208,6 +230,8 @@ class Trainer:
     def _restore(self, state: dict[str, Any], result: FitResult) -> int:
         """Load a ``last.pt`` into the model, optimizer, scheduler, RNGs and ``result``; return its epoch."""
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])

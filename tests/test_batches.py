@@ -15,7 +15,7 @@ def random_images(n: int = 64, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("mode,np_mode", [("reflect", "reflect"), ("zeros", "constant")])
 def test_padding_matches_numpy(mode, np_mode):
     images = random_images(4)
-    padded = Augmenter(4, mode, flip=False).pad(images)
+    padded = Augmenter(4, mode, flip=False).prepare(images)
     expected = np.pad(images.numpy(), ((0, 0), (0, 0), (4, 4), (4, 4)), mode=np_mode)
     np.testing.assert_array_equal(padded.numpy(), expected)
 
@@ -23,7 +23,7 @@ def test_padding_matches_numpy(mode, np_mode):
 def test_each_crop_is_a_window_of_its_own_padded_image_and_shifts_vary():
     images = random_images(200)
     augment = Augmenter(4, "zeros", flip=False)
-    padded = augment.pad(images)
+    padded = augment.prepare(images)
     out = augment(padded, torch.Generator().manual_seed(1))
     assert out.shape == images.shape and out.dtype == torch.uint8
     offsets = set()
@@ -47,9 +47,9 @@ def test_flip_mirrors_about_half_the_images():
 def test_augmentation_is_reproducible_from_the_generator_seed():
     images = random_images(50)
     augment = Augmenter(4, "reflect", flip=True)
-    a = augment(augment.pad(images), torch.Generator().manual_seed(3))
-    b = augment(augment.pad(images), torch.Generator().manual_seed(3))
-    c = augment(augment.pad(images), torch.Generator().manual_seed(4))
+    a = augment(augment.prepare(images), torch.Generator().manual_seed(3))
+    b = augment(augment.prepare(images), torch.Generator().manual_seed(3))
+    c = augment(augment.prepare(images), torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -79,3 +79,15 @@ def test_to_tensors_converts_hwc_to_chw():
     assert x.shape == (5, 3, 32, 32)
     np.testing.assert_array_equal(x[2, 1].numpy(), hwc[2, :, :, 1])
     assert y.dtype == torch.int64
+
+
+def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
+    images = random_images(400)
+    augment = Augmenter(0, "reflect", flip=True, alternate_flip=True)
+    prepared = augment.prepare(images, torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(6)
+    odd, even = augment(prepared, generator, epoch=1), augment(prepared, generator, epoch=2)
+    mirrored = (odd == images.flip(-1)).flatten(1).all(1)
+    assert 150 < int(mirrored.sum()) < 250  # a random half is mirrored in odd epochs
+    assert torch.equal(even, odd.flip(-1))  # and the other way round in even ones
+    assert torch.equal(augment(prepared, generator, epoch=3), odd)

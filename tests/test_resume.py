@@ -43,19 +43,23 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
     assert not list(run_dir.glob(".*.tmp"))  # no half-written checkpoint
 
 
+# The states that only some recipes hold (EMA weights, alternate flips) must resume too.
+TRICKS = ("trainer.ema_decay=0.9", "data.augment.alternate_flip=true")
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflow_run(cli):
-    cli("trainer.epochs=12", f"hydra.run.dir={cli.tmp_path / 'whole'}")
+    cli("trainer.epochs=12", f"hydra.run.dir={cli.tmp_path / 'whole'}", *TRICKS)
     whole = json.loads((cli.tmp_path / "whole/metrics.json").read_text())
 
     run_dir = cli.tmp_path / "killed"
-    proc, _ = start_and_signal(cli, run_dir, "epoch 3/12", signal.SIGKILL, "trainer.epochs=12")
+    proc, _ = start_and_signal(cli, run_dir, "epoch 3/12", signal.SIGKILL, "trainer.epochs=12", *TRICKS)
     assert proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
     killed_at = torch.load(run_dir / "last.pt", weights_only=False)["epoch"]
     assert 2 <= killed_at < 12
 
-    changed = cli("trainer.epochs=13", f"hydra.run.dir={run_dir}", "trainer.resume=true", check=False)
+    changed = cli("trainer.epochs=13", f"hydra.run.dir={run_dir}", "trainer.resume=true", *TRICKS, check=False)
     assert changed.returncode == 2 and "differs from the interrupted run's (trainer.epochs: 12 -> 13)" in changed.stderr
-    resumed = cli("trainer.epochs=12", f"hydra.run.dir={run_dir}", "trainer.resume=true")
+    resumed = cli("trainer.epochs=12", f"hydra.run.dir={run_dir}", "trainer.resume=true", *TRICKS)
     assert f"Resuming after epoch {killed_at}" in resumed.stdout + resumed.stderr
     assert json.loads((run_dir / "metrics.json").read_text()) == whole  # CPU, seeded: identical
     runs = {r.data.tags["hydra.output_dir"]: r for r in all_runs(cli)}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+
 import optuna
 import pytest
 from omegaconf import OmegaConf
@@ -100,7 +104,10 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
 
 def test_a_sweep_that_fails_before_its_study_exists_ends_its_parent_run(cli):
     proc = cli("hparams_search=optuna", "hydra.sweeper.direction=sideways", multirun=True, check=False)
-    assert proc.returncode != 0 and "`directions` must be a list of `minimize` or `maximize`" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "cifar.train: error: hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"
+    )
     [parent] = all_runs(cli)
     assert parent.info.status == "FAILED" and parent.data.metrics["sweep/jobs"] == 0
 
@@ -151,3 +158,49 @@ def test_two_joblib_workers_run_eight_trials_without_losing_any(cli):
 def test_concurrent_jobs_counts_the_workers_that_share_the_machine(launcher, sweeper, cores, expected):
     hydra_cfg = OmegaConf.create({"launcher": launcher, "sweeper": sweeper})
     assert concurrent_jobs(hydra_cfg, cores) == expected
+
+
+KILLED_SWEEPS = {  # launcher overrides, and the signal that stops the sweep
+    "basic, SIGKILL": ((), signal.SIGKILL),
+    "joblib, SIGTERM": (("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"), signal.SIGTERM),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher,signum", KILLED_SWEEPS.values(), ids=KILLED_SWEEPS)
+def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli, launcher, signum):
+    overrides = ("hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none",
+                 "trainer.epochs=15", *launcher)
+    args, env = cli.command(*overrides, multirun=True)
+    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _killable(cli):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), stderr
+    if signum == signal.SIGTERM:
+        assert "cifar.train: interrupted by SIGTERM: finished jobs are kept" in stderr and "Traceback" not in stderr
+    before = {t.number: (t.params, t.datetime_complete) for t in load_study(cli).trials if t.state == COMPLETE}
+
+    cli(*overrides, multirun=True)  # the same command again
+    trials = load_study(cli).trials
+    killed = [t for t in trials if t.user_attrs.get("killed")]
+    assert killed and all(t.state == optuna.trial.TrialState.FAIL for t in killed)
+    assert [t.state for t in trials if t not in killed] == [COMPLETE] * 4  # n_trials, killed ones not counted
+    assert {n: (trials[n].params, trials[n].datetime_complete) for n in before} == before  # not re-run
+    runs = all_runs(cli)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    [old_parent, new_parent] = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
+                                      key=lambda r: r.info.start_time)
+    assert old_parent.info.status == "KILLED" and new_parent.info.status == "FINISHED"
+    old_children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == old_parent.info.run_id]
+    assert "KILLED" in {r.info.status for r in old_children}  # the trial it was training
+
+
+def _killable(cli) -> bool:
+    """A trial finished and another one is training (read from MLflow: the study may not exist yet)."""
+    statuses = [r.info.status for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags]
+    return "FINISHED" in statuses and "RUNNING" in statuses

@@ -31,11 +31,14 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
         assert len(metric_history(cli, run.info.run_id, key)) == 2, key
     metrics = run.data.metrics
     assert 0 <= metrics["test/acc"] <= 1 and math.isfinite(metrics["test/loss"])
+    epochs_seconds = sum(metric_history(cli, run.info.run_id, "epoch_seconds"))
+    assert 0 < metrics["train_seconds"] < epochs_seconds  # training steps only, without validation
     assert metrics["val/best_acc"] == max(metric_history(cli, run.info.run_id, "val/acc"))
     tags = run.data.tags
     assert len(tags["git.commit"]) == 40 or tags["git.commit"] == "unknown"
     assert tags["git.dirty"] in ("true", "false", "unknown")
     assert len(tags["data.hash"]) == 64 and tags["device"] == "cpu" and tags["torch.version"]
+    assert tags["compile"] == "false"
     experiment = client_for(cli).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -51,6 +54,20 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists()
     assert not list(run_dir.glob(".*.tmp"))
     assert proc.stdout.count("epoch ") >= 2 or proc.stderr.count("epoch ") >= 2
+
+
+def test_ema_weights_are_the_ones_scored_and_kept_as_best(cli):
+    import torch
+
+    cli("trainer.ema_decay=0.8", "trainer.epochs=1")
+    run_dir = cli.tmp_path / "run"
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    last = torch.load(run_dir / "last.pt", weights_only=False)
+    ema = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert best["model"].keys() == last["model"].keys() == ema.keys()
+    assert all(torch.equal(best["model"][k], ema[k]) for k in ema)  # best.pt holds the average
+    assert not all(torch.equal(last["model"][k], ema[k]) for k in ema)  # not the last step's weights
+    assert last["ema"]["n_averaged"] == 5  # one update per step
 
 
 def test_training_learns_the_fake_classes(cli):
@@ -104,12 +121,17 @@ BAD_INPUT = [
     ("data.batch_size=500", "data.batch_size=500 is larger than the 160 training images"),
     ("data.limit=-5", "data.limit=-5 is out of range: it must be > 0 or null (all)"),
     ("trainer.device=tpu", "trainer.device=tpu is out of range: it must be one of"),
+    ("+extra=1", "extra is not a config key (added with +?): drop it"),
+    ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is out of range: it must be in (0, 1) or null (off)"),
+    ("scheduler.anneal=sqrt", "scheduler.anneal=sqrt is out of range: it must be one of ('cos', 'linear')"),
+    ("data.augment.flip=false data.augment.alternate_flip=true",
+     "data.augment.alternate_flip=True is out of range: it needs data.augment.flip=true"),
 ]
 
 
 @pytest.mark.parametrize("override,message", BAD_INPUT, ids=[o for o, _ in BAD_INPUT])
 def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
-    proc = cli(override, check=False)
+    proc = cli(*override.split(), check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
@@ -117,6 +139,30 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert all_runs(cli) == []
     assert not (cli.tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("where", ["output dir", "sqlite store", "tracking server"])
+def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cli, where):
+    import subprocess
+
+    a_file = cli.tmp_path / "a-file"
+    a_file.write_text("")
+    overrides = {
+        "output dir": [f"hydra.run.dir={a_file}/run"],
+        "sqlite store": [f"mlflow.tracking_uri=sqlite:///{a_file}/mlflow.db"],
+        "tracking server": ["mlflow.tracking_uri=http://127.0.0.1:9"],  # nothing listens on the discard port
+    }[where]
+    args, env = cli.command(*overrides)
+    del env["MLFLOW_TRACKING_URI"]  # it would win over mlflow.tracking_uri
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # MLflow's own retries take two minutes
+    proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    expected = {"output dir": f"cannot write {a_file}/run (Not a directory): set hydra.run.dir",
+                "sqlite store": "MLflow tracking store sqlite:///", "tracking server": "Connection refused"}[where]
+    assert lines[0].startswith("cifar.train: error:") and expected in lines[0], lines[0]
+    assert "check mlflow.tracking_uri" in lines[0] or where == "output dir"
+    assert "Traceback" not in proc.stderr
 
 
 def test_missing_data_fails_with_one_line(cli):
@@ -188,3 +234,41 @@ def test_patience_stops_a_run_that_no_longer_improves_and_progress_can_be_forced
     assert run.data.tags["stopped_early"] == "true"
     assert "Stopping early" in proc.stderr + proc.stdout
     assert "epoch 1/6:" in proc.stderr  # the live bar, which is off by default when not on a terminal
+
+
+# Each of these alone stops a run before training; the fuzz test combines them with valid ones.
+BAD_OVERRIDES = [
+    "optimizer.lrr=1", "trainer.epoch=3", "data.batchsize=64", "model.widht=3", "+extra=1", "+trainer.foo=2",
+    "data.batch_size=abc", "trainer.epochs=1.5", "optimizer.lr=fast", "trainer.tta_flip=maybe", "seed=[1,2]",
+    "optimizer.lr=0", "optimizer.lr=-1e-3", "data.batch_size=-1", "trainer.epochs=0", "data.val_size=0",
+    "data.limit=-2", "data.test_limit=0", "trainer.label_smoothing=1.5", "trainer.ema_decay=0",
+    "trainer.patience=0", "trainer.threads=0", "model.dropout=1", "data.augment.crop_padding=-4",
+    "data.augment.pad_mode=wrap", "scheduler.anneal=exp", "trainer.device=tpu",
+    "model=vgg", "optimizer=rmsprop", "scheduler=step", "experiment=nope", "data.val_size=100000",
+    "data.path=/nonexistent/cifar", "mlflow.experiment=' '",
+]
+GOOD_OVERRIDES = ["optimizer.lr=0.01", "optimizer=sgd", "data.batch_size=16", "trainer.epochs=1", "seed=3",
+                  "trainer.label_smoothing=0.1", "data.augment.flip=false"]
+
+
+@pytest.mark.slow
+def test_random_bad_override_combinations_fail_in_one_line_and_leave_no_run(cli):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(bad=st.lists(st.sampled_from(BAD_OVERRIDES), min_size=1, max_size=3, unique=True),
+           good=st.lists(st.sampled_from(GOOD_OVERRIDES), max_size=2, unique=True),
+           order=st.randoms(use_true_random=False))
+    def check(bad, good, order):
+        overrides = bad + good
+        order.shuffle(overrides)
+        proc = cli(*overrides, "data.download=false", check=False)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2, (overrides, proc.stderr)
+        assert len(lines) == 1 and lines[0].startswith("cifar.train: error:"), (overrides, proc.stderr)
+        assert "Traceback" not in proc.stdout + proc.stderr
+        assert all(r.info.status != "RUNNING" for r in all_runs(cli))
+        assert not list(cli.tmp_path.glob("run/*.pt"))
+
+    check()

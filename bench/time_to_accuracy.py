@@ -1,0 +1,110 @@
+"""Time to accuracy: a recipe trained for several seeds, with test accuracy and training seconds.
+
+Runs ``python -m cifar.train -m seed=0,...,N-1 [experiment=PRESET] OVERRIDES`` as one sweep into
+a fresh MLflow store and reads each seed's run back: ``test/acc`` and ``train_seconds`` (time in
+training steps, including the in-batch augmentation; excluding data loading, validation and
+testing, and on CUDA the first epoch's compile warm-up where ``trainer.compile`` is on: see the
+README). It prints one row per seed and the mean and standard deviation.
+
+With ``--classic-images N`` it also measures the classic lab pipeline (``bench/throughput.py``:
+PIL transforms and a DataLoader) on the recipe's model and batch size for N images, and gives the
+time the classic pipeline would take for the same training images, and the ratio.
+
+    uv run python bench/time_to_accuracy.py --seeds 5                          # the default recipe
+    uv run python bench/time_to_accuracy.py --preset fast --seeds 5 --classic-images 6400
+    uv run python bench/time_to_accuracy.py --preset fast --seeds 3 trainer.epochs=8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def train_seeds(preset: str | None, seeds: int, data: str, workdir: Path, overrides: list[str]) -> list[dict]:
+    """Run the sweep over seeds; one dict per run: seed, test acc, train seconds, images/s, params."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    args = [
+        sys.executable, "-m", "cifar.train", "-m", f"seed={','.join(map(str, range(seeds)))}",
+        *([f"experiment={preset}"] if preset else []),
+        f"data.path={data}", "data.download=false", "mlflow.log_plots=false", "trainer.progress=false",
+        f"hydra.sweep.dir={workdir / 'sweep'}", *overrides,
+    ]
+    subprocess.run(args, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True)
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id],
+                              filter_string="tags.mlflow.parentRunId != ''")
+    rows = []
+    for run in runs:
+        speeds = [m.value for m in client.get_metric_history(run.info.run_id, "train/images_per_s")]
+        rows.append({
+            "seed": int(run.data.params["seed"]),
+            "test_acc": run.data.metrics["test/acc"],
+            "train_seconds": run.data.metrics["train_seconds"],
+            "images_per_s": statistics.median(speeds),
+            "params": run.data.params,
+        })
+    return sorted(rows, key=lambda r: r["seed"])
+
+
+def classic_images_per_s(params: dict, data: str, n_images: int) -> float:
+    """The classic pipeline's training images/s for the run's model and batch size."""
+    import torch
+    import yaml
+    from omegaconf import OmegaConf
+
+    from cifar.data import load_cifar10
+    from cifar.models import build_model
+    from throughput import classic
+
+    model_cfg = OmegaConf.create(
+        {key.removeprefix("model."): yaml.safe_load(value) for key, value in params.items() if key.startswith("model.")}
+    )
+    loaded = load_cifar10(data, str(REPO / "data" / "processed"), download=False)
+    torch.manual_seed(0)
+    return classic(loaded.train_images[:n_images], loaded.train_labels[:n_images], loaded.mean, loaded.std,
+                   batch=int(params["data.batch_size"]), model=build_model(model_cfg))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", help="an option of conf/experiment (default: the default recipe)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
+    parser.add_argument("--classic-images", type=int, default=0,
+                        help="images to time the classic pipeline on (0: no classic comparison)")
+    parser.add_argument("overrides", nargs="*", help="more overrides for every run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = train_seeds(args.preset, args.seeds, args.data, Path(tmp), args.overrides)
+    recipe = " ".join([f"experiment={args.preset}" if args.preset else "(defaults)", *args.overrides])
+    print(f"\n{recipe}: {len(rows)} seeds, {rows[0]['params']['trainer.epochs']} epochs, "
+          f"model {rows[0]['params']['model.name']}, batch {rows[0]['params']['data.batch_size']}\n")
+    print("| seed | test acc | train seconds | images/s |\n|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['test_acc']:.2%} | {r['train_seconds']:.1f} | {r['images_per_s']:.0f} |")
+    accs, secs = [r["test_acc"] for r in rows], [r["train_seconds"] for r in rows]
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
+    print(f"| mean ± std | {statistics.mean(accs):.2%} ± {spread(accs):.2%} | "
+          f"{statistics.mean(secs):.1f} ± {spread(secs):.1f} | |")
+    if args.classic_images:
+        classic = classic_images_per_s(rows[0]["params"], args.data, args.classic_images)
+        ours = statistics.median(r["images_per_s"] for r in rows)
+        print(f"\nclassic pipeline: {classic:.0f} images/s on {args.classic_images} images, so "
+              f"{statistics.mean(secs) * ours / classic:.1f} s for the same training images; "
+              f"this recipe is {ours / classic:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Faults during training: a checkpoint that cannot be written, an MLflow store that is locked,
+a process that dies and leaves its runs RUNNING."""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import time
+
+import pytest
+import torch
+
+from cifar import checkpoint, owner, tracking
+from cifar.errors import CheckpointError
+from tests.conftest import all_runs
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"epoch": 1, "weights": torch.ones(3)})
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt \(No space left on device\)"):
+        checkpoint.save(path, {"epoch": 2, "weights": torch.zeros(3)})
+    assert checkpoint.load(path)["epoch"] == 1  # intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+def test_a_run_that_cannot_write_its_checkpoint_fails_in_one_line(cli, tmp_path):
+    """The file size limit stands in for a full disk: checkpoint writes fail with EFBIG."""
+    from mlflow.tracking import MlflowClient
+
+    args, env = cli.command()
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'small.db'}"  # a store far below the limit
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    client.search_experiments()  # its tables, created beforehand
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_500_000, 1_500_000))  # below simplecnn's 2.5 MB
+
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cifar.train: error: could not write checkpoint" in lines[0], proc.stderr
+    assert "(File too large)" in lines[0] and "Traceback" not in proc.stderr
+    [run] = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
+    assert run.info.status == "FAILED"
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_retrying_waits_out_a_store_that_fails_and_gives_up_in_the_end(monkeypatch):
+    waits: list[float] = []
+    monkeypatch.setattr(time, "sleep", waits.append)
+    outcomes = [RuntimeError("database is locked")] * 3 + ["logged"]
+
+    def flaky():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert tracking.retrying(flaky) == "logged" and waits == [1, 2, 4]
+
+    def down():
+        raise ConnectionError("store down")
+
+    waits.clear()
+    with pytest.raises(ConnectionError):
+        tracking.retrying(down)
+    assert len(waits) == tracking.STORE_RETRIES - 1
+
+
+@pytest.mark.slow
+def test_a_locked_mlflow_store_is_retried_and_the_run_finishes(cli, tmp_path):
+    """A writer holds the SQLite store's lock past MLflow's 20 s busy timeout, mid-training."""
+    db = tmp_path / "locked.db"
+    args, env = cli.command("trainer.epochs=4")
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
+    run_dir = cli.tmp_path / "run"
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not any("epoch 1/4" in log.read_text() for log in run_dir.glob("*.log")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    time.sleep(26)
+    lock.execute("COMMIT")
+    lock.close()
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "MLflow store unavailable" in stderr + stdout and "retrying in" in stderr + stdout
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    [run] = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 4  # no epoch lost
+
+
+def test_owner_tells_a_live_process_from_a_gone_one():
+    assert not owner.is_gone(owner.current())
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()
+    host, _, _ = owner.current().split(":")
+    assert owner.is_gone(f"{host}:{child.pid}:0.00")  # no such process now (or another one since)
+    assert not owner.is_gone(f"another-host:{child.pid}:0.00")  # cannot be seen from here: left alone
+    assert not owner.is_gone("")
+
+
+def test_a_run_left_running_by_a_killed_process_is_ended_killed_by_the_next_run(cli):
+    args, env = cli.command("trainer.epochs=500")
+    run_dir = cli.tmp_path / "run"
+    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not any("epoch 1/500" in log.read_text() for log in run_dir.glob("*.log")):
+        assert proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [killed] = all_runs(cli)
+    assert killed.info.status == "RUNNING"  # nothing could end it
+    cli("trainer.epochs=1", f"hydra.run.dir={cli.tmp_path / 'next'}")
+    statuses = {r.info.run_id: r.info.status for r in all_runs(cli)}
+    assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cifar.optim import build_optimizer, build_scheduler
+
+ONECYCLE = {"name": "onecycle", "pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4}
+
+
+def lrs(scheduler_cfg: dict, steps: int) -> list[float]:
+    """The rate of each step, and the rate after the last one."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = build_scheduler(OmegaConf.create(scheduler_cfg), optimizer, steps_per_epoch=steps, epochs=1)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates + [optimizer.param_groups[0]["lr"]]
+
+
+def test_linear_onecycle_is_a_triangle_and_cos_is_not():
+    linear = lrs({**ONECYCLE, "anneal": "linear"}, 101)
+    cos = lrs({**ONECYCLE, "anneal": "cos"}, 101)
+    assert max(linear) == pytest.approx(1.0, rel=0.02) and linear[0] == pytest.approx(1 / 25)
+    peak = linear.index(max(linear))
+    rises, falls = torch.diff(torch.tensor(linear[:peak])), torch.diff(torch.tensor(linear[peak + 1 :]))
+    assert torch.allclose(rises, rises[0], atol=1e-6) and torch.allclose(falls, falls[0], atol=1e-6)  # straight lines
+    assert not torch.allclose(torch.diff(torch.tensor(cos[peak + 1 :])), falls[0], atol=1e-3)
+    for rates in (linear, cos):  # both end on the lowest rate, after the last step: never below it
+        assert rates[-1] == pytest.approx(1 / 25 / 1e4) and min(rates) == rates[-1]
+
+
+@pytest.mark.parametrize("name,extra", [("adam", {"betas": [0.9, 0.999]}), ("sgd", {"momentum": 0.9, "nesterov": True})])
+def test_optimizers_use_the_fused_kernels_on_the_cpu(name, extra):
+    cfg = OmegaConf.create({"name": name, "lr": 0.1, "weight_decay": 0.0, **extra})
+    optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+    assert optimizer.defaults["fused"] is True
