@@ -33,6 +33,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 
+@pytest.mark.slow
 def test_a_run_that_cannot_write_its_checkpoint_fails_in_one_line(cli, tmp_path):
     """The file size limit stands in for a full disk: checkpoint writes fail with EFBIG."""
     from mlflow.tracking import MlflowClient
@@ -116,6 +117,7 @@ def test_owner_tells_a_live_process_from_a_gone_one():
     assert not owner.is_gone("")
 
 
+@pytest.mark.slow
 def test_a_run_left_running_by_a_killed_process_is_ended_killed_by_the_next_run(cli):
     args, env = cli.command("trainer.epochs=500")
     run_dir = cli.tmp_path / "run"

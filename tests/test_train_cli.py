@@ -141,6 +141,7 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
     assert not (cli.tmp_path / "run" / "best.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["output dir", "sqlite store", "tracking server"])
 def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cli, where):
     import subprocess
