@@ -47,8 +47,9 @@ def run(cfg: DictConfig) -> float:
     """
     hydra_cfg = HydraConfig.get()
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
-    trainer_cfg = cfg.trainer
-    runtime = make_runtime(trainer_cfg.device, trainer_cfg.amp, trainer_cfg.channels_last, trainer_cfg.compile, threads)
+    runtime = make_runtime(
+        cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads
+    )
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
     augment = Augmenter(**cfg.data.augment)
     splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)

@@ -159,17 +159,14 @@ def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     A locked SQLite file or a tracking server that restarts must not cost the training done so far.
     """
-    for attempt in range(STORE_RETRIES):
+    for delay in (2**attempt for attempt in range(STORE_RETRIES - 1)):
         try:
             return call(*args, **kwargs)
         except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
-            if attempt == STORE_RETRIES - 1:
-                raise
-            delay = 2**attempt
             log.warning("MLflow store unavailable (%s: %s): retrying in %d s", type(err).__name__,
                         _first_line(err), delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+    return call(*args, **kwargs)  # the last attempt: its error goes to the caller
 
 
 def close_stale_runs(client: Any, experiment_id: str) -> int:

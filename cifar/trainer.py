@@ -216,9 +216,10 @@ class Trainer:
         """Everything a resumed fit needs, including timings and the MLflow run id."""
         return {
             **self.checkpoint_extra,
-            **self._best_state(epoch, result),
-            "model": self.model.state_dict(),
+            "epoch": epoch,
+            "model": self.model.state_dict(),  # the trained weights, not the EMA's that best.pt holds
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "best_val_acc": result.best_val_acc,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "best_epoch": result.best_epoch,
