@@ -17,44 +17,39 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
-from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cifar import inference  # noqa: E402
 from cifar.batches import Normalizer, to_tensors  # noqa: E402
 from cifar.data import load_cifar10  # noqa: E402
-from cifar.device import make_runtime  # noqa: E402
+from cifar.device import default_eval_batch_size, make_runtime  # noqa: E402
 from cifar.engine import evaluate  # noqa: E402
-from cifar.models import build_model  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=REPO / "results/train/best.pt")
     parser.add_argument("--data", type=Path, default=REPO / "data/processed/cifar10.npz")
-    parser.add_argument("--config", type=Path, default=REPO / "results/train/.hydra/config.yaml",
-                        help="the run's composed config (for the model)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    for path in (args.checkpoint, args.data, args.config):
+    for path in (args.checkpoint, args.data):
         if not path.exists():
-            sys.exit(f"{path} is missing: run `uv run dvc repro` (or pass --checkpoint/--data/--config)")
-    cfg = OmegaConf.create(yaml.safe_load(args.config.read_text()))
+            sys.exit(f"{path} is missing: run `uv run dvc repro` (or pass --checkpoint/--data)")
     runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
     data = load_cifar10(args.data, REPO / "data/processed", download=False)
-    model = build_model(cfg.model)
-    model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"])
+    model = inference.from_checkpoint(args.checkpoint).model  # the network alone: TTA is what is compared
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, labels = to_tensors(data.test_images, data.test_labels, runtime.device)
     normalize = Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last)
+    batch_size = default_eval_batch_size(runtime.device)
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for _ in range(args.repeats):
         for tta in (False, True):
             start = time.perf_counter()
-            acc = evaluate(model, images, labels, normalize, cfg.data.eval_batch_size, runtime, tta_flip=tta).acc
+            acc = evaluate(model, images, labels, normalize, batch_size, runtime, tta_flip=tta).acc
             results[tta].append((acc, time.perf_counter() - start))
     print(f"{len(labels)} test images, {args.checkpoint}; medians of {args.repeats}:")
     print("| trainer.tta_flip | test acc | eval seconds |\n|---|---:|---:|")

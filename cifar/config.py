@@ -89,7 +89,7 @@ class DataConfig:
     download: bool = MISSING
     cache_dir: str = MISSING
     batch_size: int = MISSING
-    eval_batch_size: int = MISSING
+    eval_batch_size: Optional[int] = MISSING
     val_size: int = MISSING
     limit: Optional[int] = MISSING
     test_limit: Optional[int] = MISSING
@@ -117,6 +117,19 @@ class MlflowConfig:
     tracking_uri: Optional[str] = MISSING
     experiment: str = MISSING
     log_plots: bool = MISSING
+    log_model: bool = MISSING
+    register_model: bool = MISSING
+    model_name: str = MISSING
+
+
+@dataclass
+class DiagnosticsConfig:
+    epochs: list[int] = MISSING
+    gradient_flow: bool = MISSING
+    weights: bool = MISSING
+    predictions: bool = MISSING
+    per_class: bool = MISSING
+    samples: int = MISSING
 
 
 @dataclass
@@ -127,6 +140,7 @@ class Config:
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = MISSING
+    diagnostics: DiagnosticsConfig = MISSING
     seed: int = MISSING
 
 
@@ -135,6 +149,7 @@ GROUP_SCHEMAS = {
     "optimizer": {"adam": AdamConfig, "adamw": AdamConfig, "sgd": SGDConfig},
     "scheduler": {"none": SchedulerConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
     "data": {"cifar10": DataConfig},
+    "diagnostics": {"diagnostics": DiagnosticsConfig},
 }
 
 
@@ -161,6 +176,19 @@ def register_configs() -> None:
             store.store(group=f"schema/{group}", name=option, node=schema)
 
 
+def compose(overrides: list[str]) -> DictConfig:
+    """The validated config that ``python -m cifar.train OVERRIDES`` runs with (for the tools beside it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import cifar.hydra_plugin  # noqa: F401  registers the schemas, as Hydra does for the CLI
+
+    with initialize_config_dir(str(CONF_DIR)):
+        cfg = hydra_compose("config", overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAD_MODES = ("reflect", "zeros")
 ANNEALS = ("cos", "linear")
@@ -174,7 +202,8 @@ def validate(cfg: Any) -> None:
         ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
         ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
-        ("data.eval_batch_size", cfg.data.eval_batch_size > 0, "must be > 0"),
+        ("data.eval_batch_size", cfg.data.eval_batch_size is None or cfg.data.eval_batch_size > 0,
+         "must be > 0 or null (the device's default)"),
         ("data.val_size", cfg.data.val_size > 0, "must be > 0"),
         ("data.limit", cfg.data.limit is None or cfg.data.limit > 0, "must be > 0 or null (all)"),
         (
@@ -197,6 +226,12 @@ def validate(cfg: Any) -> None:
         ("trainer.label_smoothing", 0 <= cfg.trainer.label_smoothing < 1, "must be in [0, 1)"),
         ("trainer.threads", cfg.trainer.threads is None or cfg.trainer.threads >= 1, "must be >= 1 or null (auto)"),
         ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),
+        ("mlflow.register_model", cfg.mlflow.log_model or not cfg.mlflow.register_model, "needs mlflow.log_model=true"),
+        ("mlflow.model_name", bool(cfg.mlflow.model_name.strip()), "must not be empty"),
+        ("diagnostics.epochs", all(1 <= e <= cfg.trainer.epochs for e in cfg.diagnostics.epochs),
+         "must list epochs between 1 and trainer.epochs"),
+        ("diagnostics.samples", 1 <= cfg.diagnostics.samples <= cfg.data.val_size,
+         "must be between 1 and data.val_size"),
     ]
     if "momentum" in cfg.optimizer:
         checks.append(("optimizer.momentum", 0 <= cfg.optimizer.momentum < 1, "must be in [0, 1)"))

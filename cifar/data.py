@@ -37,6 +37,7 @@ TEST_BATCH = "test_batch"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 CACHE_FORMAT = 1
+TEST_SUBSET_SEED = 0  # the test subset of data.test_limit: the same images whatever the run's seed
 
 
 @dataclass
@@ -305,6 +306,23 @@ def _decode_images(paths: list[str], blobs: Iterator[bytes]) -> np.ndarray:
     return images
 
 
+# --- splits ---------------------------------------------------------------------------------
+
+
+def split_indices(n_train: int, n_test: int, val_size: int, limit: int | None, test_limit: int | None,
+                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices: a seeded validation hold-out from train, then ``limit`` and ``test_limit``.
+
+    The test subset is drawn with a fixed seed, so runs with the same ``test_limit`` score the same images.
+    """
+    order = np.random.default_rng(seed).permutation(n_train)
+    val_idx, train_idx = np.sort(order[:val_size]), np.sort(order[val_size:][:limit])
+    test_idx = np.arange(n_test)
+    if test_limit is not None and test_limit < n_test:
+        test_idx = np.sort(np.random.default_rng(TEST_SUBSET_SEED).permutation(n_test)[:test_limit])
+    return train_idx, val_idx, test_idx
+
+
 # --- the cache ------------------------------------------------------------------------------
 
 
@@ -342,3 +360,11 @@ def _read_cache(cache_file: Path) -> Cifar10:
         if meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache format {meta.get('format')} is not {CACHE_FORMAT}")
         return Cifar10.from_cache(npz, meta, cache_file)
+
+
+if __name__ == "__main__":  # python -m cifar.data: a summary of the prepared data
+    import sys
+
+    from cifar.data_summary import main
+
+    sys.exit(main())

@@ -66,6 +66,12 @@ def default_compile(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def default_eval_batch_size(device: torch.device) -> int:
+    """Evaluation batches: on the CPU, 128 evaluated simplecnn 2.3x faster than 1024 (activations that
+    fit in cache; resnet18 alike at any size); on accelerators, large batches."""
+    return 128 if device.type == "cpu" else 1024
+
+
 def make_runtime(
     device_name: str, amp: bool | None, channels_last: bool | None, compile: bool | None, threads: int | None
 ) -> Runtime:

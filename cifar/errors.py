@@ -19,3 +19,9 @@ class DivergedError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that could not be written (disk full, no permission); the previous one is kept."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (library errors often span several)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,8 +54,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def flops_per_image(model: nn.Module) -> int:
-    """Forward FLOPs for one 32x32 image: 2 x the multiply-adds that torchinfo counts (module hooks).
+@dataclass
+class Summary:
+    parameters: int
+    flops_per_image: int  # forward FLOPs for one 32x32 image: 2 x the multiply-adds that torchinfo counts
+    table: str  # torchinfo's layer table: output shapes, parameters and multiply-adds per layer
+
+
+def summarize(model: nn.Module) -> Summary:
+    """Parameters and FLOPs of ``model``, counted by torchinfo (module hooks on one forward pass).
 
     The input is zeros, not torchinfo's random default, so counting draws nothing from the RNG
     that seeds training.
@@ -63,5 +71,6 @@ def flops_per_image(model: nn.Module) -> int:
 
     device = next(model.parameters()).device
     image = torch.zeros(1, 3, 32, 32, device=device)
-    summary = torchinfo.summary(model, input_data=image, device=device, verbose=0, mode="eval")
-    return 2 * summary.total_mult_adds
+    stats = torchinfo.summary(model, input_data=image, device=device, verbose=0, mode="eval",
+                              col_names=("output_size", "num_params", "mult_adds"))
+    return Summary(count_parameters(model), 2 * stats.total_mult_adds, str(stats))

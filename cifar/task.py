@@ -17,11 +17,12 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifar import checkpoint, parallel, plots, tracking
+from cifar import checkpoint, inference, parallel, plots, registry, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.data import CLASSES, load_cifar10
-from cifar.device import Runtime, make_runtime
-from cifar.models import build_model, count_parameters, flops_per_image
+from cifar.device import Runtime, default_eval_batch_size, make_runtime
+from cifar.diagnostics import Diagnostics
+from cifar.models import build_model, summarize
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import Evaluation
 from cifar.errors import ConfigError, DivergedError
@@ -58,7 +59,8 @@ def run(cfg: DictConfig) -> float:
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model_info = {"model.parameters": count_parameters(model), "model.flops_per_image": flops_per_image(model)}
+    summary = summarize(model)
+    model_info = {"model.parameters": summary.parameters, "model.flops_per_image": summary.flops_per_image}
     if runtime.compile:
         model.compile()
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), runtime.device)
@@ -92,6 +94,7 @@ def run(cfg: DictConfig) -> float:
             mlflow.log_params(params)
             mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
             mlflow.log_dict(data.stats, "data/stats.json")
+            mlflow.log_text(summary.table, "model/summary.txt")
             trainer = Trainer(
                 model=model,
                 optimizer=optimizer,
@@ -102,15 +105,17 @@ def run(cfg: DictConfig) -> float:
                 augment=augment,
                 runtime=runtime,
                 batch_size=cfg.data.batch_size,
-                eval_batch_size=cfg.data.eval_batch_size,
+                eval_batch_size=cfg.data.eval_batch_size or default_eval_batch_size(runtime.device),
                 generator=torch.Generator(runtime.device).manual_seed(cfg.seed),
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
                 tta_flip=cfg.trainer.tta_flip,
                 ema=_ema(model, cfg.trainer.ema_decay),
+                inference_spec=inference.spec(cfg.model, data.mean, data.std, cfg.trainer.tta_flip),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
-            result = _fit(trainer, cfg.trainer, trial, resume_from)
+            diagnostics = Diagnostics(cfg.diagnostics, splits.val_images, splits.val_labels)
+            result = _fit(trainer, cfg.trainer, trial, diagnostics, resume_from)
             if result.stop_reason == PRUNED:
                 _record_results(output_dir, result, None, None, cfg.mlflow.log_plots)
                 log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
@@ -118,6 +123,9 @@ def run(cfg: DictConfig) -> float:
                 return result.best_val_acc
             test = trainer.test_best()
             _record_results(output_dir, result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots)
+            if cfg.mlflow.log_model:  # a sweep registers its best job's model when it ends
+                registered_name = cfg.mlflow.model_name if cfg.mlflow.register_model and not multirun else None
+                tracking.retrying(registry.log_model, output_dir / checkpoint.BEST, data.test_images, registered_name)
             log.info(
                 "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
                 result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
@@ -143,7 +151,7 @@ def _run_tags(
         "compile": str(runtime.compile).lower(),
         "torch.version": torch.__version__,
         "torch.threads": str(torch.get_num_threads()),
-        "hydra.output_dir": str(output_dir.resolve()),
+        tracking.OUTPUT_DIR_TAG: str(output_dir.resolve()),
     }
     dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
     if dvc_hash is not None:
@@ -172,7 +180,8 @@ def _last_checkpoint(output_dir: Path) -> dict:
 
 
 def _fit(
-    trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None, resume_from: dict | None = None
+    trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None, diagnostics: Diagnostics,
+    resume_from: dict | None = None,
 ) -> FitResult:
     """Fit, logging each epoch to MLflow and, in an Optuna sweep, reporting it to the job's trial.
 
@@ -180,6 +189,7 @@ def _fit(
     """
     def on_epoch(metrics: EpochMetrics) -> str | None:
         tracking.retrying(mlflow.log_metrics, metrics.as_dict(), step=metrics.epoch)
+        diagnostics.log(metrics.epoch, trainer.model, metrics.val)
         if trial is not None and trial.should_prune(metrics.epoch, metrics.val.acc):
             return PRUNED
         return None

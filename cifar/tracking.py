@@ -24,25 +24,28 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, sweeper
-from cifar.errors import ConfigError, UserError
+from cifar.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
-# Overrides that say where or how a job runs, not what it trains: left out of run names.
+# Overrides that say where or how a job runs or what it records, not what it trains: left out of run names.
 NOT_IN_RUN_NAMES = frozenset({
-    "data.path", "data.cache_dir", "data.download", "trainer.device", "trainer.progress", "trainer.threads",
-    "mlflow.tracking_uri", "mlflow.experiment",
+    "data.path", "data.cache_dir", "data.download", "data.eval_batch_size", "trainer.device", "trainer.progress",
+    "trainer.threads",
 })
+NOT_IN_RUN_NAMES_PREFIXES = ("mlflow.", "diagnostics")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
 BEST_VAL_ACC = "val/best_acc"
 SWEEP_DIR_TAG = "cifar.sweep_dir"  # set on sweep parent runs only
+BEST_RUN_TAG = "best_run_id"  # on a sweep's parent run: its best job's run
 STUDY_NAME_TAG = "optuna.study_name"
 STUDY_STORAGE_TAG = "optuna.storage"  # on the parent run of an Optuna sweep
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each trial when the sweep ends
 PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or that diverged)
+OUTPUT_DIR_TAG = "hydra.output_dir"  # the run's output dir: its checkpoints and logs
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
 STORE_RETRIES = 6  # attempts of an MLflow call during training, waiting 1, 2, 4, 8, 16 s in between
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +73,7 @@ def configure(cfg_mlflow: Any) -> str:
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
         raise UserError(
-            f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: {_first_line(err)}): "
+            f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: {first_line(err)}): "
             "check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
     return experiment.experiment_id
@@ -114,8 +117,12 @@ def override_key(override: str) -> str:
 
 def run_name(overrides: list[str], only: list[str] | None = None) -> str:
     """The job's overrides that change what it trains (only the swept ones, in a sweep)."""
-    kept = [o for o in overrides if override_key(o) not in NOT_IN_RUN_NAMES and (only is None or override_key(o) in only)]
+    kept = [o for o in overrides if _names_the_training(override_key(o)) and (only is None or override_key(o) in only)]
     return _truncate(",".join(sorted(kept))) or "defaults"
+
+
+def _names_the_training(key: str) -> bool:
+    return key not in NOT_IN_RUN_NAMES and not key.startswith(NOT_IN_RUN_NAMES_PREFIXES)
 
 
 def sweep_overrides(config: DictConfig) -> list[str]:
@@ -164,7 +171,7 @@ def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             return call(*args, **kwargs)
         except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
             log.warning("MLflow store unavailable (%s: %s): retrying in %d s", type(err).__name__,
-                        _first_line(err), delay)
+                        first_line(err), delay)
             time.sleep(delay)
     return call(*args, **kwargs)  # the last attempt: its error goes to the caller
 
@@ -257,6 +264,8 @@ class SweepCallback(Callback):
             metrics = _log_jobs(client, run_id, children)
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
+            if config.mlflow.register_model and not interrupted:
+                _register_best(client, run_id, config.mlflow.model_name)
             if sweeper.is_optuna_sweep(config.hydra):
                 _log_study(client, run_id, config.hydra, children)
         finally:
@@ -276,11 +285,25 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, flo
     if scored:
         best = max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC])
         metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
-        client.set_tag(parent_id, "best_run_id", best.info.run_id)
+        client.set_tag(parent_id, BEST_RUN_TAG, best.info.run_id)
         client.set_tag(parent_id, "best_run_name", best.info.run_name)
     for key, value in metrics.items():
         client.log_metric(parent_id, key, value)
     return metrics
+
+
+def _register_best(client: Any, parent_id: str, name: str) -> None:
+    """Register the model of the sweep's best job (by val/best_acc) under ``name``."""
+    from cifar import registry
+
+    parent = client.get_run(parent_id)
+    best_run_id = parent.data.tags.get(BEST_RUN_TAG)
+    model_uri = best_run_id and registry.logged_model_uri(client, parent.info.experiment_id, best_run_id)
+    if not model_uri:
+        log.warning("No model to register: the sweep's best job logged none")
+        return
+    version = registry.register(model_uri, name)
+    client.set_tag(parent_id, "registered_model", f"models:/{name}/{version}")
 
 
 def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
@@ -323,7 +346,3 @@ def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: lis
 
 def _truncate(text: str, limit: int = 250) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else ""

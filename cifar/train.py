@@ -28,6 +28,8 @@ Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
 # Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
 # samplers and pruners. Hydra 1.4 refuses anything else.
 EXECUTION_WHITELIST = ["cifar.*", "logging.*", "optuna.*"]
+# Errors in the user's input: reported as one line by describe(), here and by the tools that compose the config
+USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 
 
 class AbortRun(BaseException):
@@ -60,7 +62,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         train()
-    except (AbortRun, UserError, HydraException, OmegaConfBaseException) as err:
+    except (AbortRun, *USER_ERRORS) as err:
         if full_error:
             raise
         print(f"cifar.train: error: {describe(err)}", file=sys.stderr)

@@ -8,22 +8,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, train_batches
-from cifar.data import Cifar10
+from cifar.data import Cifar10, split_indices
 from cifar.device import Runtime
 from cifar.engine import Evaluation, Pass, evaluate, train_epoch
 from cifar.errors import ConfigError
+from cifar.inference import SPEC
 from cifar.progress import Progress
 
 log = logging.getLogger(__name__)
-
-TEST_SUBSET_SEED = 0  # fixed, so runs with the same data.test_limit are scored on the same images
 
 
 @dataclass
@@ -49,17 +47,13 @@ def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, dev
         raise ConfigError(
             f"data.val_size={cfg_data.val_size} must be smaller than the training set ({n} images): lower data.val_size"
         )
-    order = np.random.default_rng(seed).permutation(n)
-    val_idx, train_idx = np.sort(order[: cfg_data.val_size]), order[cfg_data.val_size :]
-    train_idx = np.sort(train_idx[: cfg_data.limit])
+    train_idx, val_idx, test_idx = split_indices(
+        n, len(data.test_labels), cfg_data.val_size, cfg_data.limit, cfg_data.test_limit, seed)
     if len(train_idx) < cfg_data.batch_size:
         raise ConfigError(
             f"data.batch_size={cfg_data.batch_size} is larger than the {len(train_idx)} training images: "
             "lower data.batch_size or raise data.limit"
         )
-    test_idx = np.arange(len(data.test_labels))
-    if cfg_data.test_limit is not None and cfg_data.test_limit < len(test_idx):
-        test_idx = np.sort(np.random.default_rng(TEST_SUBSET_SEED).permutation(len(test_idx))[: cfg_data.test_limit])
     train_x, train_y = to_tensors(data.train_images[train_idx], data.train_labels[train_idx], device)
     val_x, val_y = to_tensors(data.train_images[val_idx], data.train_labels[val_idx], device)
     test_x, test_y = to_tensors(data.test_images[test_idx], data.test_labels[test_idx], device)
@@ -120,7 +114,8 @@ class Trainer:
     show_progress: bool
     tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the logits
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
-    checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with each checkpoint as is
+    inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
+    checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
 
     def fit(
         self,
@@ -209,8 +204,9 @@ class Trainer:
         progress.advance(self.batch_size)
 
     def _best_state(self, epoch: int, result: FitResult) -> dict[str, Any]:
-        """The evaluated weights and score only: the same bytes for the same training (a DVC output)."""
-        return {"epoch": epoch, "model": self.eval_model.state_dict(), "best_val_acc": result.best_val_acc}
+        """The evaluated weights, score and inference spec only: the same bytes for the same training (a DVC output)."""
+        return {"epoch": epoch, "model": self.eval_model.state_dict(), "best_val_acc": result.best_val_acc,
+                SPEC: self.inference_spec}
 
     def _state(self, epoch: int, result: FitResult) -> dict[str, Any]:
         """Everything a resumed fit needs, including timings and the MLflow run id."""
@@ -219,6 +215,7 @@ class Trainer:
             "epoch": epoch,
             "model": self.model.state_dict(),  # the trained weights, not the EMA's that best.pt holds
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            SPEC: self.inference_spec,
             "best_val_acc": result.best_val_acc,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,

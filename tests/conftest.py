@@ -46,8 +46,10 @@ def real_data_cache(tmp_path_factory) -> Path:
     return cache
 
 
-# Small, fast runs on the fake data: 160 train / 40 val images, 2 epochs of 5 batches.
+# Small, fast runs on the fake data: 160 train / 40 val images, 2 epochs of 5 batches. No model is
+# logged (torch.export costs each process ~6 s): tests/test_predict.py checks the logged model.
 FAST = [
+    "mlflow.log_model=false",
     "data.val_size=40",
     "data.batch_size=32",
     "data.eval_batch_size=64",

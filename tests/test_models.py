@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from cifar.models import build_model, count_parameters, flops_per_image
+from cifar.models import build_model, count_parameters, summarize
 
 
 def test_resnet18_has_the_cifar_stem_and_parameter_count():
@@ -26,12 +26,15 @@ def test_simplecnn_follows_its_config():
     assert no_bn(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_flops_count_the_convolutions_and_linear_layers():
+def test_summary_counts_the_flops_of_the_convolutions_and_linear_layers():
     cfg = OmegaConf.create({"name": "simplecnn", "channels": [8], "hidden": 4, "dropout": 0.0, "batch_norm": False})
     model = build_model(cfg)
     conv = 32 * 32 * 8 * (3 * 3 * 3 + 1)  # multiply-adds per output, bias included
     linear = (8 * 16 * 16 + 1) * 4 + (4 + 1) * 10
-    assert flops_per_image(model) == 2 * (conv + linear)
+    summary = summarize(model)
+    assert summary.flops_per_image == 2 * (conv + linear)
+    assert summary.parameters == count_parameters(model)
+    assert "Conv2d" in summary.table and "Linear" in summary.table
     assert model.training  # counting does not leave the model in eval mode
 
 
@@ -40,5 +43,5 @@ def test_counting_flops_draws_nothing_from_the_global_rng():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    flops_per_image(model)
+    summarize(model)
     assert torch.equal(torch.rand(3), expected)

@@ -19,10 +19,9 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     proc = cli("optimizer.lr=0.002")
     [run] = all_runs(cli)
     assert run.info.status == "FINISHED"
-    # where-to-run overrides (data.path, data.cache_dir, data.download, trainer.device) are left out
-    assert run.info.run_name == (
-        "data.batch_size=32,data.eval_batch_size=64,data.val_size=40,optimizer.lr=0.002,trainer.epochs=2"
-    )
+    # where-to-run and what-to-record overrides (data.path, data.eval_batch_size, trainer.device,
+    # mlflow.log_model, ...) are left out
+    assert run.info.run_name == "data.batch_size=32,data.val_size=40,optimizer.lr=0.002,trainer.epochs=2"
     params = run.data.params
     assert params["optimizer.lr"] == "0.002"
     assert params["model.name"] == "simplecnn" and params["data.batch_size"] == "32"
@@ -126,6 +125,10 @@ BAD_INPUT = [
     ("scheduler.anneal=sqrt", "scheduler.anneal=sqrt is out of range: it must be one of ('cos', 'linear')"),
     ("data.augment.flip=false data.augment.alternate_flip=true",
      "data.augment.alternate_flip=True is out of range: it needs data.augment.flip=true"),
+    ("diagnostics=all diagnostics.epochs=[1,9]",
+     "diagnostics.epochs=[1, 9] is out of range: it must list epochs between 1 and trainer.epochs"),
+    ("mlflow.log_model=false mlflow.register_model=true",
+     "mlflow.register_model=True is out of range: it needs mlflow.log_model=true"),
 ]
 
 

@@ -1,0 +1,207 @@
+"""``python -m cifar.env [OVERRIDES...]``: can this machine train? Versions, devices, data and a test step.
+
+    python -m cifar.env                          # the default config: trainer.device=auto, data/raw
+    python -m cifar.env trainer.device=cuda data.path=/data/cifar10
+
+Prints the versions of Python and the stack, the devices torch finds, whether the configured
+data and its decoded cache are present, then runs a small matmul and one training step of the
+configured model on the configured device, and ends with a verdict. Exits 1 when something
+required is missing or fails (a package, the device, the data with data.download=false).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+# The stack, by distribution name; alternatives (mlflow-skinny on slim images) after a "|".
+PACKAGES = ("torch", "torchvision", "hydra-core", "hydra-optuna-sweeper", "omegaconf", "optuna",
+            "mlflow|mlflow-skinny", "dvc")
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass
+class Check:
+    topic: str
+    status: str  # OK, WARN or FAIL
+    detail: str
+
+
+def package_versions() -> list[Check]:
+    checks = []
+    for names in PACKAGES:
+        for name in names.split("|"):
+            try:
+                checks.append(Check(name, OK, importlib.metadata.version(name)))
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        else:
+            checks.append(Check(names.split("|")[0], FAIL, "not installed: run `uv sync`"))
+    return checks
+
+
+def torchvision_ops() -> Check:
+    """torchvision's compiled ops load only with the torch build they were made for."""
+    import torch
+    import torchvision
+
+    try:
+        torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+    except (RuntimeError, AttributeError) as err:
+        return Check("torchvision ops", FAIL, f"{err}: install the torchvision that matches torch {torch.__version__}")
+    return Check("torchvision ops", OK, f"load with torch {torch.__version__}")
+
+
+def devices() -> list[Check]:
+    import torch
+
+    from cifar.device import cpu_has_native_bf16
+
+    threads = f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (amp off by default)"
+    checks = [Check("CPU", OK, f"{_cpu_name()}: {threads}, {bf16}")]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            checks.append(Check(f"cuda:{index}", OK, f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
+                                                     f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"))
+    else:
+        checks.append(Check("CUDA", OK, f"not available (torch {torch.__version__})"))
+    checks.append(Check("MPS", OK, "available" if torch.backends.mps.is_available() else "not available"))
+    return checks
+
+
+def _cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def data_presence(cfg_data) -> list[Check]:
+    """The configured source and its decoded cache; missing data fails only where it will not be downloaded."""
+    from cifar.data import fingerprint, locate_source
+    from cifar.errors import DataError
+
+    path = Path(cfg_data.path)
+    if path.suffix == ".npz":
+        status = Check("data", OK, f"decoded file {path}") if path.is_file() else Check(
+            "data", FAIL, f"{path} does not exist: run `dvc repro prepare` or point data.path at the raw data")
+        return [status]
+    try:
+        source = locate_source(path, download=False)
+    except DataError as err:
+        if cfg_data.download:
+            return [Check("data", WARN, f"no data in {path}: the first run downloads it (data.download=true)")]
+        return [Check("data", FAIL, str(err))]
+    cache = Path(cfg_data.cache_dir) / f"cifar10-{fingerprint(source)}.npz"
+    return [Check("data", OK, f"source {source}"),
+            Check("cache", OK if cache.exists() else WARN,
+                  f"{cache}" if cache.exists() else f"{cache} not decoded yet: the first run decodes it once")]
+
+
+def timed(topic: str, run: Callable[[], str]) -> Check:
+    start = time.perf_counter()
+    try:
+        detail = run()
+    except Exception as err:  # any failure of the device or the stack is the finding
+        return Check(topic, FAIL, f"{type(err).__name__}: {err}")
+    return Check(topic, OK, f"{detail} ({time.perf_counter() - start:.2f} s)")
+
+
+def matmul(device) -> str:
+    """A 256x256 matmul on ``device``, checked against the CPU's result."""
+    import torch
+
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    result = (a.to(device) @ b.to(device)).cpu()
+    if not torch.allclose(result, a @ b, rtol=1e-2, atol=1e-2):
+        raise RuntimeError(f"the result on {device} differs from the CPU's")
+    return f"on {device}"
+
+
+def training_step(cfg) -> str:
+    """One forward/backward/optimizer step of the configured model on random images, with the run's settings."""
+    import torch
+
+    from cifar.device import make_runtime
+    from cifar.models import build_model
+    from cifar.optim import build_optimizer
+
+    runtime = make_runtime(cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, False, None)
+    model = build_model(cfg.model).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), runtime.device)
+    images = torch.randn(8, 3, 32, 32, device=runtime.device)
+    labels = torch.randint(0, 10, (8,), device=runtime.device)
+    with runtime.autocast():
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+    loss.backward()
+    optimizer.step()
+    if not torch.isfinite(loss):
+        raise RuntimeError(f"the loss is {loss.item()}")
+    return (f"{cfg.model.name}, batch 8, on {runtime.device} (amp={runtime.amp}, "
+            f"channels_last={runtime.channels_last}): loss {loss.item():.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cifar.env", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for cifar.train")
+    args = parser.parse_args(argv)
+
+    from cifar.config import compose
+    from cifar.errors import UserError
+    from cifar.train import USER_ERRORS, describe
+
+    checks = [Check("Python", OK, f"{platform.python_version()} ({sys.executable})"), *package_versions()]
+    _print(checks)
+    if any(c.status == FAIL for c in checks):
+        return _verdict(checks, None)
+    try:
+        cfg = compose(args.overrides)
+    except USER_ERRORS as err:
+        print(f"cifar.env: error: {describe(err)}", file=sys.stderr)
+        return 2
+    from cifar.device import resolve_device
+
+    more = [torchvision_ops(), *devices(), *data_presence(cfg.data)]
+    try:
+        device = resolve_device(cfg.trainer.device)
+    except UserError as err:
+        more.append(Check("device", FAIL, str(err)))
+        device = None
+    if device is not None:
+        more += [timed("matmul", lambda: matmul(device)), timed("training step", lambda: training_step(cfg))]
+    _print(more)
+    return _verdict(checks + more, device)
+
+
+def _print(checks: list[Check]) -> None:
+    for check in checks:
+        print(f"{check.status:>4}  {check.topic:<21} {check.detail}")
+
+
+def _verdict(checks: list[Check], device) -> int:
+    failed = [c.topic for c in checks if c.status == FAIL]
+    if failed:
+        print(f"\nNOT READY: {', '.join(failed)} failed (see above)")
+        return 1
+    warned = [c.topic for c in checks if c.status == WARN]
+    print(f"\nREADY to train on {device}" + (f" ({', '.join(warned)}: see above)" if warned else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

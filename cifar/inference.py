@@ -1,0 +1,127 @@
+"""A trained model as an image classifier: normalisation, the model (with its flip TTA) and softmax in one module.
+
+This is what ``cifar.predict`` runs and what each run logs to MLflow as its model. It takes
+images as they are decoded from files and stored in the data cache, (N, 32, 32, 3) uint8, and
+returns class probabilities, (N, 10) float32, in the order of :data:`cifar.data.CLASSES`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from cifar import checkpoint
+from cifar.data import CLASSES
+from cifar.errors import UserError, first_line
+from cifar.models import build_model
+
+SPEC = "inference"  # in both checkpoints: what turns their weights into a Classifier
+MODELS_URI = "models:/"
+RUNS_URI = "runs:/"
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Classifier(nn.Module):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], tta_flip: bool):
+        super().__init__()
+        self.model = model
+        self.tta_flip = tta_flip
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std_t))
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
+        logits = self.model(x)
+        if self.tta_flip:
+            logits = (logits + self.model(x.flip(-1))) / 2
+        return logits.softmax(1)
+
+
+def spec(model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta_flip: bool) -> dict[str, Any]:
+    """What a checkpoint holds besides the weights so that it can classify images on its own."""
+    return {
+        "model": OmegaConf.to_container(model_cfg, resolve=True),
+        "mean": list(mean),
+        "std": list(std),
+        "tta_flip": tta_flip,
+        "classes": list(CLASSES),
+    }
+
+
+def from_checkpoint(path: Path) -> Classifier:
+    """The Classifier of a ``best.pt`` or ``last.pt`` (or of the run dir holding them: its best.pt), on the CPU."""
+    if path.is_dir():
+        path = path / checkpoint.BEST
+    try:
+        state = checkpoint.load(path)
+    except Exception as err:  # torch.load fails on a file that is no checkpoint with many error types
+        raise UserError(f"--model {path} is not a readable checkpoint ({first_line(err)}): give a best.pt or last.pt") from err
+    if not isinstance(state, dict) or SPEC not in state:
+        raise UserError(f"--model {path} is not a checkpoint of cifar.train with its model config: give a best.pt or "
+                        "last.pt written by cifar.train, or an MLflow run id")
+    model_spec = state[SPEC]
+    model = build_model(OmegaConf.create(model_spec["model"]))
+    model.load_state_dict(state["model"])
+    return Classifier(model, model_spec["mean"], model_spec["std"], model_spec["tta_flip"]).eval()
+
+
+def load(source: str, tracking_uri: str | None = None) -> nn.Module:
+    """The classifier at ``source``: a checkpoint path, an MLflow run id, or a ``models:/``/``runs:/`` URI.
+
+    A run id gives the model the run logged, or, for a run that logged none, the ``best.pt`` in its
+    output dir. MLflow sources come from ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then
+    ``sqlite:///mlflow.db``).
+    """
+    path = Path(source)
+    if path.exists():
+        return from_checkpoint(path)
+    if source.startswith((MODELS_URI, RUNS_URI)):
+        return _load_logged(source, tracking_uri)
+    if RUN_ID.fullmatch(source):
+        return _load_run(source, tracking_uri)
+    raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION URI: "
+                    "check the path or id")
+
+
+def _load_logged(uri: str, tracking_uri: str | None) -> nn.Module:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+    try:
+        return mlflow.pytorch.load_model(uri, map_location="cpu")  # an exported graph: always in eval mode
+    except (MlflowException, OSError) as err:
+        raise UserError(f"--model {uri} cannot be loaded from {mlflow.get_tracking_uri()} ({first_line(err)}): "
+                        "check the name and version, or --tracking-uri") from err
+
+
+def _load_run(run_id: str, tracking_uri: str | None) -> nn.Module:
+    """The model logged by run ``run_id``, else the best.pt in its output dir."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from cifar.registry import logged_model_uri  # it imports this module
+    from cifar.tracking import OUTPUT_DIR_TAG
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        raise UserError(f"--model {run_id}: no such MLflow run in {client.tracking_uri}: check the id, or "
+                        "--tracking-uri / MLFLOW_TRACKING_URI") from err
+    model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
+    if model_uri is not None:
+        return _load_logged(model_uri, tracking_uri)
+    output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
+    if output_dir and (Path(output_dir) / checkpoint.BEST).exists():
+        return from_checkpoint(Path(output_dir) / checkpoint.BEST)
+    raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: give the "
+                    "checkpoint path, or train with mlflow.log_model=true")

@@ -1,0 +1,185 @@
+"""``python -m cifar.predict``: classify image files with a trained model.
+
+    python -m cifar.predict photo.jpg photos/ --model outputs/2026-11-23/10-00-00/best.pt
+    python -m cifar.predict photos/ --model 0123456789abcdef0123456789abcdef --top-k 3
+    python -m cifar.predict photos/ --model models:/cifar-simplecnn/1 --json
+
+Images of any size and colour mode are resized to 32x32 RGB (the whole image, its aspect ratio
+not kept) and normalised as in training. Folders are searched recursively for image files
+(png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as an image is reported on
+stderr and skipped; the exit status is 1 if any was, 2 if the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from cifar.data import CLASSES
+from cifar.errors import UserError, first_line
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+SIDE = 32
+READ_CHUNK = 512  # files decoded at a time, in a thread, while the model classifies the previous ones
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class, probability), most probable first
+
+    def as_dict(self) -> dict:
+        label, confidence = self.top[0]
+        return {"path": self.path, "label": label, "confidence": round(confidence, 6),
+                "top_k": [{"label": c, "confidence": round(p, 6)} for c, p in self.top]}
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+
+
+def image_files(paths: Sequence[str]) -> tuple[list[Path], list[Failure]]:
+    """The files to classify: each file given, and the image files under each folder given (sorted)."""
+    files, failures = [], []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not p.name.startswith("."))
+        elif path.is_file():
+            files.append(path)
+        else:
+            failures.append(Failure(name, "no such file or folder"))
+    return files, failures
+
+
+def read_image(path: Path) -> np.ndarray:
+    """The image at ``path`` as (32, 32, 3) uint8 RGB; OSError if it cannot be read, ValueError if not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (SIDE, SIDE))  # decode at the smallest scale that is still >= 32x32
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            if image.size != (SIDE, SIDE):
+                image = image.resize((SIDE, SIDE), Image.Resampling.BILINEAR)  # antialiased when shrinking
+            return np.asarray(image)
+    except UnidentifiedImageError as err:
+        raise ValueError("not an image format that Pillow reads") from err
+    except (SyntaxError, Image.DecompressionBombError) as err:  # Pillow's errors for corrupt headers, huge images
+        raise ValueError(first_line(err)) from err
+
+
+def _read_chunk(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure]]:
+    images, read, failures = [], [], []
+    for path in files:
+        try:
+            images.append(read_image(path))
+            read.append(path)
+        except ValueError as err:
+            failures.append(Failure(str(path), f"not a readable image ({err})"))
+        except OSError as err:  # unreadable file, or truncated image data
+            failures.append(Failure(str(path), f"not a readable image ({err.strerror or first_line(err)})"))
+    return np.stack(images) if images else np.empty((0, SIDE, SIDE, 3), np.uint8), read, failures
+
+
+def classify(model, files: list[Path], batch_size: int, top_k: int, device) -> Iterator[Prediction | Failure]:
+    """Predictions for ``files`` in order; the next chunk of files decodes in a thread while the model runs."""
+    import torch
+
+    chunks = [files[i : i + READ_CHUNK] for i in range(0, len(files), READ_CHUNK)]
+    with ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():
+        pending = reader.submit(_read_chunk, chunks[0]) if chunks else None
+        for index in range(len(chunks)):
+            images, read, failures = pending.result()
+            if index + 1 < len(chunks):
+                pending = reader.submit(_read_chunk, chunks[index + 1])
+            yield from failures
+            for start in range(0, len(read), batch_size):
+                batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+                values, indices = model(batch).float().cpu().topk(top_k, dim=1)
+                for path, row_values, row_indices in zip(read[start:], values.tolist(), indices.tolist()):
+                    yield Prediction(str(path), [(CLASSES[i], p) for i, p in zip(row_indices, row_values)])
+
+
+def table_row(prediction: Prediction, width: int) -> str:
+    label, confidence = prediction.top[0]
+    line = f"{prediction.path:<{width}}  {label:<10}  {confidence:>6.1%}"
+    if len(prediction.top) > 1:
+        line += "  " + ", ".join(f"{c} {p:.1%}" for c, p in prediction.top[1:])
+    return line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cifar.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--model", required=True, metavar="SOURCE",
+                        help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, "
+                             "or a models:/NAME/VERSION URI")
+    parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also print the next K-1 classes")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image, per line")
+    parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, "
+                                               "else sqlite:///mlflow.db)")
+    parser.add_argument("--batch-size", type=int, help="images a batch (default: the device's, as in training)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.top_k <= len(CLASSES):
+        parser.error(f"--top-k must be between 1 and {len(CLASSES)}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+
+    from cifar.device import default_eval_batch_size  # torch: imported once the arguments are valid
+
+    files, missing = image_files(args.paths)
+    try:
+        model, device = _load(args.model, args.tracking_uri, args.device)
+    except UserError as err:
+        print(f"cifar.predict: error: {err}", file=sys.stderr)
+        return 2
+    width = max((len(str(f)) for f in files), default=4)
+    if files and not args.json:
+        print(f"{'path':<{width}}  {'label':<10}  confidence")
+    failed = 0
+    batch_size = args.batch_size or default_eval_batch_size(device)
+    for result in itertools.chain(missing, classify(model, files, batch_size, args.top_k, device)):
+        if isinstance(result, Failure):
+            failed += 1
+            print(f"cifar.predict: skipped {result.path}: {result.reason}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(result.as_dict()))
+        else:
+            print(table_row(result, width))
+    if not files and not failed:
+        print(f"cifar.predict: no image files in {' '.join(args.paths)}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _load(source: str, tracking_uri: str | None, device_name: str):
+    import torch
+
+    from cifar import inference
+    from cifar.device import default_channels_last, resolve_device
+
+    device = resolve_device(device_name)
+    model = inference.load(source, tracking_uri).to(device)
+    if default_channels_last(device):  # the images arrive as NHWC, which is channels_last once permuted
+        model = model.to(memory_format=torch.channels_last)
+    return model, device
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Using a trained model: cifar.predict on files, the logged MLflow model, the registry, and diagnostics.
+
+One run (module fixture) trains on the fake data with everything on: model logged and registered,
+flip TTA, EMA, diagnostics at epoch 2. The tests read what it left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar import inference, predict
+from cifar.batches import Normalizer
+from cifar.data import CLASSES, load_cifar10
+from cifar.device import make_runtime
+from cifar.engine import evaluate
+from tests import fakedata
+from tests.conftest import FAST, all_runs, client_for, with_overrides
+
+MODEL_NAME = "predict-tests"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, official_dir, tracking_uri):
+    tmp = tmp_path_factory.mktemp("trained")
+    overrides = with_overrides(FAST, (
+        f"data.path={official_dir}", f"data.cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}",
+        "mlflow.experiment=predict-tests", "mlflow.log_model=true", "mlflow.register_model=true",
+        f"mlflow.model_name={MODEL_NAME}", "trainer.tta_flip=true", "trainer.ema_decay=0.9",
+        "diagnostics=all", "diagnostics.epochs=[2]", "diagnostics.samples=16",
+    ))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    subprocess.run([sys.executable, "-m", "cifar.train", *overrides], cwd=tmp, env=env, check=True,
+                   capture_output=True, timeout=600)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("predict-tests")
+    (run,) = client.search_runs([experiment.experiment_id])
+    data = load_cifar10(official_dir, tmp / "cache", download=False)
+    return SimpleNamespace(run=run, client=client, checkpoint=tmp / "run" / "best.pt", data=data,
+                           tracking_uri=tracking_uri, folder=tmp / "images",
+                           images=_image_files(tmp / "images", data.test_images))
+
+
+def _image_files(folder: Path, images: np.ndarray) -> list[Path]:
+    """The test images as PNG files, the first in a subfolder (folders are searched recursively)."""
+    (folder / "sub").mkdir(parents=True)
+    paths = [folder / ("sub" if i == 0 else "") / f"{i:03d}.png" for i in range(len(images))]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path)
+    return sorted(paths)
+
+
+def _predict(capsys, *args: str) -> tuple[int, str, str]:
+    code = predict.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _json_lines(out: str) -> dict[str, dict]:
+    return {row["path"]: row for row in map(json.loads, out.splitlines())}
+
+
+def test_predictions_are_the_runs_own_evaluation_of_the_same_images(trained, capsys):
+    """Files decoded, normalised and classified (with the run's flip TTA) as the run scored its test set."""
+    code, out, _ = _predict(capsys, str(trained.folder), "--model", str(trained.checkpoint), "--json")
+    assert code == 0
+    rows = _json_lines(out)
+    assert sorted(rows) == sorted(map(str, trained.images))
+
+    classifier = inference.from_checkpoint(trained.checkpoint)
+    assert classifier.tta_flip
+    runtime = make_runtime("cpu", amp=False, channels_last=False, compile=False, threads=None)
+    images = torch.from_numpy(trained.data.test_images).permute(0, 3, 1, 2).contiguous()
+    labels = torch.from_numpy(trained.data.test_labels)
+    normalize = Normalizer.from_stats(trained.data.mean, trained.data.std, runtime.device, False)
+    expected = evaluate(classifier.model, images, labels, normalize, 64, runtime, tta_flip=True).predictions
+    by_index = {int(Path(path).stem): row for path, row in rows.items()}
+    assert [by_index[i]["label"] for i in range(len(labels))] == [CLASSES[i] for i in expected]
+    assert all(0 < row["confidence"] <= 1 and row["top_k"][0]["label"] == row["label"] for row in rows.values())
+
+
+def test_any_size_and_colour_mode_is_resized_and_converted(trained, tmp_path, capsys):
+    image = fakedata.images_for(np.array([3]), seed=5)[0]
+    Image.fromarray(image).resize((320, 200)).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(image).convert("L").save(tmp_path / "gray.png")
+    Image.fromarray(image).convert("RGBA").save(tmp_path / "alpha.webp")
+    code, out, _ = _predict(capsys, str(tmp_path), "--model", str(trained.checkpoint), "--json", "--top-k", "3")
+    assert code == 0
+    rows = _json_lines(out)
+    assert sorted(Path(p).name for p in rows) == ["alpha.webp", "big.jpg", "gray.png"]
+    for row in rows.values():
+        assert len(row["top_k"]) == 3 and row["label"] in CLASSES
+        confidences = [k["confidence"] for k in row["top_k"]]
+        assert confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1 + 1e-6
+
+
+def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path, capsys):
+    Image.fromarray(trained.data.test_images[0]).save(tmp_path / "good.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
+    (tmp_path / "readme.txt").write_text("ignored: not an image suffix")
+    code, out, err = _predict(capsys, str(tmp_path), str(tmp_path / "missing.jpg"), "--model", str(trained.checkpoint))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].split() == ["path", "label", "confidence"]
+    assert len(lines) == 2 and lines[1].startswith(str(tmp_path / "good.png"))
+    skipped = sorted(line.split(": ")[1].removeprefix("skipped ") for line in err.splitlines())
+    assert skipped == sorted(str(tmp_path / n) for n in ("cut.png", "missing.jpg", "notes.png"))
+    assert "readme.txt" not in err
+
+
+def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
+    (tmp_path / "x.pt").write_bytes(b"not a checkpoint")
+    for source in (str(tmp_path / "x.pt"), "0" * 32, "models:/no-such-model/1", "nonsense"):
+        code, out, err = _predict(capsys, str(trained.images[0]), "--model", source,
+                                  "--tracking-uri", trained.tracking_uri)
+        assert code == 2 and out == ""
+        assert err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {source}")
+
+
+def test_the_logged_model_loads_with_pyfunc_and_predicts_as_cifar_predict(trained, capsys):
+    import mlflow
+
+    from cifar.registry import MODEL_NAME as LOGGED_NAME
+
+    mlflow.set_tracking_uri(trained.tracking_uri)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained.run.info.run_id}/{LOGGED_NAME}")
+    assert pyfunc.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    probabilities = pyfunc.predict(trained.data.test_images)
+    code, out, _ = _predict(capsys, *map(str, trained.images), "--model", str(trained.checkpoint), "--json")
+    rows = _json_lines(out)
+    by_index = {int(Path(path).stem): row for path, row in rows.items()}
+    assert [by_index[i]["label"] for i in range(len(probabilities))] == [CLASSES[i] for i in probabilities.argmax(1)]
+    np.testing.assert_allclose([by_index[i]["confidence"] for i in range(len(probabilities))],
+                               probabilities.max(1), atol=1e-5)
+
+
+def test_run_id_and_registered_version_predict_as_the_checkpoint(trained, capsys):
+    sources = [str(trained.checkpoint), str(trained.checkpoint.parent), trained.run.info.run_id, f"models:/{MODEL_NAME}/1"]
+    outputs = []
+    for source in sources:
+        code, out, _ = _predict(capsys, str(trained.folder / "sub"), "--model", source, "--json",
+                                "--tracking-uri", trained.tracking_uri)
+        assert code == 0
+        outputs.append({p: (r["label"], round(r["confidence"], 4)) for p, r in _json_lines(out).items()})
+    assert all(output == outputs[0] for output in outputs)
+    version = trained.client.get_model_version(MODEL_NAME, "1")
+    assert version.run_id == trained.run.info.run_id
+
+
+def test_diagnostics_are_logged_at_the_chosen_epochs(trained):
+    client, run_id = trained.client, trained.run.info.run_id
+    diagnostics = {f.path for f in client.list_artifacts(run_id, "diagnostics")}
+    assert diagnostics == {"diagnostics/epoch_002"}  # diagnostics.epochs=[2]: none at epoch 1
+    files = {Path(f.path).name for f in client.list_artifacts(run_id, "diagnostics/epoch_002")}
+    assert files == {"gradient_flow.png", "weights.png", "predictions.png", "per_class.png"}
+    local = Path(client.download_artifacts(run_id, "diagnostics/epoch_002/predictions.png"))
+    assert Image.open(local).format == "PNG"
+    class_acc = {k: v for k, v in trained.run.data.metrics.items() if k.startswith("val/class_acc/")}
+    assert sorted(class_acc) == sorted(f"val/class_acc/{c}" for c in CLASSES)
+    assert all(0 <= v <= 1 for v in class_acc.values())
+    summary = Path(client.download_artifacts(run_id, "model/summary.txt")).read_text()
+    assert "Conv2d" in summary and "Total params" in summary
+
+
+@pytest.mark.slow
+def test_mlflow_models_predict_serves_the_registered_model(trained, tmp_path):
+    request = tmp_path / "input.json"
+    request.write_text(json.dumps({"inputs": trained.data.test_images[:3].tolist()}))
+    mlflow_cli = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.run([str(mlflow_cli), "models", "predict", "-m", f"models:/{MODEL_NAME}/1", "-i", str(request),
+                           "-t", "json", "--env-manager", "local"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": trained.tracking_uri}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    served = np.array(json.loads(proc.stdout.strip().splitlines()[-1])["predictions"])
+    classifier = inference.from_checkpoint(trained.checkpoint)
+    with torch.inference_mode():
+        expected = classifier(torch.from_numpy(trained.data.test_images[:3])).numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_sweep_registers_the_model_of_its_best_job_only(cli):
+    name = f"sweep-best-{cli.experiment}"
+    cli("optimizer.lr=1e-3,1e-2", "trainer.epochs=1", "mlflow.log_model=true", "mlflow.register_model=true",
+        f"mlflow.model_name={name}", multirun=True)
+    runs = all_runs(cli)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    best = max(children, key=lambda r: r.data.metrics["val/best_acc"])
+    versions = client_for(cli).search_model_versions(f"name = '{name}'")
+    assert [v.run_id for v in versions] == [best.info.run_id]
+    assert parent.data.tags["registered_model"] == f"models:/{name}/1"

@@ -1,0 +1,86 @@
+"""``python -m cifar.env`` and ``python -m cifar.data`` on the fake data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar import data_summary, env
+from cifar.data import CLASSES
+from tests.conftest import with_overrides
+
+
+def _run(main, capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _statuses(out: str) -> dict[str, str]:
+    """``{topic: status}`` from the check lines (``  ok  torch   2.14.1``: status, topic, detail in columns)."""
+    return {line[6:27].strip(): line[:4].strip() for line in out.splitlines() if line[:4].strip() in ("ok", "warn", "FAIL")}
+
+
+def test_env_reports_the_stack_the_device_and_a_training_step(official_dir, tmp_path, capsys):
+    code, out, _ = _run(env.main, capsys, "trainer.device=cpu", f"data.path={official_dir}",
+                        f"data.cache_dir={tmp_path}", "data.download=false")
+    statuses = _statuses(out)
+    assert code == 0 and out.rstrip().endswith("READY to train on cpu (cache: see above)")
+    for topic in ("Python", "torch", "torchvision", "hydra-core", "optuna", "mlflow", "dvc", "torchvision ops",
+                  "CPU", "data", "matmul", "training step"):
+        assert statuses[topic] == "ok", out
+    assert statuses["cache"] == "warn"  # not decoded yet into this cache dir
+    assert "simplecnn, batch 8, on cpu" in out
+
+
+@pytest.mark.parametrize("overrides, failed", [
+    (["data.path=/no/such/dir", "data.download=false"], "data"),
+    (["trainer.device=cuda:7"], "device"),
+])
+def test_env_says_not_ready_and_exits_1_when_something_required_is_missing(overrides, failed, official_dir, capsys):
+    if failed == "device" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    code, out, _ = _run(env.main, capsys, *with_overrides([f"data.path={official_dir}"], tuple(overrides)))
+    assert code == 1 and _statuses(out)[failed] == "FAIL"
+    assert out.rstrip().endswith(f"NOT READY: {failed} failed (see above)")
+
+
+def test_env_only_warns_about_data_it_will_download(tmp_path, capsys):
+    code, out, _ = _run(env.main, capsys, f"data.path={tmp_path / 'empty'}", "data.download=true")
+    assert code == 0 and _statuses(out)["data"] == "warn"
+
+
+def test_env_and_data_report_a_bad_override_in_one_line(capsys):
+    for main, prog in ((env.main, "cifar.env"), (data_summary.main, "cifar.data")):
+        code, _, err = _run(main, capsys, "optimizer.lr=-1")
+        assert code == 2 and err == f"{prog}: error: optimizer.lr=-1.0 is out of range: it must be > 0. " \
+                                    "Fix the override or the config file.\n"
+
+
+def test_data_summary_counts_the_splits_a_run_trains_on(official_dir, tmp_path, capsys):
+    grid = tmp_path / "grid.png"
+    code, out, _ = _run(data_summary.main, capsys, f"data.path={official_dir}", f"data.cache_dir={tmp_path / 'cache'}",
+                        "data.download=false", "data.val_size=40", "data.test_limit=30", "--grid", str(grid))
+    assert code == 0
+    table = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in out.splitlines()
+             if line.split() and line.split()[0] in (*CLASSES, "total")}
+    assert table["total"] == [160, 40, 30]  # 200 fake train images less 40 held out; 30 of 50 test images
+    assert all(train + val == 20 for train, val, _ in (table[c] for c in CLASSES))  # 20 per class in train
+    assert f"cache         {tmp_path / 'cache'}" in out
+    with Image.open(grid) as image:
+        assert image.format == "PNG" and image.height == 2 * len(CLASSES) * 34
+        pixels = np.asarray(image)
+        assert pixels.std() > 10  # images, not a blank canvas
+
+
+def test_data_summary_runs_as_a_module(official_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cifar.data", f"data.path={official_dir}",
+                           f"data.cache_dir={tmp_path}", "data.download=false"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "content hash" in proc.stdout and "airplane" in proc.stdout
