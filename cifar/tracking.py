@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar import owner, sweeper
+from cifar import owner, sweeper, ui
 from cifar.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,9 @@ class SweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep = {"parent_run_id": run.info.run_id, "swept_keys": swept_keys(config)}
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(sweep))
-        log.info("MLflow parent run %s for this sweep", run.info.run_id)
+        view = ui.share_sweep_view(client, experiment_id, run.info.run_id, sweep["swept_keys"])
+        log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run.info.run_id,
+                 ui.address(client.tracking_uri, view))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.

@@ -103,7 +103,7 @@ def cli(request, tmp_path, official_dir, tracking_uri):
     return run
 
 
-def client_for(cli) -> "MlflowClient":
+def client_for(cli):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=cli.tracking_uri)

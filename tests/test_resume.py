@@ -17,7 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 def start_and_signal(cli, run_dir: Path, wait_for: str, signum: int, *overrides: str) -> subprocess.CompletedProcess:
-    """Start a run, send it ``signum`` once its log shows ``wait_for``, and wait for it to end."""
+    """Start a run, send it ``signum`` once its log shows ``wait_for``, and wait for it to end.
+
+    The run must end within a minute of the signal (no timing finer than that: CI machines are shared).
+    """
     args, env = cli.command(f"hydra.run.dir={run_dir}", *overrides)
     proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -25,21 +28,20 @@ def start_and_signal(cli, run_dir: Path, wait_for: str, signum: int, *overrides:
         assert proc.poll() is None, f"the run ended before {wait_for!r}: {proc.communicate()}"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    signalled = time.monotonic()
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), time.monotonic() - signalled
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
 
 
 def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
     run_dir = cli.tmp_path / "run"
-    proc, seconds = start_and_signal(cli, run_dir, "epoch 2/500", signal.SIGTERM, "trainer.epochs=500")
-    assert proc.returncode == 128 + signal.SIGTERM and seconds < 10
+    proc = start_and_signal(cli, run_dir, "epoch 2/5000", signal.SIGTERM, "trainer.epochs=5000")
+    assert proc.returncode == 128 + signal.SIGTERM
     assert "cifar.train: interrupted by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
     [run] = all_runs(cli)
     assert run.info.status == "KILLED"
     last = torch.load(run_dir / "last.pt", weights_only=False)
-    assert 1 <= last["epoch"] < 500 and last["mlflow_run_id"] == run.info.run_id  # a finished epoch
+    assert 1 <= last["epoch"] < 5000 and last["mlflow_run_id"] == run.info.run_id  # a finished epoch
     assert not list(run_dir.glob(".*.tmp"))  # no half-written checkpoint
 
 
@@ -52,7 +54,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
     whole = json.loads((cli.tmp_path / "whole/metrics.json").read_text())
 
     run_dir = cli.tmp_path / "killed"
-    proc, _ = start_and_signal(cli, run_dir, "epoch 3/12", signal.SIGKILL, "trainer.epochs=12", *TRICKS)
+    proc = start_and_signal(cli, run_dir, "epoch 3/12", signal.SIGKILL, "trainer.epochs=12", *TRICKS)
     assert proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
     killed_at = torch.load(run_dir / "last.pt", weights_only=False)["epoch"]
     assert 2 <= killed_at < 12

@@ -1,0 +1,52 @@
+"""Links into the MLflow UI that open where one compares training runs: the runs table.
+
+MLflow 3.17's UI opens an experiment on its GenAI overview in a browser that was never switched
+to "Model training" (a per-browser setting), its ``mlflow.experimentKind`` tag notwithstanding
+(seen in headless Chromium; tests/test_ui.py). A link with ``workflowType=machine_learning``
+opens the runs table. A shared view, an experiment tag ``mlflow.sharedViewState.<key>`` holding
+the table's state as JSON, also picks its columns: each sweep gets one, with the swept parameters
+and the accuracies as columns, linked from its parent run.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # the UI's experiment tags for shared table views
+VIEW_TAG = "cifar.mlflow_ui"  # on a sweep's parent run: the path of its view in the UI
+SWEEP_METRICS = ("val/best_acc", "test/acc", "val/acc", "train_seconds")
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+
+
+def runs_table(experiment_id: str, view_key: str | None = None) -> str:
+    """The UI path (after the server's address) of the experiment's runs table, in a shared view if given."""
+    view = f"viewStateShareKey={view_key}&" if view_key else ""
+    return f"#/experiments/{experiment_id}/runs?{view}workflowType=machine_learning"
+
+
+def sweep_view(swept_keys: list[str]) -> dict[str, Any]:
+    """The runs table's state for a sweep: its swept parameters and the accuracies as columns.
+
+    Rows stay in the UI's default order (newest first): sorted by a metric, the table lists the
+    jobs beside their parent instead of under it.
+    """
+    params = [key if "." in key else f"{key}.name" for key in swept_keys]  # a swept group: model -> model.name
+    return {
+        "searchFilter": "",
+        "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in SWEEP_METRICS],
+    }
+
+
+def share_sweep_view(client: Any, experiment_id: str, parent_run_id: str, swept_keys: list[str]) -> str:
+    """Store the sweep's table view in the experiment and link it from the parent run; return its UI path."""
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + parent_run_id, json.dumps(sweep_view(swept_keys)))
+    path = runs_table(experiment_id, parent_run_id)
+    client.set_tag(parent_run_id, VIEW_TAG, path)
+    return path
+
+
+def address(tracking_uri: str, path: str) -> str:
+    """The full link: on the tracking server, or on ``mlflow ui`` for a local store."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/{path}"

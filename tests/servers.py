@@ -1,0 +1,66 @@
+"""Real servers and clients for the tests (and docs/make_images.py): a free loopback port, a server
+process that is always stopped, and the system's headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+# Chromium as root on a machine with no network: the flags that let it start and stay quiet.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(args: list[str], ready_url: str, log: Path, timeout: float = 120, **popen) -> Iterator[subprocess.Popen]:
+    """Start ``args``; yield once ``ready_url`` answers 200; stop the process (group) at the end."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **popen)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise AssertionError(f"{args[0]} exited with {proc.returncode}:\n{log.read_text()}")
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{ready_url} did not answer within {timeout} s:\n{log.read_text()}")
+                time.sleep(0.5)
+            yield proc
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    return path
+

@@ -1,0 +1,97 @@
+"""Where users look, checked with the real programs: the MLflow server and its UI in headless
+Chromium (Playwright), and optuna-dashboard over HTTP."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+
+from cifar import ui
+from tests.conftest import REPO, all_runs
+from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving
+
+ARTIFACTS = REPO / "test-artifacts"  # screenshots kept after the run (git-ignored)
+BIN = Path(sys.executable).parent
+SWEEP = ("optimizer.lr=1e-3,2e-3", "data.augment.flip=true,false")
+pytestmark = pytest.mark.slow
+
+
+def _get(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+@pytest.fixture
+def mlflow_server(cli):
+    """A 2x2 sweep on the fake data, and `mlflow server` on a free loopback port serving its store."""
+    cli(*SWEEP, "trainer.epochs=1", multirun=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    store = cli.tracking_uri
+    args = [str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"]
+    with serving(args, f"{url}/health", cli.tmp_path / "mlflow-server.log", cwd=cli.tmp_path):
+        yield url
+
+
+def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    experiment = _get(f"{mlflow_server}/api/2.0/mlflow/experiments/get-by-name?experiment_name={cli.experiment}")
+    tags = {t["key"]: t["value"] for t in experiment["experiment"]["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    experiment_id = experiment["experiment"]["experiment_id"]
+    runs = _get(f"{mlflow_server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    assert len(runs) == 5
+    by_id = {r["info"]["run_id"]: r for r in runs}
+    [parent] = [r for r in all_runs(cli) if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in all_runs(cli) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(by_id) == sorted([parent.info.run_id, *(c.info.run_id for c in children)])
+    view = json.loads(tags[ui.SHARED_VIEW_PREFIX + parent.info.run_id])
+    assert view["selectedColumns"][:2] == ["params.`optimizer.lr`", "params.`data.augment.flip`"]
+    assert parent.data.tags["mlflow.note.content"].startswith("python -m cifar.train -m ")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 700})
+            page.goto(f"{mlflow_server}/{parent.data.tags[ui.VIEW_TAG]}")
+            parent_row = page.get_by_role("row").filter(has_text=parent.info.run_name[:20])
+            parent_row.first.wait_for(timeout=90_000)
+            assert "Runs" in page.get_by_role("heading").all_inner_texts()  # the training-runs table
+            parent_row.first.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").click()  # expand
+            page.get_by_text(children[0].info.run_name).first.wait_for(timeout=30_000)
+            rows = "\n".join(page.get_by_role("row").all_inner_texts())
+            headers = page.get_by_role("columnheader").all_inner_texts()
+            page.screenshot(path=ARTIFACTS / "mlflow_runs_table.png")
+        finally:
+            browser.close()
+    for child in children:
+        assert child.info.run_name in rows
+    assert {"optimizer.lr", "data.augment.flip", "val/best_acc", "test/acc"} <= set(headers)
+
+
+def test_optuna_dashboard_serves_the_study_and_its_intermediate_values(cli):
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=2", multirun=True)
+    study = optuna.load_study(study_name="cifar-optuna", storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [str(BIN / "optuna-dashboard"), f"sqlite:///{cli.tmp_path / 'optuna.db'}", "--host", "127.0.0.1",
+            "--port", str(port)]
+    with serving(args, f"{url}/api/meta", cli.tmp_path / "dashboard.log", cwd=cli.tmp_path):
+        [summary] = [s for s in _get(f"{url}/api/studies")["study_summaries"] if s["study_name"] == "cifar-optuna"]
+        served = _get(f"{url}/api/studies/{summary['study_id']}")
+    trials = {t["number"]: t for t in served["trials"]}
+    assert sorted(trials) == [t.number for t in study.trials] == [0, 1, 2]
+    for trial in study.trials:
+        steps = {v["step"]: v["value"] for v in trials[trial.number]["intermediate_values"]}
+        assert steps == trial.intermediate_values and steps  # val/acc per epoch, as the pruner saw it
+        assert trials[trial.number]["state"] == trial.state.name.capitalize()
