@@ -21,6 +21,13 @@ def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
     return x.to(device), torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
 
 
+def normalization(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, 3, 1, 1), that map uint8 pixels to ``(x / 255 - mean) / std`` as ``x * scale + shift``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return 1.0 / (255.0 * std_t), -mean_t / std_t
+
+
 @dataclass
 class Normalizer:
     """uint8 batch -> float32 batch normalised by the training set's per-channel mean and std."""
@@ -31,9 +38,8 @@ class Normalizer:
 
     @classmethod
     def from_stats(cls, mean, std, device: torch.device, channels_last: bool) -> "Normalizer":
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        return cls(scale=1.0 / (255.0 * std_t), shift=-mean_t / std_t, channels_last=channels_last)
+        scale, shift = normalization(mean, std)
+        return cls(scale=scale.to(device), shift=shift.to(device), channels_last=channels_last)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.float().mul_(self.scale).add_(self.shift)

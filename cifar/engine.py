@@ -58,6 +58,14 @@ def train_epoch(
     return Pass(loss=mean_loss, acc=correct.item() / max(images, 1), images=images)
 
 
+def predict_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+    """The model's logits for normalised ``x``; with ``tta_flip``, the mean of the image's and its mirror image's."""
+    logits = model(x)
+    if tta_flip:
+        logits = (logits + model(x.flip(-1))) / 2
+    return logits
+
+
 @dataclass
 class Evaluation(Pass):
     predictions: torch.Tensor
@@ -73,20 +81,14 @@ def evaluate(
     runtime: Runtime,
     tta_flip: bool = False,
 ) -> Evaluation:
-    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches.
-
-    With ``tta_flip``, the logits are the mean of the image's and its mirror image's.
-    """
+    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches (flip TTA: see predict_logits)."""
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device)
     predictions = torch.empty_like(labels)
     for start in range(0, len(labels), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         with runtime.autocast():
-            x = normalize(x)
-            logits = model(x)
-            if tta_flip:
-                logits = (logits + model(x.flip(-1))) / 2
+            logits = predict_logits(model, normalize(x), tta_flip)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         predictions[start : start + batch_size] = logits.argmax(1)
     n = max(len(labels), 1)

@@ -16,7 +16,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cifar import checkpoint
+from cifar.batches import normalization
 from cifar.data import CLASSES
+from cifar.engine import predict_logits
 from cifar.errors import UserError, first_line
 from cifar.models import build_model
 
@@ -31,16 +33,13 @@ class Classifier(nn.Module):
         super().__init__()
         self.model = model
         self.tta_flip = tta_flip
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std_t))
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t)
+        scale, shift = normalization(mean, std)  # as in training
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
-        logits = self.model(x)
-        if self.tta_flip:
-            logits = (logits + self.model(x.flip(-1))) / 2
-        return logits.softmax(1)
+        return predict_logits(self.model, x, self.tta_flip).softmax(1)
 
 
 def spec(model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta_flip: bool) -> dict[str, Any]:

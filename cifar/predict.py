@@ -23,10 +23,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from cifar import data
 from cifar.data import CLASSES
 from cifar.errors import UserError, first_line
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (*data.IMAGE_SUFFIXES, ".gif", ".tif", ".tiff")  # any image Pillow reads, not only dataset formats
 SIDE = 32
 READ_CHUNK = 512  # files decoded at a time, in a thread, while the model classifies the previous ones
 

@@ -263,18 +263,19 @@ class SweepCallback(Callback):
                 for child in children:
                     if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
                         client.set_terminated(child.info.run_id, "KILLED")
-            metrics = _log_jobs(client, run_id, children)
+            best = _best_job(children)
+            metrics = _log_jobs(client, run_id, children, best)
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
             if config.mlflow.register_model and not interrupted:
-                _register_best(client, run_id, config.mlflow.model_name)
+                _register_best(client, run_id, best, config.mlflow.model_name)
             if sweeper.is_optuna_sweep(config.hydra):
                 _log_study(client, run_id, config.hydra, children)
         finally:
             client.set_terminated(run_id, "KILLED" if interrupted else status)
 
 
-def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, float]:
+def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None) -> dict[str, float]:
     """The jobs' counts by outcome and the best job, on the parent run; returns the counts."""
     statuses = [child.info.status for child in children]
     metrics = {
@@ -283,9 +284,7 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, flo
         "sweep/jobs_failed": statuses.count("FAILED"),
         "sweep/jobs_pruned": sum(c.data.tags.get(PRUNED_TAG) == "true" for c in children),
     }
-    scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
-    if scored:
-        best = max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC])
+    if best is not None:
         metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
         client.set_tag(parent_id, BEST_RUN_TAG, best.info.run_id)
         client.set_tag(parent_id, "best_run_name", best.info.run_name)
@@ -294,13 +293,17 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any]) -> dict[str, flo
     return metrics
 
 
-def _register_best(client: Any, parent_id: str, name: str) -> None:
-    """Register the model of the sweep's best job (by val/best_acc) under ``name``."""
+def _best_job(children: list[Any]) -> Any | None:
+    """The job with the best val/best_acc, if any job scored."""
+    scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
+    return max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC]) if scored else None
+
+
+def _register_best(client: Any, parent_id: str, best: Any | None, name: str) -> None:
+    """Register the model of the sweep's best job under ``name``."""
     from cifar import registry
 
-    parent = client.get_run(parent_id)
-    best_run_id = parent.data.tags.get(BEST_RUN_TAG)
-    model_uri = best_run_id and registry.logged_model_uri(client, parent.info.experiment_id, best_run_id)
+    model_uri = best and registry.logged_model_uri(client, best.info.experiment_id, best.info.run_id)
     if not model_uri:
         log.warning("No model to register: the sweep's best job logged none")
         return
