@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, sweeper, ui
 from cifar.errors import ConfigError, UserError, first_line
+from cifar.interrupts import interrupts_held
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +169,14 @@ def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """
     for delay in (2**attempt for attempt in range(STORE_RETRIES - 1)):
         try:
-            return call(*args, **kwargs)
+            with interrupts_held():  # an interrupt lands between MLflow calls, not inside SQLAlchemy
+                return call(*args, **kwargs)
         except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
             log.warning("MLflow store unavailable (%s: %s): retrying in %d s", type(err).__name__,
                         first_line(err), delay)
             time.sleep(delay)
-    return call(*args, **kwargs)  # the last attempt: its error goes to the caller
+    with interrupts_held():
+        return call(*args, **kwargs)  # the last attempt: its error goes to the caller
 
 
 def close_stale_runs(client: Any, experiment_id: str) -> int:
