@@ -23,11 +23,16 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; anything else is taken as a torch device name."""
+def resolve_device(name: str, job_slot: int = 0) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else is taken as a torch device name.
+
+    The GPUs are those CUDA_VISIBLE_DEVICES shows (a cluster scheduler's share of the machine);
+    with several, ``auto`` gives jobs that run at once here each their own: GPU ``job_slot``
+    (modulo their number).
+    """
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", job_slot % torch.cuda.device_count())
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -73,10 +78,11 @@ def default_eval_batch_size(device: torch.device) -> int:
 
 
 def make_runtime(
-    device_name: str, amp: bool | None, channels_last: bool | None, compile: bool | None, threads: int | None
+    device_name: str, amp: bool | None, channels_last: bool | None, compile: bool | None, threads: int | None,
+    job_slot: int = 0,
 ) -> Runtime:
     """The device and its speed settings; each ``None`` setting takes the device's default."""
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, job_slot)
     if threads is not None:
         torch.set_num_threads(threads)
     return Runtime(

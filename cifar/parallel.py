@@ -1,4 +1,4 @@
-"""Jobs that share this machine: each takes its share of the CPU cores for torch's threads."""
+"""Jobs that share this machine: each takes its share of the CPU cores for torch's threads, and its own GPU."""
 
 from __future__ import annotations
 
@@ -30,3 +30,9 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
     cores = cpu_cores()
     jobs = concurrent_jobs(hydra_cfg, cores)
     return None if jobs == 1 else max(1, cores // jobs)
+
+
+def job_slot(hydra_cfg: DictConfig) -> int:
+    """This job's place among the jobs that run at once here (0 when it runs alone): the GPU it takes."""
+    num = OmegaConf.select(hydra_cfg, "job.num", default=0)
+    return num % concurrent_jobs(hydra_cfg, cpu_cores())

@@ -1,9 +1,10 @@
-"""The Optuna study of a sweep, as both the sweeper and its jobs reach it: through its storage.
+"""The Optuna study of a sweep, as the sweeper, its jobs and other workers reach it: through its storage.
 
-The sweeper tags each trial it asks for with the sweep dir and number of the job that will run
-it (:func:`assign_job`); the job opens the study from the same storage URL and finds its trial by
-those tags (:meth:`SweepTrial.of_job`), so it can report and be pruned from whatever process or
-machine the launcher runs it on.
+The sweeper tags each trial it asks for with the dir of the job that will run it
+(:func:`assign_job`); the job opens the study from the same storage URL and finds its trial by
+that tag (:meth:`SweepTrial.of_job`), so it can report and be pruned from whatever process or
+machine the launcher runs it on. The study also records its MLflow parent run
+(:func:`shared_parent_run`), so that every worker that runs it logs under the same parent.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import functools
 import math
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -21,8 +23,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cifar import owner
-from cifar.sweeper import SQLITE, is_optuna_sweep, storage_url, study_name
+from cifar import owner, tracking
+from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
 # Parallel jobs write to one SQLite file: wait this long for its lock instead of failing.
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -49,18 +51,62 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
             db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    return tracking.while_created_elsewhere(optuna.storages.RDBStorage, url, engine_kwargs)
 
 
-JOB_ATTR = "hydra_job"  # user attribute of a trial: "<sweep dir>/<job number>", its output dir
+JOB_ATTR = "hydra_job"  # user attribute of a trial: "<sweep dir>/<trial number>", its output dir
 OWNER_ATTR = "sweeper"  # user attribute of a trial: the sweeper process that asked for it (cifar.owner)
 KILLED_ATTR = "killed"  # user attribute of a trial failed because its sweep was stopped or killed
+SURPLUS_ATTR = "surplus"  # user attribute of a trial asked for beyond n_trials by racing workers, never run
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # user attribute of a study: the sweeps' MLflow parent run
+PARENT_RUN_WAIT_S = 60  # how long a worker waits for the study's creator to record the parent run
+
+
+def shared_parent_run(hydra_cfg: DictConfig, new_run: Callable[[], str], reuse: Callable[[str], bool]) -> str:
+    """The MLflow parent run of the sweep's study, the same for every sweep that runs the study.
+
+    Creating the study decides, atomically in its storage, which worker creates the parent run
+    (``new_run()``, its id recorded in the study); the other workers wait for that id and
+    ``reuse(id)`` it, as does a later sweep that resumes the study. A study whose recorded run
+    cannot be reused here (``reuse`` returns False: another tracking store or experiment), or
+    that predates this record, gets a new parent run.
+    """
+    storage = open_storage(storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))
+    name = study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir)
+    try:
+        optuna.create_study(study_name=name, storage=storage, directions=checked_directions(hydra_cfg.sweeper))
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study_id = storage.get_study_id_from_name(name)
+    deadline = time.monotonic() + PARENT_RUN_WAIT_S
+    while not created:
+        run_id = storage.get_study_user_attrs(study_id).get(PARENT_RUN_ATTR)
+        if run_id is not None:
+            if reuse(run_id):
+                return run_id
+            break
+        if storage.get_all_trials(study_id, deepcopy=False) or time.monotonic() > deadline:
+            break  # a study from before parent runs were recorded, or its creator died
+        time.sleep(0.5)
+    run_id = new_run()
+    storage.set_study_user_attr(study_id, PARENT_RUN_ATTR, run_id)
+    return run_id
+
+
+def counts(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the trial counts toward ``n_trials``: not killed with its sweep, not surplus."""
+    return not (trial.user_attrs.get(KILLED_ATTR) or trial.user_attrs.get(SURPLUS_ATTR))
+
+
+def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count toward ``n_trials``, running ones (in any worker) included."""
+    return [t for t in study.get_trials(deepcopy=False) if counts(t)]
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that count toward ``n_trials``: complete, pruned or failed, but not killed."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get(KILLED_ATTR)]
+    """The counted trials that are complete, pruned or failed."""
+    return [t for t in counted_trials(study) if t.state.is_finished()]
 
 
 def fail_killed_trials(
@@ -82,13 +128,21 @@ def fail_killed_trials(
     return numbers
 
 
-def job_key(sweep_dir: str | Path, job_num: int) -> str:
-    return f"{Path(sweep_dir).resolve()}/{job_num}"
+def job_dir(sweep_dir: str | Path, trial_number: int) -> str:
+    """The dir of the job that runs a trial: named by the trial's number, unique in the study, so
+    that workers sharing a sweep dir do not share job dirs."""
+    return str(Path(sweep_dir).resolve() / str(trial_number))
 
 
-def assign_job(trial: optuna.Trial, sweep_dir: str | Path, job_num: int) -> None:
-    trial.set_user_attr(JOB_ATTR, job_key(sweep_dir, job_num))
+def assign_job(trial: optuna.Trial, sweep_dir: str | Path) -> None:
+    trial.set_user_attr(JOB_ATTR, job_dir(sweep_dir, trial.number))
     trial.set_user_attr(OWNER_ATTR, owner.current())
+
+
+def mark_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail, tagged surplus, a trial that a worker asked for when the study already had ``n_trials``."""
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 
 @dataclass
@@ -103,14 +157,13 @@ class SweepTrial:
         if hydra_cfg.mode != RunMode.MULTIRUN or not is_optuna_sweep(hydra_cfg):
             return None
         study, storage = load_sweep_study(hydra_cfg, pruner=instantiate(hydra_cfg.sweeper.pruner))
-        key = job_key(hydra_cfg.sweep.dir, hydra_cfg.job.num)
+        key = str(Path(hydra_cfg.runtime.output_dir).resolve())
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         mine = [t for t in running if t.user_attrs.get(JOB_ATTR) == key]
         if not mine:
             raise RuntimeError(f"no running trial of study {study.study_name} is assigned to job {key}")
-        number = max(t.number for t in mine)  # a stale trial of a killed sweep in the same dir is older
         study_id = storage.get_study_id_from_name(study.study_name)
-        return cls(optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number)))
+        return cls(optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, mine[0].number)))
 
     @property
     def number(self) -> int:

@@ -4,16 +4,19 @@ Registered as ``hydra/sweeper=optuna`` in place of the stock plugin, it takes th
 (search-space syntax, samplers, storage, ``n_jobs``, ``max_failure_rate``) plus ``pruner``, a
 group with the options median, successive_halving, hyperband, threshold and none. A null
 ``storage`` means a SQLite file in the sweep dir, since jobs reach their trials through it. It changes
-three things and leaves the search to Optuna:
+four things and leaves the search to Optuna:
 
-- each trial is tagged in the study with the sweep dir and number of the job that runs it, so the
-  job finds its trial through the study's storage (:class:`cifar.study.SweepTrial`): it reports
-  its validation accuracy after every epoch and stops when the pruner says so, from whatever
-  process or machine the launcher runs it on;
+- each trial runs in the job dir ``<sweep dir>/<trial number>`` and is tagged in the study with it,
+  so the job finds its trial through the study's storage (:class:`cifar.study.SweepTrial`): it
+  reports its validation accuracy after every epoch and stops when the pruner says so, from
+  whatever process or machine the launcher runs it on;
 - a job that stopped that way has already told the study (PRUNED), so the sweeper's own tell
   skips finished trials;
-- ``n_trials`` is the study's total: rerunning a sweep on the same study runs only the trials
-  still missing, and a seeded sampler is reseeded so that it does not replay the first samples.
+- ``n_trials`` is the study's total, shared by every sweep that runs the study: rerunning a sweep
+  runs only the trials still missing, and several workers on a shared storage (PostgreSQL) run
+  the same command and split the trials between them;
+- a seeded sampler is reseeded with the seed plus the number of each batch's first trial, so that
+  a resumed study or a second worker does not replay the samples of the first.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from cifar.errors import ConfigError
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
 SQLITE = "sqlite:///"
@@ -107,6 +112,24 @@ class PruningOptunaSweeper(OptunaSweeper):
 
 def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:
     return OmegaConf.select(hydra_cfg, "sweeper._target_") == PruningOptunaSweeperConf._target_
+
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
+    """The sweeper's ``direction`` as Optuna's list of directions; its other settings that Optuna
+    would reject with a traceback are checked too."""
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper_cfg[key]
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"hydra.sweeper.{key}={value} is out of range: it must be an integer >= 1")
+    direction = sweeper_cfg.direction
+    names = [getattr(d, "name", d) for d in (direction if isinstance(direction, (list, ListConfig)) else [direction])]
+    for name in names:
+        if str(name).lower() not in DIRECTIONS:
+            raise ConfigError(f"hydra.sweeper.direction={name} is not a direction: use one of {DIRECTIONS}")
+    return [str(name).lower() for name in names]
 
 
 def storage_url(storage: str | None, sweep_dir: str | Path) -> str:

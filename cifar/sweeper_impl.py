@@ -12,22 +12,23 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
 from cifar import owner
 from cifar import study as studies
-from cifar.errors import ConfigError
-from cifar.sweeper import storage_url, study_name
+from cifar.sweeper import checked_directions, storage_url, study_name
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("minimize", "maximize")
+
+class StudyFull(Exception):
+    """The study has its ``n_trials`` (other workers run the rest): this worker's sweep is done."""
 
 
 class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(self, pruner: Any, **stock: Any) -> None:
         super().__init__(**stock)
         self.pruner_cfg = pruner
+        self.asked: list[optuna.Trial] = []  # the trials asked for in the current batch
 
     def sweep(self, arguments: list[str]) -> None:
-        directions = self._get_directions()
-        self._check(directions)
+        directions = checked_directions(self.config.hydra.sweeper)
         self.storage = studies.open_storage(storage_url(self.storage, self.sweep_dir))
         self.study_name = study_name(self.study_name, self.sweep_dir)
         study = optuna.create_study(
@@ -37,13 +38,19 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         if stale:
             log.warning("Trials %s of study %s were left running by a killed sweep: marked failed (killed), "
                         "to be run again", stale, study.study_name)
-        done = len(studies.finished_trials(study))
-        if done:
-            self.n_trials = max(0, self.n_trials - done)
-            self.sampler = self._reseeded_sampler(done)
-            log.info("Study %s has %d finished trials: running %d more", study.study_name, done, self.n_trials)
+        self.study_trials = self.n_trials
+        taken = len(studies.counted_trials(study))
+        if taken:
+            done = len(studies.finished_trials(study))
+            running = f" and {taken - done} running in other workers" if taken > done else ""
+            self.n_trials = max(0, self.n_trials - taken)
+            log.info("Study %s has %d finished trials%s: running %d more", study.study_name, done, running,
+                     self.n_trials)
         try:
             super().sweep(arguments)
+        except StudyFull:
+            log.info("Study %s has its %d trials, the last ones run by other workers: this sweep is done",
+                     study.study_name, self.study_trials)
         except KeyboardInterrupt:
             stopped = studies.fail_killed_trials(study, self.storage, lambda who: who == owner.current())
             log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
@@ -58,28 +65,42 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
                 raise
             log.warning("No trial of study %s completed (all pruned or failed): no best parameters", self.study_name)
 
-    def _check(self, directions: list[str]) -> None:
-        """The sweeper settings that Optuna would otherwise reject with a traceback."""
-        for direction in directions:
-            if str(direction).lower() not in DIRECTIONS:
-                raise ConfigError(f"hydra.sweeper.direction={direction} is not a direction: use one of {DIRECTIONS}")
-        for key in ("n_trials", "n_jobs"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"hydra.sweeper.{key}={value} is out of range: it must be an integer >= 1")
-
     def _configure_trials(self, trials: list[optuna.Trial], *args: Any) -> list[tuple[str, ...]]:
         study = trials[0].study
         # A pruned job finishes its trial itself; the stock loop then tells it again: skip that.
         study.tell = functools.partial(type(study).tell, study, skip_if_finished=True)
+        study.ask = functools.partial(self._ask_unless_full, study)  # for the next batches
+        self.asked = []
+        trials = self._within_n_trials(study, trials)
         study.pruner = instantiate(self.pruner_cfg)  # the sampler groups trials by it (hyperband)
+        study.sampler = self._reseeded_sampler(trials[0].number)
         overrides = super()._configure_trials(trials, *args)
-        for job_num, trial in enumerate(trials, start=self.job_idx):  # numbered as the launcher will
-            studies.assign_job(trial, self.sweep_dir, job_num)
-        return overrides
+        for trial in trials:
+            studies.assign_job(trial, self.sweep_dir)
+        # The job dir is named by the trial's number (the stock one: by the job's number in this sweep).
+        return [(*job, f"hydra.sweep.subdir={trial.number}") for job, trial in zip(overrides, trials)]
+
+    def _ask_unless_full(self, study: optuna.Study, *args: Any, **kwargs: Any) -> optuna.Trial:
+        """``study.ask()``; at a batch's start, first a check that other workers left trials to run."""
+        if not self.asked and len(studies.counted_trials(study)) >= self.study_trials:
+            raise StudyFull
+        self.asked.append(type(study).ask(study, *args, **kwargs))
+        return self.asked[-1]
+
+    def _within_n_trials(self, study: optuna.Study, trials: list[optuna.Trial]) -> list[optuna.Trial]:
+        """The trials asked for within the study's ``n_trials``; the others, asked by workers racing
+        for the last trials, are failed as surplus and not run (the stock loop tells only those run)."""
+        counted = sorted(t.number for t in studies.counted_trials(study))
+        within = [t for t in trials if counted.index(t.number) < self.study_trials]
+        for trial in trials[len(within):]:  # the batch's last ones: the stock loop pairs the rest with their jobs
+            studies.mark_surplus(study, trial)
+        if not within:
+            raise StudyFull
+        return within
 
     def _reseeded_sampler(self, offset: int) -> Any:
-        """A seeded sampler would replay the first trials' samples on a resumed study: offset its seed."""
+        """A seeded sampler, its seed offset by ``offset``: a resumed study or a second worker would
+        otherwise replay the first trials' samples."""
         sampler_cfg = self.config.hydra.sweeper.sampler
         if sampler_cfg.get("seed") is None or sampler_cfg.get("_partial_"):
             return self.sampler  # unseeded, or the grid sampler (which skips grid points already used)

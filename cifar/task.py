@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def run(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
-        cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads
+        cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
+        parallel.job_slot(hydra_cfg),
     )
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
     augment = Augmenter(**cfg.data.augment)
@@ -153,6 +155,8 @@ def _run_tags(
         "torch.threads": str(torch.get_num_threads()),
         tracking.OUTPUT_DIR_TAG: str(output_dir.resolve()),
     }
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPUs a scheduler gave this job
+        tags["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
     if dvc_hash is not None:
         tags["dvc.data_hash"] = dvc_hash

@@ -3,7 +3,8 @@
 The parent run is created by :class:`SweepCallback` in the process that starts the sweep; its id
 and the swept keys are written to ``<sweep dir>/mlflow_sweep.json`` so that jobs find them from
 any process or machine that sees the sweep directory (the joblib and cluster launchers run jobs
-elsewhere).
+elsewhere). An Optuna sweep's parent run is its study's (:func:`cifar.study.shared_parent_run`):
+the workers that share a study, and the sweeps that resume it, log under one parent.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, sweeper, ui
 from cifar.errors import ConfigError, UserError, first_line
+from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SWEEP_FILE = "mlflow_sweep.json"
 # Overrides that say where or how a job runs or what it records, not what it trains: left out of run names.
@@ -41,6 +44,7 @@ MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training
 BEST_VAL_ACC = "val/best_acc"
 SWEEP_DIR_TAG = "cifar.sweep_dir"  # set on sweep parent runs only
 BEST_RUN_TAG = "best_run_id"  # on a sweep's parent run: its best job's run
+REGISTERED_RUN_TAG = "registered_run_id"  # on a sweep's parent run: the job whose model it registered
 STUDY_NAME_TAG = "optuna.study_name"
 STUDY_STORAGE_TAG = "optuna.storage"  # on the parent run of an Optuna sweep
 TRIAL_NUMBER_TAG = "optuna.trial_number"
@@ -48,6 +52,7 @@ TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each 
 PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or that diverged)
 OUTPUT_DIR_TAG = "hydra.output_dir"  # the run's output dir: its checkpoints and logs
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
+STORE_SETUP_ATTEMPTS = 5  # first contacts with a database store whose tables another worker is creating
 STORE_RETRIES = 6  # attempts of an MLflow call during training, waiting 1, 2, 4, 8, 16 s in between
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +69,7 @@ def configure(cfg_mlflow: Any) -> str:
         mlflow.set_tracking_uri(cfg_mlflow.tracking_uri)
     uri = mlflow.get_tracking_uri()
     try:
-        experiment = mlflow.get_experiment_by_name(cfg_mlflow.experiment)
+        experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
         if experiment is None:
             try:
                 mlflow.create_experiment(cfg_mlflow.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
@@ -78,6 +83,21 @@ def configure(cfg_mlflow: Any) -> str:
             "check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
     return experiment.experiment_id
+
+
+def while_created_elsewhere(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``, the first contact with a database store, tried again while another process
+    creates the store's tables: workers that start at once on a new database race to create them,
+    and the losers' CREATE statements fail (duplicate type or relation)."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for _ in range(STORE_SETUP_ATTEMPTS - 1):
+        try:
+            return call(*args)
+        except (IntegrityError, ProgrammingError) as err:
+            log.info("Store tables being created by another process (%s): trying again", first_line(err))
+            time.sleep(1)
+    return call(*args)
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
@@ -159,9 +179,6 @@ def check_unchanged_params(run_id: str, params: dict[str, Any]) -> None:
         )
 
 
-T = TypeVar("T")
-
-
 def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``call(*args, **kwargs)``, retried with exponential backoff while the MLflow store fails.
 
@@ -221,27 +238,27 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
+        if optuna_sweep:
+            try:
+                sweeper.checked_directions(config.hydra.sweeper)
+            except ConfigError:
+                return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
         experiment_id = configure(config.mlflow)
-        sweep_dir = Path(config.hydra.sweep.dir)
-        study_tags = _study_tags(config.hydra)
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
-        run = client.create_run(
-            experiment_id,
-            run_name=_truncate(f"sweep {' '.join(sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}"),
-            tags={
-                **study_tags,
-                SWEEP_DIR_TAG: str(sweep_dir.resolve()),
-                OWNER_TAG: owner.current(),
-                "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
-                **git_state(),
-            },
-        )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        sweep = {"parent_run_id": run.info.run_id, "swept_keys": swept_keys(config)}
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(sweep))
-        view = ui.share_sweep_view(client, experiment_id, run.info.run_id, sweep["swept_keys"])
-        log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run.info.run_id,
+        new_run = functools.partial(_new_parent_run, client, experiment_id, config)
+        if optuna_sweep:
+            from cifar import study
+
+            run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
+                                                                                      experiment_id))
+        else:
+            run_id = new_run()
+        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config)}
+        atomic_write_text(Path(config.hydra.sweep.dir) / SWEEP_FILE, json.dumps(sweep))
+        view = ui.share_sweep_view(client, experiment_id, run_id, sweep["swept_keys"])
+        log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run_id,
                  ui.address(client.tracking_uri, view))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -259,8 +276,9 @@ class SweepCallback(Callback):
         client = MlflowClient()
         status = "FAILED"
         try:
+            parent = client.get_run(run_id)
             children = client.search_runs(
-                [client.get_run(run_id).info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+                [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
             )
             if interrupted:
                 for child in children:
@@ -271,11 +289,44 @@ class SweepCallback(Callback):
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
             if config.mlflow.register_model and not interrupted:
-                _register_best(client, run_id, best, config.mlflow.model_name)
+                _register_best(client, parent, best, config.mlflow.model_name)
             if sweeper.is_optuna_sweep(config.hydra):
                 _log_study(client, run_id, config.hydra, children)
         finally:
             client.set_terminated(run_id, "KILLED" if interrupted else status)
+
+
+def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
+    sweep_dir = Path(config.hydra.sweep.dir)
+    study_tags = _study_tags(config.hydra)
+    name = f"sweep {' '.join(sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}"
+    run = client.create_run(
+        experiment_id,
+        run_name=_truncate(name),
+        tags={
+            **study_tags,
+            SWEEP_DIR_TAG: str(sweep_dir.resolve()),
+            OWNER_TAG: owner.current(),
+            "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
+            **git_state(),
+        },
+    )
+    return run.info.run_id
+
+
+def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:
+    """Take up a study's parent run again (RUNNING, owned by this process), if it is in this experiment."""
+    import mlflow
+
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False  # another tracking store
+    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        return False
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, OWNER_TAG, owner.current())
+    return True
 
 
 def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None) -> dict[str, float]:
@@ -302,16 +353,20 @@ def _best_job(children: list[Any]) -> Any | None:
     return max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC]) if scored else None
 
 
-def _register_best(client: Any, parent_id: str, best: Any | None, name: str) -> None:
-    """Register the model of the sweep's best job under ``name``."""
+def _register_best(client: Any, parent: Any, best: Any | None, name: str) -> None:
+    """Register the model of the sweep's best job under ``name``, unless another worker of the
+    study registered that job's model already."""
     from cifar import registry
 
+    if best is not None and parent.data.tags.get(REGISTERED_RUN_TAG) == best.info.run_id:
+        return
     model_uri = best and registry.logged_model_uri(client, best.info.experiment_id, best.info.run_id)
     if not model_uri:
         log.warning("No model to register: the sweep's best job logged none")
         return
     version = registry.register(model_uri, name)
-    client.set_tag(parent_id, "registered_model", f"models:/{name}/{version}")
+    client.set_tag(parent.info.run_id, "registered_model", f"models:/{name}/{version}")
+    client.set_tag(parent.info.run_id, REGISTERED_RUN_TAG, best.info.run_id)
 
 
 def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:

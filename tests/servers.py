@@ -1,5 +1,5 @@
 """Real servers and clients for the tests (and docs/make_images.py): a free loopback port, a server
-process that is always stopped, and the system's headless Chromium."""
+process that is always stopped, the system's headless Chromium, and a throwaway PostgreSQL cluster."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -64,3 +65,40 @@ def chromium() -> str:
         pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
     return path
 
+
+
+def _postgres_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)),
+                                       None)
+    if found is None:
+        pytest.skip(f"PostgreSQL's {name} is not installed (.ci/run installs Debian's postgresql)")
+    return str(found)
+
+
+@contextlib.contextmanager
+def postgres(databases: list[str]) -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL cluster in a temp dir on a free loopback port, with ``databases``;
+    yields their URLs by name and removes the cluster at the end.
+
+    The server refuses to run as root: as root, it runs as the ``postgres`` user that Debian's package creates.
+    """
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="cifar-postgres-"))
+    if as_owner:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    subprocess.run([*as_owner, _postgres_bin("initdb"), "-D", str(data), "-U", "cifar", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+    subprocess.run([*as_owner, _postgres_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"),
+                    "-w", "start"], check=True, capture_output=True)
+    try:
+        for name in databases:
+            subprocess.run([_postgres_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "cifar", name],
+                           check=True, capture_output=True)
+        yield {name: f"postgresql://cifar@127.0.0.1:{port}/{name}" for name in databases}
+    finally:
+        subprocess.run([*as_owner, _postgres_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

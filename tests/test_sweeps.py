@@ -56,6 +56,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
         assert child.data.metrics["val/best_acc"] == trial.value  # the objective, as logged in MLflow
         assert f"optimizer.lr={trial.params['optimizer.lr']}" in child.info.run_name
         assert trial.user_attrs["hydra_job"] == child.data.tags["hydra.output_dir"]
+        assert child.data.tags["hydra.output_dir"] == str(cli.tmp_path / "sweep" / str(number))  # named by trial
     best = study.best_trial
     assert parent.data.tags["optuna.study_name"] == "cifar-optuna"
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
@@ -102,14 +103,13 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs_pruned"] == 1
 
 
-def test_a_sweep_that_fails_before_its_study_exists_ends_its_parent_run(cli):
+def test_a_sweep_with_a_bad_direction_fails_before_any_run_or_study(cli):
     proc = cli("hparams_search=optuna", "hydra.sweeper.direction=sideways", multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (
         "cifar.train: error: hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"
     )
-    [parent] = all_runs(cli)
-    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/jobs"] == 0
+    assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
 
 
 @pytest.mark.slow
@@ -123,8 +123,8 @@ def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
     assert [(t.number, t.params, t.datetime_start) for t in trials[:2]] == first  # not re-run
     # the seeded sampler was reseeded: the new trials do not replay the first ones' samples
     assert all(t.params != old for t in trials[2:] for _, old, _ in first)
-    parents = [r for r in all_runs(cli) if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 2 and len(all_runs(cli)) == 6
+    parent, children = sweep_runs(cli)  # the study's parent run, taken up again
+    assert sorted(children) == [0, 1, 2, 3] and parent.data.metrics["sweep/jobs_finished"] == 4
 
 
 @pytest.mark.slow
@@ -193,11 +193,13 @@ def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli,
     assert {n: (trials[n].params, trials[n].datetime_complete) for n in before} == before  # not re-run
     runs = all_runs(cli)
     assert "RUNNING" not in {r.info.status for r in runs}
-    [old_parent, new_parent] = sorted((r for r in runs if "mlflow.parentRunId" not in r.data.tags),
-                                      key=lambda r: r.info.start_time)
-    assert old_parent.info.status == "KILLED" and new_parent.info.status == "FINISHED"
-    old_children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == old_parent.info.run_id]
-    assert "KILLED" in {r.info.status for r in old_children}  # the trial it was training
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the study's, taken up again
+    assert parent.info.status == "FINISHED"
+    children = {int(r.data.tags["optuna.trial_number"]): r for r in runs if r is not parent}
+    assert len(children) == len(runs) - 1  # one run per trial
+    assert {t.number for t in trials if t not in killed} <= set(children)
+    # the trial that was training when the sweep was stopped (seen RUNNING by _killable)
+    assert {children[t.number].info.status for t in killed if t.number in children} == {"KILLED"}
 
 
 def _killable(cli) -> bool:

@@ -1,0 +1,146 @@
+"""Beyond one machine: workers that share an Optuna study and an MLflow store on a real PostgreSQL
+server, the submitit and Ray launchers, and one GPU per job."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from cifar import device, parallel
+from tests import servers
+from tests.conftest import all_runs
+
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+# lr 1e-12 never learns: the threshold pruner stops it after epoch 1; lr 3e-3 passes 0.25 (as in test_sweeps.py)
+PRUNABLE_SEARCH = ("hparams_search=optuna", "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=0.25",
+                   "optimizer=adam", "scheduler=none", "optimizer.lr=choice(3e-3,1e-12)")
+
+
+def sweep_children(runs: list) -> tuple[object, list]:
+    """The one parent run among ``runs``, and its children (every other run)."""
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1
+    return parent, children
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_study_and_one_parent_run_on_postgresql(cli):
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
+    from mlflow.tracking import MlflowClient
+
+    with servers.postgres(["optuna", "mlflow"]) as urls:
+        # The same command twice at once, sharing the sweep dir too (started in the same second).
+        args, env = cli.command(*PRUNABLE_SEARCH, f"hydra.sweeper.storage={urls['optuna']}",
+                                "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=6", multirun=True)
+        env["MLFLOW_TRACKING_URI"] = urls["mlflow"]
+        workers = [subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outputs = [worker.communicate(timeout=540) for worker in workers]
+        assert [w.returncode for w in workers] == [0, 0], outputs
+
+        study = optuna.load_study(study_name="shared", storage=urls["optuna"])
+        trials = [t for t in study.trials if not t.user_attrs.get("surplus")]  # surplus: asked, never run
+        assert len(trials) == 6
+        for trial in trials:  # each pruned or completed from whichever worker ran it, through the storage
+            assert trial.state == (PRUNED if trial.params["optimizer.lr"] == 1e-12 else COMPLETE)
+        assert len({t.user_attrs["sweeper"] for t in trials}) == 2  # both workers ran trials
+        assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # no worker replayed the other's samples
+
+        client = MlflowClient(tracking_uri=urls["mlflow"])
+        experiment = client.get_experiment_by_name(cli.experiment)
+        parent, children = sweep_children(client.search_runs([experiment.experiment_id]))
+        assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+        assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == sorted(t.number for t in trials)
+        assert {c.data.tags["hydra.output_dir"] for c in children} == {t.user_attrs["hydra_job"] for t in trials}
+        assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 6
+    assert all_runs(cli) == []  # nothing went to the SQLite store of the other tests
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_a_two_job_sweep(cli):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    cli("hydra/launcher=submitit_local", "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", multirun=True)
+    parent, children = sweep_children(all_runs(cli))
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
+    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    assert len(list((cli.tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran both
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster(cli):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
+    ray = str(Path(sys.executable).parent / "ray")
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live there
+    port = servers.free_port()
+    _, env = cli.command()
+    start = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                           env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        cli("hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}", "optimizer.lr=1e-3,5e-4",
+            "trainer.epochs=1", multirun=True)
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    parent, children = sweep_children(all_runs(cli))
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
+    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+
+
+def test_cluster_launcher_presets_ask_for_one_gpu_per_trial(cli):
+    def launcher(name: str) -> dict:
+        args, env = cli.command(f"hydra/launcher={name}", "--cfg", "hydra", "-p", "hydra.launcher")
+        proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, check=True)
+        return yaml.safe_load(proc.stdout)
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    slurm = launcher("submitit_slurm")
+    assert slurm["gpus_per_node"] == 1 and slurm["timeout_min"] == 120 and "partition" in slurm
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
+    assert launcher("ray")["ray"]["remote"] == {"num_gpus": "${cifar_ray_gpus_per_trial:}"}
+
+
+@pytest.mark.parametrize(("n_jobs", "job_nums", "gpus", "expected"), [
+    (2, [0, 1, 2, 3], 2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]),  # two joblib workers: a GPU each
+    (None, [0, 1, 2], 2, ["cuda:0", "cuda:0", "cuda:0"]),  # one job at a time (basic launcher): the first
+    (4, [0, 1, 2, 3], 1, ["cuda:0"] * 4),  # the one GPU CUDA_VISIBLE_DEVICES shows
+])
+def test_jobs_that_run_at_once_take_a_gpu_each(monkeypatch, n_jobs, job_nums, gpus, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    launcher = ({"_target_": parallel.JOBLIB_LAUNCHER, "n_jobs": n_jobs} if n_jobs
+                else {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
+    devices = []
+    for num in job_nums:
+        hydra_cfg = OmegaConf.create({"launcher": launcher, "sweeper": {}, "job": {"num": num}})
+        devices.append(str(device.resolve_device("auto", parallel.job_slot(hydra_cfg))))
+    assert devices == expected
+
+
+def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_and_not_run():
+    from cifar import study as studies
+    from cifar.sweeper_impl import PruningOptunaSweeperImpl, StudyFull
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    sweeper = PruningOptunaSweeperImpl.__new__(PruningOptunaSweeperImpl)  # only its n_trials logic
+    sweeper.study_trials, sweeper.asked = 3, []
+    [study.ask() for _ in range(2)]  # one worker's batch
+    racing = [study.ask() for _ in range(2)]  # another's, asked meanwhile: one trial too many
+    assert sweeper._within_n_trials(study, racing) == racing[:1]
+    surplus = study.trials[racing[1].number]
+    assert surplus.state == optuna.trial.TrialState.FAIL and surplus.user_attrs["surplus"]
+    assert len(studies.counted_trials(study)) == 3
+    with pytest.raises(StudyFull):  # the next batch of either worker asks for nothing
+        sweeper._ask_unless_full(study)
+    assert len(study.trials) == 4
