@@ -198,8 +198,9 @@ def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli,
     children = {int(r.data.tags["optuna.trial_number"]): r for r in runs if r is not parent}
     assert len(children) == len(runs) - 1  # one run per trial
     assert {t.number for t in trials if t not in killed} <= set(children)
-    # the trial that was training when the sweep was stopped (seen RUNNING by _killable)
-    assert {children[t.number].info.status for t in killed if t.number in children} == {"KILLED"}
+    # the trial that was training when the sweep was stopped (seen RUNNING by _killable); under joblib, a
+    # job that had just finished before the sweeper recorded its trial is killed in the study but FINISHED
+    assert "KILLED" in {children[t.number].info.status for t in killed if t.number in children}
 
 
 def _killable(cli) -> bool:
