@@ -30,10 +30,15 @@ from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_u
 SQLITE_BUSY_TIMEOUT_S = 60
 
 
+def sweep_storage(hydra_cfg: DictConfig) -> tuple[optuna.storages.RDBStorage, str]:
+    """The storage and study name of an Optuna sweep, from the sweep's Hydra config."""
+    storage = open_storage(storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))
+    return storage, study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir)
+
+
 def load_sweep_study(hydra_cfg: DictConfig, **kwargs: Any) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """The study of an Optuna sweep and its storage, from the sweep's Hydra config."""
-    storage = open_storage(storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))
-    name = study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir)
+    storage, name = sweep_storage(hydra_cfg)
     return optuna.load_study(study_name=name, storage=storage, **kwargs), storage
 
 
@@ -71,8 +76,7 @@ def shared_parent_run(hydra_cfg: DictConfig, new_run: Callable[[], str], reuse: 
     cannot be reused here (``reuse`` returns False: another tracking store or experiment), or
     that predates this record, gets a new parent run.
     """
-    storage = open_storage(storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))
-    name = study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir)
+    storage, name = sweep_storage(hydra_cfg)
     try:
         optuna.create_study(study_name=name, storage=storage, directions=checked_directions(hydra_cfg.sweeper))
         created = True

@@ -25,7 +25,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def __init__(self, pruner: Any, **stock: Any) -> None:
         super().__init__(**stock)
         self.pruner_cfg = pruner
-        self.asked: list[optuna.Trial] = []  # the trials asked for in the current batch
+        self.batch_started = False  # a trial was asked for in the current batch
 
     def sweep(self, arguments: list[str]) -> None:
         directions = checked_directions(self.config.hydra.sweeper)
@@ -39,9 +39,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             log.warning("Trials %s of study %s were left running by a killed sweep: marked failed (killed), "
                         "to be run again", stale, study.study_name)
         self.study_trials = self.n_trials
-        taken = len(studies.counted_trials(study))
+        counted = studies.counted_trials(study)
+        taken = len(counted)
         if taken:
-            done = len(studies.finished_trials(study))
+            done = sum(t.state.is_finished() for t in counted)
             running = f" and {taken - done} running in other workers" if taken > done else ""
             self.n_trials = max(0, self.n_trials - taken)
             log.info("Study %s has %d finished trials%s: running %d more", study.study_name, done, running,
@@ -70,7 +71,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         # A pruned job finishes its trial itself; the stock loop then tells it again: skip that.
         study.tell = functools.partial(type(study).tell, study, skip_if_finished=True)
         study.ask = functools.partial(self._ask_unless_full, study)  # for the next batches
-        self.asked = []
+        self.batch_started = False
         trials = self._within_n_trials(study, trials)
         study.pruner = instantiate(self.pruner_cfg)  # the sampler groups trials by it (hyperband)
         study.sampler = self._reseeded_sampler(trials[0].number)
@@ -82,10 +83,10 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
 
     def _ask_unless_full(self, study: optuna.Study, *args: Any, **kwargs: Any) -> optuna.Trial:
         """``study.ask()``; at a batch's start, first a check that other workers left trials to run."""
-        if not self.asked and len(studies.counted_trials(study)) >= self.study_trials:
+        if not self.batch_started and len(studies.counted_trials(study)) >= self.study_trials:
             raise StudyFull
-        self.asked.append(type(study).ask(study, *args, **kwargs))
-        return self.asked[-1]
+        self.batch_started = True
+        return type(study).ask(study, *args, **kwargs)
 
     def _within_n_trials(self, study: optuna.Study, trials: list[optuna.Trial]) -> list[optuna.Trial]:
         """The trials asked for within the study's ``n_trials``; the others, asked by workers racing

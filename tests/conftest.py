@@ -114,3 +114,11 @@ def all_runs(cli) -> list:
     client = client_for(cli)
     experiment = client.get_experiment_by_name(cli.experiment)
     return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def sweep_parent_and_children(runs: list) -> tuple:
+    """The one parent run among a sweep's ``runs``, and its children (every other run)."""
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1
+    return parent, children

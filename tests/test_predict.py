@@ -24,7 +24,7 @@ from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
 from cifar.engine import evaluate
 from tests import fakedata
-from tests.conftest import FAST, all_runs, client_for, with_overrides
+from tests.conftest import FAST, all_runs, client_for, sweep_parent_and_children, with_overrides
 
 MODEL_NAME = "predict-tests"
 
@@ -195,9 +195,7 @@ def test_a_sweep_registers_the_model_of_its_best_job_only(cli):
     name = f"sweep-best-{cli.experiment}"
     cli("optimizer.lr=1e-3,1e-2", "trainer.epochs=1", "mlflow.log_model=true", "mlflow.register_model=true",
         f"mlflow.model_name={name}", multirun=True)
-    runs = all_runs(cli)
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r is not parent]
+    parent, children = sweep_parent_and_children(all_runs(cli))
     best = max(children, key=lambda r: r.data.metrics["val/best_acc"])
     versions = client_for(cli).search_model_versions(f"name = '{name}'")
     assert [v.run_id for v in versions] == [best.info.run_id]

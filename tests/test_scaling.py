@@ -17,20 +17,12 @@ from omegaconf import OmegaConf
 
 from cifar import device, parallel
 from tests import servers
-from tests.conftest import all_runs
+from tests.conftest import all_runs, sweep_parent_and_children
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 # lr 1e-12 never learns: the threshold pruner stops it after epoch 1; lr 3e-3 passes 0.25 (as in test_sweeps.py)
 PRUNABLE_SEARCH = ("hparams_search=optuna", "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=0.25",
                    "optimizer=adam", "scheduler=none", "optimizer.lr=choice(3e-3,1e-12)")
-
-
-def sweep_children(runs: list) -> tuple[object, list]:
-    """The one parent run among ``runs``, and its children (every other run)."""
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == len(runs) - 1
-    return parent, children
 
 
 @pytest.mark.slow
@@ -58,7 +50,7 @@ def test_two_workers_share_one_study_and_one_parent_run_on_postgresql(cli):
 
         client = MlflowClient(tracking_uri=urls["mlflow"])
         experiment = client.get_experiment_by_name(cli.experiment)
-        parent, children = sweep_children(client.search_runs([experiment.experiment_id]))
+        parent, children = sweep_parent_and_children(client.search_runs([experiment.experiment_id]))
         assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
         assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == sorted(t.number for t in trials)
         assert {c.data.tags["hydra.output_dir"] for c in children} == {t.user_attrs["hydra_job"] for t in trials}
@@ -70,7 +62,7 @@ def test_two_workers_share_one_study_and_one_parent_run_on_postgresql(cli):
 def test_submitit_local_runs_a_two_job_sweep(cli):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
     cli("hydra/launcher=submitit_local", "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", multirun=True)
-    parent, children = sweep_children(all_runs(cli))
+    parent, children = sweep_parent_and_children(all_runs(cli))
     assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
     assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
     assert len(list((cli.tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran both
@@ -93,7 +85,7 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster(cli):
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    parent, children = sweep_children(all_runs(cli))
+    parent, children = sweep_parent_and_children(all_runs(cli))
     assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
     assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
 
@@ -134,7 +126,7 @@ def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_an
 
     study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     sweeper = PruningOptunaSweeperImpl.__new__(PruningOptunaSweeperImpl)  # only its n_trials logic
-    sweeper.study_trials, sweeper.asked = 3, []
+    sweeper.study_trials, sweeper.batch_started = 3, False
     [study.ask() for _ in range(2)]  # one worker's batch
     racing = [study.ask() for _ in range(2)]  # another's, asked meanwhile: one trial too many
     assert sweeper._within_n_trials(study, racing) == racing[:1]

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
-from tests.conftest import all_runs, client_for
+from tests.conftest import all_runs, client_for, sweep_parent_and_children
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -34,12 +34,11 @@ def grid_sweep(cli, *overrides: str):
 
 
 def sweep_runs(cli):
-    """The sweep's parent run and its children, by trial number."""
-    runs = all_runs(cli)
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == len(runs) - 1
-    return parent, {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    """The sweep's parent run and its children, by trial number (one run per trial)."""
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    by_trial = {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    assert len(by_trial) == len(children)
+    return parent, by_trial
 
 
 def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
@@ -191,12 +190,9 @@ def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli,
     assert killed and all(t.state == optuna.trial.TrialState.FAIL for t in killed)
     assert [t.state for t in trials if t not in killed] == [COMPLETE] * 4  # n_trials, killed ones not counted
     assert {n: (trials[n].params, trials[n].datetime_complete) for n in before} == before  # not re-run
-    runs = all_runs(cli)
-    assert "RUNNING" not in {r.info.status for r in runs}
-    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the study's, taken up again
+    assert "RUNNING" not in {r.info.status for r in all_runs(cli)}
+    parent, children = sweep_runs(cli)  # the study's parent, taken up again; one run per trial
     assert parent.info.status == "FINISHED"
-    children = {int(r.data.tags["optuna.trial_number"]): r for r in runs if r is not parent}
-    assert len(children) == len(runs) - 1  # one run per trial
     assert {t.number for t in trials if t not in killed} <= set(children)
     # the trial that was training when the sweep was stopped (seen RUNNING by _killable); under joblib, a
     # job that had just finished before the sweeper recorded its trial is killed in the study but FINISHED

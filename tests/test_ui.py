@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 from cifar import ui
-from tests.conftest import REPO, all_runs
+from tests.conftest import REPO, all_runs, sweep_parent_and_children
 from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots kept after the run (git-ignored)
@@ -51,8 +51,7 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
     runs = _get(f"{mlflow_server}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
     assert len(runs) == 5
     by_id = {r["info"]["run_id"]: r for r in runs}
-    [parent] = [r for r in all_runs(cli) if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in all_runs(cli) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children = sweep_parent_and_children(all_runs(cli))
     assert sorted(by_id) == sorted([parent.info.run_id, *(c.info.run_id for c in children)])
     view = json.loads(tags[ui.SHARED_VIEW_PREFIX + parent.info.run_id])
     assert view["selectedColumns"][:2] == ["params.`optimizer.lr`", "params.`data.augment.flip`"]
