@@ -4,10 +4,12 @@ The classic pipeline is what the labs use: a torchvision CIFAR10-style dataset r
 images, RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader
 with 2 workers, batch 128, Adam, fp32. This trainer runs the same model on uint8 tensors
 augmented in batch with fused Adam (and once without), fp32 and bf16 autocast, with and without
-channels_last. Each variant trains on the same number of images; variants are interleaved and
-repeated, and medians are reported with their ratio to the classic pipeline.
+channels_last, and with ``--compile`` also under torch.compile (timed after a warm-up epoch of
+``--warmup-images`` that compiles the model; the compile time is printed apart). Each variant
+trains on the same number of images; variants are interleaved and repeated, and medians are
+reported with their ratio to the classic pipeline.
 
-    uv run python bench/throughput.py --data ../shared/data/cifar10-jpeg.tar.gz
+    uv run python bench/throughput.py --data ../shared/data/cifar10-jpeg.tar.gz [--compile]
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar.batches import Augmenter, Normalizer, to_tensors, train_batches  # noqa: E402
 from cifar.data import load_cifar10  # noqa: E402
-from cifar.device import Runtime  # noqa: E402
+from cifar.device import Runtime, cpu_has_native_bf16  # noqa: E402
 from cifar.engine import train_epoch  # noqa: E402
 from cifar.models import simplecnn  # noqa: E402
 
@@ -82,17 +84,26 @@ def classic(images: np.ndarray, labels: np.ndarray, mean, std, batch: int = BATC
 
 
 def ours(images: np.ndarray, labels: np.ndarray, mean, std, amp: bool, channels_last: bool,
-         fused: bool = True) -> float:
+         fused: bool = True, compile_warmup_images: int = 0) -> float:
+    """Training images/s of this trainer; with ``compile_warmup_images``, compiled and warmed up first."""
     runtime = Runtime(device=torch.device("cpu"), amp=amp, channels_last=channels_last)
     augment = Augmenter(crop_padding=4, pad_mode="reflect", flip=True)
     model = new_model(channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)  # fused: as cifar.optim builds it
+    normalize = Normalizer.from_stats(mean, std, runtime.device, channels_last)
+
+    def epoch(images: np.ndarray, labels: np.ndarray) -> int:
+        x, y = to_tensors(images, labels, runtime.device)
+        batches = train_batches(augment.prepare(x), y, BATCH, augment, torch.Generator().manual_seed(0))
+        return train_epoch(model, batches, normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime).images
+
+    if compile_warmup_images:
+        model.compile()  # as cifar.task does with trainer.compile
+        start = time.perf_counter()
+        epoch(images[:compile_warmup_images], labels[:compile_warmup_images])
+        print(f"    compiled and warmed up in {time.perf_counter() - start:.1f} s", flush=True)
     start = time.perf_counter()  # the timing includes moving the data in and padding it
-    x, y = to_tensors(images, labels, runtime.device)
-    batches = train_batches(augment.prepare(x), y, BATCH, augment, torch.Generator().manual_seed(0))
-    result = train_epoch(model, batches, Normalizer.from_stats(mean, std, runtime.device, channels_last),
-                         optimizer, None, torch.nn.CrossEntropyLoss(), runtime)
-    return result.images / (time.perf_counter() - start)
+    return epoch(images, labels) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -100,22 +111,36 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz")
     parser.add_argument("--cache-dir", default="data/processed")
     parser.add_argument("--images", type=int, default=45000, help="training images per measurement")
-    parser.add_argument("--amp-images", type=int, default=6400, help="images for the bf16 variant (slow on CPUs without native bf16)")
+    parser.add_argument("--amp-images", type=int, default=None,
+                        help="images for the bf16 variants: default --images where the CPU has native bf16, "
+                             "else 6400 (bf16 is emulated and slow there)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also measure bf16 + channels_last under torch.compile")
+    parser.add_argument("--warmup-images", type=int, default=1280, help="the compiled variant's untimed first epoch")
     args = parser.parse_args()
 
     data = load_cifar10(args.data, args.cache_dir, download=False)
     images, labels = data.train_images[: args.images], data.train_labels[: args.images]
+    if args.amp_images is None:
+        args.amp_images = args.images if cpu_has_native_bf16() else 6400
     variants = {
         "classic (PIL + DataLoader, fp32)": lambda: classic(images, labels, data.mean, data.std),
         "cifar fp32": lambda: ours(images, labels, data.mean, data.std, amp=False, channels_last=False),
         "cifar fp32 + channels_last, unfused Adam": lambda: ours(
             images, labels, data.mean, data.std, False, True, fused=False),
-        "cifar fp32 + channels_last (CPU default)": lambda: ours(images, labels, data.mean, data.std, False, True),
-        "cifar bf16 autocast + channels_last": lambda: ours(
+        "cifar fp32 + channels_last (default: CPU without native bf16)": lambda: ours(
+            images, labels, data.mean, data.std, False, True),
+        "cifar bf16 autocast, contiguous": lambda: ours(
+            images[: args.amp_images], labels[: args.amp_images], data.mean, data.std, True, False),
+        "cifar bf16 autocast + channels_last (default: CPU with native bf16)": lambda: ours(
             images[: args.amp_images], labels[: args.amp_images], data.mean, data.std, True, True),
     }
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+    if args.compile:
+        variants["cifar bf16 autocast + channels_last, torch.compile"] = lambda: ours(
+            images[: args.amp_images], labels[: args.amp_images], data.mean, data.std, True, True,
+            compile_warmup_images=args.warmup_images)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, batch {BATCH}, "
           f"{len(images)} images per run ({args.amp_images} for bf16), {args.repeats} repeats")
     results: dict[str, list[float]] = {name: [] for name in variants}
     for repeat in range(args.repeats):
