@@ -65,7 +65,8 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
             page.goto(f"{mlflow_server}/{parent.data.tags[ui.VIEW_TAG]}")
             parent_row = page.get_by_role("row").filter(has_text=parent.info.run_name[:20])
             parent_row.first.wait_for(timeout=90_000)
-            assert "Runs" in page.get_by_role("heading").all_inner_texts()  # the training-runs table
+            # the training-runs table's heading; it can render after the rows, so it is waited for
+            page.get_by_role("heading", name="Runs", exact=True).first.wait_for(timeout=30_000)
             parent_row.first.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").click()  # expand
             page.get_by_text(children[0].info.run_name).first.wait_for(timeout=30_000)
             rows = "\n".join(page.get_by_role("row").all_inner_texts())
