@@ -123,6 +123,7 @@ def main() -> None:
     images, labels = data.train_images[: args.images], data.train_labels[: args.images]
     if args.amp_images is None:
         args.amp_images = args.images if cpu_has_native_bf16() else 6400
+    amp_images, amp_labels = images[: args.amp_images], labels[: args.amp_images]
     variants = {
         "classic (PIL + DataLoader, fp32)": lambda: classic(images, labels, data.mean, data.std),
         "cifar fp32": lambda: ours(images, labels, data.mean, data.std, amp=False, channels_last=False),
@@ -130,15 +131,13 @@ def main() -> None:
             images, labels, data.mean, data.std, False, True, fused=False),
         "cifar fp32 + channels_last (default: CPU without native bf16)": lambda: ours(
             images, labels, data.mean, data.std, False, True),
-        "cifar bf16 autocast, contiguous": lambda: ours(
-            images[: args.amp_images], labels[: args.amp_images], data.mean, data.std, True, False),
+        "cifar bf16 autocast, contiguous": lambda: ours(amp_images, amp_labels, data.mean, data.std, True, False),
         "cifar bf16 autocast + channels_last (default: CPU with native bf16)": lambda: ours(
-            images[: args.amp_images], labels[: args.amp_images], data.mean, data.std, True, True),
+            amp_images, amp_labels, data.mean, data.std, True, True),
     }
     if args.compile:
         variants["cifar bf16 autocast + channels_last, torch.compile"] = lambda: ours(
-            images[: args.amp_images], labels[: args.amp_images], data.mean, data.std, True, True,
-            compile_warmup_images=args.warmup_images)
+            amp_images, amp_labels, data.mean, data.std, True, True, compile_warmup_images=args.warmup_images)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_has_native_bf16()}, batch {BATCH}, "
           f"{len(images)} images per run ({args.amp_images} for bf16), {args.repeats} repeats")
