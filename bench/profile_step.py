@@ -7,6 +7,7 @@ activations, pooling) and the rest (optimizer, data movement, bookkeeping).
 
     uv run python bench/profile_step.py --model simplecnn
     uv run python bench/profile_step.py --model resnet18 --steps 3 --batch 64
+    uv run python bench/profile_step.py --model resnet9 --steps 3 --batch 64
 """
 
 from __future__ import annotations
@@ -23,22 +24,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cifar.batches import Normalizer  # noqa: E402
 from cifar.device import make_runtime  # noqa: E402
 from cifar.engine import train_epoch  # noqa: E402
-from cifar.models import resnet18, simplecnn  # noqa: E402
+from cifar.models import resnet9, resnet18, simplecnn  # noqa: E402
 
 MODEL_OPS = ("convolution", "mm", "batch_norm", "threshold", "relu", "max_pool", "clamp_min", "dropout", "bernoulli",
              "log_softmax", "nll_loss", "avg_pool", "mean")  # resnet18's adaptive average pool is a mean
+MODELS = {
+    "simplecnn": lambda: simplecnn([32, 64, 128], 256, 0.5, True),
+    "resnet18": resnet18,
+    "resnet9": lambda: resnet9([64, 128, 256, 512]),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("simplecnn", "resnet18"), default="simplecnn")
+    parser.add_argument("--model", choices=tuple(MODELS), default="simplecnn")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
     runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
     torch.manual_seed(0)
-    model = simplecnn([32, 64, 128], 256, 0.5, True) if args.model == "simplecnn" else resnet18()
+    model = MODELS[args.model]()
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)

@@ -38,6 +38,11 @@ class ResNet18Config(ModelConfig):
 
 
 @dataclass
+class ResNet9Config(ModelConfig):
+    channels: list[int] = MISSING
+
+
+@dataclass
 class OptimizerConfig:
     name: str = MISSING
     lr: float = MISSING
@@ -145,7 +150,7 @@ class Config:
 
 
 GROUP_SCHEMAS = {
-    "model": {"simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config},
+    "model": {"simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config, "resnet9": ResNet9Config},
     "optimizer": {"adam": AdamConfig, "adamw": AdamConfig, "sgd": SGDConfig},
     "scheduler": {"none": SchedulerConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
     "data": {"cifar10": DataConfig},
@@ -235,6 +240,9 @@ def validate(cfg: Any) -> None:
     ]
     if "momentum" in cfg.optimizer:
         checks.append(("optimizer.momentum", 0 <= cfg.optimizer.momentum < 1, "must be in [0, 1)"))
+    if cfg.model.name == "resnet9":
+        checks.append(("model.channels", len(cfg.model.channels) == 4 and min(cfg.model.channels) > 0,
+                       "must be 4 widths > 0: the prep layer's and the three stages'"))
     if "dropout" in cfg.model:
         checks.append(("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"))
     if "pct_start" in cfg.scheduler:

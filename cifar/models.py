@@ -41,12 +41,56 @@ def resnet18() -> nn.Module:
     return model
 
 
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True)]
+
+
+class _Residual(nn.Sequential):
+    """``x + block(x)``, the block being two conv-BN-ReLU layers of the same width."""
+
+    def __init__(self, channels: int):
+        super().__init__(*_conv_bn_relu(channels, channels), *_conv_bn_relu(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def resnet9(channels: list[int]) -> nn.Sequential:
+    """The ResNet-9 of the DAWNBench CIFAR-10 entries (myrtle.ai), with the widths ``channels`` of its
+    prep layer and three stages: conv-BN-ReLU, then per stage a conv-BN-ReLU and a max-pool, with a
+    residual block after the first and last stage; a global max-pool and a bias-free linear layer
+    whose logits are scaled by 1/8, as in the original.
+    """
+    prep, *stages = channels
+    layers: list[nn.Module] = _conv_bn_relu(3, prep)
+    in_channels = prep
+    for stage, out_channels in enumerate(stages):
+        layers += [*_conv_bn_relu(in_channels, out_channels), nn.MaxPool2d(2)]
+        if stage in (0, len(stages) - 1):
+            layers.append(_Residual(out_channels))
+        in_channels = out_channels
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(in_channels, NUM_CLASSES, bias=False), _Scale(0.125)]
+    return nn.Sequential(*layers)
+
+
 def build_model(cfg: Any) -> nn.Module:
     """Build the model named by ``cfg.name`` with the rest of ``cfg`` as its options."""
     if cfg.name == "simplecnn":
         return simplecnn(list(cfg.channels), cfg.hidden, cfg.dropout, cfg.batch_norm)
     if cfg.name == "resnet18":
         return resnet18()
+    if cfg.name == "resnet9":
+        return resnet9(list(cfg.channels))
     raise ValueError(f"unknown model {cfg.name!r}")
 
 

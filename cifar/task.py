@@ -226,8 +226,9 @@ def _record_results(
         metrics.update({"test/loss": test.loss, "test/acc": test.acc})
     atomic_write_text(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
     atomic_write_text(output_dir / EPOCHS_FILE, _epochs_csv(result))
-    # Time in training steps only (no validation, testing or data loading): time to accuracy.
-    tracking.retrying(mlflow.log_metrics, {**metrics, "train_seconds": sum(m.train_seconds for m in result.history)})
+    # Time in training steps only (no compiling, validation, testing or data loading): time to accuracy.
+    timings = {"train_seconds": sum(m.train_seconds for m in result.history), "warmup_seconds": result.warmup_seconds}
+    tracking.retrying(mlflow.log_metrics, {**metrics, **timings})
     tracking.retrying(mlflow.set_tag, "stopped_early", str(result.stop_reason == "patience").lower())
     if not with_plots:
         return

@@ -95,6 +95,7 @@ class FitResult:
     best_epoch: int
     stop_reason: str | None = None  # why training ended before its last epoch: "patience", or on_epoch's reason
     history: list[EpochMetrics] = field(default_factory=list)
+    warmup_seconds: float = 0.0  # compiling the model before the first epoch (trainer.compile), not in train_seconds
 
 
 @dataclass
@@ -134,6 +135,8 @@ class Trainer:
         first_epoch = 1
         if resume_from is not None:
             first_epoch = self._restore(resume_from, result) + 1
+        if self.runtime.compile:
+            result.warmup_seconds = self.warm_up()
         steps = steps_per_epoch(self.splits.n_train, self.batch_size)
         for epoch in range(first_epoch, epochs + 1):
             start = time.perf_counter()
@@ -181,6 +184,27 @@ class Trainer:
             if result.stop_reason is not None:
                 break
         return result
+
+    def warm_up(self) -> float:
+        """Run a training step's forward and backward and an evaluation batch, then put back the weights,
+        BatchNorm statistics and RNG state: torch.compile compiles then, outside the timed epochs, and
+        training goes on as if this had not run. Returns the seconds it took."""
+        start = time.perf_counter()
+        weights = {name: value.clone() for name, value in self.model.state_dict().items()}
+        p, size = self.augment.padding, self.splits.val_images.shape[-1]
+        x = self.splits.train_padded[: self.batch_size, :, p : p + size, p : p + size]  # uncropped images
+        cuda = [self.runtime.device] if self.runtime.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # dropout's draws
+            self.model.train()
+            with self.runtime.autocast():
+                loss = self.loss_fn(self.model(self.normalize(x)), self.splits.train_labels[: self.batch_size])
+            loss.backward()
+            self.model.zero_grad(set_to_none=True)
+            self.evaluate(self.splits.val_images[: self.eval_batch_size], self.splits.val_labels[: self.eval_batch_size])
+        self.model.load_state_dict(weights)
+        if cuda:
+            torch.cuda.synchronize(self.runtime.device)
+        return time.perf_counter() - start
 
     @property
     def eval_model(self) -> nn.Module:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from cifar.models import build_model, count_parameters, summarize
+from cifar.models import build_model, count_parameters, resnet9, summarize
 
 
 def test_resnet18_has_the_cifar_stem_and_parameter_count():
@@ -24,6 +24,28 @@ def test_simplecnn_follows_its_config():
     no_bn = build_model(OmegaConf.merge(cfg, {"batch_norm": False, "channels": [16, 32]}))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in no_bn)
     assert no_bn(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_resnet9_is_the_dawnbench_net_with_configurable_widths():
+    model = build_model(OmegaConf.create({"name": "resnet9", "channels": [64, 128, 256, 512]}))
+    assert count_parameters(model) == 6_573_120  # the myrtle.ai ResNet-9's
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 128, 128, 256, 512, 512, 512]
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    narrow = resnet9([4, 8, 16, 32])
+    assert [c.out_channels for c in narrow.modules() if isinstance(c, torch.nn.Conv2d)] == [4, 8, 8, 8, 16, 32, 32, 32]
+
+
+def test_resnet9_residual_blocks_add_their_input():
+    model = resnet9([4, 8, 16, 32]).eval()
+    residuals = [m for m in model if type(m).__name__ == "_Residual"]
+    assert len(residuals) == 2
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        for conv in residuals[0]:
+            if isinstance(conv, torch.nn.Conv2d):
+                conv.weight.zero_()  # the block's branch then outputs relu(BN(0)) = relu(bias) = 0
+        assert torch.equal(residuals[0](x), x)
 
 
 def test_summary_counts_the_flops_of_the_convolutions_and_linear_layers():

@@ -6,7 +6,9 @@ import math
 
 import mlflow.artifacts
 import pytest
+import torch
 
+from cifar.config import CONF_DIR
 from cifar.data import CLASSES
 from tests.conftest import REAL_DATA, all_runs, client_for
 
@@ -32,6 +34,7 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert 0 <= metrics["test/acc"] <= 1 and math.isfinite(metrics["test/loss"])
     epochs_seconds = sum(metric_history(cli, run.info.run_id, "epoch_seconds"))
     assert 0 < metrics["train_seconds"] < epochs_seconds  # training steps only, without validation
+    assert metrics["warmup_seconds"] == 0  # no compiling to warm up
     assert metrics["val/best_acc"] == max(metric_history(cli, run.info.run_id, "val/acc"))
     tags = run.data.tags
     assert len(tags["git.commit"]) == 40 or tags["git.commit"] == "unknown"
@@ -112,7 +115,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
 BAD_INPUT = [
     ("optimizer.lrr=1", "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr)"),
     ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size)"),
-    ("model=vgg", "Could not find 'model/vgg'. Available options: resnet18, simplecnn"),
+    ("model=vgg", "Could not find 'model/vgg'. Available options: resnet18, resnet9, simplecnn"),
     ("optimizer.lr=-1", "optimizer.lr=-1.0 is out of range: it must be > 0"),
     ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
@@ -129,6 +132,8 @@ BAD_INPUT = [
      "diagnostics.epochs=[1, 9] is out of range: it must list epochs between 1 and trainer.epochs"),
     ("mlflow.log_model=false mlflow.register_model=true",
      "mlflow.register_model=True is out of range: it needs mlflow.log_model=true"),
+    ("model=resnet9 model.channels=[64,128,256]",
+     "model.channels=[64, 128, 256] is out of range: it must be 4 widths > 0: the prep layer's and the three stages'"),
 ]
 
 
@@ -189,7 +194,7 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
     import sys
 
     help_text = subprocess.run([sys.executable, "-m", "cifar.train", "--help"], capture_output=True, text=True).stdout
-    for line in ("model: resnet18, simplecnn", "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle"):
+    for line in ("model: resnet18, resnet9, simplecnn", "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle"):
         assert line in help_text
     assert "schema" not in help_text
     cfg = subprocess.run(
@@ -277,3 +282,31 @@ def test_random_bad_override_combinations_fail_in_one_line_and_leave_no_run(cli)
         assert not list(cli.tmp_path.glob("run/*.pt"))
 
     check()
+
+
+def test_resnet9_trains_and_logs_a_model_that_predicts_as_its_checkpoint(cli, official_dir):
+    import numpy as np
+    import torch
+
+    from cifar import inference
+    from cifar.data import load_cifar10
+    from cifar.registry import MODEL_NAME
+
+    cli("model=resnet9", "model.channels=[8,16,16,32]", "mlflow.log_model=true")
+    [run] = all_runs(cli)
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == "resnet9"
+    images = load_cifar10(official_dir, cli.tmp_path / "cache", download=False).test_images[:8]
+    logged = inference.load(f"runs:/{run.info.run_id}/{MODEL_NAME}", cli.tracking_uri)
+    checkpoint = inference.from_checkpoint(cli.tmp_path / "run" / "best.pt")
+    x = torch.from_numpy(images)
+    with torch.inference_mode():
+        np.testing.assert_allclose(logged(x).numpy(), checkpoint(x).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_validates_and_builds_its_model(preset):
+    from cifar.config import compose
+    from cifar.models import build_model
+
+    cfg = compose([f"experiment={preset}"])
+    assert isinstance(build_model(cfg.model), torch.nn.Module)

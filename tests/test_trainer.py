@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import torch
+
+from cifar.batches import Augmenter, Normalizer
+from cifar.device import Runtime
+from cifar.models import simplecnn
+from cifar.trainer import Splits, Trainer
+
+
+def _trainer(tmp_path, compile: bool) -> Trainer:
+    """simplecnn (with dropout and BatchNorm) on random images; ``compile`` only asks for the warm-up here."""
+    data = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (320, 3, 32, 32), dtype=torch.uint8, generator=data)
+    labels = torch.randint(0, 10, (320,), generator=data)
+    augment = Augmenter(crop_padding=2, pad_mode="reflect", flip=True)
+    splits = Splits(augment.prepare(images[:256]), labels[:256], images[256:288], labels[256:288],
+                    images[288:], labels[288:])
+    torch.manual_seed(0)
+    model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=True)
+    runtime = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, compile=compile)
+    return Trainer(
+        model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), scheduler=None,
+        loss_fn=torch.nn.CrossEntropyLoss(), splits=splits,
+        normalize=Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, False), augment=augment,
+        runtime=runtime, batch_size=64, eval_batch_size=16, generator=torch.Generator().manual_seed(0),
+        checkpoint_dir=tmp_path, show_progress=False,
+    )
+
+
+def test_the_compile_warm_up_is_timed_apart_and_leaves_training_as_it_was(tmp_path):
+    results = {}
+    for name, compile in (("plain", False), ("warmed", True)):
+        trainer = _trainer(tmp_path / name, compile)
+        torch.manual_seed(0)  # dropout's draws
+        results[name] = trainer, trainer.fit(2, None, lambda metrics: None)
+    (plain, plain_result), (warmed, warmed_result) = results.values()
+
+    assert plain_result.warmup_seconds == 0 and warmed_result.warmup_seconds > 0
+    curves = [[(m.train.loss, m.train.acc, m.val.loss, m.val.acc) for m in r.history]
+              for r in (plain_result, warmed_result)]
+    assert curves[0] == curves[1]  # same dropout draws, same BatchNorm statistics, same steps
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(value, warmed.model.state_dict()[name]), name
+
+
+def test_the_warm_up_puts_back_batchnorm_statistics_and_the_rng(tmp_path):
+    trainer = _trainer(tmp_path, compile=True)
+    before = {name: value.clone() for name, value in trainer.model.state_dict().items()}
+    rng = torch.get_rng_state()
+    trainer.warm_up()
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(p.grad is None for p in trainer.model.parameters())
