@@ -22,29 +22,26 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar.batches import Normalizer  # noqa: E402
+from cifar.config import CONF_DIR, compose  # noqa: E402
 from cifar.device import make_runtime  # noqa: E402
 from cifar.engine import train_epoch  # noqa: E402
-from cifar.models import resnet9, resnet18, simplecnn  # noqa: E402
+from cifar.models import build_model  # noqa: E402
 
 MODEL_OPS = ("convolution", "mm", "batch_norm", "threshold", "relu", "max_pool", "clamp_min", "dropout", "bernoulli",
              "log_softmax", "nll_loss", "avg_pool", "mean")  # resnet18's adaptive average pool is a mean
-MODELS = {
-    "simplecnn": lambda: simplecnn([32, 64, 128], 256, 0.5, True),
-    "resnet18": resnet18,
-    "resnet9": lambda: resnet9([64, 128, 256, 512]),
-}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=tuple(MODELS), default="simplecnn")
+    parser.add_argument("--model", choices=sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")),
+                        default="simplecnn", help="an option of conf/model, built as its config says")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
     runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
     torch.manual_seed(0)
-    model = MODELS[args.model]()
+    model = build_model(compose([f"model={args.model}"]).model)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from cifar.models import build_model, count_parameters, resnet9, summarize
+from cifar.models import _Residual, build_model, count_parameters, resnet9, summarize
 
 
 def test_resnet18_has_the_cifar_stem_and_parameter_count():
@@ -38,7 +38,7 @@ def test_resnet9_is_the_dawnbench_net_with_configurable_widths():
 
 def test_resnet9_residual_blocks_add_their_input():
     model = resnet9([4, 8, 16, 32]).eval()
-    residuals = [m for m in model if type(m).__name__ == "_Residual"]
+    residuals = [m for m in model if isinstance(m, _Residual)]
     assert len(residuals) == 2
     x = torch.randn(2, 8, 16, 16)
     with torch.no_grad():

@@ -8,7 +8,7 @@ import mlflow.artifacts
 import pytest
 import torch
 
-from cifar.config import CONF_DIR
+from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
 from tests.conftest import REAL_DATA, all_runs, client_for
 
@@ -286,7 +286,6 @@ def test_random_bad_override_combinations_fail_in_one_line_and_leave_no_run(cli)
 
 def test_resnet9_trains_and_logs_a_model_that_predicts_as_its_checkpoint(cli, official_dir):
     import numpy as np
-    import torch
 
     from cifar import inference
     from cifar.data import load_cifar10
@@ -305,7 +304,6 @@ def test_resnet9_trains_and_logs_a_model_that_predicts_as_its_checkpoint(cli, of
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_preset_composes_validates_and_builds_its_model(preset):
-    from cifar.config import compose
     from cifar.models import build_model
 
     cfg = compose([f"experiment={preset}"])
