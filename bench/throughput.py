@@ -2,7 +2,9 @@
 
 The classic pipeline is what the labs use: a torchvision CIFAR10-style dataset returning PIL
 images, RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader
-with 2 workers, batch 128, Adam, fp32. This trainer runs the same model on uint8 tensors
+with 2 workers, batch 128, Adam, fp32, and the model as the labs write it, ReLU before each
+max-pool (this project's simplecnn pools first: the same function, computed on fewer elements;
+the classic pipeline is also timed with that model, to show what each part gains). This trainer runs the same model on uint8 tensors
 augmented in batch with fused Adam (and once without), fp32 and bf16 autocast, with and without
 channels_last, and with ``--compile`` also under torch.compile (timed after a warm-up epoch of
 ``--warmup-images`` that compiles the model; the compile time is printed apart). Each variant
@@ -32,15 +34,28 @@ from cifar.batches import Augmenter, Normalizer, to_tensors, train_batches  # no
 from cifar.data import load_cifar10  # noqa: E402
 from cifar.device import Runtime, cpu_has_native_bf16  # noqa: E402
 from cifar.engine import train_epoch  # noqa: E402
-from cifar.models import simplecnn  # noqa: E402
+from cifar.config import compose  # noqa: E402
+from cifar.models import build_model  # noqa: E402
 
 BATCH = 128
 
 
 def new_model(channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = simplecnn([32, 64, 128], hidden=256, dropout=0.5, batch_norm=True)
+    model = build_model(compose(["model=simplecnn"]).model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def relu_before_pool(model: torch.nn.Module) -> torch.nn.Module:
+    """The same layers in the order the labs write them: each ReLU before its max-pool (simplecnn,
+    resnet9); other models as they are."""
+    if not isinstance(model, torch.nn.Sequential):
+        return model
+    layers = list(model)
+    for i, layer in enumerate(layers[:-1]):
+        if isinstance(layer, torch.nn.MaxPool2d):
+            layers[i], layers[i + 1] = layers[i + 1], layer
+    return torch.nn.Sequential(*layers)
 
 
 class PILDataset(Dataset):
@@ -58,7 +73,7 @@ class PILDataset(Dataset):
 
 def classic(images: np.ndarray, labels: np.ndarray, mean, std, batch: int = BATCH,
             model: torch.nn.Module | None = None) -> float:
-    """Training images/s of the classic lab pipeline (``model``: simplecnn unless given)."""
+    """Training images/s of the classic lab pipeline (``model``: the labs' simplecnn unless given)."""
     transform = transforms.Compose([
         transforms.RandomCrop(32, padding=4),
         transforms.RandomHorizontalFlip(),
@@ -67,7 +82,7 @@ def classic(images: np.ndarray, labels: np.ndarray, mean, std, batch: int = BATC
     ])
     loader = DataLoader(PILDataset(images, labels, transform), batch_size=batch, shuffle=True, num_workers=2,
                         drop_last=True)
-    model = model if model is not None else new_model(channels_last=False)
+    model = model if model is not None else relu_before_pool(new_model(channels_last=False))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
@@ -84,11 +99,12 @@ def classic(images: np.ndarray, labels: np.ndarray, mean, std, batch: int = BATC
 
 
 def ours(images: np.ndarray, labels: np.ndarray, mean, std, amp: bool, channels_last: bool,
-         fused: bool = True, compile_warmup_images: int = 0) -> float:
-    """Training images/s of this trainer; with ``compile_warmup_images``, compiled and warmed up first."""
+         fused: bool = True, lab_order: bool = False, compile_warmup_images: int = 0) -> float:
+    """Training images/s of this trainer; with ``lab_order``, on the labs' simplecnn (ReLU before
+    max-pool); with ``compile_warmup_images``, compiled and warmed up first."""
     runtime = Runtime(device=torch.device("cpu"), amp=amp, channels_last=channels_last)
     augment = Augmenter(crop_padding=4, pad_mode="reflect", flip=True)
-    model = new_model(channels_last)
+    model = relu_before_pool(new_model(channels_last)) if lab_order else new_model(channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)  # fused: as cifar.optim builds it
     normalize = Normalizer.from_stats(mean, std, runtime.device, channels_last)
 
@@ -126,9 +142,13 @@ def main() -> None:
     amp_images, amp_labels = images[: args.amp_images], labels[: args.amp_images]
     variants = {
         "classic (PIL + DataLoader, fp32)": lambda: classic(images, labels, data.mean, data.std),
+        "classic, with this project's simplecnn (max-pool before ReLU)": lambda: classic(
+            images, labels, data.mean, data.std, model=new_model(channels_last=False)),
         "cifar fp32": lambda: ours(images, labels, data.mean, data.std, amp=False, channels_last=False),
         "cifar fp32 + channels_last, unfused Adam": lambda: ours(
             images, labels, data.mean, data.std, False, True, fused=False),
+        "cifar fp32 + channels_last, ReLU before max-pool (the labs' order)": lambda: ours(
+            images, labels, data.mean, data.std, False, True, lab_order=True),
         "cifar fp32 + channels_last (default: CPU without native bf16)": lambda: ours(
             images, labels, data.mean, data.std, False, True),
         "cifar bf16 autocast, contiguous": lambda: ours(amp_images, amp_labels, data.mean, data.std, True, False),

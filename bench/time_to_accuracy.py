@@ -5,7 +5,8 @@ a fresh MLflow store and reads each seed's run back: ``test/acc``, ``train_secon
 training steps, including the in-batch augmentation; excluding data loading, validation, testing
 and, where ``trainer.compile`` is on, the warm-up that compiles the model before the first epoch),
 ``warmup_seconds`` (that warm-up) and run seconds (the MLflow run's wall time: warm-up, training,
-validation, testing and logging). It prints one row per seed and the mean and standard deviation.
+validation, testing and logging metrics; the runs log no model, which takes MLflow about 10 s).
+It prints one row per seed and the mean and standard deviation.
 
 With ``--classic-images N`` it also measures the classic lab pipeline (``bench/throughput.py``:
 PIL transforms and a DataLoader) on the recipe's model and batch size for N images, and gives the
@@ -40,7 +41,8 @@ def train_seeds(preset: str | None, seeds: int, data: str, workdir: Path, overri
     args = [
         sys.executable, "-m", "cifar.train", "-m", f"seed={','.join(map(str, range(seeds)))}",
         *([f"experiment={preset}"] if preset else []),
-        f"data.path={data}", "data.download=false", "mlflow.log_plots=false", "trainer.progress=false",
+        f"data.path={data}", "data.download=false", "mlflow.log_plots=false", "mlflow.log_model=false",
+        "trainer.progress=false",
         f"hydra.sweep.dir={workdir / 'sweep'}", *overrides,
     ]
     subprocess.run(args, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True)
@@ -63,14 +65,14 @@ def train_seeds(preset: str | None, seeds: int, data: str, workdir: Path, overri
 
 
 def classic_images_per_s(params: dict, data: str, n_images: int) -> float:
-    """The classic pipeline's training images/s for the run's model and batch size."""
+    """The classic pipeline's training images/s for the run's model (in the labs' layer order) and batch size."""
     import torch
     import yaml
     from omegaconf import OmegaConf
 
     from cifar.data import load_cifar10
     from cifar.models import build_model
-    from throughput import classic
+    from throughput import classic, relu_before_pool
 
     model_cfg = OmegaConf.create(
         {key.removeprefix("model."): yaml.safe_load(value) for key, value in params.items() if key.startswith("model.")}
@@ -78,7 +80,7 @@ def classic_images_per_s(params: dict, data: str, n_images: int) -> float:
     loaded = load_cifar10(data, str(REPO / "data" / "processed"), download=False)
     torch.manual_seed(0)
     return classic(loaded.train_images[:n_images], loaded.train_labels[:n_images], loaded.mean, loaded.std,
-                   batch=int(params["data.batch_size"]), model=build_model(model_cfg))
+                   batch=int(params["data.batch_size"]), model=relu_before_pool(build_model(model_cfg)))
 
 
 def main() -> None:

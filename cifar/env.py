@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 # The stack, by distribution name; alternatives (mlflow-skinny on slim images) after a "|".
 PACKAGES = ("torch", "torchvision", "hydra-core", "hydra-optuna-sweeper", "omegaconf", "optuna",
             "mlflow|mlflow-skinny", "dvc")
+# What training does without (a GPU node that only trains, say): a warning where they are missing.
+OPTIONAL = {"dvc": "the data pipeline (dvc repro, dvc exp run)"}
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
 
@@ -44,7 +46,11 @@ def package_versions() -> list[Check]:
             except importlib.metadata.PackageNotFoundError:
                 continue
         else:
-            checks.append(Check(names.split("|")[0], FAIL, "not installed: run `uv sync`"))
+            name = names.split("|")[0]
+            if name in OPTIONAL:
+                checks.append(Check(name, WARN, f"not installed: only {OPTIONAL[name]} needs it (`uv sync`)"))
+            else:
+                checks.append(Check(name, FAIL, "not installed: run `uv sync`"))
     return checks
 
 

@@ -33,11 +33,15 @@ def build_scheduler(
     if cfg.name == "none":
         return None
     if cfg.name == "onecycle":
+        total_steps = total + 1  # its last rate is reached after the last step, not one step beyond it
+        pct_start = cfg.pct_start
+        if pct_start * total_steps == 1:  # a warm-up of one step, which OneCycleLR divides by its length, 0
+            pct_start = math.nextafter(pct_start, 0)  # under one step: the run starts at the peak rate
         return OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
-            total_steps=total + 1,  # its last rate is reached after the last step, not one step beyond it
-            pct_start=cfg.pct_start,
+            total_steps=total_steps,
+            pct_start=pct_start,
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
             anneal_strategy=cfg.anneal,

@@ -38,3 +38,11 @@ def test_optimizers_use_the_fused_kernels_on_the_cpu(name, extra):
     cfg = OmegaConf.create({"name": name, "lr": 0.1, "weight_decay": 0.0, **extra})
     optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
     assert optimizer.defaults["fused"] is True
+
+
+@pytest.mark.parametrize("steps,pct_start", [(4, 0.2), (9, 0.1)])
+def test_onecycle_with_a_one_step_warm_up_starts_at_the_peak(steps, pct_start):
+    """OneCycleLR divides by the warm-up's length, which is 0 steps when pct_start x (steps + 1) is 1."""
+    rates = lrs({**ONECYCLE, "pct_start": pct_start, "anneal": "linear"}, steps)
+    assert rates[0] == pytest.approx(1.0) and rates[-1] == pytest.approx(1 / 25 / 1e4)
+    assert all(a > b for a, b in zip(rates, rates[1:]))

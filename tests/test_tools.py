@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import subprocess
 import sys
 
@@ -84,3 +86,20 @@ def test_data_summary_runs_as_a_module(official_dir, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "content hash" in proc.stdout and "airplane" in proc.stdout
+
+
+def test_env_warns_of_a_missing_dvc_and_fails_on_a_missing_training_package(monkeypatch):
+    installed = importlib.metadata.version
+
+    def version(missing, name):
+        if name in missing:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", functools.partial(version, {"dvc"}))
+    checks = {c.topic: c for c in env.package_versions()}
+    assert checks["dvc"].status == "warn" and "dvc repro" in checks["dvc"].detail
+    assert {c.status for topic, c in checks.items() if topic != "dvc"} == {"ok"}
+    monkeypatch.setattr(importlib.metadata, "version", functools.partial(version, {"optuna", "mlflow", "mlflow-skinny"}))
+    checks = {c.topic: c for c in env.package_versions()}
+    assert checks["optuna"].status == checks["mlflow"].status == "FAIL"

@@ -1,0 +1,77 @@
+"""simplecnn's training step with max-pool before ReLU (this project) against ReLU before max-pool
+(the labs' order): the same function, so the same outputs and gradients, with the ReLU on a
+quarter of the elements.
+
+Both models train side by side in this trainer's step (``cifar.engine.train_epoch``, the CPU's
+defaults) on the same random batches, alternating in short chunks so that both see the same load
+on a shared machine; it prints the median ms a step of each and the median of the paired ratios.
+
+    uv run python bench/layer_order.py [--model simplecnn|resnet9] [--rounds 25] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from throughput import relu_before_pool  # noqa: E402
+
+from cifar.batches import Normalizer  # noqa: E402
+from cifar.config import compose  # noqa: E402
+from cifar.device import make_runtime  # noqa: E402
+from cifar.engine import train_epoch  # noqa: E402
+from cifar.models import build_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("simplecnn", "resnet9"), default="simplecnn")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=25)
+    parser.add_argument("--steps", type=int, default=8, help="steps per model per round")
+    args = parser.parse_args()
+
+    runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
+    torch.manual_seed(0)
+    ours = build_model(compose([f"model={args.model}"]).model)
+    models = {"max-pool before ReLU (this project)": ours, "ReLU before max-pool (the labs)": relu_before_pool(ours)}
+    models = {name: model.to(memory_format=torch.channels_last) if runtime.channels_last else model
+              for name, model in models.items()}
+    optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-3, fused=True) for name, model in models.items()}
+    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, runtime.channels_last)
+    images = torch.randint(0, 256, (args.batch * args.steps, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (len(images),))
+
+    def chunk(name: str) -> float:
+        batches = ((images[i : i + args.batch], labels[i : i + args.batch]) for i in range(0, len(images), args.batch))
+        start = time.perf_counter()
+        train_epoch(models[name], batches, normalize, optimizers[name], None, torch.nn.CrossEntropyLoss(), runtime)
+        return (time.perf_counter() - start) / args.steps * 1000
+
+    for name in models:
+        chunk(name)  # warm-up: oneDNN primitives
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name in models:
+            times[name].append(chunk(name))
+    ours_name, labs_name = models
+    ratios = [labs / ours for ours, labs in zip(times[ours_name], times[labs_name])]
+    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, channels_last={runtime.channels_last}, "
+          f"{args.rounds} rounds of {args.steps} steps each")
+    for name, values in times.items():
+        print(f"  {name}: {statistics.median(values):.1f} ms a step (median)")
+    quartiles = statistics.quantiles(ratios, n=4)
+    print(f"  labs' step / this project's step: {statistics.median(ratios):.3f}x "
+          f"(quartiles {quartiles[0]:.3f}x to {quartiles[2]:.3f}x)")
+
+
+if __name__ == "__main__":
+    main()
