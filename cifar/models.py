@@ -52,8 +52,9 @@ def _conv_relu_pool(in_channels: int, out_channels: int, batch_norm: bool = True
     """conv-(BN)-ReLU-maxpool, computed as conv-(BN)-maxpool-ReLU.
 
     ReLU is monotonic, so it commutes with max-pooling: the outputs and gradients are the same, and
-    the ReLU and its backward pass run on a quarter of the elements (a tenth of simplecnn's training
-    step on the CPU). Neither layer has parameters, so state dicts are those of the usual order.
+    the ReLU and its backward pass run on a quarter of the elements (simplecnn's training step is
+    1.09x faster on a CPU: bench/layer_order.py). Neither layer has parameters, so state dicts are
+    those of the usual order.
     """
     return [*_conv_bn(in_channels, out_channels, batch_norm), nn.MaxPool2d(2), nn.ReLU(inplace=True)]
 

@@ -35,8 +35,8 @@ def build_scheduler(
     if cfg.name == "onecycle":
         total_steps = total + 1  # its last rate is reached after the last step, not one step beyond it
         pct_start = cfg.pct_start
-        if pct_start * total_steps == 1:  # a warm-up of one step, which OneCycleLR divides by its length, 0
-            pct_start = math.nextafter(pct_start, 0)  # under one step: the run starts at the peak rate
+        if pct_start * total_steps == 1:  # OneCycleLR's warm-up phase would end at step 0; it divides by its length
+            pct_start = math.nextafter(pct_start, 0)  # a warm-up under one step: the run starts at the peak rate
         return OneCycleLR(
             optimizer,
             max_lr=[group["lr"] for group in optimizer.param_groups],
