@@ -20,15 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from throughput import relu_before_pool  # noqa: E402
 
 from cifar.batches import Normalizer  # noqa: E402
 from cifar.config import compose  # noqa: E402
 from cifar.device import make_runtime  # noqa: E402
 from cifar.engine import train_epoch  # noqa: E402
-from cifar.models import build_model  # noqa: E402
+from cifar.models import build_model, relu_before_pool  # noqa: E402
 
 
 def main() -> None:
@@ -42,9 +39,9 @@ def main() -> None:
     runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
     torch.manual_seed(0)
     ours = build_model(compose([f"model={args.model}"]).model)
+    if runtime.channels_last:
+        ours = ours.to(memory_format=torch.channels_last)
     models = {"max-pool before ReLU (this project)": ours, "ReLU before max-pool (the labs)": relu_before_pool(ours)}
-    models = {name: model.to(memory_format=torch.channels_last) if runtime.channels_last else model
-              for name, model in models.items()}
     optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-3, fused=True) for name, model in models.items()}
     normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, runtime.channels_last)
     images = torch.randint(0, 256, (args.batch * args.steps, 3, 32, 32), dtype=torch.uint8)

@@ -4,8 +4,8 @@ The classic pipeline is what the labs use: a torchvision CIFAR10-style dataset r
 images, RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize, a DataLoader
 with 2 workers, batch 128, Adam, fp32, and the model as the labs write it, ReLU before each
 max-pool (this project's simplecnn pools first: the same function, computed on fewer elements;
-the classic pipeline is also timed with that model, to show what each part gains). This trainer runs the same model on uint8 tensors
-augmented in batch with fused Adam (and once without), fp32 and bf16 autocast, with and without
+the classic pipeline is also timed with that model, to show what each part gains). This trainer
+runs the same model on uint8 tensors augmented in batch with fused Adam (and once without), fp32 and bf16 autocast, with and without
 channels_last, and with ``--compile`` also under torch.compile (timed after a warm-up epoch of
 ``--warmup-images`` that compiles the model; the compile time is printed apart). Each variant
 trains on the same number of images; variants are interleaved and repeated, and medians are
@@ -31,11 +31,11 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar.batches import Augmenter, Normalizer, to_tensors, train_batches  # noqa: E402
+from cifar.config import compose  # noqa: E402
 from cifar.data import load_cifar10  # noqa: E402
 from cifar.device import Runtime, cpu_has_native_bf16  # noqa: E402
 from cifar.engine import train_epoch  # noqa: E402
-from cifar.config import compose  # noqa: E402
-from cifar.models import build_model  # noqa: E402
+from cifar.models import build_model, relu_before_pool  # noqa: E402
 
 BATCH = 128
 
@@ -44,18 +44,6 @@ def new_model(channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(compose(["model=simplecnn"]).model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
-
-
-def relu_before_pool(model: torch.nn.Module) -> torch.nn.Module:
-    """The same layers in the order the labs write them: each ReLU before its max-pool (simplecnn,
-    resnet9); other models as they are."""
-    if not isinstance(model, torch.nn.Sequential):
-        return model
-    layers = list(model)
-    for i, layer in enumerate(layers[:-1]):
-        if isinstance(layer, torch.nn.MaxPool2d):
-            layers[i], layers[i + 1] = layers[i + 1], layer
-    return torch.nn.Sequential(*layers)
 
 
 class PILDataset(Dataset):

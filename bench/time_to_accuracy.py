@@ -71,8 +71,8 @@ def classic_images_per_s(params: dict, data: str, n_images: int) -> float:
     from omegaconf import OmegaConf
 
     from cifar.data import load_cifar10
-    from cifar.models import build_model
-    from throughput import classic, relu_before_pool
+    from cifar.models import build_model, relu_before_pool
+    from throughput import classic
 
     model_cfg = OmegaConf.create(
         {key.removeprefix("model."): yaml.safe_load(value) for key, value in params.items() if key.startswith("model.")}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar.models import _Residual, build_model, count_parameters, resnet9, summarize
+from cifar.models import _Residual, build_model, count_parameters, relu_before_pool, resnet9, summarize
 
 
 def test_resnet18_has_the_cifar_stem_and_parameter_count():
@@ -70,15 +70,6 @@ def test_counting_flops_draws_nothing_from_the_global_rng():
     assert torch.equal(torch.rand(3), expected)
 
 
-def _relu_before_pool(model: torch.nn.Sequential) -> torch.nn.Sequential:
-    """The same layers in the order the labs write them: ReLU, then max-pool."""
-    layers = list(model)
-    for i, layer in enumerate(layers[:-1]):
-        if isinstance(layer, torch.nn.MaxPool2d):
-            layers[i], layers[i + 1] = layers[i + 1], layer
-    return torch.nn.Sequential(*layers)
-
-
 @pytest.mark.parametrize("cfg", [
     {"name": "simplecnn", "channels": [8, 16], "hidden": 16, "dropout": 0.0, "batch_norm": True},
     {"name": "simplecnn", "channels": [8, 16], "hidden": 16, "dropout": 0.0, "batch_norm": False},
@@ -89,8 +80,9 @@ def test_pooling_before_relu_gives_the_outputs_and_gradients_of_the_lab_order(cf
     model = build_model(OmegaConf.create(cfg))
     pools = [i for i, m in enumerate(model) if isinstance(m, torch.nn.MaxPool2d)]
     assert pools and all(isinstance(model[i + 1], torch.nn.ReLU) for i in pools)
-    lab = _relu_before_pool(model)
+    lab = relu_before_pool(model)
     assert [type(m) for m in lab] != [type(m) for m in model]
+    assert not set(map(id, lab.parameters())) & set(map(id, model.parameters()))  # its own gradients below
     lab.load_state_dict(model.state_dict())  # the same state dict keys
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     for net in (model, lab):
