@@ -77,6 +77,9 @@ class OneCycleConfig(SchedulerConfig):
     div_factor: float = MISSING
     final_div_factor: float = MISSING
     anneal: str = MISSING
+    cycle_momentum: bool = MISSING
+    base_momentum: float = MISSING
+    max_momentum: float = MISSING
 
 
 @dataclass
@@ -240,6 +243,8 @@ def validate(cfg: Any) -> None:
     ]
     if "momentum" in cfg.optimizer:
         checks.append(("optimizer.momentum", 0 <= cfg.optimizer.momentum < 1, "must be in [0, 1)"))
+        checks.append(("optimizer.nesterov", not cfg.optimizer.nesterov or cfg.optimizer.momentum > 0,
+                       "needs optimizer.momentum > 0: set optimizer.nesterov=false"))
     if cfg.model.name == "resnet9":
         checks.append(("model.channels", len(cfg.model.channels) == 4 and min(cfg.model.channels) > 0,
                        "must be 4 widths > 0: the prep layer's and the three stages'"))
@@ -249,6 +254,12 @@ def validate(cfg: Any) -> None:
         checks.append(("scheduler.pct_start", 0 < cfg.scheduler.pct_start < 1, "must be in (0, 1)"))
     if "anneal" in cfg.scheduler:
         checks.append(("scheduler.anneal", cfg.scheduler.anneal in ANNEALS, f"must be one of {ANNEALS}"))
+    if "cycle_momentum" in cfg.scheduler:
+        checks.append(("scheduler.base_momentum", 0 <= cfg.scheduler.base_momentum <= cfg.scheduler.max_momentum < 1,
+                       "must be in [0, scheduler.max_momentum], with scheduler.max_momentum < 1"))
+        if cfg.optimizer.get("momentum") == 0:
+            checks.append(("scheduler.cycle_momentum", not cfg.scheduler.cycle_momentum,
+                           "would give SGD momentum where optimizer.momentum=0: set scheduler.cycle_momentum=false"))
     if "warmup_epochs" in cfg.scheduler:
         checks.append(("scheduler.warmup_epochs", cfg.scheduler.warmup_epochs >= 0, "must be >= 0"))
     for key, ok, rule in checks:

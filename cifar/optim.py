@@ -45,6 +45,9 @@ def build_scheduler(
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
             anneal_strategy=cfg.anneal,
+            cycle_momentum=cfg.cycle_momentum,
+            base_momentum=cfg.base_momentum,
+            max_momentum=cfg.max_momentum,
         )
     if cfg.name == "cosine":
         warmup = round(cfg.warmup_epochs * steps_per_epoch)

@@ -134,6 +134,11 @@ BAD_INPUT = [
      "mlflow.register_model=True is out of range: it needs mlflow.log_model=true"),
     ("model=resnet9 model.channels=[64,128,256]",
      "model.channels=[64, 128, 256] is out of range: it must be 4 widths > 0: the prep layer's and the three stages'"),
+    ("optimizer=sgd optimizer.momentum=0",
+     "optimizer.nesterov=True is out of range: it needs optimizer.momentum > 0: set optimizer.nesterov=false"),
+    ("optimizer=sgd optimizer.momentum=0 optimizer.nesterov=false",
+     "scheduler.cycle_momentum=True is out of range: it would give SGD momentum where optimizer.momentum=0"),
+    ("scheduler.base_momentum=0.97", "scheduler.base_momentum=0.97 is out of range: it must be in [0, scheduler.max_momentum]"),
 ]
 
 
