@@ -24,13 +24,9 @@ def schedule(scheduler_cfg: dict, steps: int, key: str = "lr", optimizer_cfg: di
     return values + [optimizer.param_groups[0][key]]
 
 
-def lrs(scheduler_cfg: dict, steps: int) -> list[float]:
-    return schedule(scheduler_cfg, steps)
-
-
 def test_linear_onecycle_is_a_triangle_and_cos_is_not():
-    linear = lrs({**ONECYCLE, "anneal": "linear"}, 101)
-    cos = lrs({**ONECYCLE, "anneal": "cos"}, 101)
+    linear = schedule({**ONECYCLE, "anneal": "linear"}, 101)
+    cos = schedule({**ONECYCLE, "anneal": "cos"}, 101)
     assert max(linear) == pytest.approx(1.0, rel=0.02) and linear[0] == pytest.approx(1 / 25)
     peak = linear.index(max(linear))
     rises, falls = torch.diff(torch.tensor(linear[:peak])), torch.diff(torch.tensor(linear[peak + 1 :]))
@@ -50,7 +46,7 @@ def test_optimizers_use_the_fused_kernels_on_the_cpu(name, extra):
 @pytest.mark.parametrize("steps,pct_start", [(4, 0.2), (9, 0.1)])
 def test_onecycle_with_a_one_step_warm_up_starts_at_the_peak(steps, pct_start):
     """OneCycleLR divides by the warm-up's length, which is 0 steps when pct_start x (steps + 1) is 1."""
-    rates = lrs({**ONECYCLE, "pct_start": pct_start, "anneal": "linear"}, steps)
+    rates = schedule({**ONECYCLE, "pct_start": pct_start, "anneal": "linear"}, steps)
     assert rates[0] == pytest.approx(1.0) and rates[-1] == pytest.approx(1 / 25 / 1e4)
     assert all(a > b for a, b in zip(rates, rates[1:]))
 
