@@ -212,7 +212,7 @@ def validate(cfg: Any) -> None:
         ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
         ("data.eval_batch_size", cfg.data.eval_batch_size is None or cfg.data.eval_batch_size > 0,
          "must be > 0 or null (the device's default)"),
-        ("data.val_size", cfg.data.val_size > 0, "must be > 0"),
+        ("data.val_size", cfg.data.val_size >= 0, "must be >= 0 (0: train on every training image, no validation)"),
         ("data.limit", cfg.data.limit is None or cfg.data.limit > 0, "must be > 0 or null (all)"),
         (
             "data.test_limit",
@@ -224,6 +224,8 @@ def validate(cfg: Any) -> None:
         ("trainer.epochs", cfg.trainer.epochs >= 1, "must be >= 1"),
         ("trainer.device", _device_kind(cfg.trainer.device) in DEVICES, f"must be one of {DEVICES} (or cuda:N)"),
         ("trainer.patience", cfg.trainer.patience is None or cfg.trainer.patience >= 1, "must be >= 1 or null (off)"),
+        ("trainer.patience", cfg.trainer.patience is None or cfg.data.val_size > 0,
+         "needs a validation set: set data.val_size > 0, or trainer.patience=null"),
         ("trainer.ema_decay", cfg.trainer.ema_decay is None or 0 < cfg.trainer.ema_decay < 1,
          "must be in (0, 1) or null (off)"),
         (
@@ -238,7 +240,10 @@ def validate(cfg: Any) -> None:
         ("mlflow.model_name", bool(cfg.mlflow.model_name.strip()), "must not be empty"),
         ("diagnostics.epochs", all(1 <= e <= cfg.trainer.epochs for e in cfg.diagnostics.epochs),
          "must list epochs between 1 and trainer.epochs"),
-        ("diagnostics.samples", 1 <= cfg.diagnostics.samples <= cfg.data.val_size,
+        ("diagnostics.epochs", not cfg.diagnostics.epochs or cfg.data.val_size > 0,
+         "needs a validation set (the diagnostics come from its pass): set data.val_size > 0, or diagnostics=none"),
+        ("diagnostics.samples",
+         1 <= cfg.diagnostics.samples and (not cfg.diagnostics.epochs or cfg.diagnostics.samples <= cfg.data.val_size),
          "must be between 1 and data.val_size"),
     ]
     if "momentum" in cfg.optimizer:
@@ -285,7 +290,6 @@ def _device_kind(device: str) -> str:
 
 
 def _lookup(cfg: Any, dotted: str) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+    """The value at ``dotted``, a list or mapping with its interpolations resolved (as the run would see it)."""
+    node = OmegaConf.select(cfg, dotted)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node

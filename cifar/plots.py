@@ -14,13 +14,14 @@ from matplotlib.figure import Figure  # noqa: E402
 
 
 def learning_curves(history: Sequence[dict[str, float]]) -> Figure:
-    """Loss and accuracy per epoch, train against validation."""
+    """Loss and accuracy per epoch, train against validation (where there is a validation set)."""
     epochs = np.arange(1, len(history) + 1)
+    splits = ("train", "val") if "val/acc" in history[0] else ("train",)
     # fixed margins: a layout engine doubles the time to render (~0.1 s a figure, per run)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={
         "left": 0.07, "right": 0.98, "bottom": 0.15, "top": 0.91, "wspace": 0.2})
     for ax, metric in zip(axes, ("loss", "acc")):
-        for split in ("train", "val"):
+        for split in splits:
             ax.plot(epochs, [h[f"{split}/{metric}"] for h in history], marker="o", label=split)
         ax.set_xlabel("epoch")
         ax.set_title(metric)

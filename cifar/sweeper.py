@@ -132,6 +132,14 @@ def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
     return [str(name).lower() for name in names]
 
 
+def checked_sweep(config: DictConfig) -> list[str]:
+    """:func:`checked_directions` of an Optuna sweep whose trials have a validation accuracy to report."""
+    if config.data.val_size == 0:
+        raise ConfigError("data.val_size=0 leaves the trials no validation accuracy to optimise and prune on: "
+                          "set data.val_size > 0 for an Optuna sweep")
+    return checked_directions(config.hydra.sweeper)
+
+
 def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
     """The configured storage URL, a SQLite path made absolute; with none, a SQLite file in the
     sweep dir (jobs reach their trials through the storage, so there must be one)."""

@@ -12,7 +12,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
 from cifar import owner
 from cifar import study as studies
-from cifar.sweeper import checked_directions, storage_url, study_name
+from cifar.sweeper import checked_sweep, storage_url, study_name
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         self.batch_started = False  # a trial was asked for in the current batch
 
     def sweep(self, arguments: list[str]) -> None:
-        directions = checked_directions(self.config.hydra.sweeper)
+        directions = checked_sweep(self.config)
         self.storage = studies.open_storage(storage_url(self.storage, self.sweep_dir))
         self.study_name = study_name(self.study_name, self.sweep_dir)
         study = optuna.create_study(

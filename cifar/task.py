@@ -40,8 +40,9 @@ EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
 MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
 
 
-def run(cfg: DictConfig) -> float:
-    """Train, validate and test one model; return its best validation accuracy.
+def run(cfg: DictConfig) -> float | None:
+    """Train, validate and test one model; return its best validation accuracy (None with
+    ``data.val_size=0``: then it trains on every training image and tests its last epoch's weights).
 
     As a trial of an Optuna sweep, the job reports each epoch's validation accuracy to its trial
     and stops when the pruner says so; a trial whose loss diverges is recorded as pruned (its
@@ -128,10 +129,10 @@ def run(cfg: DictConfig) -> float:
             if cfg.mlflow.log_model:  # a sweep registers its best job's model when it ends
                 registered_name = cfg.mlflow.model_name if cfg.mlflow.register_model and not multirun else None
                 tracking.retrying(registry.log_model, output_dir / checkpoint.BEST, data.test_images, registered_name)
-            log.info(
-                "best val/acc %.4f at epoch %d; test/acc %.4f (loss %.4f); MLflow run %s",
-                result.best_val_acc, result.best_epoch, test.acc, test.loss, run.info.run_id,
-            )
+            scored = ("no validation set; last epoch" if result.best_val_acc is None
+                      else f"best val/acc {result.best_val_acc:.4f} at epoch")
+            log.info("%s %d: test/acc %.4f (loss %.4f); MLflow run %s", scored, result.best_epoch, test.acc, test.loss,
+                     run.info.run_id)
     except DivergedError as err:
         if trial is None:
             raise
@@ -217,11 +218,9 @@ def _record_results(
     """The run's final metrics (with the test scores unless it was pruned), to MLflow and (but
     the timing) to ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
     with ``with_plots``, its learning curves and (with test scores) confusion matrix as PNGs."""
-    metrics = {
-        tracking.BEST_VAL_ACC: result.best_val_acc,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-    }
+    metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
+    if result.best_val_acc is not None:
+        metrics = {tracking.BEST_VAL_ACC: result.best_val_acc, **metrics}
     if test is not None:
         metrics.update({"test/loss": test.loss, "test/acc": test.acc})
     atomic_write_text(output_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
@@ -241,8 +240,9 @@ def _record_results(
 
 
 def _epochs_csv(result: FitResult) -> str:
-    """One row per epoch: losses, accuracies and lr (no timings, so that reruns give the same file)."""
-    columns = ["train/loss", "train/acc", "val/loss", "val/acc", "lr"]
+    """One row per epoch: losses, accuracies (no val/* without a validation set) and lr (no timings,
+    so that reruns give the same file)."""
+    columns = [c for c in ("train/loss", "train/acc", "val/loss", "val/acc", "lr") if c in result.history[0].as_dict()]
     rows = [",".join(["epoch", *columns])]
     rows += [",".join([str(m.epoch), *(repr(m.as_dict()[c]) for c in columns)]) for m in result.history]
     return "\n".join(rows) + "\n"

@@ -241,7 +241,7 @@ class SweepCallback(Callback):
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         if optuna_sweep:
             try:
-                sweeper.checked_directions(config.hydra.sweeper)
+                sweeper.checked_sweep(config)
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
         experiment_id = configure(config.mlflow)

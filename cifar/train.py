@@ -37,7 +37,7 @@ class AbortRun(BaseException):
 
 
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
-def train(cfg: DictConfig) -> float:
+def train(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
         from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid

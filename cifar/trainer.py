@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Splits:
-    """Train (padded for cropping), validation and test images as uint8 tensors on the device."""
+    """Train (padded for cropping), validation and test images as uint8 tensors on the device; with
+    ``data.val_size=0`` the validation tensors are empty and every training image is trained on."""
 
     train_padded: torch.Tensor
     train_labels: torch.Tensor
@@ -38,6 +39,10 @@ class Splits:
     @property
     def n_train(self) -> int:
         return len(self.train_labels)
+
+    @property
+    def validates(self) -> bool:
+        return len(self.val_labels) > 0
 
 
 def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, device: torch.device) -> Splits:
@@ -65,34 +70,35 @@ def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, dev
 class EpochMetrics:
     epoch: int
     train: Pass
-    val: Pass
+    val: Pass | None  # None without a validation set
     lr: float
     seconds: float
     train_seconds: float
 
     def as_dict(self) -> dict[str, float]:
+        """The epoch's metrics, without ``val/*`` where there is no validation set."""
+        val = {"val/loss": self.val.loss, "val/acc": self.val.acc} if self.val is not None else {}
         return {
             "train/loss": self.train.loss,
             "train/acc": self.train.acc,
-            "val/loss": self.val.loss,
-            "val/acc": self.val.acc,
+            **val,
             "lr": self.lr,
             "epoch_seconds": self.seconds,
             "train/images_per_s": self.train.images / self.train_seconds,
         }
 
     def summary(self, epochs: int) -> str:
+        val = f"val loss {self.val.loss:.4f} acc {self.val.acc:.4f}  " if self.val is not None else ""
         return (
             f"epoch {self.epoch}/{epochs}  train loss {self.train.loss:.4f} acc {self.train.acc:.4f}  "
-            f"val loss {self.val.loss:.4f} acc {self.val.acc:.4f}  lr {self.lr:.2e}  "
-            f"{self.seconds:.1f}s ({self.train.images / self.train_seconds:.0f} img/s)"
+            f"{val}lr {self.lr:.2e}  {self.seconds:.1f}s ({self.train.images / self.train_seconds:.0f} img/s)"
         )
 
 
 @dataclass
 class FitResult:
-    best_val_acc: float
-    best_epoch: int
+    best_val_acc: float | None = None  # None without a validation set: best.pt then holds the last epoch's weights
+    best_epoch: int = 0
     stop_reason: str | None = None  # why training ended before its last epoch: "patience", or on_epoch's reason
     history: list[EpochMetrics] = field(default_factory=list)
     warmup_seconds: float = 0.0  # compiling the model before the first epoch (trainer.compile), not in train_seconds
@@ -125,13 +131,14 @@ class Trainer:
         on_epoch: Callable[[EpochMetrics], str | None],
         resume_from: dict[str, Any] | None = None,
     ) -> FitResult:
-        """Train for ``epochs``, saving ``best.pt`` on each new best val/acc and ``last.pt`` every epoch.
+        """Train for ``epochs``, saving ``best.pt`` on each new best val/acc (every epoch where there is
+        no validation set) and ``last.pt`` every epoch.
 
         ``on_epoch`` sees each epoch's metrics and may return a reason to stop now (a pruned trial).
         ``resume_from`` (a ``last.pt``) continues an interrupted fit from the epoch after it, with
         every state it held, so that the result is the one of an uninterrupted fit.
         """
-        result = FitResult(best_val_acc=-1.0, best_epoch=0)
+        result = FitResult()
         first_epoch = 1
         if resume_from is not None:
             first_epoch = self._restore(resume_from, result) + 1
@@ -159,7 +166,7 @@ class Trainer:
                     on_step=lambda: self._after_step(progress),
                 )
             train_seconds = time.perf_counter() - start
-            val = self.evaluate(self.splits.val_images, self.splits.val_labels)
+            val = self.evaluate(self.splits.val_images, self.splits.val_labels) if self.splits.validates else None
             metrics = EpochMetrics(
                 epoch=epoch,
                 train=train,
@@ -173,8 +180,8 @@ class Trainer:
             # Reported before last.pt is written: a run killed in between repeats this epoch when
             # resumed (and reports it again), rather than never reporting it.
             result.stop_reason = on_epoch(metrics)
-            if val.acc > result.best_val_acc:
-                result.best_val_acc, result.best_epoch = val.acc, epoch
+            if val is None or result.best_val_acc is None or val.acc > result.best_val_acc:
+                result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
                 checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._best_state(epoch, result))
             checkpoint.save(self.checkpoint_dir / checkpoint.LAST, self._state(epoch, result))
             if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
@@ -191,7 +198,7 @@ class Trainer:
         training goes on as if this had not run. Returns the seconds it took."""
         start = time.perf_counter()
         weights = {name: value.clone() for name, value in self.model.state_dict().items()}
-        p, size = self.augment.padding, self.splits.val_images.shape[-1]
+        p, size = self.augment.padding, self.splits.test_images.shape[-1]
         x = self.splits.train_padded[: self.batch_size, :, p : p + size, p : p + size]  # uncropped images
         cuda = [self.runtime.device] if self.runtime.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # dropout's draws
@@ -200,7 +207,9 @@ class Trainer:
                 loss = self.loss_fn(self.model(self.normalize(x)), self.splits.train_labels[: self.batch_size])
             loss.backward()
             self.model.zero_grad(set_to_none=True)
-            self.evaluate(self.splits.val_images[: self.eval_batch_size], self.splits.val_labels[: self.eval_batch_size])
+            # a batch of the test split, the one split there always is
+            test = slice(0, self.eval_batch_size)
+            self.evaluate(self.splits.test_images[test], self.splits.test_labels[test])
         self.model.load_state_dict(weights)
         if cuda:
             torch.cuda.synchronize(self.runtime.device)
@@ -261,6 +270,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
         result.history.extend(state["history"])
-        log.info("Resuming after epoch %d (best val/acc %.4f at epoch %d)", state["epoch"], result.best_val_acc,
-                 result.best_epoch)
+        if result.best_val_acc is None:
+            log.info("Resuming after epoch %d", state["epoch"])
+        else:
+            log.info("Resuming after epoch %d (best val/acc %.4f at epoch %d)", state["epoch"], result.best_val_acc,
+                     result.best_epoch)
         return state["epoch"]

@@ -102,12 +102,16 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs_pruned"] == 1
 
 
-def test_a_sweep_with_a_bad_direction_fails_before_any_run_or_study(cli):
-    proc = cli("hparams_search=optuna", "hydra.sweeper.direction=sideways", multirun=True, check=False)
+@pytest.mark.parametrize("override,message", [
+    ("hydra.sweeper.direction=sideways",
+     "hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"),
+    ("data.val_size=0", "data.val_size=0 leaves the trials no validation accuracy to optimise and prune on: "
+                        "set data.val_size > 0 for an Optuna sweep"),
+])
+def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, message):
+    proc = cli("hparams_search=optuna", override, multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (
-        "cifar.train: error: hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"
-    )
+    assert proc.stderr.strip() == f"cifar.train: error: {message}"
     assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
 
 

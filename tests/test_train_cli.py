@@ -98,6 +98,27 @@ def test_multirun_nests_four_jobs_under_one_parent(cli):
     assert parent.data.tags["best_run_id"] == best.info.run_id
 
 
+def test_val_size_0_trains_on_every_training_image_and_tests_the_last_epoch(cli):
+    import json
+
+    proc = cli("data.val_size=0")
+    [run] = all_runs(cli)
+    assert run.info.status == "FINISHED"
+    assert "200 train / 0 val / 50 test images" in proc.stderr + proc.stdout  # the fake data's 200, none held out
+    assert len(metric_history(cli, run.info.run_id, "train/loss")) == 2
+    assert not {"val/acc", "val/loss", "val/best_acc"} & set(run.data.metrics)
+    assert 0 <= run.data.metrics["test/acc"] <= 1 and run.data.metrics["best_epoch"] == 2
+    run_dir = cli.tmp_path / "run"
+    best, last = (torch.load(run_dir / name, weights_only=False) for name in ("best.pt", "last.pt"))
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(value, last["model"][name]) for name, value in best["model"].items())
+    assert (run_dir / "epochs.csv").read_text().splitlines()[0] == "epoch,train/loss,train/acc,lr"
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert final.keys() == {"best_epoch", "epochs_run", "test/loss", "test/acc"}
+    plots = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
+
+
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
     """Jobs of one sweep share a process: a repeated seed must still give the same numbers."""
     def epoch_metrics(run):
@@ -120,6 +141,11 @@ BAD_INPUT = [
     ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
     ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (200 images)"),
+    ("data.val_size=-1", "data.val_size=-1 is out of range: it must be >= 0 (0: train on every training image"),
+    ("data.val_size=0 trainer.patience=2",
+     "trainer.patience=2 is out of range: it needs a validation set: set data.val_size > 0, or trainer.patience=null"),
+    ("data.val_size=0 diagnostics=all",
+     "diagnostics.epochs=[1, 2] is out of range: it needs a validation set (the diagnostics come from its pass)"),
     ("data.batch_size=500", "data.batch_size=500 is larger than the 160 training images"),
     ("data.limit=-5", "data.limit=-5 is out of range: it must be > 0 or null (all)"),
     ("trainer.device=tpu", "trainer.device=tpu is out of range: it must be one of"),
@@ -254,7 +280,7 @@ def test_patience_stops_a_run_that_no_longer_improves_and_progress_can_be_forced
 BAD_OVERRIDES = [
     "optimizer.lrr=1", "trainer.epoch=3", "data.batchsize=64", "model.widht=3", "+extra=1", "+trainer.foo=2",
     "data.batch_size=abc", "trainer.epochs=1.5", "optimizer.lr=fast", "trainer.tta_flip=maybe", "seed=[1,2]",
-    "optimizer.lr=0", "optimizer.lr=-1e-3", "data.batch_size=-1", "trainer.epochs=0", "data.val_size=0",
+    "optimizer.lr=0", "optimizer.lr=-1e-3", "data.batch_size=-1", "trainer.epochs=0", "data.val_size=-1",
     "data.limit=-2", "data.test_limit=0", "trainer.label_smoothing=1.5", "trainer.ema_decay=0",
     "trainer.patience=0", "trainer.threads=0", "model.dropout=1", "data.augment.crop_padding=-4",
     "data.augment.pad_mode=wrap", "scheduler.anneal=exp", "trainer.device=tpu",

@@ -2,20 +2,21 @@ from __future__ import annotations
 
 import torch
 
+from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer
 from cifar.device import Runtime
 from cifar.models import simplecnn
 from cifar.trainer import Splits, Trainer
 
 
-def _trainer(tmp_path, compile: bool) -> Trainer:
+def _trainer(tmp_path, compile: bool, val_size: int = 32) -> Trainer:
     """simplecnn (with dropout and BatchNorm) on random images; ``compile`` only asks for the warm-up here."""
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (320, 3, 32, 32), dtype=torch.uint8, generator=data)
     labels = torch.randint(0, 10, (320,), generator=data)
     augment = Augmenter(crop_padding=2, pad_mode="reflect", flip=True)
-    splits = Splits(augment.prepare(images[:256]), labels[:256], images[256:288], labels[256:288],
-                    images[288:], labels[288:])
+    val = slice(256, 256 + val_size)
+    splits = Splits(augment.prepare(images[:256]), labels[:256], images[val], labels[val], images[288:], labels[288:])
     torch.manual_seed(0)
     model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=True)
     runtime = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, compile=compile)
@@ -53,3 +54,19 @@ def test_the_warm_up_puts_back_batchnorm_statistics_and_the_rng(tmp_path):
     after = trainer.model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert all(p.grad is None for p in trainer.model.parameters())
+
+
+def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resumes(tmp_path):
+    trainer = _trainer(tmp_path, compile=True, val_size=0)  # the warm-up evaluates a test batch
+    result = trainer.fit(2, None, lambda metrics: None)
+    assert result.best_val_acc is None and result.best_epoch == 2
+    assert all(m.val is None and "val/acc" not in m.as_dict() and "val" not in m.summary(2) for m in result.history)
+    best = checkpoint.load(tmp_path / checkpoint.BEST)
+    assert best["epoch"] == 2 and best["best_val_acc"] is None
+    assert all(torch.equal(value, trainer.model.state_dict()[name]) for name, value in best["model"].items())
+
+    resumed = _trainer(tmp_path, compile=False, val_size=0)
+    more = resumed.fit(3, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / checkpoint.LAST))
+    assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
+    assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
+    assert resumed.test_best().images == 32
