@@ -358,9 +358,14 @@ def _register_best(client: Any, parent: Any, best: Any | None, name: str) -> Non
     study registered that job's model already."""
     from cifar import registry
 
-    if best is not None and parent.data.tags.get(REGISTERED_RUN_TAG) == best.info.run_id:
+    if best is None:
+        log.warning("No model to register: no job of the sweep has a %s to pick the best by (none finished, or "
+                    "data.val_size=0: register the chosen job's with mlflow.register_model('runs:/<run id>/model', "
+                    "NAME))", BEST_VAL_ACC)
         return
-    model_uri = best and registry.logged_model_uri(client, best.info.experiment_id, best.info.run_id)
+    if parent.data.tags.get(REGISTERED_RUN_TAG) == best.info.run_id:
+        return
+    model_uri = registry.logged_model_uri(client, best.info.experiment_id, best.info.run_id)
     if not model_uri:
         log.warning("No model to register: the sweep's best job logged none")
         return

@@ -200,3 +200,15 @@ def test_a_sweep_registers_the_model_of_its_best_job_only(cli):
     versions = client_for(cli).search_model_versions(f"name = '{name}'")
     assert [v.run_id for v in versions] == [best.info.run_id]
     assert parent.data.tags["registered_model"] == f"models:/{name}/1"
+
+
+@pytest.mark.slow
+def test_a_sweep_without_a_validation_set_registers_nothing_and_says_why(cli):
+    name = f"sweep-noval-{cli.experiment}"
+    proc = cli("seed=0,1", "trainer.epochs=1", "data.val_size=0", "mlflow.log_model=true", "mlflow.register_model=true",
+               f"mlflow.model_name={name}", multirun=True)
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    assert [c.info.status for c in children] == ["FINISHED"] * 2 and parent.info.status == "FINISHED"
+    assert client_for(cli).search_model_versions(f"name = '{name}'") == []
+    assert "registered_model" not in parent.data.tags
+    assert "No model to register: no job of the sweep has a val/best_acc" in proc.stdout + proc.stderr
