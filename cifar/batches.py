@@ -1,6 +1,6 @@
 """Batches from uint8 image tensors on the training device, augmented with tensor ops.
 
-The whole split lives on the device; each epoch is shuffled, cropped and flipped in a few
+The whole split lives on the device; each epoch is shuffled, cropped, flipped and cut out in a few
 whole-set tensor operations (no DataLoader, no per-image Python), and each batch is cast and
 normalised just before the model sees it.
 """
@@ -8,7 +8,7 @@ normalised just before the model sees it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -47,18 +47,25 @@ class Normalizer:
 
 
 class Augmenter:
-    """Random crop from a padded image and horizontal flip, drawn per image.
+    """Random crop from a padded image, horizontal flip and cutout, drawn per image.
 
     With ``alternate_flip`` (airbench's trick), a seeded random half of the images is mirrored once
     in :meth:`prepare`, and every second epoch mirrors them all: each image is seen both ways in
     every two epochs, instead of the same way twice a quarter of the time with random flips.
+
+    ``cutout`` > 0 paints a square of that side, placed at random wholly inside each image, in
+    ``cutout_fill`` (per-channel values in [0, 1]). Given the normalisation mean, the model sees
+    zeros there, as in the published recipes, which cut out after normalising.
     """
 
-    def __init__(self, crop_padding: int, pad_mode: str, flip: bool, alternate_flip: bool = False):
+    def __init__(self, crop_padding: int, pad_mode: str, flip: bool, alternate_flip: bool = False,
+                 cutout: int = 0, cutout_fill: Sequence[float] = (0.0, 0.0, 0.0)):
         self.padding = crop_padding
         self.pad_mode = pad_mode
         self.flip = flip
         self.alternate_flip = alternate_flip
+        self.cutout = cutout
+        self.cutout_fill = torch.tensor([round(255 * v) for v in cutout_fill], dtype=torch.uint8).view(1, -1, 1, 1)
 
     def prepare(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Once per run: pad for cropping; with ``alternate_flip``, mirror a random half (``generator``)."""
@@ -76,13 +83,13 @@ class Augmenter:
         return images[:, :, index][:, :, :, index]
 
     def __call__(self, padded: torch.Tensor, generator: torch.Generator, epoch: int = 1) -> torch.Tensor:
-        """Crop and flip images from :meth:`prepare` for (1-based) ``epoch``."""
+        """Crop, flip and cut out images from :meth:`prepare` for (1-based) ``epoch``."""
         images = self._crop(padded, generator) if self.padding else padded
         if self.flip and self.alternate_flip:
-            return images.flip(-1) if epoch % 2 == 0 else images
-        if self.flip:
+            images = images.flip(-1) if epoch % 2 == 0 else images
+        elif self.flip:
             images = _mirror(images, _coin_flips(len(images), generator, images.device))
-        return images
+        return self._cut_out(images, generator) if self.cutout else images
 
     def _crop(self, padded: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Per-image random crop, done as one masked copy per row shift, then per column shift."""
@@ -98,6 +105,19 @@ class Augmenter:
             mask = offsets[1] == s
             out[mask] = rows[mask, :, :, s : s + size]
         return out
+
+    def _cut_out(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One square per image, drawn and painted for the whole set in a few tensor operations."""
+        n, _, h, w = images.shape
+        corners = torch.randint(0, min(h, w) - self.cutout + 1, (2, n, 1), generator=generator, device=images.device)
+        rows = _within(torch.arange(h, device=images.device), corners[0], self.cutout)  # (n, h)
+        cols = _within(torch.arange(w, device=images.device), corners[1], self.cutout)  # (n, w)
+        square = (rows[:, :, None] & cols[:, None, :]).unsqueeze(1)
+        return torch.where(square, self.cutout_fill.to(images.device), images)
+
+
+def _within(positions: torch.Tensor, starts: torch.Tensor, size: int) -> torch.Tensor:
+    return (positions >= starts) & (positions < starts + size)
 
 
 def _coin_flips(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

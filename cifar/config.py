@@ -88,6 +88,7 @@ class AugmentConfig:
     pad_mode: str = MISSING
     flip: bool = MISSING
     alternate_flip: bool = MISSING
+    cutout: int = MISSING
 
 
 @dataclass
@@ -200,6 +201,7 @@ def compose(overrides: list[str]) -> DictConfig:
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAD_MODES = ("reflect", "zeros")
 ANNEALS = ("cos", "linear")
+IMAGE_SIZE = 32  # CIFAR-10 images are 32x32
 
 
 def validate(cfg: Any) -> None:
@@ -221,6 +223,8 @@ def validate(cfg: Any) -> None:
         ),
         ("data.augment.crop_padding", cfg.data.augment.crop_padding >= 0, "must be >= 0"),
         ("data.augment.pad_mode", cfg.data.augment.pad_mode in PAD_MODES, f"must be one of {PAD_MODES}"),
+        ("data.augment.cutout", 0 <= cfg.data.augment.cutout <= IMAGE_SIZE,
+         f"must be between 0 (off) and {IMAGE_SIZE}, the image side"),
         ("trainer.epochs", cfg.trainer.epochs >= 1, "must be >= 1"),
         ("trainer.device", _device_kind(cfg.trainer.device) in DEVICES, f"must be one of {DEVICES} (or cuda:N)"),
         ("trainer.patience", cfg.trainer.patience is None or cfg.trainer.patience >= 1, "must be >= 1 or null (off)"),

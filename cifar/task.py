@@ -55,7 +55,7 @@ def run(cfg: DictConfig) -> float | None:
         parallel.job_slot(hydra_cfg),
     )
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
-    augment = Augmenter(**cfg.data.augment)
+    augment = Augmenter(**cfg.data.augment, cutout_fill=data.mean)
     splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)
 
     torch.manual_seed(cfg.seed)

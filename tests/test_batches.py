@@ -91,3 +91,28 @@ def test_alternate_flip_shows_each_image_both_ways_in_two_epochs():
     assert 150 < int(mirrored.sum()) < 250  # a random half is mirrored in odd epochs
     assert torch.equal(even, odd.flip(-1))  # and the other way round in even ones
     assert torch.equal(augment(prepared, generator, epoch=3), odd)
+
+
+def test_cutout_paints_one_square_wholly_inside_each_image_and_nothing_else():
+    images = torch.randint(0, 60, (300, 3, 32, 32), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    augment = Augmenter(0, "reflect", flip=False, cutout=8, cutout_fill=(0.5, 0.25, 1.0))
+    out = augment(augment.prepare(images), torch.Generator().manual_seed(8))
+    fill = torch.tensor([128, 64, 255], dtype=torch.uint8).view(1, 3, 1, 1)
+    painted = (out == fill).all(1)  # (n, 32, 32): the source pixels never take the fill's values
+    assert torch.equal(torch.where(painted[:, None], images, out), images)  # the rest is untouched
+    rows, cols = painted.any(2), painted.any(1)
+    assert (rows.sum(1) == 8).all() and (cols.sum(1) == 8).all() and (painted.flatten(1).sum(1) == 64).all()
+    top, left = rows.int().argmax(1), cols.int().argmax(1)
+    assert (rows.int().diff(dim=1).abs().sum(1) <= 2).all()  # one run of rows, one of columns: a square
+    assert (cols.int().diff(dim=1).abs().sum(1) <= 2).all()
+    assert {int(top.min()), int(top.max()), int(left.min()), int(left.max())} == {0, 32 - 8}  # edge to edge
+    again = augment(augment.prepare(images), torch.Generator().manual_seed(8))
+    assert torch.equal(out, again)
+
+
+def test_cutout_filled_with_the_mean_is_zero_after_normalising():
+    mean, std = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+    images = torch.zeros((4, 3, 32, 32), dtype=torch.uint8)
+    out = Augmenter(0, "reflect", flip=False, cutout=32, cutout_fill=mean)(images, torch.Generator().manual_seed(0))
+    normalised = Normalizer.from_stats(mean, std, torch.device("cpu"), channels_last=False)(out)
+    assert normalised.abs().max() < 0.5 / 255 / min(std)  # the nearest uint8 to the mean

@@ -152,6 +152,8 @@ BAD_INPUT = [
     ("+extra=1", "extra is not a config key (added with +?): drop it"),
     ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is out of range: it must be in (0, 1) or null (off)"),
     ("scheduler.anneal=sqrt", "scheduler.anneal=sqrt is out of range: it must be one of ('cos', 'linear')"),
+    ("data.augment.cutout=40",
+     "data.augment.cutout=40 is out of range: it must be between 0 (off) and 32, the image side"),
     ("data.augment.flip=false data.augment.alternate_flip=true",
      "data.augment.alternate_flip=True is out of range: it needs data.augment.flip=true"),
     ("diagnostics=all diagnostics.epochs=[1,9]",
@@ -283,7 +285,7 @@ BAD_OVERRIDES = [
     "optimizer.lr=0", "optimizer.lr=-1e-3", "data.batch_size=-1", "trainer.epochs=0", "data.val_size=-1",
     "data.limit=-2", "data.test_limit=0", "trainer.label_smoothing=1.5", "trainer.ema_decay=0",
     "trainer.patience=0", "trainer.threads=0", "model.dropout=1", "data.augment.crop_padding=-4",
-    "data.augment.pad_mode=wrap", "scheduler.anneal=exp", "trainer.device=tpu",
+    "data.augment.pad_mode=wrap", "data.augment.cutout=-1", "scheduler.anneal=exp", "trainer.device=tpu",
     "model=vgg", "optimizer=rmsprop", "scheduler=step", "experiment=nope", "data.val_size=100000",
     "data.path=/nonexistent/cifar", "mlflow.experiment=' '",
 ]
