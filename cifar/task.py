@@ -242,9 +242,10 @@ def _record_results(
 def _epochs_csv(result: FitResult) -> str:
     """One row per epoch: losses, accuracies (no val/* without a validation set) and lr (no timings,
     so that reruns give the same file)."""
-    columns = [c for c in ("train/loss", "train/acc", "val/loss", "val/acc", "lr") if c in result.history[0].as_dict()]
+    epochs = [(m.epoch, m.as_dict()) for m in result.history]
+    columns = [c for c in ("train/loss", "train/acc", "val/loss", "val/acc", "lr") if c in epochs[0][1]]
     rows = [",".join(["epoch", *columns])]
-    rows += [",".join([str(m.epoch), *(repr(m.as_dict()[c]) for c in columns)]) for m in result.history]
+    rows += [",".join([str(epoch), *(repr(values[c]) for c in columns)]) for epoch, values in epochs]
     return "\n".join(rows) + "\n"
 
 
