@@ -2,37 +2,119 @@
 
 from __future__ import annotations
 
-import io
+import copy
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from cifar.errors import CheckpointError
 from cifar.files import atomic_write
-from cifar.interrupts import interrupts_held
 
 BEST = "best.pt"
 LAST = "last.pt"
+
+log = logging.getLogger(__name__)
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` whole or not at all: a failed write leaves the previous file as it was.
 
-    It is serialised in memory first, so that a full disk surfaces as the OSError it is (torch's zip
-    writer turns it into an opaque RuntimeError).
+    It is streamed into a temp file, not serialised in memory first: file writes let go of the
+    interpreter, so a save in ``Writer``'s thread hardly slows the training thread.
     """
-    buffer = io.BytesIO()
-    with interrupts_held():
-        torch.save(state, buffer)
+    write_errors: list[OSError] = []
+    try:
+        atomic_write(path, lambda f: torch.save(state, _KeepingWriteErrors(f, write_errors)))
+    except (OSError, RuntimeError) as err:
+        error = write_errors[0] if write_errors else err  # torch's zip writer makes them opaque RuntimeErrors
+        if not isinstance(error, OSError):
+            raise
+        raise CheckpointError(
+            f"could not write checkpoint {path} ({error.strerror or error}): free some disk space or set "
+            f"hydra.run.dir to a writable place; the previous {path.name}, if any, is intact"
+        ) from error
+
+
+class _KeepingWriteErrors:
+    """A file whose ``write`` adds each OSError it raises (a full disk) to ``errors``."""
+
+    def __init__(self, file: BinaryIO, errors: list[OSError]) -> None:
+        self._file, self._errors = file, errors
+
+    def write(self, data: bytes) -> int:
         try:
-            atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+            return self._file.write(data)
         except OSError as err:
-            raise CheckpointError(
-                f"could not write checkpoint {path} ({err.strerror or err}): free some disk space or set "
-                f"hydra.run.dir to a writable place; the previous {path.name}, if any, is intact"
-            ) from err
+            self._errors.append(err)
+            raise
+
+    def flush(self) -> None:
+        self._file.flush()
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=False)
+
+
+class Writer:
+    """Writes each epoch's checkpoints in a background thread while the next epoch trains.
+
+    ``submit`` copies the states' tensors to host memory (milliseconds: a snapshot that training may
+    go on changing), then one thread serialises and writes them with ``save``, in order. At most one
+    epoch's files are in flight: ``submit`` first waits for the previous epoch's. A failed write
+    raises its CheckpointError at the next ``submit`` or at the end of the ``with`` block. A block
+    left by an exception (an interrupt) still waits for the files in flight, so that the last epoch
+    whose files were submitted is the one on disk.
+    """
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._in_flight: Future[None] | None = None
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+            elif self._in_flight is not None and (error := self._in_flight.exception()) is not None:
+                log.warning("%s", error)  # raising it would hide the exception that ends the block
+        finally:
+            self._thread.shutdown()
+
+    def submit(self, files: dict[Path, dict[str, Any]]) -> None:
+        self.wait()
+        snapshot = {path: on_host(state) for path, state in files.items()}
+        self._in_flight = self._thread.submit(_save_all, snapshot)
+
+    def wait(self) -> None:
+        """Return once the files in flight are written; raise the error of a write that failed."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()
+
+
+def _save_all(files: dict[Path, dict[str, Any]]) -> None:
+    for path, state in files.items():
+        save(path, state)
+
+
+def on_host(obj: Any) -> Any:
+    """``obj`` with each tensor in its dicts, lists and tuples replaced by a copy in host memory, the
+    same strides and dtype; the containers are copied too (a state_dict keeps its ``_metadata``)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        copied = copy.copy(obj)
+        for key, value in obj.items():
+            copied[key] = on_host(value)
+        return copied
+    if isinstance(obj, list):
+        return [on_host(value) for value in obj]
+    if type(obj) is tuple:
+        return tuple(on_host(value) for value in obj)
+    return obj

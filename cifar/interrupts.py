@@ -12,9 +12,8 @@ from typing import Iterator
 def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
 
-    For short calls that an interrupt would leave in a bad state: inside ``torch.save`` it surfaces
-    as a RuntimeError from the zip writer (the run would end FAILED, not KILLED); inside an MLflow
-    call, SQLAlchemy logs it as a database error with a traceback before passing it on.
+    For short calls that an interrupt would leave in a bad state: inside an MLflow call, SQLAlchemy
+    logs it as a database error with a traceback before passing it on.
     """
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread receives signals

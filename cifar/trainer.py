@@ -145,52 +145,60 @@ class Trainer:
         if self.runtime.compile:
             result.warmup_seconds = self.warm_up()
         steps = steps_per_epoch(self.splits.n_train, self.batch_size)
-        for epoch in range(first_epoch, epochs + 1):
-            start = time.perf_counter()
-            with Progress(steps * self.batch_size, f"epoch {epoch}/{epochs}", self.show_progress) as progress:
-                train = train_epoch(
-                    self.model,
-                    train_batches(
-                        self.splits.train_padded,
-                        self.splits.train_labels,
-                        self.batch_size,
-                        self.augment,
-                        self.generator,
-                        epoch,
-                    ),
-                    self.normalize,
-                    self.optimizer,
-                    self.scheduler,
-                    self.loss_fn,
-                    self.runtime,
-                    on_step=lambda: self._after_step(progress),
-                )
-            train_seconds = time.perf_counter() - start
-            val = self.evaluate(self.splits.val_images, self.splits.val_labels) if self.splits.validates else None
-            metrics = EpochMetrics(
-                epoch=epoch,
-                train=train,
-                val=val,
-                lr=self.optimizer.param_groups[0]["lr"],
-                seconds=time.perf_counter() - start,
-                train_seconds=train_seconds,
-            )
-            result.history.append(metrics)
-            log.info(metrics.summary(epochs))
-            # Reported before last.pt is written: a run killed in between repeats this epoch when
-            # resumed (and reports it again), rather than never reporting it.
-            result.stop_reason = on_epoch(metrics)
-            if val is None or result.best_val_acc is None or val.acc > result.best_val_acc:
-                result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
-                checkpoint.save(self.checkpoint_dir / checkpoint.BEST, self._best_state(epoch, result))
-            checkpoint.save(self.checkpoint_dir / checkpoint.LAST, self._state(epoch, result))
-            if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
-                log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
-                         patience, result.best_val_acc, result.best_epoch)
-                result.stop_reason = "patience"
-            if result.stop_reason is not None:
-                break
+        with checkpoint.Writer() as writer:
+            for epoch in range(first_epoch, epochs + 1):
+                metrics = self._epoch(epoch, epochs, steps)
+                result.history.append(metrics)
+                log.info(metrics.summary(epochs))
+                # Reported before last.pt is written: a run killed in between repeats this epoch when
+                # resumed (and reports it again), rather than never reporting it.
+                result.stop_reason = on_epoch(metrics)
+                files = {}
+                val = metrics.val
+                if val is None or result.best_val_acc is None or val.acc > result.best_val_acc:
+                    result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
+                    files[self.checkpoint_dir / checkpoint.BEST] = self._best_state(epoch, result)
+                files[self.checkpoint_dir / checkpoint.LAST] = self._state(epoch, result)
+                writer.submit(files)  # written while the next epoch trains
+                if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
+                    log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
+                             patience, result.best_val_acc, result.best_epoch)
+                    result.stop_reason = "patience"
+                if result.stop_reason is not None:
+                    break
         return result
+
+    def _epoch(self, epoch: int, epochs: int, steps: int) -> EpochMetrics:
+        """Train one epoch, then validate where there is a validation set."""
+        start = time.perf_counter()
+        with Progress(steps * self.batch_size, f"epoch {epoch}/{epochs}", self.show_progress) as progress:
+            train = train_epoch(
+                self.model,
+                train_batches(
+                    self.splits.train_padded,
+                    self.splits.train_labels,
+                    self.batch_size,
+                    self.augment,
+                    self.generator,
+                    epoch,
+                ),
+                self.normalize,
+                self.optimizer,
+                self.scheduler,
+                self.loss_fn,
+                self.runtime,
+                on_step=lambda: self._after_step(progress),
+            )
+        train_seconds = time.perf_counter() - start
+        val = self.evaluate(self.splits.val_images, self.splits.val_labels) if self.splits.validates else None
+        return EpochMetrics(
+            epoch=epoch,
+            train=train,
+            val=val,
+            lr=self.optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - start,
+            train_seconds=train_seconds,
+        )
 
     def warm_up(self) -> float:
         """Run a training step's forward and backward and an evaluation batch, then put back the weights,

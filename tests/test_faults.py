@@ -33,6 +33,33 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
 
 
+
+def test_a_disk_that_fills_up_in_the_middle_of_a_checkpoint_is_reported_as_such(tmp_path, monkeypatch):
+    """torch's zip writer turns the OSError of a failed write into an opaque RuntimeError."""
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"epoch": 1})
+    open_file = os.fdopen
+
+    def filling_up(fd, mode):
+        file = open_file(fd, mode)
+        written = []
+
+        def write(data):
+            if written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written.append(data)
+            return len(data)
+
+        file.write = write
+        return file
+
+    monkeypatch.setattr(os, "fdopen", filling_up)
+    with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt \(No space left on device\)"):
+        checkpoint.save(path, {"epoch": 2, "weights": torch.zeros(1000)})
+    monkeypatch.undo()
+    assert checkpoint.load(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
 @pytest.mark.slow
 def test_a_run_that_cannot_write_its_checkpoint_fails_in_one_line(cli, tmp_path):
     """The file size limit stands in for a full disk: checkpoint writes fail with EFBIG."""
@@ -132,3 +159,46 @@ def test_a_run_left_running_by_a_killed_process_is_ended_killed_by_the_next_run(
     cli("trainer.epochs=1", f"hydra.run.dir={cli.tmp_path / 'next'}")
     statuses = {r.info.run_id: r.info.status for r in all_runs(cli)}
     assert statuses.pop(killed.info.run_id) == "KILLED" and list(statuses.values()) == ["FINISHED"]
+
+
+def test_a_background_write_copies_its_tensors_when_submitted(tmp_path):
+    weights = torch.zeros(4_000_000)
+    with checkpoint.Writer() as writer:
+        writer.submit({tmp_path / "last.pt": {"weights": weights}})
+        weights.add_(1)  # the next epoch's training, while the file is written
+    assert torch.count_nonzero(checkpoint.load(tmp_path / "last.pt")["weights"]) == 0
+
+
+def test_a_failed_background_write_raises_at_the_next_submit_or_at_the_end(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"epoch": 1})
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    for then in ("submit", "end"):
+        with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt \(No space left"):
+            with checkpoint.Writer() as writer:
+                writer.submit({path: {"epoch": 2}})  # fails in the background
+                if then == "submit":
+                    writer.submit({path: {"epoch": 3}})
+                    pytest.fail("the second submit did not raise the first one's error")
+        assert checkpoint.load(path)["epoch"] == 1
+        assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_an_interrupt_waits_for_the_write_in_flight_and_is_not_hidden_by_its_error(tmp_path, monkeypatch, caplog):
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.Writer() as writer:
+            writer.submit({tmp_path / "last.pt": {"weights": torch.ones(4_000_000)}})
+            raise KeyboardInterrupt
+    assert checkpoint.load(tmp_path / "last.pt")["weights"].sum() == 4_000_000  # landed, whole
+
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoint.Writer() as writer:
+            writer.submit({tmp_path / "last.pt": {"weights": torch.zeros(3)}})
+            raise KeyboardInterrupt
+    assert "could not write checkpoint" in caplog.text
+    assert checkpoint.load(tmp_path / "last.pt")["weights"].sum() == 4_000_000

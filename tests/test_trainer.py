@@ -70,3 +70,12 @@ def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resum
     assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
     assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
     assert resumed.test_best().images == 32
+
+
+def test_checkpoints_written_in_the_background_are_the_bytes_a_direct_save_writes(tmp_path):
+    trainer = _trainer(tmp_path, compile=False)
+    result = trainer.fit(2, None, lambda metrics: None)
+    checkpoint.save(tmp_path / "direct.pt", trainer._state(2, result))
+    assert (tmp_path / checkpoint.LAST).read_bytes() == (tmp_path / "direct.pt").read_bytes()
+    best = checkpoint.load(tmp_path / checkpoint.BEST)
+    assert best["epoch"] == result.best_epoch and best["best_val_acc"] == result.best_val_acc
