@@ -60,8 +60,8 @@ def main() -> None:
             model = build_model(OmegaConf.create(cfg))
             model(torch.randn(8, 3, 32, 32)).sum().backward()
             best = Path(tmp) / f"{name}.pt"
-            checkpoint.save(best, {"model": model.state_dict(),
-                                   inference.SPEC: inference.spec(OmegaConf.create(cfg), [0.5] * 3, [0.25] * 3, False)})
+            spec = inference.spec(OmegaConf.create(cfg), [0.5] * 3, [0.25] * 3, tta_flip=False, tta_translate=False)
+            checkpoint.save(best, {"model": model.state_dict(), inference.SPEC: spec})
             diagnostics, exports = [], []
             with mlflow.start_run():
                 for repeat in range(args.repeats + (first_export is None)):

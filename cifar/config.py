@@ -115,6 +115,7 @@ class TrainerConfig:
     patience: Optional[int] = MISSING
     label_smoothing: float = MISSING
     tta_flip: bool = MISSING
+    tta_translate: bool = MISSING
     ema_decay: Optional[float] = MISSING
     resume: bool = MISSING
     threads: Optional[int] = MISSING

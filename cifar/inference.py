@@ -29,26 +29,31 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class Classifier(nn.Module):
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], tta_flip: bool):
+    def __init__(
+        self, model: nn.Module, mean: Sequence[float], std: Sequence[float], tta_flip: bool, tta_translate: bool
+    ):
         super().__init__()
         self.model = model
-        self.tta_flip = tta_flip
+        self.tta_flip, self.tta_translate = tta_flip, tta_translate
         scale, shift = normalization(mean, std)  # as in training
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
-        return predict_logits(self.model, x, self.tta_flip).softmax(1)
+        return predict_logits(self.model, x, self.tta_flip, self.tta_translate).softmax(1)
 
 
-def spec(model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta_flip: bool) -> dict[str, Any]:
+def spec(
+    model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta_flip: bool, tta_translate: bool
+) -> dict[str, Any]:
     """What a checkpoint holds besides the weights so that it can classify images on its own."""
     return {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
         "mean": list(mean),
         "std": list(std),
         "tta_flip": tta_flip,
+        "tta_translate": tta_translate,
         "classes": list(CLASSES),
     }
 
@@ -67,7 +72,8 @@ def from_checkpoint(path: Path) -> Classifier:
     model_spec = state[SPEC]
     model = build_model(OmegaConf.create(model_spec["model"]))
     model.load_state_dict(state["model"])
-    return Classifier(model, model_spec["mean"], model_spec["std"], model_spec["tta_flip"]).eval()
+    tta_translate = model_spec.get("tta_translate", False)  # not in the checkpoints of earlier versions
+    return Classifier(model, model_spec["mean"], model_spec["std"], model_spec["tta_flip"], tta_translate).eval()
 
 
 def load(source: str, tracking_uri: str | None = None) -> nn.Module:

@@ -113,8 +113,11 @@ def run(cfg: DictConfig) -> float | None:
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
                 tta_flip=cfg.trainer.tta_flip,
+                tta_translate=cfg.trainer.tta_translate,
                 ema=_ema(model, cfg.trainer.ema_decay),
-                inference_spec=inference.spec(cfg.model, data.mean, data.std, cfg.trainer.tta_flip),
+                inference_spec=inference.spec(
+                    cfg.model, data.mean, data.std, cfg.trainer.tta_flip, cfg.trainer.tta_translate
+                ),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
             diagnostics = Diagnostics(cfg.diagnostics, splits.val_images, splits.val_labels)

@@ -120,6 +120,7 @@ class Trainer:
     checkpoint_dir: Path
     show_progress: bool
     tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the logits
+    tta_translate: bool = False  # and on the image shifted a pixel each way diagonally: see engine.predict_logits
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
@@ -230,7 +231,8 @@ class Trainer:
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
         return evaluate(
-            self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta_flip
+            self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta_flip,
+            self.tta_translate,
         )
 
     def test_best(self) -> Evaluation:

@@ -5,7 +5,7 @@ import torch
 
 from cifar.batches import Normalizer
 from cifar.device import Runtime
-from cifar.engine import evaluate
+from cifar.engine import evaluate, predict_logits
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror_image():
@@ -25,3 +25,22 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror_image():
     assert tta.loss == pytest.approx(torch.nn.functional.cross_entropy((plain + mirrored) / 2, labels).item())
     without = evaluate(model, images, labels, normalize, batch_size=8, runtime=runtime)
     assert torch.equal(without.predictions, plain.argmax(1))
+
+
+def test_translate_tta_adds_the_views_shifted_a_pixel_diagonally_each_way_at_half_weight():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))  # not shift-invariant
+    x = torch.randn(20, 3, 8, 8)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    top_left, bottom_right = padded[..., :8, :8], padded[..., 2:, 2:]
+    assert torch.equal(top_left[..., 1:, 1:], x[..., :-1, :-1])  # the image moved a pixel down and right
+    assert torch.equal(bottom_right[..., :-1, :-1], x[..., 1:, 1:])
+    with torch.no_grad():
+        for flip in (False, True):
+            def view(v):
+                return (model(v) + model(v.flip(-1))) / 2 if flip else model(v)
+
+            expected = view(x) / 2 + (view(top_left) + view(bottom_right)) / 4
+            actual = predict_logits(model, x, tta_flip=flip, tta_translate=True)
+            torch.testing.assert_close(actual, expected)
+            assert not torch.equal(actual.argmax(1), view(x).argmax(1))  # the shifted views change some predictions

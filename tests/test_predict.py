@@ -1,7 +1,7 @@
 """Using a trained model: cifar.predict on files, the logged MLflow model, the registry, and diagnostics.
 
 One run (module fixture) trains on the fake data with everything on: model logged and registered,
-flip TTA, EMA, diagnostics at epoch 2. The tests read what it left.
+flip and translate TTA, EMA, diagnostics at epoch 2. The tests read what it left.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def trained(tmp_path_factory, official_dir, tracking_uri):
     overrides = with_overrides(FAST, (
         f"data.path={official_dir}", f"data.cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}",
         "mlflow.experiment=predict-tests", "mlflow.log_model=true", "mlflow.register_model=true",
-        f"mlflow.model_name={MODEL_NAME}", "trainer.tta_flip=true", "trainer.ema_decay=0.9",
+        f"mlflow.model_name={MODEL_NAME}", "trainer.tta_flip=true", "trainer.tta_translate=true",
+        "trainer.ema_decay=0.9",
         "diagnostics=all", "diagnostics.epochs=[2]", "diagnostics.samples=16",
     ))
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
@@ -72,22 +73,31 @@ def _json_lines(out: str) -> dict[str, dict]:
 
 
 def test_predictions_are_the_runs_own_evaluation_of_the_same_images(trained, capsys):
-    """Files decoded, normalised and classified (with the run's flip TTA) as the run scored its test set."""
+    """Files decoded, normalised and classified (with the run's TTA) as the run scored its test set."""
     code, out, _ = _predict(capsys, str(trained.folder), "--model", str(trained.checkpoint), "--json")
     assert code == 0
     rows = _json_lines(out)
     assert sorted(rows) == sorted(map(str, trained.images))
 
     classifier = inference.from_checkpoint(trained.checkpoint)
-    assert classifier.tta_flip
+    assert classifier.tta_flip and classifier.tta_translate
     runtime = make_runtime("cpu", amp=False, channels_last=False, compile=False, threads=None)
     images = torch.from_numpy(trained.data.test_images).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(trained.data.test_labels)
     normalize = Normalizer.from_stats(trained.data.mean, trained.data.std, runtime.device, False)
-    expected = evaluate(classifier.model, images, labels, normalize, 64, runtime, tta_flip=True).predictions
+    expected = evaluate(classifier.model, images, labels, normalize, 64, runtime, tta_flip=True,
+                        tta_translate=True).predictions
     by_index = {int(Path(path).stem): row for path, row in rows.items()}
     assert [by_index[i]["label"] for i in range(len(labels))] == [CLASSES[i] for i in expected]
     assert all(0 < row["confidence"] <= 1 and row["top_k"][0]["label"] == row["label"] for row in rows.values())
+
+
+def test_a_checkpoint_of_an_earlier_version_classifies_without_translate_tta(trained, tmp_path):
+    state = torch.load(trained.checkpoint, weights_only=False)
+    del state[inference.SPEC]["tta_translate"]
+    torch.save(state, tmp_path / "best.pt")
+    earlier = inference.from_checkpoint(tmp_path / "best.pt")
+    assert earlier.tta_flip and not earlier.tta_translate
 
 
 def test_any_size_and_colour_mode_is_resized_and_converted(trained, tmp_path, capsys):

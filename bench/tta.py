@@ -1,11 +1,12 @@
-"""Flip test-time augmentation (``trainer.tta_flip``): test accuracy and evaluation time.
+"""Test-time augmentation (``trainer.tta_flip``, ``trainer.tta_translate``): test accuracy and evaluation time.
 
-Evaluates one trained checkpoint on the test set with and without averaging each image's logits
-with its mirror image's; interleaved repeats, medians reported. By default it takes what the DVC
+Evaluates one trained checkpoint on the test set without TTA, with flip TTA (each image's logits
+averaged with its mirror image's) and with flip and translate TTA (six views: see
+``cifar.engine.predict_logits``); interleaved repeats, medians reported. By default it takes what the DVC
 pipeline left: the default recipe's ``results/train/best.pt`` and ``data/processed/cifar10.npz``
 (``uv run dvc pull`` or ``uv run dvc repro`` first).
 
-    uv run python bench/tta_flip.py [--checkpoint results/train/best.pt] [--data data/processed/cifar10.npz]
+    uv run python bench/tta.py [--checkpoint results/train/best.pt] [--data data/processed/cifar10.npz]
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from cifar.data import load_cifar10  # noqa: E402
 from cifar.device import default_eval_batch_size, make_runtime  # noqa: E402
 from cifar.engine import evaluate  # noqa: E402
 
+SETTINGS = ((False, False), (True, False), (True, True))  # (tta_flip, tta_translate)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,16 +48,16 @@ def main() -> None:
     images, labels = to_tensors(data.test_images, data.test_labels, runtime.device)
     normalize = Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last)
     batch_size = default_eval_batch_size(runtime.device)
-    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    results: dict[tuple[bool, bool], list[tuple[float, float]]] = {setting: [] for setting in SETTINGS}
     for _ in range(args.repeats):
-        for tta in (False, True):
+        for flip, translate in SETTINGS:
             start = time.perf_counter()
-            acc = evaluate(model, images, labels, normalize, batch_size, runtime, tta_flip=tta).acc
-            results[tta].append((acc, time.perf_counter() - start))
+            acc = evaluate(model, images, labels, normalize, batch_size, runtime, flip, translate).acc
+            results[flip, translate].append((acc, time.perf_counter() - start))
     print(f"{len(labels)} test images, {args.checkpoint}; medians of {args.repeats}:")
-    print("| trainer.tta_flip | test acc | eval seconds |\n|---|---:|---:|")
-    for tta, runs in results.items():
-        print(f"| {str(tta).lower()} | {statistics.median(a for a, _ in runs):.2%} | "
+    print("| trainer.tta_flip | trainer.tta_translate | test acc | eval seconds |\n|---|---|---:|---:|")
+    for (flip, translate), runs in results.items():
+        print(f"| {str(flip).lower()} | {str(translate).lower()} | {statistics.median(a for a, _ in runs):.2%} | "
               f"{statistics.median(s for _, s in runs):.2f} |")
 
 
