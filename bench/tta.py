@@ -6,7 +6,7 @@ averaged with its mirror image's) and with flip and translate TTA (six views: se
 pipeline left: the default recipe's ``results/train/best.pt`` and ``data/processed/cifar10.npz``
 (``uv run dvc pull`` or ``uv run dvc repro`` first).
 
-    uv run python bench/tta.py [--checkpoint results/train/best.pt] [--data data/processed/cifar10.npz]
+    uv run python bench/tta.py [--checkpoint results/train/best.pt] [--data data/processed/cifar10.npz] [--device auto]
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=REPO / "results/train/best.pt")
     parser.add_argument("--data", type=Path, default=REPO / "data/processed/cifar10.npz")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="auto: a GPU where there is one (its defaults: bf16, ...)")
     args = parser.parse_args()
     for path in (args.checkpoint, args.data):
         if not path.exists():
             sys.exit(f"{path} is missing: run `uv run dvc repro` (or pass --checkpoint/--data)")
-    runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
+    runtime = make_runtime(args.device, amp=None, channels_last=None, compile=False, threads=None)
     data = load_cifar10(args.data, REPO / "data/processed", download=False)
-    model = inference.from_checkpoint(args.checkpoint).model  # the network alone: TTA is what is compared
+    model = inference.from_checkpoint(args.checkpoint).model.to(runtime.device)  # the network alone: TTA is compared
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images, labels = to_tensors(data.test_images, data.test_labels, runtime.device)
