@@ -204,6 +204,9 @@ def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli,
 
 
 def _killable(cli) -> bool:
-    """A trial finished and another one is training (read from MLflow: the study may not exist yet)."""
-    statuses = [r.info.status for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags]
-    return "FINISHED" in statuses and "RUNNING" in statuses
+    """A trial finished and one that started after it is training (read from MLflow: the study may not
+    exist yet). That one has its epochs ahead of it, unlike the finished one's partner in a joblib batch,
+    which started with it and may finish before the signal lands."""
+    jobs = [r.info for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags]
+    finished = [job.end_time for job in jobs if job.status == "FINISHED"]
+    return bool(finished) and any(job.status == "RUNNING" and job.start_time > max(finished) for job in jobs)
