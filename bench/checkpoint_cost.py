@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -52,7 +53,7 @@ def run(name: str, epochs: int, ops: int, directory: Path) -> dict[str, dict[str
     files = {directory / checkpoint.BEST: best, directory / checkpoint.LAST: last}
     times = {way: {"epoch": [], "checkpoints": []} for way in ("in place", "in the background")}
 
-    def epoch(way: str, write: object) -> None:
+    def epoch(way: str, write: Callable[[], object]) -> None:
         start = time.perf_counter()
         host_epoch(ops)
         middle = time.perf_counter()

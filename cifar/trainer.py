@@ -133,7 +133,7 @@ class Trainer:
         resume_from: dict[str, Any] | None = None,
     ) -> FitResult:
         """Train for ``epochs``, saving ``best.pt`` on each new best val/acc (every epoch where there is
-        no validation set) and ``last.pt`` every epoch.
+        no validation set) and ``last.pt`` every epoch, in the background (``checkpoint.Writer``).
 
         ``on_epoch`` sees each epoch's metrics and may return a reason to stop now (a pruned trial).
         ``resume_from`` (a ``last.pt``) continues an interrupted fit from the epoch after it, with

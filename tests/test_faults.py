@@ -19,19 +19,19 @@ from cifar.errors import CheckpointError
 from tests.conftest import all_runs
 
 
+def _disk_full(*_):
+    """A write or fsync on a full disk."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoint.save(path, {"epoch": 1, "weights": torch.ones(3)})
-
-    def disk_full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", _disk_full)
     with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt \(No space left on device\)"):
         checkpoint.save(path, {"epoch": 2, "weights": torch.zeros(3)})
     assert checkpoint.load(path)["epoch"] == 1  # intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
-
 
 
 def test_a_disk_that_fills_up_in_the_middle_of_a_checkpoint_is_reported_as_such(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_a_disk_that_fills_up_in_the_middle_of_a_checkpoint_is_reported_as_such(
 
         def write(data):
             if written:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                _disk_full()
             written.append(data)
             return len(data)
 
@@ -59,6 +59,7 @@ def test_a_disk_that_fills_up_in_the_middle_of_a_checkpoint_is_reported_as_such(
     monkeypatch.undo()
     assert checkpoint.load(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
 
 @pytest.mark.slow
 def test_a_run_that_cannot_write_its_checkpoint_fails_in_one_line(cli, tmp_path):
@@ -172,11 +173,7 @@ def test_a_background_write_copies_its_tensors_when_submitted(tmp_path):
 def test_a_failed_background_write_raises_at_the_next_submit_or_at_the_end(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoint.save(path, {"epoch": 1})
-
-    def disk_full(fd):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "fsync", disk_full)
+    monkeypatch.setattr(os, "fsync", _disk_full)
     for then in ("submit", "end"):
         with pytest.raises(CheckpointError, match=r"could not write checkpoint .*last.pt \(No space left"):
             with checkpoint.Writer() as writer:
@@ -195,7 +192,7 @@ def test_an_interrupt_waits_for_the_write_in_flight_and_is_not_hidden_by_its_err
             raise KeyboardInterrupt
     assert checkpoint.load(tmp_path / "last.pt")["weights"].sum() == 4_000_000  # landed, whole
 
-    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    monkeypatch.setattr(os, "fsync", _disk_full)
     with pytest.raises(KeyboardInterrupt):
         with checkpoint.Writer() as writer:
             writer.submit({tmp_path / "last.pt": {"weights": torch.zeros(3)}})
