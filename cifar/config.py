@@ -117,6 +117,7 @@ class TrainerConfig:
     tta_flip: bool = MISSING
     tta_translate: bool = MISSING
     ema_decay: Optional[float] = MISSING
+    whiten: bool = MISSING
     resume: bool = MISSING
     threads: Optional[int] = MISSING
     progress: Optional[bool] = MISSING

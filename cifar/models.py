@@ -121,6 +121,30 @@ def build_model(cfg: Any) -> nn.Module:
     raise ValueError(f"unknown model {cfg.name!r}")
 
 
+def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Make the first convolution whiten the patches of ``images`` (normalised, (N, C, H, W)), and freeze
+    it: cifar10-airbench's first layer.
+
+    Each eigenvector of the patches' covariance (27 of them for 3x3 filters over 3 channels), divided
+    by the square root of its eigenvalue, is a filter whose responses to these patches have unit
+    variance and are uncorrelated with the other filters'. The filters take them in pairs, the
+    eigenvector and its negative (so that a ReLU after keeps either sign), in order of eigenvalue;
+    any filters beyond twice the eigenvectors keep their random initialisation (and stay fixed too).
+    ``eps`` keeps the least varying directions from being scaled up without bound.
+    """
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    out_channels, in_channels, height, width = conv.weight.shape
+    patches = nn.functional.unfold(images.float(), (height, width))  # (N, a filter's weights, patches an image)
+    covariance = torch.einsum("npl,nql->pq", patches, patches).double().cpu() / (len(patches) * patches.shape[2])
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]).flip(0)
+    pairs = min(out_channels // 2, len(filters))
+    filters = filters[:pairs].reshape(pairs, in_channels, height, width)
+    with torch.no_grad():
+        conv.weight[: 2 * pairs] = torch.cat([filters, -filters]).to(conv.weight)
+    conv.weight.requires_grad_(False)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

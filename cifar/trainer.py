@@ -44,6 +44,13 @@ class Splits:
     def validates(self) -> bool:
         return len(self.val_labels) > 0
 
+    def train_images(self, padding: int, count: int) -> torch.Tensor:
+        """``count`` training images spread evenly over the split (a decoded copy may be sorted by class),
+        uncropped: without the ``padding`` they were stored with."""
+        size = self.test_images.shape[-1]
+        every = max(1, self.n_train // count)
+        return self.train_padded[::every][:count, :, padding : padding + size, padding : padding + size]
+
 
 def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, device: torch.device) -> Splits:
     """Hold out a seeded validation set from train, then apply ``limit`` and ``test_limit``."""
@@ -207,8 +214,7 @@ class Trainer:
         training goes on as if this had not run. Returns the seconds it took."""
         start = time.perf_counter()
         weights = {name: value.clone() for name, value in self.model.state_dict().items()}
-        p, size = self.augment.padding, self.splits.test_images.shape[-1]
-        x = self.splits.train_padded[: self.batch_size, :, p : p + size, p : p + size]  # uncropped images
+        x = self.splits.train_images(self.augment.padding, self.batch_size)
         cuda = [self.runtime.device] if self.runtime.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # dropout's draws
             self.model.train()

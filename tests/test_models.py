@@ -4,7 +4,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar.models import _Residual, build_model, count_parameters, relu_before_pool, resnet9, summarize
+from cifar.models import (
+    _Residual, build_model, count_parameters, relu_before_pool, resnet9, simplecnn, summarize, whiten_first_conv,
+)
 
 
 def test_resnet18_has_the_cifar_stem_and_parameter_count():
@@ -91,3 +93,30 @@ def test_pooling_before_relu_gives_the_outputs_and_gradients_of_the_lab_order(cf
         assert torch.equal(model(x), lab(x))
     for ours, theirs in zip(model.parameters(), lab.parameters()):
         assert torch.equal(ours.grad, theirs.grad)
+
+
+def _correlated_images(n: int) -> torch.Tensor:
+    """Images whose channels and neighbouring pixels are correlated, as in photographs."""
+    fields = torch.randn(n, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    mixing = torch.tensor([[1.0, 0.8, 0.2], [0.0, 0.5, 0.3], [0.0, 0.0, 0.1]])
+    return torch.einsum("ij,njhw->nihw", mixing, torch.nn.functional.avg_pool2d(fields, 3, 1, 1))
+
+
+@pytest.mark.parametrize(("model", "pairs"), [
+    (simplecnn([32, 8], 16, 0.0, True), 16),  # 32 filters: the 16 directions of largest variance
+    (resnet9([64, 8, 8, 8]), 27),  # 64 filters: all 27 directions of a 3x3x3 patch, 10 filters left as they were
+])
+def test_whitened_first_conv_responds_to_the_patches_with_unit_uncorrelated_outputs_and_is_frozen(model, pairs):
+    images = _correlated_images(200)
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    initial = conv.weight.detach().clone()
+    whiten_first_conv(model, images, eps=0.0)
+    responses = torch.nn.functional.conv2d(images.double(), conv.weight[:pairs].double())  # patches without padding
+    responses = responses.transpose(0, 1).reshape(pairs, -1)
+    assert torch.allclose(responses @ responses.T / responses.shape[1], torch.eye(pairs, dtype=torch.double),
+                          atol=1e-3)
+    norms = conv.weight[:pairs].flatten(1).norm(dim=1)  # 1 / sqrt(variance): the most varying direction first
+    assert (norms[1:] > norms[:-1]).all()
+    assert torch.equal(conv.weight[pairs : 2 * pairs], -conv.weight[:pairs])
+    assert torch.equal(conv.weight[2 * pairs :], initial[2 * pairs :])
+    assert not conv.weight.requires_grad

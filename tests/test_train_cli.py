@@ -72,6 +72,15 @@ def test_ema_weights_are_the_ones_scored_and_kept_as_best(cli):
     assert last["ema"]["n_averaged"] == 5  # one update per step
 
 
+def test_whiten_fixes_the_first_convolution_to_whitening_filters_for_the_whole_run(cli):
+    cli("trainer.whiten=true")
+    [run] = all_runs(cli)
+    assert run.info.status == "FINISHED" and run.data.params["trainer.whiten"] == "True"
+    first_conv = torch.load(cli.tmp_path / "run/last.pt", weights_only=False)["model"]["0.weight"]
+    assert torch.equal(first_conv[16:], -first_conv[:16])  # each whitening filter and its negative, untrained
+    assert not torch.equal(first_conv[0], first_conv[1])
+
+
 def test_training_learns_the_fake_classes(cli):
     cli("trainer.epochs=8", "optimizer.lr=0.003")
     [run] = all_runs(cli)

@@ -79,3 +79,14 @@ def test_checkpoints_written_in_the_background_are_the_bytes_a_direct_save_write
     assert (tmp_path / checkpoint.LAST).read_bytes() == (tmp_path / "direct.pt").read_bytes()
     best = checkpoint.load(tmp_path / checkpoint.BEST)
     assert best["epoch"] == result.best_epoch and best["best_val_acc"] == result.best_val_acc
+
+
+def test_train_images_are_spread_over_a_class_sorted_split_and_uncropped():
+    labels = torch.arange(10).repeat_interleave(30)  # sorted by class, as a decoded copy may be
+    images = (labels + 1).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32)  # each image its class + 1
+    augment = Augmenter(crop_padding=2, pad_mode="zeros", flip=False)
+    splits = Splits(augment.prepare(images), labels, images[:0], labels[:0], images[:5], labels[:5])
+    sample = splits.train_images(augment.padding, 20)
+    assert sample.shape == (20, 3, 32, 32)
+    assert (sample == sample[:, :1, :1, :1]).all() and (sample > 0).all()  # none of the zero padding
+    assert torch.bincount(sample[:, 0, 0, 0].long() - 1, minlength=10).tolist() == [2] * 10
