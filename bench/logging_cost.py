@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from cifar import checkpoint, inference, registry  # noqa: E402
 from cifar.diagnostics import Diagnostics  # noqa: E402
-from cifar.engine import Evaluation  # noqa: E402
+from cifar.engine import TTA, Evaluation  # noqa: E402
 from cifar.models import build_model  # noqa: E402
 
 VAL_IMAGES = 5000
@@ -60,7 +60,7 @@ def main() -> None:
             model = build_model(OmegaConf.create(cfg))
             model(torch.randn(8, 3, 32, 32)).sum().backward()
             best = Path(tmp) / f"{name}.pt"
-            spec = inference.spec(OmegaConf.create(cfg), [0.5] * 3, [0.25] * 3, tta_flip=False, tta_translate=False)
+            spec = inference.spec(OmegaConf.create(cfg), [0.5] * 3, [0.25] * 3, TTA())
             checkpoint.save(best, {"model": model.state_dict(), inference.SPEC: spec})
             diagnostics, exports = [], []
             with mlflow.start_run():

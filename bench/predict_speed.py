@@ -63,7 +63,7 @@ def main() -> None:
         times: dict[str, list[float]] = {"evaluate": [], "classify": []}
         for _ in range(args.repeats):
             start = time.perf_counter()
-            evaluate(model, x, y, normalize, batch_size, runtime, tta_flip=classifier.tta_flip)
+            evaluate(model, x, y, normalize, batch_size, runtime, classifier.tta)
             times["evaluate"].append(time.perf_counter() - start)
             start = time.perf_counter()
             predictions = list(predict.classify(classifier, files, batch_size, 1, runtime.device))
@@ -75,7 +75,7 @@ def main() -> None:
         command = time.perf_counter() - start
 
     evaluate_s, classify_s = (statistics.median(times[k]) for k in ("evaluate", "classify"))
-    print(f"{len(files)} {args.format.upper()} files, {args.checkpoint} (tta_flip={classifier.tta_flip}), "
+    print(f"{len(files)} {args.format.upper()} files, {args.checkpoint} ({classifier.tta}), "
           f"batches of {batch_size}, {torch.get_num_threads()} threads; "
           f"medians of {args.repeats}:")
     print("| | seconds | vs evaluate |\n|---|---:|---:|")

@@ -26,9 +26,9 @@ from cifar import inference  # noqa: E402
 from cifar.batches import Normalizer, to_tensors  # noqa: E402
 from cifar.data import load_cifar10  # noqa: E402
 from cifar.device import default_eval_batch_size, make_runtime  # noqa: E402
-from cifar.engine import evaluate  # noqa: E402
+from cifar.engine import TTA, evaluate  # noqa: E402
 
-SETTINGS = ((False, False), (True, False), (True, True))  # (tta_flip, tta_translate)
+SETTINGS = (TTA(), TTA(flip=True), TTA(flip=True, translate=True))
 
 
 def main() -> None:
@@ -49,16 +49,16 @@ def main() -> None:
     images, labels = to_tensors(data.test_images, data.test_labels, runtime.device)
     normalize = Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last)
     batch_size = default_eval_batch_size(runtime.device)
-    results: dict[tuple[bool, bool], list[tuple[float, float]]] = {setting: [] for setting in SETTINGS}
+    results: dict[TTA, list[tuple[float, float]]] = {setting: [] for setting in SETTINGS}
     for _ in range(args.repeats):
-        for flip, translate in SETTINGS:
+        for tta in SETTINGS:
             start = time.perf_counter()
-            acc = evaluate(model, images, labels, normalize, batch_size, runtime, flip, translate).acc
-            results[flip, translate].append((acc, time.perf_counter() - start))
+            acc = evaluate(model, images, labels, normalize, batch_size, runtime, tta).acc
+            results[tta].append((acc, time.perf_counter() - start))
     print(f"{len(labels)} test images, {args.checkpoint}; medians of {args.repeats}:")
     print("| trainer.tta_flip | trainer.tta_translate | test acc | eval seconds |\n|---|---|---:|---:|")
-    for (flip, translate), runs in results.items():
-        print(f"| {str(flip).lower()} | {str(translate).lower()} | {statistics.median(a for a, _ in runs):.2%} | "
+    for tta, runs in results.items():
+        print(f"| {str(tta.flip).lower()} | {str(tta.translate).lower()} | {statistics.median(a for a, _ in runs):.2%} | "
               f"{statistics.median(s for _, s in runs):.2f} |")
 
 

@@ -58,25 +58,33 @@ def train_epoch(
     return Pass(loss=mean_loss, acc=correct.item() / max(images, 1), images=images)
 
 
-def predict_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool, tta_translate: bool = False) -> torch.Tensor:
-    """The model's logits for normalised ``x``; with ``tta_flip``, the mean of the image's and its mirror image's.
+@dataclass(frozen=True)
+class TTA:
+    """Test-time augmentation (``trainer.tta_flip``, ``trainer.tta_translate``): see predict_logits."""
 
-    ``tta_translate`` (cifar10-airbench's multi-crop TTA) makes that half the result, the other half
+    flip: bool = False
+    translate: bool = False
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: TTA = TTA()) -> torch.Tensor:
+    """The model's logits for normalised ``x``; with ``tta.flip``, the mean of the image's and its mirror image's.
+
+    ``tta.translate`` (cifar10-airbench's multi-crop TTA) makes that half the result, the other half
     the mean of the same for the image shifted by one pixel diagonally each way (crops of a 1-pixel
     reflect padding at its top-left and bottom-right corners).
     """
-    logits = _flip_mean(model, x, tta_flip)
-    if tta_translate:
+    logits = _flip_mean(model, x, tta.flip)
+    if tta.translate:
         padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
         height, width = x.shape[-2:]
         shifted = (padded[..., :height, :width], padded[..., 2:, 2:])
-        logits = logits / 2 + sum(_flip_mean(model, view, tta_flip) for view in shifted) / 4
+        logits = logits / 2 + sum(_flip_mean(model, view, tta.flip) for view in shifted) / 4
     return logits
 
 
-def _flip_mean(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+def _flip_mean(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
     logits = model(x)
-    if tta_flip:
+    if flip:
         logits = (logits + model(x.flip(-1))) / 2
     return logits
 
@@ -94,8 +102,7 @@ def evaluate(
     normalize: Normalizer,
     batch_size: int,
     runtime: Runtime,
-    tta_flip: bool = False,
-    tta_translate: bool = False,
+    tta: TTA = TTA(),
 ) -> Evaluation:
     """Loss, accuracy and predicted classes over uint8 ``images``, in large batches (TTA: see predict_logits)."""
     model.eval()
@@ -104,7 +111,7 @@ def evaluate(
     for start in range(0, len(labels), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         with runtime.autocast():
-            logits = predict_logits(model, normalize(x), tta_flip, tta_translate)
+            logits = predict_logits(model, normalize(x), tta)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         predictions[start : start + batch_size] = logits.argmax(1)
     n = max(len(labels), 1)

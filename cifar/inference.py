@@ -18,7 +18,7 @@ from torch import nn
 from cifar import checkpoint
 from cifar.batches import normalization
 from cifar.data import CLASSES
-from cifar.engine import predict_logits
+from cifar.engine import TTA, predict_logits
 from cifar.errors import UserError, first_line
 from cifar.models import build_model
 
@@ -29,31 +29,27 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class Classifier(nn.Module):
-    def __init__(
-        self, model: nn.Module, mean: Sequence[float], std: Sequence[float], tta_flip: bool, tta_translate: bool
-    ):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float], tta: TTA):
         super().__init__()
         self.model = model
-        self.tta_flip, self.tta_translate = tta_flip, tta_translate
+        self.tta = tta
         scale, shift = normalization(mean, std)  # as in training
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() * self.scale + self.shift
-        return predict_logits(self.model, x, self.tta_flip, self.tta_translate).softmax(1)
+        return predict_logits(self.model, x, self.tta).softmax(1)
 
 
-def spec(
-    model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta_flip: bool, tta_translate: bool
-) -> dict[str, Any]:
+def spec(model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta: TTA) -> dict[str, Any]:
     """What a checkpoint holds besides the weights so that it can classify images on its own."""
     return {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
         "mean": list(mean),
         "std": list(std),
-        "tta_flip": tta_flip,
-        "tta_translate": tta_translate,
+        "tta_flip": tta.flip,
+        "tta_translate": tta.translate,
         "classes": list(CLASSES),
     }
 
@@ -72,8 +68,8 @@ def from_checkpoint(path: Path) -> Classifier:
     model_spec = state[SPEC]
     model = build_model(OmegaConf.create(model_spec["model"]))
     model.load_state_dict(state["model"])
-    tta_translate = model_spec.get("tta_translate", False)  # not in the checkpoints of earlier versions
-    return Classifier(model, model_spec["mean"], model_spec["std"], model_spec["tta_flip"], tta_translate).eval()
+    tta = TTA(model_spec["tta_flip"], model_spec.get("tta_translate", False))  # earlier versions wrote no translate
+    return Classifier(model, model_spec["mean"], model_spec["std"], tta).eval()
 
 
 def load(source: str, tracking_uri: str | None = None) -> nn.Module:

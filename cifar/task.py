@@ -25,7 +25,7 @@ from cifar.device import Runtime, default_eval_batch_size, make_runtime
 from cifar.diagnostics import Diagnostics
 from cifar.models import build_model, summarize, whiten_first_conv
 from cifar.optim import build_optimizer, build_scheduler
-from cifar.engine import Evaluation
+from cifar.engine import TTA, Evaluation
 from cifar.errors import ConfigError, DivergedError
 from cifar.files import atomic_write_text
 from cifar.study import SweepTrial
@@ -96,6 +96,7 @@ def run(cfg: DictConfig) -> float | None:
     run_id = resume_from.get(MLFLOW_RUN_ID) if resume_from else None
     if run_id is not None:
         tracking.check_unchanged_params(run_id, params)
+    tta = TTA(cfg.trainer.tta_flip, cfg.trainer.tta_translate)
     try:
         with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, run_id=run_id) as run:
             mlflow.log_params(params)
@@ -116,12 +117,9 @@ def run(cfg: DictConfig) -> float | None:
                 generator=torch.Generator(runtime.device).manual_seed(cfg.seed),
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
-                tta_flip=cfg.trainer.tta_flip,
-                tta_translate=cfg.trainer.tta_translate,
+                tta=tta,
                 ema=_ema(model, cfg.trainer.ema_decay),
-                inference_spec=inference.spec(
-                    cfg.model, data.mean, data.std, cfg.trainer.tta_flip, cfg.trainer.tta_translate
-                ),
+                inference_spec=inference.spec(cfg.model, data.mean, data.std, tta),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
             diagnostics = Diagnostics(cfg.diagnostics, splits.val_images, splits.val_labels)

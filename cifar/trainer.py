@@ -16,7 +16,7 @@ from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, train_batches
 from cifar.data import Cifar10, split_indices
 from cifar.device import Runtime
-from cifar.engine import Evaluation, Pass, evaluate, train_epoch
+from cifar.engine import TTA, Evaluation, Pass, evaluate, train_epoch
 from cifar.errors import ConfigError
 from cifar.inference import SPEC
 from cifar.progress import Progress
@@ -126,8 +126,7 @@ class Trainer:
     generator: torch.Generator
     checkpoint_dir: Path
     show_progress: bool
-    tta_flip: bool = False  # evaluate on each image and its mirror image, averaging the logits
-    tta_translate: bool = False  # and on the image shifted a pixel each way diagonally: see engine.predict_logits
+    tta: TTA = TTA()  # the views of each image whose logits are averaged: see engine.predict_logits
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
@@ -237,8 +236,7 @@ class Trainer:
 
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
         return evaluate(
-            self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta_flip,
-            self.tta_translate,
+            self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta
         )
 
     def test_best(self) -> Evaluation:

@@ -5,7 +5,7 @@ import torch
 
 from cifar.batches import Normalizer
 from cifar.device import Runtime
-from cifar.engine import evaluate, predict_logits
+from cifar.engine import TTA, evaluate, predict_logits
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror_image():
@@ -20,7 +20,7 @@ def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror_image():
         plain, mirrored = model(x), model(x.flip(-1))
     expected = ((plain + mirrored) / 2).argmax(1)
     assert not torch.equal(plain.argmax(1), expected)  # the mirror image changes some predictions
-    tta = evaluate(model, images, labels, normalize, batch_size=8, runtime=runtime, tta_flip=True)
+    tta = evaluate(model, images, labels, normalize, batch_size=8, runtime=runtime, tta=TTA(flip=True))
     assert torch.equal(tta.predictions, expected)
     assert tta.loss == pytest.approx(torch.nn.functional.cross_entropy((plain + mirrored) / 2, labels).item())
     without = evaluate(model, images, labels, normalize, batch_size=8, runtime=runtime)
@@ -41,6 +41,6 @@ def test_translate_tta_adds_the_views_shifted_a_pixel_diagonally_each_way_at_hal
                 return (model(v) + model(v.flip(-1))) / 2 if flip else model(v)
 
             expected = view(x) / 2 + (view(top_left) + view(bottom_right)) / 4
-            actual = predict_logits(model, x, tta_flip=flip, tta_translate=True)
+            actual = predict_logits(model, x, TTA(flip=flip, translate=True))
             torch.testing.assert_close(actual, expected)
             assert not torch.equal(actual.argmax(1), view(x).argmax(1))  # the shifted views change some predictions

@@ -22,7 +22,7 @@ from cifar import inference, predict
 from cifar.batches import Normalizer
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
-from cifar.engine import evaluate
+from cifar.engine import TTA, evaluate
 from tests import fakedata
 from tests.conftest import FAST, all_runs, client_for, sweep_parent_and_children, with_overrides
 
@@ -80,13 +80,12 @@ def test_predictions_are_the_runs_own_evaluation_of_the_same_images(trained, cap
     assert sorted(rows) == sorted(map(str, trained.images))
 
     classifier = inference.from_checkpoint(trained.checkpoint)
-    assert classifier.tta_flip and classifier.tta_translate
+    assert classifier.tta == TTA(flip=True, translate=True)
     runtime = make_runtime("cpu", amp=False, channels_last=False, compile=False, threads=None)
     images = torch.from_numpy(trained.data.test_images).permute(0, 3, 1, 2).contiguous()
     labels = torch.from_numpy(trained.data.test_labels)
     normalize = Normalizer.from_stats(trained.data.mean, trained.data.std, runtime.device, False)
-    expected = evaluate(classifier.model, images, labels, normalize, 64, runtime, tta_flip=True,
-                        tta_translate=True).predictions
+    expected = evaluate(classifier.model, images, labels, normalize, 64, runtime, classifier.tta).predictions
     by_index = {int(Path(path).stem): row for path, row in rows.items()}
     assert [by_index[i]["label"] for i in range(len(labels))] == [CLASSES[i] for i in expected]
     assert all(0 < row["confidence"] <= 1 and row["top_k"][0]["label"] == row["label"] for row in rows.values())
@@ -97,7 +96,7 @@ def test_a_checkpoint_of_an_earlier_version_classifies_without_translate_tta(tra
     del state[inference.SPEC]["tta_translate"]
     torch.save(state, tmp_path / "best.pt")
     earlier = inference.from_checkpoint(tmp_path / "best.pt")
-    assert earlier.tta_flip and not earlier.tta_translate
+    assert earlier.tta == TTA(flip=True, translate=False)
 
 
 def test_any_size_and_colour_mode_is_resized_and_converted(trained, tmp_path, capsys):
