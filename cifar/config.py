@@ -43,10 +43,16 @@ class ResNet9Config(ModelConfig):
 
 
 @dataclass
+class AirbenchConfig(ModelConfig):
+    widths: list[int] = MISSING
+
+
+@dataclass
 class OptimizerConfig:
     name: str = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
+    norm_bias_lr_scale: float = MISSING
 
 
 @dataclass
@@ -156,7 +162,8 @@ class Config:
 
 
 GROUP_SCHEMAS = {
-    "model": {"simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config, "resnet9": ResNet9Config},
+    "model": {"simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config, "resnet9": ResNet9Config,
+              "airbench": AirbenchConfig},
     "optimizer": {"adam": AdamConfig, "adamw": AdamConfig, "sgd": SGDConfig},
     "scheduler": {"none": SchedulerConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
     "data": {"cifar10": DataConfig},
@@ -259,6 +266,10 @@ def validate(cfg: Any) -> None:
     if cfg.model.name == "resnet9":
         checks.append(("model.channels", len(cfg.model.channels) == 4 and min(cfg.model.channels) > 0,
                        "must be 4 widths > 0: the prep layer's and the three stages'"))
+    if cfg.model.name == "airbench":
+        checks.append(("model.widths", len(cfg.model.widths) == 3 and min(cfg.model.widths) > 0,
+                       "must be 3 widths > 0: one per conv group"))
+    checks.append(("optimizer.norm_bias_lr_scale", cfg.optimizer.norm_bias_lr_scale > 0, "must be > 0"))
     if "dropout" in cfg.model:
         checks.append(("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"))
     if "pct_start" in cfg.scheduler:

@@ -148,7 +148,7 @@ def training_step(cfg) -> str:
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), runtime.device)
+    optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     images = torch.randn(8, 3, 32, 32, device=runtime.device)
     labels = torch.randint(0, 10, (8,), device=runtime.device)
     with runtime.autocast():

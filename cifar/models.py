@@ -97,15 +97,52 @@ def resnet9(channels: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def airbench(widths: list[int]) -> nn.Sequential:
+    """cifar10-airbench's net (airbench94: widths [64, 256, 256]): a 2x2 convolution with a bias and 24
+    filters (twice a 2x2x3 patch's 12 values: the pairs of ``trainer.whiten``), GELU, then per width a
+    conv group (conv, max-pool, BN, GELU, conv, BN, GELU), a 3x3 max-pool and a bias-free linear
+    layer whose logits are scaled by 1/9, as in the original.
+
+    Also as there: the first layer's bias starts at 0; the BatchNorms keep their scale at 1 (only
+    their bias is trained), with eps 1e-12 and fast statistics (momentum 0.4); each 3x3 convolution
+    starts as the identity on its inputs (its first in_channels filters; the others keep their
+    random initialisation).
+    """
+    first = nn.Conv2d(3, 24, 2)
+    nn.init.zeros_(first.bias)
+    layers: list[nn.Module] = [first, nn.GELU()]
+    in_channels = 24
+    for out_channels in widths:
+        layers += [_identity_conv(in_channels, out_channels), nn.MaxPool2d(2), _fixed_scale_norm(out_channels),
+                   nn.GELU(), _identity_conv(out_channels, out_channels), _fixed_scale_norm(out_channels), nn.GELU()]
+        in_channels = out_channels
+    layers += [nn.MaxPool2d(3), nn.Flatten(), nn.Linear(in_channels, NUM_CLASSES, bias=False), _Scale(1 / 9)]
+    return nn.Sequential(*layers)
+
+
+def _identity_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[:in_channels])
+    return conv
+
+
+def _fixed_scale_norm(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    norm.weight.requires_grad_(False)
+    return norm
+
+
 def relu_before_pool(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in the layer order the labs write, each ReLU before its max-pool (simplecnn,
-    resnet9), with its own parameters, for comparisons with this order; other models copied as they are."""
+    resnet9), with its own parameters, for comparisons with this order; max-pools that no ReLU follows
+    (airbench's) and other models are copied as they are."""
     model = copy.deepcopy(model)
     if not isinstance(model, nn.Sequential):
         return model
     layers = list(model)
     for i, layer in enumerate(layers[:-1]):
-        if isinstance(layer, nn.MaxPool2d):
+        if isinstance(layer, nn.MaxPool2d) and isinstance(layers[i + 1], nn.ReLU):
             layers[i], layers[i + 1] = layers[i + 1], layer
     return nn.Sequential(*layers)
 
@@ -118,6 +155,8 @@ def build_model(cfg: Any) -> nn.Module:
         return resnet18()
     if cfg.name == "resnet9":
         return resnet9(list(cfg.channels))
+    if cfg.name == "airbench":
+        return airbench(list(cfg.widths))
     raise ValueError(f"unknown model {cfg.name!r}")
 
 

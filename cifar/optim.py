@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 
 
 FUSED_DEVICES = ("cpu", "cuda")  # one kernel per step instead of one per parameter tensor
 
 
-def build_optimizer(cfg: Any, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in FUSED_DEVICES
+    params = param_groups(model, cfg.lr, cfg.weight_decay, cfg.norm_bias_lr_scale)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adamw":
@@ -23,6 +25,21 @@ def build_optimizer(cfg: Any, params: Iterable[torch.nn.Parameter], device: torc
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay, fused=fused
         )
     raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, norm_bias_lr_scale: float) -> list[dict[str, Any]]:
+    """One group of all parameters; with ``norm_bias_lr_scale`` other than 1, the BatchNorm biases in a
+    group of their own whose rate is ``lr`` times it and whose weight decay is divided by it, so
+    that weight decay takes the same share of them each step (cifar10-airbench's bias scaler).
+    """
+    if norm_bias_lr_scale == 1:
+        return [{"params": list(model.parameters())}]
+    norm_biases = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None]
+    ids = {id(p) for p in norm_biases}
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in ids]},
+        {"params": norm_biases, "lr": lr * norm_bias_lr_scale, "weight_decay": weight_decay / norm_bias_lr_scale},
+    ]
 
 
 def build_scheduler(

@@ -70,7 +70,7 @@ def run(cfg: DictConfig) -> float | None:
     model_info = {"model.parameters": summary.parameters, "model.flops_per_image": summary.flops_per_image}
     if runtime.compile:
         model.compile()
-    optimizer = build_optimizer(cfg.optimizer, model.parameters(), runtime.device)
+    optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
     steps = steps_per_epoch(splits.n_train, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 

@@ -5,7 +5,8 @@ import torch
 from omegaconf import OmegaConf
 
 from cifar.models import (
-    _Residual, build_model, count_parameters, relu_before_pool, resnet9, simplecnn, summarize, whiten_first_conv,
+    _Residual, airbench, build_model, count_parameters, relu_before_pool, resnet9, simplecnn, summarize,
+    whiten_first_conv,
 )
 
 
@@ -37,6 +38,30 @@ def test_resnet9_is_the_dawnbench_net_with_configurable_widths():
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     narrow = resnet9([4, 8, 16, 32])
     assert [c.out_channels for c in narrow.modules() if isinstance(c, torch.nn.Conv2d)] == [4, 8, 8, 8, 16, 32, 32, 32]
+
+
+def test_airbench_is_airbench94s_net_with_configurable_widths():
+    model = build_model(OmegaConf.create({"name": "airbench", "widths": [64, 256, 256]}))
+    assert count_parameters(model) == 1_972_792  # airbench94's 1.97M
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(24, (2, 2))] + [
+        (width, (3, 3)) for width in (64, 64, 256, 256, 256, 256)]
+    assert torch.equal(convs[0].bias, torch.zeros(24))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 6 and all(not n.weight.requires_grad and n.bias.requires_grad for n in norms)
+    assert all(n.momentum == 0.4 and n.eps == 1e-12 for n in norms)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert count_parameters(airbench([8, 16, 16])) < count_parameters(model)
+
+
+def test_airbench_convolutions_start_as_the_identity_on_their_inputs():
+    model = airbench([8, 16, 16])
+    with torch.no_grad():
+        for conv in [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][1:]:
+            x = torch.randn(2, conv.in_channels, 7, 7)
+            kept = min(conv.in_channels, conv.out_channels)  # the first group's 8 filters: 8 of the 24 inputs
+            assert torch.allclose(conv(x)[:, :kept], x[:, :kept], atol=1e-6)
+            assert conv.out_channels <= conv.in_channels or conv(x)[:, kept:].abs().sum() > 0  # random, not zeroed
 
 
 def test_resnet9_residual_blocks_add_their_input():
@@ -95,6 +120,11 @@ def test_pooling_before_relu_gives_the_outputs_and_gradients_of_the_lab_order(cf
         assert torch.equal(ours.grad, theirs.grad)
 
 
+def test_a_max_pool_before_batchnorm_keeps_its_place():
+    model = airbench([8, 16, 16])
+    assert [type(m) for m in relu_before_pool(model)] == [type(m) for m in model]
+
+
 def _correlated_images(n: int) -> torch.Tensor:
     """Images whose channels and neighbouring pixels are correlated, as in photographs."""
     fields = torch.randn(n, 3, 12, 12, generator=torch.Generator().manual_seed(0))
@@ -105,6 +135,7 @@ def _correlated_images(n: int) -> torch.Tensor:
 @pytest.mark.parametrize(("model", "pairs"), [
     (simplecnn([32, 8], 16, 0.0, True), 16),  # 32 filters: the 16 directions of largest variance
     (resnet9([64, 8, 8, 8]), 27),  # 64 filters: all 27 directions of a 3x3x3 patch, 10 filters left as they were
+    (airbench([8, 8, 8]), 12),  # 24 2x2 filters: all 12 directions of a 2x2x3 patch
 ])
 def test_whitened_first_conv_responds_to_the_patches_with_unit_uncorrelated_outputs_and_is_frozen(model, pairs):
     images = _correlated_images(200)

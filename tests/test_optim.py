@@ -6,15 +6,15 @@ from omegaconf import OmegaConf
 
 from cifar.optim import build_optimizer, build_scheduler
 
+SGD = {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4, "norm_bias_lr_scale": 1.0, "momentum": 0.9, "nesterov": True}
 ONECYCLE = {"name": "onecycle", "pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4,
             "cycle_momentum": False, "base_momentum": 0.85, "max_momentum": 0.95}
 
 
 def schedule(scheduler_cfg: dict, steps: int, key: str = "lr", optimizer_cfg: dict | None = None) -> list:
     """The param group's ``key`` (the rate by default) at each step, and after the last one."""
-    optimizer_cfg = optimizer_cfg or {"name": "sgd", "lr": 1.0, "weight_decay": 0.0, "momentum": 0.9, "nesterov": True}
-    optimizer = build_optimizer(OmegaConf.create(optimizer_cfg), [torch.nn.Parameter(torch.zeros(1))],
-                                torch.device("cpu"))
+    optimizer_cfg = optimizer_cfg or {**SGD, "lr": 1.0, "weight_decay": 0.0}
+    optimizer = build_optimizer(OmegaConf.create(optimizer_cfg), torch.nn.Linear(1, 1), torch.device("cpu"))
     scheduler = build_scheduler(OmegaConf.create(scheduler_cfg), optimizer, steps_per_epoch=steps, epochs=1)
     values = []
     for _ in range(steps):
@@ -38,8 +38,8 @@ def test_linear_onecycle_is_a_triangle_and_cos_is_not():
 
 @pytest.mark.parametrize("name,extra", [("adam", {"betas": [0.9, 0.999]}), ("sgd", {"momentum": 0.9, "nesterov": True})])
 def test_optimizers_use_the_fused_kernels_on_the_cpu(name, extra):
-    cfg = OmegaConf.create({"name": name, "lr": 0.1, "weight_decay": 0.0, **extra})
-    optimizer = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], torch.device("cpu"))
+    cfg = OmegaConf.create({"name": name, "lr": 0.1, "weight_decay": 0.0, "norm_bias_lr_scale": 1.0, **extra})
+    optimizer = build_optimizer(cfg, torch.nn.Linear(1, 1), torch.device("cpu"))
     assert optimizer.defaults["fused"] is True
 
 
@@ -51,7 +51,7 @@ def test_onecycle_with_a_one_step_warm_up_starts_at_the_peak(steps, pct_start):
     assert all(a > b for a, b in zip(rates, rates[1:]))
 
 
-ADAM = {"name": "adam", "lr": 1.0, "weight_decay": 0.0, "betas": [0.9, 0.999]}
+ADAM = {"name": "adam", "lr": 1.0, "weight_decay": 0.0, "norm_bias_lr_scale": 1.0, "betas": [0.9, 0.999]}
 
 
 @pytest.mark.parametrize("optimizer_cfg,key", [(None, "momentum"), (ADAM, "betas")])
@@ -61,3 +61,40 @@ def test_onecycle_momentum_cycles_only_when_asked(optimizer_cfg, key):
     assert cycled[0] == pytest.approx(0.95) and min(cycled) == pytest.approx(0.85, abs=2e-3) and cycled[-1] == pytest.approx(0.95)
     kept = schedule({**ONECYCLE, "anneal": "linear"}, 101, key, optimizer_cfg)
     assert set(map(str, kept)) == {str(0.9 if key == "momentum" else (0.9, 0.999))}  # the optimizer's own value
+
+
+def _with_a_batchnorm() -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Linear(1, 1))
+
+
+def test_norm_biases_train_at_the_scaled_rate_and_decay_as_fast_as_the_other_weights():
+    model = _with_a_batchnorm()
+    optimizer = build_optimizer(OmegaConf.create({**SGD, "norm_bias_lr_scale": 64.0}), model, torch.device("cpu"))
+    others, norm_biases = optimizer.param_groups
+    assert norm_biases["params"] == [model[1].bias]
+    assert {id(p) for p in others["params"]} == {id(p) for p in model.parameters()} - {id(model[1].bias)}
+    assert norm_biases["lr"] == pytest.approx(64 * others["lr"])
+    for p in model.parameters():  # a step on a zero loss: weight decay alone
+        p.data.fill_(1.0)
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    decayed = [p.data.flatten()[0].item() for p in model.parameters()]
+    assert decayed == pytest.approx([1 - 0.1 * 5e-4 * (1 + 0.9)] * 6)  # Nesterov: lr x wd x (1 + momentum), each tensor
+
+
+def test_the_schedule_keeps_the_norm_biases_rate_a_multiple_of_the_others():
+    cfg = OmegaConf.create({**SGD, "norm_bias_lr_scale": 64.0})
+    optimizer = build_optimizer(cfg, _with_a_batchnorm(), torch.device("cpu"))
+    scheduler = build_scheduler(OmegaConf.create({**ONECYCLE, "anneal": "linear"}), optimizer, steps_per_epoch=10,
+                                epochs=1)
+    for _ in range(10):
+        others, norm_biases = (group["lr"] for group in optimizer.param_groups)
+        assert norm_biases == pytest.approx(64 * others)
+        optimizer.step()
+        scheduler.step()
+
+
+def test_without_a_norm_bias_scale_every_parameter_is_in_one_group():
+    model = _with_a_batchnorm()
+    [group] = build_optimizer(OmegaConf.create(SGD), model, torch.device("cpu")).param_groups
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]

@@ -81,6 +81,19 @@ def test_whiten_fixes_the_first_convolution_to_whitening_filters_for_the_whole_r
     assert not torch.equal(first_conv[0], first_conv[1])
 
 
+def test_airbench_preset_trains_norm_biases_fast_and_keeps_the_batchnorm_scales_and_whitening_fixed(cli):
+    cli("experiment=airbench", "model.widths=[8,16,16]", "data.batch_size=32", "trainer.epochs=2")
+    [run] = all_runs(cli)
+    assert run.info.status == "FINISHED" and run.data.params["optimizer.norm_bias_lr_scale"] == "64.0"
+    state = torch.load(cli.tmp_path / "run/last.pt", weights_only=False)
+    weights = state["model"]
+    assert torch.equal(weights["0.weight"][12:], -weights["0.weight"][:12])
+    scales = [v for k, v in weights.items() if k.endswith(".weight") and v.dim() == 1]
+    assert len(scales) == 6 and all(torch.equal(v, torch.ones_like(v)) for v in scales)  # under weight decay too
+    assert [group["lr"] / state["optimizer"]["param_groups"][0]["lr"] for group in state["optimizer"]["param_groups"]] \
+        == pytest.approx([1.0, 64.0])
+
+
 def test_training_learns_the_fake_classes(cli):
     cli("trainer.epochs=8", "optimizer.lr=0.003")
     [run] = all_runs(cli)
@@ -145,7 +158,7 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
 BAD_INPUT = [
     ("optimizer.lrr=1", "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr)"),
     ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size)"),
-    ("model=vgg", "Could not find 'model/vgg'. Available options: resnet18, resnet9, simplecnn"),
+    ("model=vgg", "Could not find 'model/vgg'. Available options: airbench, resnet18, resnet9, simplecnn"),
     ("optimizer.lr=-1", "optimizer.lr=-1.0 is out of range: it must be > 0"),
     ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
@@ -171,6 +184,9 @@ BAD_INPUT = [
      "mlflow.register_model=True is out of range: it needs mlflow.log_model=true"),
     ("model=resnet9 model.channels=[64,128,256]",
      "model.channels=[64, 128, 256] is out of range: it must be 4 widths > 0: the prep layer's and the three stages'"),
+    ("model=airbench model.widths=[64,256]",
+     "model.widths=[64, 256] is out of range: it must be 3 widths > 0: one per conv group"),
+    ("optimizer.norm_bias_lr_scale=0", "optimizer.norm_bias_lr_scale=0.0 is out of range: it must be > 0"),
     ("optimizer=sgd optimizer.momentum=0",
      "optimizer.nesterov=True is out of range: it needs optimizer.momentum > 0: set optimizer.nesterov=false"),
     ("optimizer=sgd optimizer.momentum=0 optimizer.nesterov=false",
@@ -236,7 +252,7 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
     import sys
 
     help_text = subprocess.run([sys.executable, "-m", "cifar.train", "--help"], capture_output=True, text=True).stdout
-    for line in ("model: resnet18, resnet9, simplecnn", "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle"):
+    for line in ("model: airbench, resnet18, resnet9, simplecnn", "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle"):
         assert line in help_text
     assert "schema" not in help_text
     cfg = subprocess.run(
