@@ -123,6 +123,8 @@ class TrainerConfig:
     tta_flip: bool = MISSING
     tta_translate: bool = MISSING
     ema_decay: Optional[float] = MISSING
+    lookahead_every: Optional[int] = MISSING
+    lookahead_decay: float = MISSING
     whiten: bool = MISSING
     resume: bool = MISSING
     threads: Optional[int] = MISSING
@@ -241,6 +243,9 @@ def validate(cfg: Any) -> None:
          "needs a validation set: set data.val_size > 0, or trainer.patience=null"),
         ("trainer.ema_decay", cfg.trainer.ema_decay is None or 0 < cfg.trainer.ema_decay < 1,
          "must be in (0, 1) or null (off)"),
+        ("trainer.lookahead_every", cfg.trainer.lookahead_every is None or cfg.trainer.lookahead_every >= 1,
+         "must be >= 1 or null (off)"),
+        ("trainer.lookahead_decay", 0 <= cfg.trainer.lookahead_decay < 1, "must be in [0, 1)"),
         (
             "data.augment.alternate_flip",
             cfg.data.augment.flip or not cfg.data.augment.alternate_flip,

@@ -111,7 +111,7 @@ def airbench(widths: list[int]) -> nn.Sequential:
     first = nn.Conv2d(3, 24, 2)
     nn.init.zeros_(first.bias)
     layers: list[nn.Module] = [first, nn.GELU()]
-    in_channels = 24
+    in_channels = first.out_channels
     for out_channels in widths:
         layers += [_identity_conv(in_channels, out_channels), nn.MaxPool2d(2), _fixed_scale_norm(out_channels),
                    nn.GELU(), _identity_conv(out_channels, out_channels), _fixed_scale_norm(out_channels), nn.GELU()]

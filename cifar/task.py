@@ -28,6 +28,7 @@ from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import TTA, Evaluation
 from cifar.errors import ConfigError, DivergedError
 from cifar.files import atomic_write_text
+from cifar.lookahead import Lookahead
 from cifar.study import SweepTrial
 from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
 from cifar.versioning import dvc_data_hash
@@ -119,6 +120,7 @@ def run(cfg: DictConfig) -> float | None:
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
                 tta=tta,
                 ema=_ema(model, cfg.trainer.ema_decay),
+                lookahead=_lookahead(model, cfg.trainer, steps * cfg.trainer.epochs),
                 inference_spec=inference.spec(cfg.model, data.mean, data.std, tta),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
@@ -176,6 +178,12 @@ def _ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:
     if decay is None:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _lookahead(model: torch.nn.Module, cfg_trainer: DictConfig, total_steps: int) -> Lookahead | None:
+    if cfg_trainer.lookahead_every is None:
+        return None
+    return Lookahead(model, cfg_trainer.lookahead_every, cfg_trainer.lookahead_decay, total_steps)
 
 
 def _last_checkpoint(output_dir: Path) -> dict:

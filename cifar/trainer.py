@@ -19,6 +19,7 @@ from cifar.device import Runtime
 from cifar.engine import TTA, Evaluation, Pass, evaluate, train_epoch
 from cifar.errors import ConfigError
 from cifar.inference import SPEC
+from cifar.lookahead import Lookahead
 from cifar.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Trainer:
     show_progress: bool
     tta: TTA = TTA()  # the views of each image whose logits are averaged: see engine.predict_logits
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
+    lookahead: Lookahead | None = None  # synced after every step; the model takes its slow weights at the end
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
 
@@ -196,6 +198,8 @@ class Trainer:
                 self.runtime,
                 on_step=lambda: self._after_step(progress),
             )
+        if self.lookahead is not None and epoch == epochs:
+            self.lookahead.finish(self.model)
         train_seconds = time.perf_counter() - start
         val = self.evaluate(self.splits.val_images, self.splits.val_labels) if self.splits.validates else None
         return EpochMetrics(
@@ -246,6 +250,8 @@ class Trainer:
         return self.evaluate(self.splits.test_images, self.splits.test_labels)
 
     def _after_step(self, progress: Progress) -> None:
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.model)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         progress.advance(self.batch_size)
@@ -262,6 +268,7 @@ class Trainer:
             "epoch": epoch,
             "model": self.model.state_dict(),  # the trained weights, not the EMA's that best.pt holds
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
             SPEC: self.inference_spec,
             "best_val_acc": result.best_val_acc,
             "optimizer": self.optimizer.state_dict(),
@@ -277,6 +284,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])

@@ -45,9 +45,10 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
     assert not list(run_dir.glob(".*.tmp"))  # no half-written checkpoint
 
 
-# The states that only some recipes hold (EMA weights, alternate flips, cutout's draws, a frozen whitening
-# layer) must resume too.
-TRICKS = ("trainer.ema_decay=0.9", "data.augment.alternate_flip=true", "data.augment.cutout=8", "trainer.whiten=true")
+# The states that only some recipes hold (EMA weights, lookahead's slow weights, alternate flips, cutout's
+# draws, a frozen whitening layer) must resume too.
+TRICKS = ("trainer.ema_decay=0.9", "trainer.lookahead_every=3", "data.augment.alternate_flip=true",
+          "data.augment.cutout=8", "trainer.whiten=true")
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflow_run(cli):

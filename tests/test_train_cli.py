@@ -72,6 +72,18 @@ def test_ema_weights_are_the_ones_scored_and_kept_as_best(cli):
     assert last["ema"]["n_averaged"] == 5  # one update per step
 
 
+def test_lookahead_syncs_every_n_steps_and_the_run_ends_on_its_slow_weights(cli):
+    cli("trainer.lookahead_every=2", "trainer.epochs=1")
+    run_dir = cli.tmp_path / "run"
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    last = torch.load(run_dir / "last.pt", weights_only=False)
+    slow = last["lookahead"]["slow"]
+    assert last["lookahead"]["step"] == 5  # one per step
+    assert slow.keys() == {k for k, v in last["model"].items() if v.is_floating_point()}
+    # synced at step 4, trained on at step 5, then the slow weights put back: those are scored and kept
+    assert all(torch.equal(last["model"][k], slow[k]) and torch.equal(best["model"][k], slow[k]) for k in slow)
+
+
 def test_whiten_fixes_the_first_convolution_to_whitening_filters_for_the_whole_run(cli):
     cli("trainer.whiten=true")
     [run] = all_runs(cli)
@@ -173,6 +185,8 @@ BAD_INPUT = [
     ("trainer.device=tpu", "trainer.device=tpu is out of range: it must be one of"),
     ("+extra=1", "extra is not a config key (added with +?): drop it"),
     ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is out of range: it must be in (0, 1) or null (off)"),
+    ("trainer.lookahead_every=0", "trainer.lookahead_every=0 is out of range: it must be >= 1 or null (off)"),
+    ("trainer.lookahead_decay=1", "trainer.lookahead_decay=1.0 is out of range: it must be in [0, 1)"),
     ("scheduler.anneal=sqrt", "scheduler.anneal=sqrt is out of range: it must be one of ('cos', 'linear')"),
     ("data.augment.cutout=40",
      "data.augment.cutout=40 is out of range: it must be between 0 (off) and 32, the image side"),
@@ -309,8 +323,9 @@ BAD_OVERRIDES = [
     "data.batch_size=abc", "trainer.epochs=1.5", "optimizer.lr=fast", "trainer.tta_flip=maybe", "seed=[1,2]",
     "optimizer.lr=0", "optimizer.lr=-1e-3", "data.batch_size=-1", "trainer.epochs=0", "data.val_size=-1",
     "data.limit=-2", "data.test_limit=0", "trainer.label_smoothing=1.5", "trainer.ema_decay=0",
-    "trainer.patience=0", "trainer.threads=0", "model.dropout=1", "data.augment.crop_padding=-4",
-    "data.augment.pad_mode=wrap", "data.augment.cutout=-1", "scheduler.anneal=exp", "trainer.device=tpu",
+    "trainer.lookahead_every=0", "trainer.patience=0", "trainer.threads=0", "model.dropout=1",
+    "data.augment.crop_padding=-4", "data.augment.pad_mode=wrap", "data.augment.cutout=-1", "scheduler.anneal=exp",
+    "trainer.device=tpu",
     "model=vgg", "optimizer=rmsprop", "scheduler=step", "experiment=nope", "data.val_size=100000",
     "data.path=/nonexistent/cifar", "mlflow.experiment=' '",
 ]
