@@ -325,9 +325,8 @@ BAD_OVERRIDES = [
     "data.limit=-2", "data.test_limit=0", "trainer.label_smoothing=1.5", "trainer.ema_decay=0",
     "trainer.lookahead_every=0", "trainer.patience=0", "trainer.threads=0", "model.dropout=1",
     "data.augment.crop_padding=-4", "data.augment.pad_mode=wrap", "data.augment.cutout=-1", "scheduler.anneal=exp",
-    "trainer.device=tpu",
-    "model=vgg", "optimizer=rmsprop", "scheduler=step", "experiment=nope", "data.val_size=100000",
-    "data.path=/nonexistent/cifar", "mlflow.experiment=' '",
+    "trainer.device=tpu", "model=vgg", "optimizer=rmsprop", "scheduler=step", "experiment=nope",
+    "data.val_size=100000", "data.path=/nonexistent/cifar", "mlflow.experiment=' '",
 ]
 GOOD_OVERRIDES = ["optimizer.lr=0.01", "optimizer=sgd", "data.batch_size=16", "trainer.epochs=1", "seed=3",
                   "trainer.label_smoothing=0.1", "data.augment.flip=false"]
