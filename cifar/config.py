@@ -126,6 +126,7 @@ class TrainerConfig:
     lookahead_every: Optional[int] = MISSING
     lookahead_decay: float = MISSING
     whiten: bool = MISSING
+    whiten_bias_epochs: Optional[int] = MISSING
     resume: bool = MISSING
     threads: Optional[int] = MISSING
     progress: Optional[bool] = MISSING
@@ -246,6 +247,10 @@ def validate(cfg: Any) -> None:
         ("trainer.lookahead_every", cfg.trainer.lookahead_every is None or cfg.trainer.lookahead_every >= 1,
          "must be >= 1 or null (off)"),
         ("trainer.lookahead_decay", 0 <= cfg.trainer.lookahead_decay < 1, "must be in [0, 1)"),
+        ("trainer.whiten_bias_epochs", cfg.trainer.whiten_bias_epochs is None or cfg.trainer.whiten_bias_epochs >= 0,
+         "must be >= 0 or null (trained throughout)"),
+        ("trainer.whiten_bias_epochs", cfg.trainer.whiten_bias_epochs is None or cfg.trainer.whiten,
+         "needs trainer.whiten=true: set it, or trainer.whiten_bias_epochs=null"),
         (
             "data.augment.alternate_flip",
             cfg.data.augment.flip or not cfg.data.augment.alternate_flip,

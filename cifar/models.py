@@ -160,6 +160,11 @@ def build_model(cfg: Any) -> nn.Module:
     raise ValueError(f"unknown model {cfg.name!r}")
 
 
+def first_conv(model: nn.Module) -> nn.Conv2d:
+    """The convolution that sees the images: the one ``trainer.whiten`` whitens."""
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
 def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> None:
     """Make the first convolution whiten the patches of ``images`` (normalised, (N, C, H, W)), and freeze
     it: cifar10-airbench's first layer.
@@ -171,7 +176,7 @@ def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4)
     any filters beyond twice the eigenvectors keep their random initialisation (and stay fixed too).
     ``eps`` keeps the least varying directions from being scaled up without bound.
     """
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv = first_conv(model)
     out_channels, in_channels, height, width = conv.weight.shape
     patches = nn.functional.unfold(images.float(), (height, width))  # (N, a filter's weights, patches an image)
     covariance = torch.einsum("npl,nql->pq", patches, patches).double().cpu() / (len(patches) * patches.shape[2])

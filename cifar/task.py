@@ -23,7 +23,7 @@ from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import Runtime, default_eval_batch_size, make_runtime
 from cifar.diagnostics import Diagnostics
-from cifar.models import build_model, summarize, whiten_first_conv
+from cifar.models import build_model, first_conv, summarize, whiten_first_conv
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import TTA, Evaluation
 from cifar.errors import ConfigError, DivergedError
@@ -65,6 +65,11 @@ def run(cfg: DictConfig) -> float | None:
     model = build_model(cfg.model).to(runtime.device)
     if cfg.trainer.whiten:
         whiten_first_conv(model, normalize(splits.train_images(augment.padding, WHITENING_IMAGES)))
+    if cfg.trainer.whiten_bias_epochs is not None and first_conv(model).bias is None:
+        raise ConfigError(
+            f"trainer.whiten_bias_epochs={cfg.trainer.whiten_bias_epochs} fixes the first convolution's bias, which "
+            f"model={cfg.model.name} does not have: set trainer.whiten_bias_epochs=null"
+        )
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     summary = summarize(model)
@@ -121,6 +126,7 @@ def run(cfg: DictConfig) -> float | None:
                 tta=tta,
                 ema=_ema(model, cfg.trainer.ema_decay),
                 lookahead=_lookahead(model, cfg.trainer, steps * cfg.trainer.epochs),
+                whiten_bias_epochs=cfg.trainer.whiten_bias_epochs,
                 inference_spec=inference.spec(cfg.model, data.mean, data.std, tta),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )

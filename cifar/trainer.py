@@ -20,6 +20,7 @@ from cifar.engine import TTA, Evaluation, Pass, evaluate, train_epoch
 from cifar.errors import ConfigError
 from cifar.inference import SPEC
 from cifar.lookahead import Lookahead
+from cifar.models import first_conv
 from cifar.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,10 @@ class Trainer:
     tta: TTA = TTA()  # the views of each image whose logits are averaged: see engine.predict_logits
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     lookahead: Lookahead | None = None  # synced after every step; the model takes its slow weights at the end
+    whiten_bias_epochs: int | None = None  # then the first convolution's bias stays as it is: see _freeze_first_bias
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
+    _bias_hook: Any = field(default=None, init=False, repr=False)
 
     def fit(
         self,
@@ -179,6 +182,8 @@ class Trainer:
 
     def _epoch(self, epoch: int, epochs: int, steps: int) -> EpochMetrics:
         """Train one epoch, then validate where there is a validation set."""
+        if self.whiten_bias_epochs is not None and epoch > self.whiten_bias_epochs:
+            self._freeze_first_bias()
         start = time.perf_counter()
         with Progress(steps * self.batch_size, f"epoch {epoch}/{epochs}", self.show_progress) as progress:
             train = train_epoch(
@@ -210,6 +215,14 @@ class Trainer:
             seconds=time.perf_counter() - start,
             train_seconds=train_seconds,
         )
+
+    def _freeze_first_bias(self) -> None:
+        """From now on, drop the first convolution's bias gradient as soon as each backward pass has
+        made it, so that the optimizer leaves the bias as it is (no step, momentum or weight decay),
+        as cifar10-airbench does by detaching it. Turning its ``requires_grad`` off instead would make
+        torch.compile recompile the model in the middle of training."""
+        if self._bias_hook is None:
+            self._bias_hook = first_conv(self.model).bias.register_post_accumulate_grad_hook(_drop_grad)
 
     def warm_up(self) -> float:
         """Run a training step's forward and backward and an evaluation batch, then put back the weights,
@@ -299,3 +312,7 @@ class Trainer:
             log.info("Resuming after epoch %d (best val/acc %.4f at epoch %d)", state["epoch"], result.best_val_acc,
                      result.best_epoch)
         return state["epoch"]
+
+
+def _drop_grad(param: torch.Tensor) -> None:
+    param.grad = None

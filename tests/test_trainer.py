@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cifar import checkpoint
@@ -9,8 +10,9 @@ from cifar.models import simplecnn
 from cifar.trainer import Splits, Trainer
 
 
-def _trainer(tmp_path, compile: bool, val_size: int = 32) -> Trainer:
-    """simplecnn (with dropout and BatchNorm) on random images; ``compile`` only asks for the warm-up here."""
+def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = True) -> Trainer:
+    """simplecnn (with dropout, and BatchNorm or else conv biases) on random images; ``compile`` only asks for
+    the warm-up here."""
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (320, 3, 32, 32), dtype=torch.uint8, generator=data)
     labels = torch.randint(0, 10, (320,), generator=data)
@@ -18,7 +20,7 @@ def _trainer(tmp_path, compile: bool, val_size: int = 32) -> Trainer:
     val = slice(256, 256 + val_size)
     splits = Splits(augment.prepare(images[:256]), labels[:256], images[val], labels[val], images[288:], labels[288:])
     torch.manual_seed(0)
-    model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=True)
+    model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=batch_norm)
     runtime = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, compile=compile)
     return Trainer(
         model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), scheduler=None,
@@ -70,6 +72,36 @@ def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resum
     assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
     assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
     assert resumed.test_best().images == 32
+
+
+def test_the_first_bias_trains_for_whiten_bias_epochs_then_stays_fixed_also_after_a_resume(tmp_path):
+    trainer = _trainer(tmp_path, compile=False, batch_norm=False)
+    trainer.whiten_bias_epochs = 1
+    first, last = trainer.model[0], trainer.model[-1]
+    start = first.bias.detach().clone()
+    after = []  # (first bias, last layer's weights) after each epoch
+    trainer.fit(2, None, lambda metrics: after.append((first.bias.detach().clone(), last.weight.detach().clone())))
+    (bias_1, weights_1), (bias_2, weights_2) = after
+    assert not torch.equal(bias_1, start) and torch.equal(bias_2, bias_1)
+    assert not torch.equal(weights_2, weights_1)  # the rest trains on
+    assert trainer.optimizer.state[first.bias]["step"] == 4  # Adam's steps: the first epoch's 4 only
+
+    resumed = _trainer(tmp_path, compile=False, batch_norm=False)
+    resumed.whiten_bias_epochs = 1
+    resumed.fit(3, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / checkpoint.LAST))
+    assert torch.equal(resumed.model[0].bias, bias_1) and not torch.equal(resumed.model[-1].weight, weights_2)
+
+
+@pytest.mark.slow
+def test_fixing_the_first_bias_does_not_recompile_the_compiled_model(tmp_path):
+    from torch._dynamo.utils import counters
+
+    trainer = _trainer(tmp_path, compile=True, batch_norm=False)
+    trainer.whiten_bias_epochs = 1
+    trainer.model.compile()
+    graphs = []  # compiled so far, after each epoch: the warm-up compiles the training and evaluation graphs
+    trainer.fit(2, None, lambda metrics: graphs.append(counters["stats"]["unique_graphs"]))
+    assert graphs[0] > 0 and graphs[1] == graphs[0]
 
 
 def test_checkpoints_written_in_the_background_are_the_bytes_a_direct_save_writes(tmp_path):
