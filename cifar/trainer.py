@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.hooks import RemovableHandle
 
 from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, train_batches
@@ -134,7 +135,7 @@ class Trainer:
     whiten_bias_epochs: int | None = None  # then the first convolution's bias stays as it is: see _freeze_first_bias
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
-    _bias_hook: Any = field(default=None, init=False, repr=False)
+    _bias_hook: RemovableHandle | None = field(default=None, init=False, repr=False)
 
     def fit(
         self,
