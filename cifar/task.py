@@ -56,20 +56,20 @@ def run(cfg: DictConfig) -> float | None:
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
         parallel.job_slot(hydra_cfg),
     )
-    data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
-    augment = Augmenter(**cfg.data.augment, cutout_fill=data.mean)
-    splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)
-
-    normalize = Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(runtime.device)
-    if cfg.trainer.whiten:
-        whiten_first_conv(model, normalize(splits.train_images(augment.padding, WHITENING_IMAGES)))
     if cfg.trainer.whiten_bias_epochs is not None and first_conv(model).bias is None:
         raise ConfigError(
             f"trainer.whiten_bias_epochs={cfg.trainer.whiten_bias_epochs} fixes the first convolution's bias, which "
             f"model={cfg.model.name} does not have: set trainer.whiten_bias_epochs=null"
         )
+    data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
+    augment = Augmenter(**cfg.data.augment, cutout_fill=data.mean)
+    splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)
+
+    normalize = Normalizer.from_stats(data.mean, data.std, runtime.device, runtime.channels_last)
+    if cfg.trainer.whiten:
+        whiten_first_conv(model, normalize(splits.train_images(augment.padding, WHITENING_IMAGES)))
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     summary = summarize(model)
