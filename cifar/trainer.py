@@ -290,7 +290,8 @@ class Trainer:
             "best_epoch": result.best_epoch,
             "history": list(result.history),
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),  # dropout draws from it
+            "torch_rng": torch.get_rng_state(),  # dropout draws from it on the CPU
+            "device_rng": _device_rng_state(self.runtime.device),  # and on a GPU from the GPU's own
         }
 
     def _restore(self, state: dict[str, Any], result: FitResult) -> int:
@@ -305,6 +306,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if self.runtime.device.type != "cpu" and state.get("device_rng") is not None:
+            torch.get_device_module(self.runtime.device).set_rng_state(state["device_rng"], self.runtime.device)
         result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
         result.history.extend(state["history"])
         if result.best_val_acc is None:
@@ -313,6 +316,12 @@ class Trainer:
             log.info("Resuming after epoch %d (best val/acc %.4f at epoch %d)", state["epoch"], result.best_val_acc,
                      result.best_epoch)
         return state["epoch"]
+
+
+def _device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The state of the random generator that dropout draws from on a GPU (CUDA, MPS); None on the CPU,
+    whose generator is torch.get_rng_state's."""
+    return None if device.type == "cpu" else torch.get_device_module(device).get_rng_state(device)
 
 
 def _drop_grad(param: torch.Tensor) -> None:

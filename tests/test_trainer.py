@@ -10,23 +10,23 @@ from cifar.models import simplecnn
 from cifar.trainer import Splits, Trainer
 
 
-def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = True) -> Trainer:
+def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = True, device: str = "cpu") -> Trainer:
     """simplecnn (with dropout, and BatchNorm or else conv biases) on random images; ``compile`` only asks for
     the warm-up here."""
     data = torch.Generator().manual_seed(1)
-    images = torch.randint(0, 256, (320, 3, 32, 32), dtype=torch.uint8, generator=data)
-    labels = torch.randint(0, 10, (320,), generator=data)
+    images = torch.randint(0, 256, (320, 3, 32, 32), dtype=torch.uint8, generator=data).to(device)
+    labels = torch.randint(0, 10, (320,), generator=data).to(device)
     augment = Augmenter(crop_padding=2, pad_mode="reflect", flip=True)
     val = slice(256, 256 + val_size)
     splits = Splits(augment.prepare(images[:256]), labels[:256], images[val], labels[val], images[288:], labels[288:])
     torch.manual_seed(0)
-    model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=batch_norm)
-    runtime = Runtime(device=torch.device("cpu"), amp=False, channels_last=False, compile=compile)
+    model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=batch_norm).to(device)
+    runtime = Runtime(device=torch.device(device), amp=False, channels_last=False, compile=compile)
     return Trainer(
         model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), scheduler=None,
         loss_fn=torch.nn.CrossEntropyLoss(), splits=splits,
         normalize=Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, False), augment=augment,
-        runtime=runtime, batch_size=64, eval_batch_size=16, generator=torch.Generator().manual_seed(0),
+        runtime=runtime, batch_size=64, eval_batch_size=16, generator=torch.Generator(device).manual_seed(0),
         checkpoint_dir=tmp_path, show_progress=False,
     )
 
@@ -72,6 +72,19 @@ def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resum
     assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
     assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
     assert resumed.test_best().images == 32
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_a_resumed_fit_draws_the_dropout_masks_the_uninterrupted_fit_would(tmp_path, device):
+    def next_mask() -> torch.Tensor:
+        return torch.nn.functional.dropout(torch.ones(4096, device=device), 0.5)
+
+    _trainer(tmp_path, compile=False, device=device).fit(1, None, lambda metrics: None)
+    expected = next_mask()  # what dropout draws next where the fit goes on
+    resumed = _trainer(tmp_path, compile=False, device=device)  # seeds the generators afresh, as a new process
+    resumed.fit(1, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / checkpoint.LAST))
+    assert torch.equal(next_mask(), expected)
 
 
 def test_the_first_bias_trains_for_whiten_bias_epochs_then_stays_fixed_also_after_a_resume(tmp_path):
