@@ -232,8 +232,9 @@ class Trainer:
         start = time.perf_counter()
         weights = {name: value.clone() for name, value in self.model.state_dict().items()}
         x = self.splits.train_images(self.augment.padding, self.batch_size)
-        cuda = [self.runtime.device] if self.runtime.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # dropout's draws
+        device = self.runtime.device
+        gpu = [] if device.type == "cpu" else [device]  # whose generator dropout draws from there (CUDA, MPS)
+        with torch.random.fork_rng(devices=gpu, device_type=device.type):  # dropout's draws
             self.model.train()
             with self.runtime.autocast():
                 loss = self.loss_fn(self.model(self.normalize(x)), self.splits.train_labels[: self.batch_size])
@@ -243,8 +244,8 @@ class Trainer:
             test = slice(0, self.eval_batch_size)
             self.evaluate(self.splits.test_images[test], self.splits.test_labels[test])
         self.model.load_state_dict(weights)
-        if cuda:
-            torch.cuda.synchronize(self.runtime.device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
     @property
