@@ -1,11 +1,12 @@
 """Time to accuracy: a recipe trained for several seeds, with test accuracy and training seconds.
 
-Runs ``python -m cifar.train -m seed=0,...,N-1 [experiment=PRESET] OVERRIDES`` as one sweep into
-a fresh MLflow store and reads each seed's run back: ``test/acc``, ``train_seconds`` (time in
-training steps, including the in-batch augmentation; excluding data loading, validation, testing
-and, where ``trainer.compile`` is on, the warm-up that compiles the model before the first epoch),
-``warmup_seconds`` (that warm-up) and run seconds (the MLflow run's wall time: warm-up, training,
-validation, testing and logging metrics; the runs log no model, which takes MLflow about 10 s).
+Runs ``python -m cifar.train -m seed=K,...,K+N-1 [experiment=PRESET] OVERRIDES`` (K is
+``--first-seed``, 0 by default) as one sweep into a fresh MLflow store and reads each seed's run
+back: ``test/acc``, ``train_seconds`` (time in training steps, including the in-batch augmentation;
+excluding data loading, validation, testing and, where ``trainer.compile`` is on, the warm-up that
+compiles the model before the first epoch), ``warmup_seconds`` (that warm-up) and run seconds (the
+MLflow run's wall time: warm-up, training, validation, testing and logging metrics; the runs log no
+model, which takes MLflow about 10 s).
 It prints one row per seed and the mean and standard deviation.
 
 With ``--classic-images N`` it also measures the classic lab pipeline (``bench/throughput.py``:
@@ -15,6 +16,7 @@ time the classic pipeline would take for the same training images, and the ratio
     uv run python bench/time_to_accuracy.py --seeds 5                          # the default recipe
     uv run python bench/time_to_accuracy.py --preset fast --seeds 5 --classic-images 6400
     uv run python bench/time_to_accuracy.py --preset fast --seeds 3 trainer.epochs=8
+    uv run python bench/time_to_accuracy.py --preset fast --seeds 3 --first-seed 5   # seeds 5, 6 and 7
     python bench/time_to_accuracy.py --preset resnet9_fast --seeds 5 --data data/processed/cifar10.npz  # on a GPU
 """
 
@@ -33,13 +35,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
-def train_seeds(preset: str | None, seeds: int, data: str, workdir: Path, overrides: list[str]) -> list[dict]:
+def train_seeds(preset: str | None, seeds: range, data: str, workdir: Path, overrides: list[str]) -> list[dict]:
     """Run the sweep over seeds; one dict per run: seed, test acc, train and run seconds, images/s, params."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     args = [
-        sys.executable, "-m", "cifar.train", "-m", f"seed={','.join(map(str, range(seeds)))}",
+        sys.executable, "-m", "cifar.train", "-m", f"seed={','.join(map(str, seeds))}",
         *([f"experiment={preset}"] if preset else []),
         f"data.path={data}", "data.download=false", "mlflow.log_plots=false", "mlflow.log_model=false",
         "trainer.progress=false",
@@ -87,13 +89,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", help="an option of conf/experiment (default: the default recipe)")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="the first seed (default 0): more seeds for a recipe already measured")
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"))
     parser.add_argument("--classic-images", type=int, default=0,
                         help="images to time the classic pipeline on (0: no classic comparison)")
     parser.add_argument("overrides", nargs="*", help="more overrides for every run")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = train_seeds(args.preset, args.seeds, args.data, Path(tmp), args.overrides)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        rows = train_seeds(args.preset, seeds, args.data, Path(tmp), args.overrides)
     recipe = " ".join([f"experiment={args.preset}" if args.preset else "(defaults)", *args.overrides])
     print(f"\n{recipe}: {len(rows)} seeds, {rows[0]['params']['trainer.epochs']} epochs, "
           f"model {rows[0]['params']['model.name']}, batch {rows[0]['params']['data.batch_size']}\n")
