@@ -6,6 +6,7 @@ import functools
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,13 +29,14 @@ def _statuses(out: str) -> dict[str, str]:
     return {line[6:27].strip(): line[:4].strip() for line in out.splitlines() if line[:4].strip() in ("ok", "warn", "FAIL")}
 
 
-def test_env_reports_the_stack_the_device_and_a_training_step(official_dir, tmp_path, capsys):
+def test_env_reports_the_stack_the_device_and_a_training_step(official_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # bytecode ok with or without an installed cache
     code, out, _ = _run(env.main, capsys, "trainer.device=cpu", f"data.path={official_dir}",
                         f"data.cache_dir={tmp_path}", "data.download=false")
     statuses = _statuses(out)
     assert code == 0 and out.rstrip().endswith("READY to train on cpu (cache: see above)")
     for topic in ("Python", "torch", "torchvision", "hydra-core", "optuna", "mlflow", "dvc", "torchvision ops",
-                  "CPU", "data", "matmul", "training step"):
+                  "bytecode", "CPU", "data", "matmul", "training step"):
         assert statuses[topic] == "ok", out
     assert statuses["cache"] == "warn"  # not decoded yet into this cache dir
     assert "simplecnn, batch 8, on cpu" in out
@@ -103,3 +105,20 @@ def test_env_warns_of_a_missing_dvc_and_fails_on_a_missing_training_package(monk
     monkeypatch.setattr(importlib.metadata, "version", functools.partial(version, {"optuna", "mlflow", "mlflow-skinny"}))
     checks = {c.topic: c for c in env.package_versions()}
     assert checks["optuna"].status == checks["mlflow"].status == "FAIL"
+
+
+def test_env_warns_only_where_runs_would_compile_the_stack_every_time(tmp_path, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path))  # where Python looks for bytecode: nothing yet
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    check = env.bytecode()
+    assert check.status == "warn" and "uv sync --compile-bytecode" in check.detail
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert env.bytecode().status == "ok" and "first run" in env.bytecode().detail
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    cached = Path(importlib.util.cache_from_source(importlib.util.find_spec("torch").origin))
+    assert cached.is_relative_to(tmp_path)
+    cached.parent.mkdir(parents=True)
+    cached.touch()
+    assert env.bytecode().status == "ok" and "cached" in env.bytecode().detail
