@@ -74,7 +74,7 @@ def bytecode() -> Check:
     if Path(importlib.util.cache_from_source(source)).exists():
         return Check("bytecode", OK, "cached (runs start without compiling the stack's sources)")
     if sys.dont_write_bytecode:
-        return Check("bytecode", WARN, "not installed, and PYTHONDONTWRITEBYTECODE keeps Python from caching it: "
+        return Check("bytecode", WARN, "none cached, and PYTHONDONTWRITEBYTECODE keeps Python from writing it: "
                                        "every run compiles the stack's sources again (about 10 s on 2 cores); "
                                        "run `uv sync --compile-bytecode`")
     return Check("bytecode", OK, "not cached yet: Python writes it on the first run")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +109,6 @@ def test_env_warns_of_a_missing_dvc_and_fails_on_a_missing_training_package(monk
 
 
 def test_env_warns_only_where_runs_would_compile_the_stack_every_time(tmp_path, monkeypatch):
-    import importlib.util
-
     monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path))  # where Python looks for bytecode: nothing yet
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     check = env.bytecode()
