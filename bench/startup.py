@@ -20,7 +20,6 @@ each with the bytecode in the environment ("bytecode") and with it hidden behind
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import subprocess
@@ -32,23 +31,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cifar.env import torch_bytecode_cached  # noqa: E402
 from tests import fakedata  # noqa: E402
+from tests.conftest import FAST  # noqa: E402
 
 IMPORTS = [sys.executable, "-c", "import cifar.task, torch._dynamo"]
 
 
 def tiny_run(data: Path, workdir: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "cifar.train", f"data.path={data}", f"data.cache_dir={workdir / 'cache'}",
-        "mlflow.log_model=false", "data.val_size=40", "data.batch_size=32", "data.eval_batch_size=64",
-        "trainer.epochs=2", "trainer.device=cpu", "data.download=false", f"hydra.run.dir={workdir / 'run'}",
-    ]
-
-
-def has_bytecode(module: str) -> bool:
-    """Whether the installer cached ``module``'s bytecode where Python looks for it."""
-    source = importlib.util.find_spec(module).origin
-    return Path(importlib.util.cache_from_source(source)).exists()
+    """The command of the CLI tests' runs (tests/conftest.py)."""
+    return [sys.executable, "-m", "cifar.train", f"data.path={data}", f"data.cache_dir={workdir / 'cache'}", *FAST,
+            f"hydra.run.dir={workdir / 'run'}"]
 
 
 def seconds(args: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -61,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if not has_bytecode("torch"):
+    if not torch_bytecode_cached():
         sys.exit("This environment has no bytecode for torch: run `uv sync --locked --compile-bytecode` first")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,11 +62,8 @@ def main() -> None:
         data = fakedata.write_official(tmp / "data")
         empty_prefix = tmp / "no-bytecode"
         empty_prefix.mkdir()
-        base = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
-        modes = {
-            "bytecode": {**base, "PYTHONDONTWRITEBYTECODE": "1"},
-            "sources": {**base, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(empty_prefix)},
-        }
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"} | {"PYTHONDONTWRITEBYTECODE": "1"}
+        modes = {"bytecode": base, "sources": {**base, "PYTHONPYCACHEPREFIX": str(empty_prefix)}}
         times: dict[tuple[str, str], list[float]] = {}
         for repeat in range(args.repeats):
             for mode, env in modes.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -66,12 +67,15 @@ def torchvision_ops() -> Check:
     return Check("torchvision ops", OK, f"load with torch {torch.__version__}")
 
 
+def torch_bytecode_cached() -> bool:
+    """Whether torch's bytecode is cached where Python looks for it (``sys.pycache_prefix`` included)."""
+    source = importlib.util.find_spec("torch").origin
+    return Path(importlib.util.cache_from_source(source)).exists()
+
+
 def bytecode() -> Check:
     """Whether a run starts from torch's cached bytecode or compiles the stack's sources again."""
-    import importlib.util
-
-    source = importlib.util.find_spec("torch").origin
-    if Path(importlib.util.cache_from_source(source)).exists():
+    if torch_bytecode_cached():
         return Check("bytecode", OK, "cached (runs start without compiling the stack's sources)")
     if sys.dont_write_bytecode:
         return Check("bytecode", WARN, "none cached, and PYTHONDONTWRITEBYTECODE keeps Python from writing it: "
