@@ -32,8 +32,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests import fakedata  # noqa: E402
+from tests.conftest import FAST, with_overrides  # noqa: E402
 
 TRIALS = 8
+# The CLI tests' tiny runs, for 1 epoch, logging their model as the defaults do
+TINY_TRIAL = with_overrides(FAST, ("trainer.epochs=1", "mlflow.log_model=true"))
 LAUNCHERS = {  # name: (overrides, trials run at once)
     "basic": ([], 1),
     "joblib x2": (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"], 2),
@@ -49,9 +52,7 @@ def run_sweep(
     args = [
         sys.executable, "-m", "cifar.train", "-m", "hparams_search=optuna", f"hydra.sweeper.n_trials={TRIALS}",
         "hydra/sweeper/pruner=none", f"data.path={data}", f"data.cache_dir={data.parent / 'cache'}",
-        "data.val_size=40", "data.batch_size=32", "data.eval_batch_size=64", "trainer.epochs=1",
-        "trainer.device=cpu", "data.download=false", f"hydra.sweep.dir={workdir / 'sweep'}",
-        *launcher_overrides, *extra,
+        f"hydra.sweep.dir={workdir / 'sweep'}", *launcher_overrides, *with_overrides(TINY_TRIAL, tuple(extra)),
     ]
     start = time.perf_counter()
     subprocess.run(args, cwd=workdir, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True,
