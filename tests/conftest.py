@@ -60,7 +60,7 @@ FAST = [
 
 
 def with_overrides(defaults: list[str], overrides: tuple[str, ...]) -> list[str]:
-    """``defaults`` with any key that ``overrides`` sets replaced (Hydra refuses a key twice)."""
+    """``defaults`` with any key that ``overrides`` sets replaced, so that each key is given once."""
     keys = {o.split("=", 1)[0] for o in overrides}
     return [d for d in defaults if d.split("=", 1)[0] not in keys] + list(overrides)
 
