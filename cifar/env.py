@@ -67,10 +67,13 @@ def torchvision_ops() -> Check:
     return Check("torchvision ops", OK, f"load with torch {torch.__version__}")
 
 
+def torch_bytecode_path() -> Path:
+    """Where Python looks for the bytecode of torch's ``__init__`` (``sys.pycache_prefix`` included)."""
+    return Path(importlib.util.cache_from_source(importlib.util.find_spec("torch").origin))
+
+
 def torch_bytecode_cached() -> bool:
-    """Whether torch's bytecode is cached where Python looks for it (``sys.pycache_prefix`` included)."""
-    source = importlib.util.find_spec("torch").origin
-    return Path(importlib.util.cache_from_source(source)).exists()
+    return torch_bytecode_path().exists()
 
 
 def bytecode() -> Check:
