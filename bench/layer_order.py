@@ -61,8 +61,8 @@ def main() -> None:
             times[name].append(chunk(name))
     ours_name, labs_name = models
     ratios = [labs / ours for ours, labs in zip(times[ours_name], times[labs_name])]
-    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, channels_last={runtime.channels_last}, "
-          f"{args.rounds} rounds of {args.steps} steps each")
+    print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, "
+          f"channels_last={runtime.channels_last}, {args.rounds} rounds of {args.steps} steps each")
     for name, values in times.items():
         print(f"  {name}: {statistics.median(values):.1f} ms a step (median)")
     quartiles = statistics.quantiles(ratios, n=4)

@@ -50,7 +50,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, (VAL_IMAGES, 3, 32, 32), dtype=np.uint8))
     labels = torch.from_numpy(rng.integers(0, 10, VAL_IMAGES))
-    val = Evaluation(loss=2.0, acc=0.1, images=VAL_IMAGES, predictions=torch.from_numpy(rng.integers(0, 10, VAL_IMAGES)))
+    predictions = torch.from_numpy(rng.integers(0, 10, VAL_IMAGES))
+    val = Evaluation(loss=2.0, acc=0.1, images=VAL_IMAGES, predictions=predictions)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")

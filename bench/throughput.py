@@ -5,11 +5,11 @@ images, RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize,
 with 2 workers, batch 128, Adam, fp32, and the model as the labs write it, ReLU before each
 max-pool (this project's simplecnn pools first: the same function, computed on fewer elements;
 the classic pipeline is also timed with that model, to show what each part gains). This trainer
-runs the same model on uint8 tensors augmented in batch with fused Adam (and once without), fp32 and bf16 autocast, with and without
-channels_last, and with ``--compile`` also under torch.compile (timed after a warm-up epoch of
-``--warmup-images`` that compiles the model; the compile time is printed apart). Each variant
-trains on the same number of images; variants are interleaved and repeated, and medians are
-reported with their ratio to the classic pipeline.
+runs the same model on uint8 tensors augmented in batch with fused Adam (and once without), fp32
+and bf16 autocast, with and without channels_last, and with ``--compile`` also under torch.compile
+(timed after a warm-up epoch of ``--warmup-images`` that compiles the model; the compile time is
+printed apart). Each variant trains on the same number of images; variants are interleaved and
+repeated, and medians are reported with their ratio to the classic pipeline.
 
     uv run python bench/throughput.py --data ../shared/data/cifar10-jpeg.tar.gz [--compile]
 """

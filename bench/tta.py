@@ -58,8 +58,8 @@ def main() -> None:
     print(f"{len(labels)} test images, {args.checkpoint}; medians of {args.repeats}:")
     print("| trainer.tta_flip | trainer.tta_translate | test acc | eval seconds |\n|---|---|---:|---:|")
     for tta, runs in results.items():
-        print(f"| {str(tta.flip).lower()} | {str(tta.translate).lower()} | {statistics.median(a for a, _ in runs):.2%} | "
-              f"{statistics.median(s for _, s in runs):.2f} |")
+        print(f"| {str(tta.flip).lower()} | {str(tta.translate).lower()} | "
+              f"{statistics.median(a for a, _ in runs):.2%} | {statistics.median(s for _, s in runs):.2f} |")
 
 
 if __name__ == "__main__":

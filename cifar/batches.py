@@ -22,7 +22,8 @@ def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
 
 
 def normalization(mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (1, 3, 1, 1), that map uint8 pixels to ``(x / 255 - mean) / std`` as ``x * scale + shift``."""
+    """(scale, shift), each (1, 3, 1, 1), that map uint8 pixels to ``(x / 255 - mean) / std`` as
+    ``x * scale + shift``."""
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return 1.0 / (255.0 * std_t), -mean_t / std_t

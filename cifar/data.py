@@ -103,7 +103,9 @@ def locate_source(path: Path, download: bool) -> Path:
     """Return the directory or archive to read, downloading the official archive if allowed."""
     if path.is_file():
         if not path.name.endswith(ARCHIVE_SUFFIXES):
-            raise DataError(f"data.path={path} is a file but not a .tar.gz/.tar archive: point it at a directory or archive")
+            raise DataError(
+                f"data.path={path} is a file but not a .tar.gz/.tar archive: point it at a directory or archive"
+            )
         return path
     if path.is_dir():
         found = _find_in_directory(path)
@@ -129,7 +131,8 @@ def _find_in_directory(path: Path) -> Path | None:
     if preferred or len(archives) == 1:
         return (preferred or archives)[0]
     if archives:
-        raise DataError(f"{path} holds several archives ({', '.join(p.name for p in archives)}): set data.path to one of them")
+        names = ", ".join(p.name for p in archives)
+        raise DataError(f"{path} holds several archives ({names}): set data.path to one of them")
     return None
 
 
@@ -164,7 +167,8 @@ def fingerprint(source: Path) -> str:
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     for file in files:
         stat = file.stat()
-        digest.update(f"{file.relative_to(source) if file != source else file.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        name = file.relative_to(source) if file != source else file.name
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -191,7 +195,9 @@ class _ArchiveTree:
             with tarfile.open(archive, "r:*") as tar:
                 self.files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            raise DataError(f"{archive} is truncated or not a tar archive ({err}): re-download or re-create it") from err
+            raise DataError(
+                f"{archive} is truncated or not a tar archive ({err}): re-download or re-create it"
+            ) from err
         self.names = list(self.files)
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:
@@ -275,11 +281,14 @@ def _read_image_folders(tree, members: dict[str, list[tuple[str, str]]], source:
         unknown = sorted(classes - set(CLASSES))
         if unknown:
             raise DataError(
-                f"{source}: unknown class folder(s) {unknown} in {split}/: expected the CIFAR-10 classes {list(CLASSES)}"
+                f"{source}: unknown class folder(s) {unknown} in {split}/: "
+                f"expected the CIFAR-10 classes {list(CLASSES)}"
             )
         missing = [cls for cls in CLASSES if cls not in classes]
         if missing:
-            raise DataError(f"{source}: {split}/ has no images of class(es) {missing}: every CIFAR-10 class needs images")
+            raise DataError(
+                f"{source}: {split}/ has no images of class(es) {missing}: every CIFAR-10 class needs images"
+            )
         paths = [path for path, _ in files]
         labels = np.array([CLASSES.index(cls) for _, cls in files], dtype=np.int64)
         out += [_decode_images(paths, tree.read_many(paths)), labels]
@@ -331,9 +340,13 @@ def read_decoded(path: Path) -> Cifar10:
     try:
         return _read_cache(path)
     except FileNotFoundError:
-        raise DataError(f"data.path={path} does not exist: run `dvc repro prepare` or point data.path at the raw data") from None
+        raise DataError(
+            f"data.path={path} does not exist: run `dvc repro prepare` or point data.path at the raw data"
+        ) from None
     except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"data.path={path} is not a decoded CIFAR-10 .npz ({err}): point data.path at the raw data") from err
+        raise DataError(
+            f"data.path={path} is not a decoded CIFAR-10 .npz ({err}): point data.path at the raw data"
+        ) from err
 
 
 def write_decoded(path: Path, source: Path) -> Cifar10:

@@ -61,7 +61,9 @@ def from_checkpoint(path: Path) -> Classifier:
     try:
         state = checkpoint.load(path)
     except Exception as err:  # torch.load fails on a file that is no checkpoint with many error types
-        raise UserError(f"--model {path} is not a readable checkpoint ({first_line(err)}): give a best.pt or last.pt") from err
+        raise UserError(
+            f"--model {path} is not a readable checkpoint ({first_line(err)}): give a best.pt or last.pt"
+        ) from err
     if not isinstance(state, dict) or SPEC not in state:
         raise UserError(f"--model {path} is not a checkpoint of cifar.train with its model config: give a best.pt or "
                         "last.pt written by cifar.train, or an MLflow run id")

@@ -85,8 +85,8 @@ def cli(request, tmp_path, official_dir, tracking_uri):
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
         env.pop("HYDRA_FULL_ERROR", None)
         args = [sys.executable, "-m", "cifar.train", *(["-m"] if multirun else [])]
-        defaults = [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}", f"mlflow.experiment={experiment}", *FAST,
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"]
+        defaults = [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}", f"mlflow.experiment={experiment}",
+                    *FAST, f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"]
         return args + with_overrides(defaults, overrides), env
 
     def run(*overrides: str, multirun: bool = False, data: Path = official_dir, check: bool = True):

@@ -19,7 +19,9 @@ def test_resnet18_has_the_cifar_stem_and_parameter_count():
 
 
 def test_simplecnn_follows_its_config():
-    cfg = OmegaConf.create({"name": "simplecnn", "channels": [32, 64, 128], "hidden": 256, "dropout": 0.5, "batch_norm": True})
+    cfg = OmegaConf.create(
+        {"name": "simplecnn", "channels": [32, 64, 128], "hidden": 256, "dropout": 0.5, "batch_norm": True}
+    )
     model = build_model(cfg)
     convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [32, 64, 128]

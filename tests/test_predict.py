@@ -156,7 +156,8 @@ def test_the_logged_model_loads_with_pyfunc_and_predicts_as_cifar_predict(traine
 
 
 def test_run_id_and_registered_version_predict_as_the_checkpoint(trained, capsys):
-    sources = [str(trained.checkpoint), str(trained.checkpoint.parent), trained.run.info.run_id, f"models:/{MODEL_NAME}/1"]
+    sources = [str(trained.checkpoint), str(trained.checkpoint.parent), trained.run.info.run_id,
+               f"models:/{MODEL_NAME}/1"]
     outputs = []
     for source in sources:
         code, out, _ = _predict(capsys, str(trained.folder / "sub"), "--model", source, "--json",

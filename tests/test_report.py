@@ -102,4 +102,6 @@ def test_an_optuna_sweep_reports_trials_states_and_its_study(tmp_path, capsys):
     assert (f"Optuna study `search` ({storage}): 1 complete, 1 pruned, 1 fail; "
             f"best value 0.7200 (trial 0): optimizer.lr={best_lr}") in out
     rows = table_rows(out)
-    assert [(r[0], r[1], r[5]) for r in rows] == [("0", "run0", "finished"), ("1", "run1", "pruned"), ("2", "run2", "failed")]
+    assert [(r[0], r[1], r[5]) for r in rows] == [
+        ("0", "run0", "finished"), ("1", "run1", "pruned"), ("2", "run2", "failed")
+    ]

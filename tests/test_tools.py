@@ -25,7 +25,9 @@ def _run(main, capsys, *args: str) -> tuple[int, str, str]:
 
 def _statuses(out: str) -> dict[str, str]:
     """``{topic: status}`` from the check lines (``  ok  torch   2.14.1``: status, topic, detail in columns)."""
-    return {line[6:27].strip(): line[:4].strip() for line in out.splitlines() if line[:4].strip() in ("ok", "warn", "FAIL")}
+    return {
+        line[6:27].strip(): line[:4].strip() for line in out.splitlines() if line[:4].strip() in ("ok", "warn", "FAIL")
+    }
 
 
 def test_env_reports_the_stack_the_device_and_a_training_step(official_dir, tmp_path, capsys, monkeypatch):
@@ -101,7 +103,8 @@ def test_env_warns_of_a_missing_dvc_and_fails_on_a_missing_training_package(monk
     checks = {c.topic: c for c in env.package_versions()}
     assert checks["dvc"].status == "warn" and "dvc repro" in checks["dvc"].detail
     assert {c.status for topic, c in checks.items() if topic != "dvc"} == {"ok"}
-    monkeypatch.setattr(importlib.metadata, "version", functools.partial(version, {"optuna", "mlflow", "mlflow-skinny"}))
+    missing = {"optuna", "mlflow", "mlflow-skinny"}
+    monkeypatch.setattr(importlib.metadata, "version", functools.partial(version, missing))
     checks = {c.topic: c for c in env.package_versions()}
     assert checks["optuna"].status == checks["mlflow"].status == "FAIL"
 

@@ -208,7 +208,8 @@ BAD_INPUT = [
      "optimizer.nesterov=True is out of range: it needs optimizer.momentum > 0: set optimizer.nesterov=false"),
     ("optimizer=sgd optimizer.momentum=0 optimizer.nesterov=false",
      "scheduler.cycle_momentum=True is out of range: it would give SGD momentum where optimizer.momentum=0"),
-    ("scheduler.base_momentum=0.97", "scheduler.base_momentum=0.97 is out of range: it must be in [0, scheduler.max_momentum]"),
+    ("scheduler.base_momentum=0.97",
+     "scheduler.base_momentum=0.97 is out of range: it must be in [0, scheduler.max_momentum]"),
 ]
 
 
@@ -269,7 +270,9 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
     import sys
 
     help_text = subprocess.run([sys.executable, "-m", "cifar.train", "--help"], capture_output=True, text=True).stdout
-    for line in ("model: airbench, resnet18, resnet9, simplecnn", "optimizer: adam, adamw, sgd", "scheduler: cosine, none, onecycle"):
+    groups = ("model: airbench, resnet18, resnet9, simplecnn", "optimizer: adam, adamw, sgd",
+              "scheduler: cosine, none, onecycle")
+    for line in groups:
         assert line in help_text
     assert "schema" not in help_text
     cfg = subprocess.run(
@@ -341,7 +344,8 @@ def test_random_bad_override_combinations_fail_in_one_line_and_leave_no_run(cli)
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    @settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @settings(max_examples=15, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(bad=st.lists(st.sampled_from(BAD_OVERRIDES), min_size=1, max_size=3, unique=True),
            good=st.lists(st.sampled_from(GOOD_OVERRIDES), max_size=2, unique=True),
            order=st.randoms(use_true_random=False))
