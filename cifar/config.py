@@ -122,6 +122,7 @@ class TrainerConfig:
     label_smoothing: float = MISSING
     tta_flip: bool = MISSING
     tta_translate: bool = MISSING
+    tta_in_validation: bool = MISSING
     ema_decay: Optional[float] = MISSING
     lookahead_every: Optional[int] = MISSING
     lookahead_decay: float = MISSING

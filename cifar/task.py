@@ -124,6 +124,7 @@ def run(cfg: DictConfig) -> float | None:
                 checkpoint_dir=output_dir,
                 show_progress=_show_progress(cfg.trainer.progress, multirun),
                 tta=tta,
+                tta_in_validation=cfg.trainer.tta_in_validation,
                 ema=_ema(model, cfg.trainer.ema_decay),
                 lookahead=_lookahead(model, cfg.trainer, steps * cfg.trainer.epochs),
                 whiten_bias_epochs=cfg.trainer.whiten_bias_epochs,

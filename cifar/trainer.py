@@ -130,6 +130,7 @@ class Trainer:
     checkpoint_dir: Path
     show_progress: bool
     tta: TTA = TTA()  # the views of each image whose logits are averaged: see engine.predict_logits
+    tta_in_validation: bool = True  # False: each epoch's validation scores the plain images, the test tta's views
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     lookahead: Lookahead | None = None  # synced after every step; the model takes its slow weights at the end
     whiten_bias_epochs: int | None = None  # then the first convolution's bias stays as it is: see _freeze_first_bias
@@ -207,7 +208,9 @@ class Trainer:
         if self.lookahead is not None and epoch == epochs:
             self.lookahead.finish(self.model)
         train_seconds = time.perf_counter() - start
-        val = self.evaluate(self.splits.val_images, self.splits.val_labels) if self.splits.validates else None
+        val = None
+        if self.splits.validates:
+            val = self.evaluate(self.splits.val_images, self.splits.val_labels, self.val_tta)
         return EpochMetrics(
             epoch=epoch,
             train=train,
@@ -242,7 +245,7 @@ class Trainer:
             self.model.zero_grad(set_to_none=True)
             # a batch of the test split, the one split there always is
             test = slice(0, self.eval_batch_size)
-            self.evaluate(self.splits.test_images[test], self.splits.test_labels[test])
+            self.evaluate(self.splits.test_images[test], self.splits.test_labels[test], self.tta)
         self.model.load_state_dict(weights)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -253,16 +256,18 @@ class Trainer:
         """The weights that are scored and kept as ``best.pt``: the EMA's where there is one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor) -> Evaluation:
-        return evaluate(
-            self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, self.tta
-        )
+    @property
+    def val_tta(self) -> TTA:
+        return self.tta if self.tta_in_validation else TTA()
+
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: TTA) -> Evaluation:
+        return evaluate(self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, tta)
 
     def test_best(self) -> Evaluation:
         """Load ``best.pt`` into the evaluated model and score it on the test split."""
         state = checkpoint.load(self.checkpoint_dir / checkpoint.BEST, self.runtime.device)
         self.eval_model.load_state_dict(state["model"])
-        return self.evaluate(self.splits.test_images, self.splits.test_labels)
+        return self.evaluate(self.splits.test_images, self.splits.test_labels, self.tta)
 
     def _after_step(self, progress: Progress) -> None:
         if self.lookahead is not None:

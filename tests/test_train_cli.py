@@ -93,6 +93,16 @@ def test_whiten_fixes_the_first_convolution_to_whitening_filters_for_the_whole_r
     assert not torch.equal(first_conv[0], first_conv[1])
 
 
+def test_without_tta_in_validation_validation_scores_the_plain_images_and_the_test_the_views(cli):
+    cli("trainer.tta_flip=false,true", "trainer.tta_translate=true", "trainer.tta_in_validation=false",
+        "mlflow.log_plots=false", multirun=True)
+    jobs = sorted((r for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags),
+                  key=lambda r: r.data.params["trainer.tta_flip"])
+    curves = [metric_history(cli, run.info.run_id, "val/loss") for run in jobs]
+    assert len(curves[0]) == 2 and curves[0] == curves[1]  # the same training, validated on the same single view
+    assert jobs[0].data.metrics["test/loss"] != jobs[1].data.metrics["test/loss"]  # tested on three views, and on six
+
+
 def test_airbench_preset_trains_norm_biases_fast_and_keeps_the_batchnorm_scales_and_whitening_fixed(cli):
     cli("experiment=airbench", "model.widths=[8,16,16]", "data.batch_size=32", "trainer.epochs=2")
     [run] = all_runs(cli)

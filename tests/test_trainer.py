@@ -6,6 +6,7 @@ import torch
 from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer
 from cifar.device import Runtime
+from cifar.engine import TTA, evaluate
 from cifar.models import simplecnn
 from cifar.trainer import Splits, Trainer
 
@@ -72,6 +73,22 @@ def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resum
     assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
     assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
     assert resumed.test_best().images == 32
+
+
+@pytest.mark.parametrize("in_validation", [True, False])
+def test_tta_in_validation_picks_the_views_validation_scores_while_the_test_scores_every_view(tmp_path, in_validation):
+    trainer = _trainer(tmp_path, compile=False)
+    trainer.tta, trainer.tta_in_validation = TTA(flip=True, translate=True), in_validation
+    result = trainer.fit(1, None, lambda metrics: None)  # before it fits random labels with a constant
+
+    def score(images, labels, tta):
+        return evaluate(trainer.model, images, labels, trainer.normalize, 16, trainer.runtime, tta).loss
+
+    splits = trainer.splits
+    plain, views = (score(splits.val_images, splits.val_labels, tta) for tta in (TTA(), trainer.tta))
+    assert plain != views
+    assert result.history[-1].val.loss == (views if in_validation else plain)
+    assert trainer.test_best().loss == score(splits.test_images, splits.test_labels, trainer.tta)  # best.pt's weights
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
