@@ -33,15 +33,9 @@ sys.path.insert(0, str(REPO))
 
 from cifar.env import torch_bytecode_cached  # noqa: E402
 from tests import fakedata  # noqa: E402
-from tests.conftest import FAST  # noqa: E402
+from tests.conftest import train_command  # noqa: E402
 
 IMPORTS = [sys.executable, "-c", "import cifar.task, torch._dynamo"]
-
-
-def tiny_run(data: Path, workdir: Path) -> list[str]:
-    """The command of the CLI tests' runs (tests/conftest.py)."""
-    return [sys.executable, "-m", "cifar.train", f"data.path={data}", f"data.cache_dir={workdir / 'cache'}", *FAST,
-            f"hydra.run.dir={workdir / 'run'}"]
 
 
 def seconds(args: list[str], env: dict[str, str], cwd: Path) -> float:
@@ -71,7 +65,7 @@ def main() -> None:
                 workdir.mkdir()
                 env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
                 times.setdefault(("imports", mode), []).append(seconds(IMPORTS, env, REPO))
-                times.setdefault(("tiny run", mode), []).append(seconds(tiny_run(data, workdir), env, workdir))
+                times.setdefault(("tiny run", mode), []).append(seconds(train_command(data, workdir), env, workdir))
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
         assert not any(empty_prefix.iterdir()), "bytecode was written under the empty prefix"
 

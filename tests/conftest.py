@@ -65,6 +65,15 @@ def with_overrides(defaults: list[str], overrides: tuple[str, ...]) -> list[str]
     return [d for d in defaults if d.split("=", 1)[0] not in keys] + list(overrides)
 
 
+def train_command(data: Path, workdir: Path, *overrides: str, multirun: bool = False,
+                  experiment: str | None = None) -> list[str]:
+    """``python -m cifar.train`` on ``data`` with the FAST settings, its data cache and outputs under ``workdir``."""
+    defaults = [f"data.path={data}", f"data.cache_dir={workdir / 'cache'}",
+                *([f"mlflow.experiment={experiment}"] if experiment else []), *FAST,
+                f"hydra.sweep.dir={workdir / 'sweep'}" if multirun else f"hydra.run.dir={workdir / 'run'}"]
+    return [sys.executable, "-m", "cifar.train", *(["-m"] if multirun else []), *with_overrides(defaults, overrides)]
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     """One MLflow store for the session (creating its tables takes seconds); tests use own experiments."""
@@ -84,10 +93,7 @@ def cli(request, tmp_path, official_dir, tracking_uri):
         """The command line and environment of a run (for tests that start and signal it themselves)."""
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
         env.pop("HYDRA_FULL_ERROR", None)
-        args = [sys.executable, "-m", "cifar.train", *(["-m"] if multirun else [])]
-        defaults = [f"data.path={data}", f"data.cache_dir={tmp_path / 'cache'}", f"mlflow.experiment={experiment}",
-                    *FAST, f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"]
-        return args + with_overrides(defaults, overrides), env
+        return train_command(data, tmp_path, *overrides, multirun=multirun, experiment=experiment), env
 
     def run(*overrides: str, multirun: bool = False, data: Path = official_dir, check: bool = True):
         args, env = command(*overrides, multirun=multirun, data=data)
