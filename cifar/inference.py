@@ -8,6 +8,7 @@ returns class probabilities, (N, 10) float32, in the order of :data:`cifar.data.
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -100,7 +101,10 @@ def _load_logged(uri: str, tracking_uri: str | None) -> nn.Module:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
     try:
-        return mlflow.pytorch.load_model(uri, map_location="cpu")  # an exported graph: always in eval mode
+        # MLflow copies a model it does not find as a local file (runs:/ URIs, remote artifact stores)
+        # into a new temp dir that it never removes; the loaded model no longer needs its files.
+        with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
+            return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (MlflowException, OSError) as err:
         raise UserError(f"--model {uri} cannot be loaded from {mlflow.get_tracking_uri()} ({first_line(err)}): "
                         "check the name and version, or --tracking-uri") from err

@@ -53,7 +53,8 @@ def project(tmp_path, tracking_uri):
     fakedata.write_official(repo / "data/raw")
     # `uv run dvc ...` puts the venv first on PATH, so that the stages' `python` is the venv's
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri}
+    # DVC_NO_ANALYTICS: no usage report, whose file DVC leaves in the temp dir where it cannot send it
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking_uri, "DVC_NO_ANALYTICS": "1"}
     git(repo, "init", "-q")
     for args in (["init", "-q"], ["config", "hydra.enabled", "true"], ["config", "hydra.config_name", "pipeline"],
                  ["remote", "add", "-d", "local", str(remote)], ["add", "-q", "data/raw"]):

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -138,13 +139,13 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {source}")
 
 
-def test_the_logged_model_loads_with_pyfunc_and_predicts_as_cifar_predict(trained, capsys):
+def test_the_logged_model_loads_with_pyfunc_and_predicts_as_cifar_predict(trained, capsys, tmp_path):
     import mlflow
 
     from cifar.registry import MODEL_NAME as LOGGED_NAME
 
     mlflow.set_tracking_uri(trained.tracking_uri)
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained.run.info.run_id}/{LOGGED_NAME}")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{trained.run.info.run_id}/{LOGGED_NAME}", dst_path=str(tmp_path))
     assert pyfunc.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
     probabilities = pyfunc.predict(trained.data.test_images)
     code, out, _ = _predict(capsys, *map(str, trained.images), "--model", str(trained.checkpoint), "--json")
@@ -169,18 +170,30 @@ def test_run_id_and_registered_version_predict_as_the_checkpoint(trained, capsys
     assert version.run_id == trained.run.info.run_id
 
 
-def test_diagnostics_are_logged_at_the_chosen_epochs(trained):
+def test_loading_a_logged_model_leaves_no_copy_in_the_temp_dir(trained, tmp_path, monkeypatch):
+    from cifar.registry import MODEL_NAME as LOGGED_NAME
+
+    temp = tmp_path / "temp"  # where MLflow puts the copies it downloads: tempfile.mkdtemp()
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    run_id = trained.run.info.run_id
+    for source in (f"runs:/{run_id}/{LOGGED_NAME}", run_id, f"models:/{MODEL_NAME}/1"):
+        assert isinstance(inference.load(source, trained.tracking_uri), torch.nn.Module)
+    assert sorted(temp.rglob("MLmodel")) == []  # (torch may make its own cache dir there)
+
+
+def test_diagnostics_are_logged_at_the_chosen_epochs(trained, tmp_path):
     client, run_id = trained.client, trained.run.info.run_id
     diagnostics = {f.path for f in client.list_artifacts(run_id, "diagnostics")}
     assert diagnostics == {"diagnostics/epoch_002"}  # diagnostics.epochs=[2]: none at epoch 1
     files = {Path(f.path).name for f in client.list_artifacts(run_id, "diagnostics/epoch_002")}
     assert files == {"gradient_flow.png", "weights.png", "predictions.png", "per_class.png"}
-    local = Path(client.download_artifacts(run_id, "diagnostics/epoch_002/predictions.png"))
+    local = Path(client.download_artifacts(run_id, "diagnostics/epoch_002/predictions.png", str(tmp_path)))
     assert Image.open(local).format == "PNG"
     class_acc = {k: v for k, v in trained.run.data.metrics.items() if k.startswith("val/class_acc/")}
     assert sorted(class_acc) == sorted(f"val/class_acc/{c}" for c in CLASSES)
     assert all(0 <= v <= 1 for v in class_acc.values())
-    summary = Path(client.download_artifacts(run_id, "model/summary.txt")).read_text()
+    summary = Path(client.download_artifacts(run_id, "model/summary.txt", str(tmp_path))).read_text()
     assert "Conv2d" in summary and "Total params" in summary
 
 
