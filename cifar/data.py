@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import tarfile
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ def _find_in_directory(path: Path) -> Path | None:
 
 def _looks_like_layout(path: Path) -> bool:
     """Cheap probe: the official batches or a train/ folder at the top or one folder down."""
-    for top in (path, *(p for p in path.iterdir() if p.is_dir())):
+    for top in (path, *(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))):
         if (top / TRAIN_BATCHES[0]).is_file() or (top / OFFICIAL_DIR / TRAIN_BATCHES[0]).is_file():
             return True
         if (top / "train").is_dir():
@@ -147,13 +148,18 @@ def _looks_like_layout(path: Path) -> bool:
 
 
 def _download(root: Path) -> None:
-    """Download and extract the official archive with torchvision."""
+    """Download and extract the official archive with torchvision, in a staging folder inside ``root``
+    whose files are moved into place once complete: torchvision writes straight to the archive's
+    name, so an interrupted download would leave a truncated archive that later runs would read."""
     from torchvision.datasets import CIFAR10
 
     log.info("Downloading CIFAR-10 into %s", root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        CIFAR10(root=str(root), train=True, download=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as staging:
+            CIFAR10(root=staging, train=True, download=True)
+            for downloaded in sorted(Path(staging).iterdir()):  # the archive and the folder it extracts to
+                downloaded.rename(root / downloaded.name)
     except Exception as err:  # network errors come in many types: report any of them the same way
         raise DataError(
             f"No CIFAR-10 data in {root} and the download failed ({type(err).__name__}: {err}). "
@@ -164,12 +170,22 @@ def _download(root: Path) -> None:
 def fingerprint(source: Path) -> str:
     """A hash of the source's file names, sizes and modification times (cheap: no reads)."""
     digest = hashlib.sha256(f"cifar10-cache-v{CACHE_FORMAT}".encode())
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    files = [source] if source.is_file() else sorted(p for p in _visible_files(source) if p.is_file())
     for file in files:
         stat = file.stat()
         name = file.relative_to(source) if file != source else file.name
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _visible_files(root: Path) -> list[Path]:
+    """The files under ``root`` but hidden ones and those in hidden folders, such as the staging folder
+    of a download that was killed (``_download``) or the ``._`` files that macOS leaves beside images."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
+    return files
 
 
 # --- reading a source -----------------------------------------------------------------------
@@ -178,9 +194,7 @@ def fingerprint(source: Path) -> str:
 class _DirectoryTree:
     def __init__(self, root: Path):
         self.root = root
-        self.names = [
-            (Path(dirpath).relative_to(root) / f).as_posix() for dirpath, _, files in os.walk(root) for f in files
-        ]
+        self.names = [file.relative_to(root).as_posix() for file in _visible_files(root)]
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:
         for name in names:

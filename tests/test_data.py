@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -101,8 +102,31 @@ def test_missing_data_is_downloaded_with_torchvision(official_dir, tmp_path, mon
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     loaded = load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
-    assert calls == [(str(tmp_path / "raw"), True, True)]
+    [(root, train, download)] = calls
+    assert Path(root).parent == tmp_path / "raw" and (train, download) == (True, True)
     assert loaded.train_images.shape == (200, 32, 32, 3)
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["cifar-10-batches-py"]  # no staging folder left
+
+
+def test_an_interrupted_download_leaves_nothing_and_the_next_run_downloads_again(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeCIFAR10:  # torchvision's downloader, interrupted in the middle of the archive the first time
+        def __init__(self, root, train, download):
+            calls.append(root)
+            if len(calls) == 1:
+                (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b half an archive")
+                raise KeyboardInterrupt
+            fakedata.write_official(Path(root))
+
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    with pytest.raises(KeyboardInterrupt):
+        load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
+    assert list((tmp_path / "raw").iterdir()) == []
+    assert load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True).train_images.shape == (200, 32, 32, 3)
+    assert len(calls) == 2
 
 
 def test_a_failed_download_says_where_to_put_the_data(tmp_path, monkeypatch):
@@ -114,6 +138,21 @@ def test_a_failed_download_says_where_to_put_the_data(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="download failed.*Name or service not known.*data.path"):
         load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
+
+
+def test_hidden_folders_and_files_are_not_read(official_dir, tmp_path):
+    """Such as the staging folder of a download that was killed, or the ._ files macOS leaves."""
+    source = shutil.copytree(official_dir, tmp_path / "raw")
+    before = data.fingerprint(source)
+    (source / "cifar-10-batches-py" / "._data_batch_1").write_bytes(b"resource fork")
+    stale = source / ".download-x" / "cifar-10-batches-py"
+    stale.mkdir(parents=True)
+    (stale / "data_batch_1").write_bytes(b"cut short")
+    assert data.fingerprint(source) == before  # the same cache
+    assert load_cifar10(source, tmp_path / "cache", download=False).train_images.shape == (200, 32, 32, 3)
+    shutil.rmtree(source / "cifar-10-batches-py")  # the stale staging folder alone is no data
+    with pytest.raises(DataError, match="No CIFAR-10 data.*data.download=true"):
+        load_cifar10(source, tmp_path / "cache", download=False)
 
 
 def test_truncated_archive_is_reported(official_archive, tmp_path):
