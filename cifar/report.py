@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG,
@@ -162,7 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = to_markdown(report)
     print(table, end="")
     if args.output:
-        args.output.write_text(table)
+        try:
+            atomic_write_text(args.output, table)
+        except OSError as err:
+            print(f"cifar.report: error: cannot write --output {args.output} ({err.strerror or err}): "
+                  "give a file path in a writable folder", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -50,6 +50,15 @@ def test_latest_sweep_is_reported_best_first(store, capsys, tmp_path):
     assert (tmp_path / "r.md").read_text() == out
 
 
+def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(store, capsys, tmp_path):
+    uri, _, _ = store
+    assert report.main(["--tracking-uri", uri, "--output", str(tmp_path)]) == 2  # a folder, not a file
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifar.report: error: cannot write --output {tmp_path}") and err.count("\n") == 1
+    assert report.main(["--tracking-uri", uri, "--output", str(tmp_path / "new" / "r.md")]) == 0  # folders made
+    assert (tmp_path / "new" / "r.md").read_text() == capsys.readouterr().out
+
+
 def test_a_chosen_sweep_and_all_runs(store, capsys):
     uri, _, old = store
     report.main(["--tracking-uri", uri, "--sweep", old])
