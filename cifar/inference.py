@@ -85,12 +85,13 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     path = Path(source)
     if path.exists():
         return from_checkpoint(path)
-    if source.startswith((MODELS_URI, RUNS_URI)):
-        return _load_logged(source, tracking_uri)
-    if RUN_ID.fullmatch(source):
-        return _load_run(source, tracking_uri)
-    raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION URI: "
-                    "check the path or id")
+    if not (source.startswith((MODELS_URI, RUNS_URI)) or RUN_ID.fullmatch(source)):
+        raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION "
+                        "URI: check the path or id")
+    from cifar.tracking import existing_store  # Hydra and the Optuna sweeper: for MLflow sources only
+
+    tracking_uri = existing_store(tracking_uri)
+    return _load_run(source, tracking_uri) if RUN_ID.fullmatch(source) else _load_logged(source, tracking_uri)
 
 
 def _load_logged(uri: str, tracking_uri: str | None) -> nn.Module:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from cifar.errors import UserError
 from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG,
+    BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG, existing_store,
 )
 
 
@@ -153,7 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
-        report = collect(MlflowClient(tracking_uri=args.tracking_uri), args.experiment, args.sweep, args.all)
+        report = collect(MlflowClient(tracking_uri=existing_store(args.tracking_uri)), args.experiment, args.sweep,
+                         args.all)
+    except UserError as err:
+        print(f"cifar.report: error: {err}", file=sys.stderr)
+        return 2
     except NothingToReport as empty:
         print(f"cifar.report: nothing to report: {empty}", file=sys.stderr)
         return 1

@@ -57,6 +57,22 @@ STORE_RETRIES = 6  # attempts of an MLflow call during training, waiting 1, 2, 4
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def existing_store(uri: str | None) -> str:
+    """The MLflow store a command reads (``uri``, else MLflow's default: ``MLFLOW_TRACKING_URI``, then
+    ``sqlite:///mlflow.db``), refused where it is a SQLite file that does not exist: opening it would
+    create an empty store, such as a stray mlflow.db in whatever folder the command ran from."""
+    import mlflow
+    from sqlalchemy.engine import make_url
+
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:"):
+        database = make_url(uri).database
+        if database and database != ":memory:" and not Path(database).exists():
+            raise UserError(f"no MLflow store at {Path(database).resolve()}: run from the folder that holds it, "
+                            "or give --tracking-uri / MLFLOW_TRACKING_URI")
+    return uri
+
+
 def configure(cfg_mlflow: Any) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id.
 

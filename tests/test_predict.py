@@ -137,6 +137,13 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
                                   "--tracking-uri", trained.tracking_uri)
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {source}")
+    missing = tmp_path / "elsewhere" / "mlflow.db"  # a store that does not exist is not created
+    for source in ("0" * 32, f"models:/{MODEL_NAME}/1"):
+        code, out, err = _predict(capsys, str(trained.images[0]), "--model", source, "--tracking-uri",
+                                  f"sqlite:///{missing}")
+        assert code == 2 and err == (f"cifar.predict: error: no MLflow store at {missing}: run from the folder "
+                                     "that holds it, or give --tracking-uri / MLFLOW_TRACKING_URI\n")
+    assert not missing.parent.exists()
 
 
 def test_the_logged_model_loads_with_pyfunc_and_predicts_as_cifar_predict(trained, capsys, tmp_path):

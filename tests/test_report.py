@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -70,11 +74,27 @@ def test_a_chosen_sweep_and_all_runs(store, capsys):
 
 def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(tracking_uri=uri).search_experiments()  # an empty store
     assert report.main(["--tracking-uri", uri]) == 1
     assert "nothing to report: no MLflow experiment named 'cifar'" in capsys.readouterr().err
     MlflowClient(tracking_uri=uri).create_experiment("cifar")
     assert report.main(["--tracking-uri", uri]) == 1
     assert "has no sweep yet" in capsys.readouterr().err
+
+
+def test_a_store_that_does_not_exist_is_one_line_and_exit_2_and_is_not_created(tmp_path, capsys):
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    assert report.main(["--tracking-uri", f"sqlite:///{missing}"]) == 2
+    assert capsys.readouterr().err == (f"cifar.report: error: no MLflow store at {missing}: run from the folder that "
+                                       "holds it, or give --tracking-uri / MLFLOW_TRACKING_URI\n")
+    assert not missing.parent.exists()
+    # MLflow's default store, sqlite:///mlflow.db, in a folder that has none (a process of its own: the
+    # default is MLflow's state, which the other tests set)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([sys.executable, "-m", "cifar.report"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and f"no MLflow store at {tmp_path / 'mlflow.db'}" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_optuna_sweep_reports_trials_states_and_its_study(tmp_path, capsys):
