@@ -21,11 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cifar.batches import Normalizer  # noqa: E402
-from cifar.config import compose  # noqa: E402
-from cifar.device import make_runtime  # noqa: E402
-from cifar.engine import train_epoch  # noqa: E402
-from cifar.models import build_model, relu_before_pool  # noqa: E402
+from bench.random_steps import RandomSteps  # noqa: E402
+from cifar.models import relu_before_pool  # noqa: E402
 
 
 def main() -> None:
@@ -36,21 +33,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="steps per model per round")
     args = parser.parse_args()
 
-    runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
-    torch.manual_seed(0)
-    ours = build_model(compose([f"model={args.model}"]).model)
-    if runtime.channels_last:
-        ours = ours.to(memory_format=torch.channels_last)
+    steps = RandomSteps(args.batch, args.steps)
+    ours = steps.model(args.model)
     models = {"max-pool before ReLU (this project)": ours, "ReLU before max-pool (the labs)": relu_before_pool(ours)}
     optimizers = {name: torch.optim.Adam(model.parameters(), lr=1e-3, fused=True) for name, model in models.items()}
-    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, runtime.channels_last)
-    images = torch.randint(0, 256, (args.batch * args.steps, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (len(images),))
 
     def chunk(name: str) -> float:
-        batches = ((images[i : i + args.batch], labels[i : i + args.batch]) for i in range(0, len(images), args.batch))
         start = time.perf_counter()
-        train_epoch(models[name], batches, normalize, optimizers[name], None, torch.nn.CrossEntropyLoss(), runtime)
+        steps.train(models[name], optimizers[name])
         return (time.perf_counter() - start) / args.steps * 1000
 
     for name in models:
@@ -62,7 +52,7 @@ def main() -> None:
     ours_name, labs_name = models
     ratios = [labs / ours for ours, labs in zip(times[ours_name], times[labs_name])]
     print(f"{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, "
-          f"channels_last={runtime.channels_last}, {args.rounds} rounds of {args.steps} steps each")
+          f"channels_last={steps.runtime.channels_last}, {args.rounds} rounds of {args.steps} steps each")
     for name, values in times.items():
         print(f"  {name}: {statistics.median(values):.1f} ms a step (median)")
     quartiles = statistics.quantiles(ratios, n=4)

@@ -21,11 +21,8 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cifar.batches import Normalizer  # noqa: E402
-from cifar.config import CONF_DIR, compose  # noqa: E402
-from cifar.device import make_runtime  # noqa: E402
-from cifar.engine import train_epoch  # noqa: E402
-from cifar.models import build_model  # noqa: E402
+from bench.random_steps import RandomSteps  # noqa: E402
+from cifar.config import CONF_DIR  # noqa: E402
 
 MODEL_OPS = ("convolution", "mm", "batch_norm", "threshold", "relu", "max_pool", "clamp_min", "dropout", "bernoulli",
              "log_softmax", "nll_loss", "avg_pool", "mean")  # resnet18's adaptive average pool is a mean
@@ -39,28 +36,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
-    runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
-    torch.manual_seed(0)
-    model = build_model(compose([f"model={args.model}"]).model)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    steps = RandomSteps(args.batch, args.steps)
+    model = steps.model(args.model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, runtime.channels_last)
-    images = torch.randint(0, 256, (args.batch * args.steps, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (len(images),))
 
-    def epoch() -> None:
-        batches = ((images[i : i + args.batch], labels[i : i + args.batch]) for i in range(0, len(images), args.batch))
-        train_epoch(model, batches, normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime)
-
-    epoch()  # warm-up: oneDNN primitives, first-step imports
+    steps.train(model, optimizer)  # warm-up: oneDNN primitives, first-step imports
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        epoch()
+        steps.train(model, optimizer)
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in events)
     model_time = sum(e.self_cpu_time_total for e in events if any(op in e.key for op in MODEL_OPS))
     print(f"{args.model}, batch {args.batch}, {args.steps} steps, {torch.get_num_threads()} threads, "
-          f"channels_last={runtime.channels_last}: {total / 1e3 / args.steps:.1f} ms of operators a step, "
+          f"channels_last={steps.runtime.channels_last}: {total / 1e3 / args.steps:.1f} ms of operators a step, "
           f"{model_time / total:.0%} in model compute\n")
     print("| operator | share of self CPU time | ms a step |\n|---|---:|---:|")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
