@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cifar.data import CLASSES, Cifar10, load_cifar10, split_indices
+from cifar.files import atomic_write
 
 GRID_COLUMNS = 10
 
@@ -66,8 +67,8 @@ def write_grid(data: Cifar10, path: Path, seed: int) -> None:
         draw.text((4, row * (side + 2) + side // 2 - 6), name, fill="black")
         for column, index in enumerate(chosen):
             grid.paste(Image.fromarray(data.train_images[index]), (label_width + column * (side + 2), row * (side + 2)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path)
+    grid = grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST)
+    atomic_write(path, lambda f: grid.save(f, format="PNG"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for cifar.train (data.*, seed)")
     parser.add_argument("--grid", type=Path, metavar="FILE.png", help="write sample images per class here")
     args = parser.parse_args(argv)
+    if args.grid is not None and args.grid.suffix.lower() != ".png":
+        print(f"cifar.data: error: --grid {args.grid} is not a .png file: give a FILE.png", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # "Decoding ..." when there is no cache yet
 
     from cifar.config import compose
@@ -90,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(describe(data, split_counts(data, cfg.data, cfg.seed)))
     if args.grid:
-        write_grid(data, args.grid, cfg.seed)
+        try:
+            write_grid(data, args.grid, cfg.seed)
+        except OSError as err:
+            print(f"cifar.data: error: cannot write --grid {args.grid} ({err.strerror or err}): give a FILE.png in a "
+                  "writable folder", file=sys.stderr)
+            return 2
         print(f"\nsample grid   {args.grid}")
     return 0

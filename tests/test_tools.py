@@ -83,6 +83,17 @@ def test_data_summary_counts_the_splits_a_run_trains_on(official_dir, tmp_path, 
         assert pixels.std() > 10  # images, not a blank canvas
 
 
+def test_a_grid_that_cannot_be_written_is_one_line_and_exit_2(official_dir, tmp_path, capsys):
+    (tmp_path / "taken.png").mkdir()  # a folder where the file would go
+    data = (f"data.path={official_dir}", f"data.cache_dir={tmp_path / 'cache'}", "data.download=false")
+    for grid, message in ((tmp_path / "grid.jpgg", "is not a .png file: give a FILE.png"),
+                          (tmp_path / "taken.png", "give a FILE.png in a writable folder")):
+        code, _, err = _run(data_summary.main, capsys, *data, "--grid", str(grid))
+        assert code == 2 and err.startswith("cifar.data: error: ") and err.endswith(f"{message}\n")
+        assert err.count("\n") == 1 and str(grid) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "taken.png"]  # no temp file left
+
+
 def test_data_summary_runs_as_a_module(official_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cifar.data", f"data.path={official_dir}",
                            f"data.cache_dir={tmp_path}", "data.download=false"],
