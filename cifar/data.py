@@ -94,7 +94,8 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
         except (OSError, ValueError, KeyError) as err:
             log.warning("Cache %s is unreadable (%s); decoding the source again", cache_file, err)
     log.info("Decoding %s into %s (once per source)", source, cache_file)
-    return _write_cache(cache_file, *read_source(source))
+    return _write_cache(cache_file, *read_source(source), fix="free some disk space or set data.cache_dir to a "
+                        "writable directory")
 
 
 # --- finding the source ---------------------------------------------------------------------
@@ -365,11 +366,13 @@ def read_decoded(path: Path) -> Cifar10:
 
 def write_decoded(path: Path, source: Path) -> Cifar10:
     """Decode ``source`` into the ``.npz`` at ``path`` (written to a temp file, then renamed)."""
-    return _write_cache(path, *read_source(locate_source(source, download=False)))
+    return _write_cache(path, *read_source(locate_source(source, download=False)),
+                        fix="free some disk space or give a writable output directory")
 
 
-def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> Cifar10:
-    """Write the decoded arrays and their statistics to a temp file, then rename it into place."""
+def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y, fix: str) -> Cifar10:
+    """Write the decoded arrays and their statistics to a temp file, then rename it into place; a
+    file that cannot be written is a DataError, with ``fix``."""
     pixels = train_x.reshape(-1, 3).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
     digest = hashlib.sha256()
@@ -377,7 +380,10 @@ def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y) -> Cifar10:
         digest.update(np.ascontiguousarray(array).data)
     meta = {"format": CACHE_FORMAT, "mean": mean.tolist(), "std": std.tolist(), "content_hash": digest.hexdigest()}
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
-    atomic_write(cache_file, lambda f: np.savez(f, **arrays, meta=json.dumps(meta)))
+    try:
+        atomic_write(cache_file, lambda f: np.savez(f, **arrays, meta=json.dumps(meta)))
+    except OSError as err:  # not a directory, no permission, disk full
+        raise DataError(f"cannot write {cache_file} ({err.strerror or err}): {fix}") from err
     return Cifar10.from_cache(arrays, meta, cache_file)
 
 

@@ -242,6 +242,18 @@ def test_prepare_writes_the_decoded_npz_and_stats_that_training_reads(official_d
     assert prepare.main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
     assert "cifar.prepare: error: No CIFAR-10 data in" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    a_file = tmp_path / "processed/stats.json"  # an output dir that cannot be made
+    assert prepare.main([str(official_dir), str(a_file / "out")]) == 2
+    assert capsys.readouterr().err == (f"cifar.prepare: error: cannot write {a_file / 'out/cifar10.npz'} (Not a "
+                                       "directory): free some disk space or give a writable output directory\n")
+
+
+def test_a_cache_that_cannot_be_written_names_data_cache_dir(official_dir, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(DataError, match=r"cannot write .*a-file/cache/cifar10-\w+\.npz \(Not a directory\): free some "
+                                        "disk space or set data.cache_dir to a writable directory"):
+        load_cifar10(official_dir, a_file / "cache", download=False)
 
 
 def test_a_missing_or_foreign_npz_source_is_reported(tmp_path):

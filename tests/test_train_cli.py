@@ -236,7 +236,7 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["output dir", "sqlite store", "tracking server"])
+@pytest.mark.parametrize("where", ["output dir", "data cache", "sqlite store", "tracking server"])
 def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cli, where):
     import subprocess
 
@@ -244,6 +244,7 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
     a_file.write_text("")
     overrides = {
         "output dir": [f"hydra.run.dir={a_file}/run"],
+        "data cache": [f"data.cache_dir={a_file}/cache"],
         "sqlite store": [f"mlflow.tracking_uri=sqlite:///{a_file}/mlflow.db"],
         "tracking server": ["mlflow.tracking_uri=http://127.0.0.1:9"],  # nothing listens on the discard port
     }[where]
@@ -254,9 +255,11 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     expected = {"output dir": f"cannot write {a_file}/run (Not a directory): set hydra.run.dir",
+                "data cache": f"cannot write {a_file}/cache/cifar10-",
                 "sqlite store": "MLflow tracking store sqlite:///", "tracking server": "Connection refused"}[where]
     assert lines[0].startswith("cifar.train: error:") and expected in lines[0], lines[0]
-    assert "check mlflow.tracking_uri" in lines[0] or where == "output dir"
+    assert {"output dir": "", "data cache": "set data.cache_dir to a writable directory"}.get(
+        where, "check mlflow.tracking_uri") in lines[0]
     assert "Traceback" not in proc.stderr
 
 
