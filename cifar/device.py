@@ -24,12 +24,12 @@ class Runtime:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
 
-def resolve_device(name: str, job_slot: int = 0) -> torch.device:
+def resolve_device(name: str, job_slot: int = 0, setting: str = "trainer.device") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; anything else is taken as a torch device name.
 
     The GPUs are those CUDA_VISIBLE_DEVICES shows (a cluster scheduler's share of the machine);
     with several, ``auto`` gives jobs that run at once here each their own: GPU ``job_slot``
-    (modulo their number).
+    (modulo their number). ``setting`` names the option in errors.
     """
     if name == "auto":
         if torch.cuda.is_available():
@@ -37,11 +37,14 @@ def resolve_device(name: str, job_slot: int = 0) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{setting}={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={name} but CUDA is not available here: use trainer.device=auto or cpu")
+        raise ConfigError(f"{setting}={name} but CUDA is not available here: use {setting}=auto or cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"trainer.device={name} but MPS is not available here: use trainer.device=auto or cpu")
+        raise ConfigError(f"{setting}={name} but MPS is not available here: use {setting}=auto or cpu")
     return device
 
 

@@ -175,7 +175,7 @@ def _load(source: str, tracking_uri: str | None, device_name: str):
     from cifar import inference
     from cifar.device import default_channels_last, resolve_device
 
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, setting="--device")
     model = inference.load(source, tracking_uri).to(device)
     if default_channels_last(device):  # the images arrive as NHWC, which is channels_last once permuted
         model = model.to(memory_format=torch.channels_last)

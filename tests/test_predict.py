@@ -146,6 +146,15 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
     assert not missing.parent.exists()
 
 
+def test_a_bad_device_is_one_line_and_exit_2_naming_the_option(trained, capsys):
+    devices = {"gpu": "--device=gpu is not a device: use auto, cpu, cuda, cuda:N or mps"}
+    if not torch.cuda.is_available():
+        devices["cuda"] = "--device=cuda but CUDA is not available here: use --device=auto or cpu"
+    for name, message in devices.items():
+        code, out, err = _predict(capsys, str(trained.images[0]), "--model", str(trained.checkpoint), "--device", name)
+        assert code == 2 and out == "" and err == f"cifar.predict: error: {message}\n"
+
+
 def test_the_logged_model_loads_with_pyfunc_and_predicts_as_cifar_predict(trained, capsys, tmp_path):
     import mlflow
 
