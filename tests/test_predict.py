@@ -144,6 +144,9 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
         assert code == 2 and err == (f"cifar.predict: error: no MLflow store at {missing}: run from the folder "
                                      "that holds it, or give --tracking-uri / MLFLOW_TRACKING_URI\n")
     assert not missing.parent.exists()
+    code, _, err = _predict(capsys, str(trained.images[0]), "--model", "0" * 32, "--tracking-uri", "foo://x")
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {'0' * 32}: the "
+                                                                 "MLflow store foo://x cannot be read (")
 
 
 def test_a_bad_device_is_one_line_and_exit_2_naming_the_option(trained, capsys):
