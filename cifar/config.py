@@ -239,6 +239,7 @@ def validate(cfg: Any) -> None:
         ("data.augment.cutout", 0 <= cfg.data.augment.cutout <= IMAGE_SIZE,
          f"must be between 0 (off) and {IMAGE_SIZE}, the image side"),
         ("trainer.epochs", cfg.trainer.epochs >= 1, "must be >= 1"),
+        ("seed", 0 <= cfg.seed < 2**32, "must be in [0, 2**32)"),
         ("trainer.device", _device_kind(cfg.trainer.device) in DEVICES, f"must be one of {DEVICES} (or cuda:N)"),
         ("trainer.patience", cfg.trainer.patience is None or cfg.trainer.patience >= 1, "must be >= 1 or null (off)"),
         ("trainer.patience", cfg.trainer.patience is None or cfg.data.val_size > 0,
