@@ -275,6 +275,10 @@ def validate(cfg: Any) -> None:
         checks.append(("optimizer.momentum", 0 <= cfg.optimizer.momentum < 1, "must be in [0, 1)"))
         checks.append(("optimizer.nesterov", not cfg.optimizer.nesterov or cfg.optimizer.momentum > 0,
                        "needs optimizer.momentum > 0: set optimizer.nesterov=false"))
+    if cfg.model.name == "simplecnn":
+        checks.append(("model.channels", 1 <= len(cfg.model.channels) <= 5 and min(cfg.model.channels) > 0,
+                       "must be 1 to 5 widths > 0: a conv block each, each halving the 32-pixel side"))
+        checks.append(("model.hidden", cfg.model.hidden > 0, "must be > 0"))
     if cfg.model.name == "resnet9":
         checks.append(("model.channels", len(cfg.model.channels) == 4 and min(cfg.model.channels) > 0,
                        "must be 4 widths > 0: the prep layer's and the three stages'"))
@@ -284,6 +288,17 @@ def validate(cfg: Any) -> None:
     checks.append(("optimizer.norm_bias_lr_scale", cfg.optimizer.norm_bias_lr_scale > 0, "must be > 0"))
     if "dropout" in cfg.model:
         checks.append(("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"))
+    if "betas" in cfg.optimizer:
+        betas = cfg.optimizer.betas
+        checks.append(("optimizer.betas", len(betas) == 2 and all(0 <= b < 1 for b in betas),
+                       "must be 2 values in [0, 1)"))
+    if "div_factor" in cfg.scheduler:
+        checks.append(("scheduler.div_factor", cfg.scheduler.div_factor > 0,
+                       "must be > 0 (the first lr is the peak / it)"))
+        checks.append(("scheduler.final_div_factor", cfg.scheduler.final_div_factor > 0,
+                       "must be > 0 (the last lr is the first / it)"))
+    if "min_lr_ratio" in cfg.scheduler:
+        checks.append(("scheduler.min_lr_ratio", 0 <= cfg.scheduler.min_lr_ratio <= 1, "must be in [0, 1]"))
     if "pct_start" in cfg.scheduler:
         checks.append(("scheduler.pct_start", 0 < cfg.scheduler.pct_start < 1, "must be in (0, 1)"))
     if "anneal" in cfg.scheduler:
