@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifar import owner, tracking
+from cifar.errors import ConfigError, first_line
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
 # Parallel jobs write to one SQLite file: wait this long for its lock instead of failing.
@@ -49,14 +50,20 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     For SQLite: write-ahead logging (readers such as optuna-dashboard do not block writers) and
     a busy timeout, so that parallel jobs queue for the lock instead of raising "database is locked".
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith(SQLITE):
-        path = Path(url.removeprefix(SQLITE))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
-            db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-    return tracking.while_created_elsewhere(optuna.storages.RDBStorage, url, engine_kwargs)
+    try:
+        if url.startswith(SQLITE):
+            path = Path(url.removeprefix(SQLITE))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
+                db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
+            engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+        return tracking.while_created_elsewhere(optuna.storages.RDBStorage, url, engine_kwargs)
+    except (OSError, sqlite3.Error, SQLAlchemyError, ImportError) as err:  # ImportError: the URL's driver
+        raise ConfigError(f"hydra.sweeper.storage={url} cannot be used ({type(err).__name__}: {first_line(err)}): "
+                          "give a writable sqlite:///PATH or a reachable database URL") from err
 
 
 JOB_ATTR = "hydra_job"  # user attribute of a trial: "<sweep dir>/<trial number>", its output dir

@@ -256,8 +256,11 @@ class SweepCallback(Callback):
 
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         if optuna_sweep:
+            from cifar import study
+
             try:
                 sweeper.checked_sweep(config)
+                study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
         experiment_id = configure(config.mlflow)
@@ -265,8 +268,6 @@ class SweepCallback(Callback):
         close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)
         if optuna_sweep:
-            from cifar import study
-
             run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
                                                                                       experiment_id))
         else:
