@@ -199,7 +199,10 @@ class _DirectoryTree:
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:
         for name in names:
-            yield (self.root / name).read_bytes()
+            try:
+                yield (self.root / name).read_bytes()
+            except OSError as err:  # a broken link, no permission, a failing disk
+                raise DataError(f"{self.root / name} cannot be read ({err.strerror or err}): fix or remove it") from err
 
 
 class _ArchiveTree:

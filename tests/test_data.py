@@ -155,6 +155,14 @@ def test_hidden_folders_and_files_are_not_read(official_dir, tmp_path):
         load_cifar10(source, tmp_path / "cache", download=False)
 
 
+def test_a_file_that_cannot_be_read_is_named(folders_dir, tmp_path):
+    source = shutil.copytree(folders_dir, tmp_path / "raw", symlinks=True)
+    broken = source / "fake-cifar/train/cat/9999.png"
+    broken.symlink_to(tmp_path / "gone.png")  # a link whose file was moved
+    with pytest.raises(DataError, match=f"^{broken} cannot be read \\(No such file or directory\\): fix or remove it$"):
+        load_cifar10(source, tmp_path / "cache", download=False)
+
+
 def test_truncated_archive_is_reported(official_archive, tmp_path):
     truncated = tmp_path / "cut.tar.gz"
     truncated.write_bytes(official_archive.read_bytes()[:5000])
