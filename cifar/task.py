@@ -198,8 +198,8 @@ def _last_checkpoint(output_dir: Path) -> dict:
     path = output_dir / checkpoint.LAST
     if not path.exists():
         raise ConfigError(
-            f"trainer.resume=true but {path} does not exist: set hydra.run.dir to the interrupted run's "
-            "output dir, or drop trainer.resume"
+            f"trainer.resume=true but {path} does not exist: set hydra.run.dir (hydra.sweep.dir with -m) to the "
+            "interrupted run's output dir, or drop trainer.resume"
         )
     return checkpoint.load(path)  # on the CPU: RNG states must stay there
 

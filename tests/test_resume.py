@@ -76,4 +76,5 @@ def test_resume_without_a_checkpoint_names_the_fix(cli):
     proc = cli("trainer.resume=true", check=False)
     assert proc.returncode == 2
     assert "trainer.resume=true but" in proc.stderr and "last.pt does not exist" in proc.stderr
+    assert "set hydra.run.dir (hydra.sweep.dir with -m) to the interrupted run's output dir" in proc.stderr
     assert all_runs(cli) == []
