@@ -85,33 +85,33 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     path = Path(source)
     if path.exists():
         return from_checkpoint(path)
-    if not (source.startswith((MODELS_URI, RUNS_URI)) or RUN_ID.fullmatch(source)):
+    run_id = RUN_ID.fullmatch(source)
+    if not (run_id or source.startswith((MODELS_URI, RUNS_URI))):
         raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION "
                         "URI: check the path or id")
     from cifar.tracking import existing_store  # Hydra and the Optuna sweeper: for MLflow sources only
 
     tracking_uri = existing_store(tracking_uri)
-    return _load_run(source, tracking_uri) if RUN_ID.fullmatch(source) else _load_logged(source, tracking_uri)
+    return _load_run(source, tracking_uri) if run_id else _load_logged(source, tracking_uri)
 
 
-def _load_logged(uri: str, tracking_uri: str | None) -> nn.Module:
+def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     try:
         # MLflow copies a model it does not find as a local file (runs:/ URIs, remote artifact stores)
         # into a new temp dir that it never removes; the loaded model no longer needs its files.
         with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (MlflowException, OSError) as err:
-        raise UserError(f"--model {uri} cannot be loaded from {mlflow.get_tracking_uri()} ({first_line(err)}): "
+        raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} ({first_line(err)}): "
                         "check the name and version, or --tracking-uri") from err
 
 
-def _load_run(run_id: str, tracking_uri: str | None) -> nn.Module:
+def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     """The model logged by run ``run_id``, else the best.pt in its output dir."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
