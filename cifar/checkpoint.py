@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from cifar.errors import CheckpointError
+from cifar.errors import CheckpointError, os_reason
 from cifar.files import atomic_write
 
 BEST = "best.pt"
@@ -33,8 +33,8 @@ def save(path: Path, state: dict[str, Any]) -> None:
         if not isinstance(error, OSError):
             raise
         raise CheckpointError(
-            f"could not write checkpoint {path} ({error.strerror or error}): free some disk space or set "
-            f"hydra.run.dir to a writable place; the previous {path.name}, if any, is intact"
+            f"could not write checkpoint {path} ({os_reason(error)}): free some disk space or set "
+            f"hydra.run.dir (hydra.sweep.dir with -m) to a writable place; the previous {path.name}, if any, is intact"
         ) from error
 
 

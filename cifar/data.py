@@ -25,7 +25,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cifar.errors import DataError
+from cifar.errors import DataError, os_reason
 from cifar.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -202,7 +202,7 @@ class _DirectoryTree:
             try:
                 yield (self.root / name).read_bytes()
             except OSError as err:  # a broken link, no permission, a failing disk
-                raise DataError(f"{self.root / name} cannot be read ({err.strerror or err}): fix or remove it") from err
+                raise DataError(f"{self.root / name} cannot be read ({os_reason(err)}): fix or remove it") from err
 
 
 class _ArchiveTree:
@@ -386,7 +386,7 @@ def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y, fix: str) -
     try:
         atomic_write(cache_file, lambda f: np.savez(f, **arrays, meta=json.dumps(meta)))
     except OSError as err:  # not a directory, no permission, disk full
-        raise DataError(f"cannot write {cache_file} ({err.strerror or err}): {fix}") from err
+        raise DataError(f"cannot write {cache_file} ({os_reason(err)}): {fix}") from err
     return Cifar10.from_cache(arrays, meta, cache_file)
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cifar.data import CLASSES, Cifar10, load_cifar10, split_indices
+from cifar.errors import os_reason
 from cifar.files import atomic_write
 
 GRID_COLUMNS = 10
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             write_grid(data, args.grid, cfg.seed)
         except OSError as err:
-            print(f"cifar.data: error: cannot write --grid {args.grid} ({err.strerror or err}): give a FILE.png in a "
+            print(f"cifar.data: error: cannot write --grid {args.grid} ({os_reason(err)}): give a FILE.png in a "
                   "writable folder", file=sys.stderr)
             return 2
         print(f"\nsample grid   {args.grid}")

@@ -25,3 +25,8 @@ def first_line(err: BaseException) -> str:
     """The first line of an error's message (library errors often span several)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def os_reason(err: OSError) -> str:
+    """Why a file operation failed, in a few words ("No space left on device")."""
+    return err.strerror or first_line(err)

@@ -117,7 +117,7 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     from mlflow.tracking import MlflowClient
 
     from cifar.registry import logged_model_uri  # it imports this module
-    from cifar.tracking import OUTPUT_DIR_TAG
+    from cifar.tracking import OUTPUT_DIR_TAG, unreadable_store
 
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
@@ -126,8 +126,7 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, or "
                             "--tracking-uri / MLFLOW_TRACKING_URI") from err
-        raise UserError(f"--model {run_id}: the MLflow store {tracking_uri} cannot be read ({first_line(err)}): "
-                        "check --tracking-uri / MLFLOW_TRACKING_URI") from err
+        raise UserError(f"--model {run_id}: {unreadable_store(tracking_uri, err)}") from err
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)

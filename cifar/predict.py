@@ -25,7 +25,7 @@ import numpy as np
 
 from cifar import data
 from cifar.data import CLASSES
-from cifar.errors import UserError, first_line
+from cifar.errors import UserError, first_line, os_reason
 
 IMAGE_SUFFIXES = (*data.IMAGE_SUFFIXES, ".gif", ".tif", ".tiff")  # any image Pillow reads, not only dataset formats
 SIDE = 32
@@ -92,7 +92,7 @@ def _read_chunk(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure
         except ValueError as err:
             failures.append(Failure(str(path), f"not a readable image ({err})"))
         except OSError as err:  # unreadable file, or truncated image data
-            failures.append(Failure(str(path), f"not a readable image ({err.strerror or first_line(err)})"))
+            failures.append(Failure(str(path), f"not a readable image ({os_reason(err)})"))
     return np.stack(images) if images else np.empty((0, SIDE, SIDE, 3), np.uint8), read, failures
 
 

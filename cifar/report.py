@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cifar.errors import UserError
+from cifar.errors import UserError, os_reason
 from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG, existing_store,
+    unreadable_store,
 )
 
 
@@ -96,12 +97,30 @@ def _study_line(tags: dict[str, str]) -> str | None:
 
 def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
     if sweep is not None:
-        return client.get_run(sweep)
+        return _chosen_sweep(client, sweep)
     parents = client.search_runs(
         experiment_ids, filter_string=f"tags.`{SWEEP_DIR_TAG}` != ''", order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return parents[0] if parents else None
+
+
+def _chosen_sweep(client, run_id: str):
+    """The parent run ``--sweep`` names; a UserError where it names no run, or a job's run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise UserError(f"--sweep {run_id}: no such MLflow run in {client.tracking_uri}: give a sweep's parent run id "
+                        "(in a report's title, or the MLflow UI), or leave --sweep out for the latest sweep") from err
+    if SWEEP_DIR_TAG not in run.data.tags:
+        parent = run.data.tags.get("mlflow.parentRunId")
+        fix = f"give --sweep {parent}, its sweep" if parent else "give a sweep's parent run id, or use --all"
+        raise UserError(f"--sweep {run_id}: run {run.info.run_name!r} is not a sweep's parent run: {fix}")
+    return run
 
 
 def _row(run) -> Row:
@@ -154,16 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
-        report = collect(MlflowClient(tracking_uri=existing_store(args.tracking_uri)), args.experiment, args.sweep,
-                         args.all)
+        uri = existing_store(args.tracking_uri)
+        report = collect(MlflowClient(tracking_uri=uri), args.experiment, args.sweep, args.all)
     except UserError as err:
         print(f"cifar.report: error: {err}", file=sys.stderr)
         return 2
     except NothingToReport as empty:
         print(f"cifar.report: nothing to report: {empty}", file=sys.stderr)
         return 1
-    except MlflowException as err:
-        print(f"cifar.report: error: {err.message.splitlines()[0]}", file=sys.stderr)
+    except MlflowException as err:  # an unknown scheme, a server that does not answer
+        print(f"cifar.report: error: {unreadable_store(uri, err)}", file=sys.stderr)
         return 2
     table = to_markdown(report)
     print(table, end="")
@@ -171,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             atomic_write_text(args.output, table)
         except OSError as err:
-            print(f"cifar.report: error: cannot write --output {args.output} ({err.strerror or err}): "
+            print(f"cifar.report: error: cannot write --output {args.output} ({os_reason(err)}): "
                   "give a file path in a writable folder", file=sys.stderr)
             return 2
     return 0

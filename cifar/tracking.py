@@ -73,6 +73,11 @@ def existing_store(uri: str | None) -> str:
     return uri
 
 
+def unreadable_store(uri: str, err: Exception) -> str:
+    """What to say of an MLflow store that a command cannot read (unknown scheme, server down)."""
+    return f"the MLflow store {uri} cannot be read ({first_line(err)}): check --tracking-uri / MLFLOW_TRACKING_URI"
+
+
 def configure(cfg_mlflow: Any) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id.
 

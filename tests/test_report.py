@@ -72,6 +72,27 @@ def test_a_chosen_sweep_and_all_runs(store, capsys):
     assert names == ["seed=0", "optimizer.lr=0.0005", "optimizer.lr=0.001", "lonely", "optimizer.lr=10"]
 
 
+def test_a_sweep_id_that_names_no_sweep_is_one_line_and_exit_2_naming_the_fix(store, capsys):
+    uri, new, _ = store
+    assert report.main(["--tracking-uri", uri, "--sweep", "0" * 32]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifar.report: error: --sweep {'0' * 32}: no such MLflow run in {uri}: give a sweep's")
+    assert err.count("\n") == 1
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("cifar").experiment_id
+    job = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{new}'")[0]
+    assert report.main(["--tracking-uri", uri, "--sweep", job.info.run_id]) == 2
+    assert capsys.readouterr().err == (f"cifar.report: error: --sweep {job.info.run_id}: run {job.info.run_name!r} "
+                                       f"is not a sweep's parent run: give --sweep {new}, its sweep\n")
+
+
+def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(capsys):
+    assert report.main(["--tracking-uri", "foo://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cifar.report: error: the MLflow store foo://x cannot be read (") and err.count("\n") == 1
+    assert err.endswith("): check --tracking-uri / MLFLOW_TRACKING_URI\n")
+
+
 def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()  # an empty store
