@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifar import hydra_plugin
 from cifar.config import validate
-from cifar.errors import DivergedError, UserError
+from cifar.errors import ConfigError, DivergedError, UserError
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
@@ -39,6 +39,7 @@ class AbortRun(BaseException):
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
     try:
+        _check_search_is_swept()
         validate(cfg)
         from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
 
@@ -47,6 +48,15 @@ def train(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.RUN:
             raise AbortRun(err) from err
         raise  # in a sweep Hydra names the failed job's overrides first
+
+
+def _check_search_is_swept() -> None:
+    """An ``hparams_search`` preset without ``-m`` would train one run with the defaults: refuse it."""
+    hydra_cfg = HydraConfig.get()
+    search = hydra_cfg.runtime.choices.get("hparams_search")
+    if search and hydra_cfg.mode == RunMode.RUN:
+        raise ConfigError(f"hparams_search={search} is a search, which runs only as a sweep: add -m "
+                          f"(python -m cifar.train -m hparams_search={search} ...)")
 
 
 def main() -> None:

@@ -226,6 +226,8 @@ BAD_INPUT = [
      "scheduler.cycle_momentum=True is out of range: it would give SGD momentum where optimizer.momentum=0"),
     ("scheduler.base_momentum=0.97",
      "scheduler.base_momentum=0.97 is out of range: it must be in [0, scheduler.max_momentum]"),
+    ("hparams_search=optuna",
+     "hparams_search=optuna is a search, which runs only as a sweep: add -m (python -m cifar.train -m hparams_search"),
 ]
 
 
