@@ -133,7 +133,11 @@ def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
 
 
 def checked_sweep(config: DictConfig) -> list[str]:
-    """:func:`checked_directions` of an Optuna sweep whose trials have a validation accuracy to report."""
+    """:func:`checked_directions` of an Optuna sweep whose trials have a validation accuracy to report
+    (and no ``trainer.resume``: the study resumes, and each trial runs in a new job dir)."""
+    if config.trainer.resume:
+        raise ConfigError("trainer.resume=true: an Optuna sweep resumes its study when the same command runs again, "
+                          "without it: drop trainer.resume")
     if config.data.val_size == 0:
         raise ConfigError("data.val_size=0 leaves the trials no validation accuracy to optimise and prune on: "
                           "set data.val_size > 0 for an Optuna sweep")

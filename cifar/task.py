@@ -98,10 +98,12 @@ def run(cfg: DictConfig) -> float | None:
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
     params = {**tracking.flatten(cfg), **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
-    resume_from = _last_checkpoint(output_dir) if cfg.trainer.resume else None
+    resume_from = _last_checkpoint(output_dir, sweep) if cfg.trainer.resume else None
     run_id = resume_from.get(MLFLOW_RUN_ID) if resume_from else None
     if run_id is not None:
-        tracking.check_unchanged_params(run_id, params)
+        interrupted = tracking.run_to_resume(run_id, params)
+        if interrupted.info.status == "FINISHED":
+            return _already_finished(interrupted)
     tta = TTA(cfg.trainer.tta_flip, cfg.trainer.tta_translate)
     try:
         with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, run_id=run_id) as run:
@@ -193,15 +195,27 @@ def _lookahead(model: torch.nn.Module, cfg_trainer: DictConfig, total_steps: int
     return Lookahead(model, cfg_trainer.lookahead_every, cfg_trainer.lookahead_decay, total_steps)
 
 
-def _last_checkpoint(output_dir: Path) -> dict:
-    """The interrupted run's ``last.pt``, to resume from (``trainer.resume=true``)."""
+def _last_checkpoint(output_dir: Path, sweep: dict | None) -> dict | None:
+    """The interrupted run's ``last.pt``, to resume from (``trainer.resume=true``); None for a job of
+    a resumed sweep that had saved no epoch yet: it starts from the beginning."""
     path = output_dir / checkpoint.LAST
-    if not path.exists():
-        raise ConfigError(
-            f"trainer.resume=true but {path} does not exist: set hydra.run.dir (hydra.sweep.dir with -m) to the "
-            "interrupted run's output dir, or drop trainer.resume"
-        )
-    return checkpoint.load(path)  # on the CPU: RNG states must stay there
+    if path.exists():
+        return checkpoint.load(path)  # on the CPU: RNG states must stay there
+    if sweep and sweep.get(tracking.RESUMED):
+        log.info("No %s in %s: this job of the resumed sweep starts from the beginning", path.name, output_dir)
+        return None
+    raise ConfigError(
+        f"trainer.resume=true but {path} does not exist: set hydra.run.dir (hydra.sweep.dir with -m) to the "
+        "interrupted run's output dir, or drop trainer.resume"
+    )
+
+
+def _already_finished(run) -> float | None:
+    """A resumed run that had ended FINISHED (a job of a resumed sweep, say) is neither trained nor logged again."""
+    metrics = run.data.metrics
+    scores = ", ".join(f"{key} {metrics[key]:.4f}" for key in (tracking.BEST_VAL_ACC, "test/acc") if key in metrics)
+    log.info("MLflow run %s had finished (%s): nothing to resume", run.info.run_id, scores or "no scores logged")
+    return metrics.get(tracking.BEST_VAL_ACC)
 
 
 def _fit(

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SWEEP_FILE = "mlflow_sweep.json"
+RESUMED = "resumed"  # in SWEEP_FILE: true where the sweep took up the parent run of a sweep stopped in its dir
 # Overrides that say where or how a job runs or what it records, not what it trains: left out of run names.
 NOT_IN_RUN_NAMES = frozenset({
     "data.path", "data.cache_dir", "data.download", "data.eval_batch_size", "trainer.device", "trainer.progress",
@@ -186,11 +187,12 @@ def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_unchanged_params(run_id: str, params: dict[str, Any]) -> None:
-    """Refuse to resume MLflow run ``run_id`` with params other than those it logged."""
+def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
+    """MLflow run ``run_id``, refused (ConfigError) where ``params`` differ from those it logged."""
     from mlflow.tracking import MlflowClient
 
-    logged = MlflowClient().get_run(run_id).data.params
+    run = MlflowClient().get_run(run_id)
+    logged = run.data.params
     changed = sorted(key for key, value in params.items() if key in logged and logged[key] != str(value))
     if changed:
         diffs = ", ".join(f"{key}: {logged[key]} -> {params[key]}" for key in changed)
@@ -198,6 +200,7 @@ def check_unchanged_params(run_id: str, params: dict[str, Any]) -> None:
             f"trainer.resume=true with a config that differs from the interrupted run's ({diffs}): "
             "resume with the same overrides, or start a new run without trainer.resume"
         )
+    return run
 
 
 def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -272,12 +275,13 @@ class SweepCallback(Callback):
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)
+        resumed = None if optuna_sweep else _stopped_sweep_parent(client, experiment_id, config)
         if optuna_sweep:
             run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
                                                                                       experiment_id))
         else:
-            run_id = new_run()
-        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config)}
+            run_id = resumed or new_run()
+        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config), RESUMED: resumed is not None}
         atomic_write_text(Path(config.hydra.sweep.dir) / SWEEP_FILE, json.dumps(sweep))
         view = ui.share_sweep_view(client, experiment_id, run_id, sweep["swept_keys"])
         log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run_id,
@@ -306,8 +310,9 @@ class SweepCallback(Callback):
                 for child in children:
                     if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
                         client.set_terminated(child.info.run_id, "KILLED")
-            best = _best_job(children)
-            metrics = _log_jobs(client, run_id, children, best)
+            jobs = _latest_run_per_job(children)
+            best = _best_job(jobs)
+            metrics = _log_jobs(client, run_id, jobs, best)
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
             if config.mlflow.register_model and not interrupted:
@@ -334,6 +339,24 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
         },
     )
     return run.info.run_id
+
+
+def _stopped_sweep_parent(client: Any, experiment_id: str, config: DictConfig) -> str | None:
+    """With ``trainer.resume=true``, the parent run of the sweep that ran before in this sweep dir,
+    taken up again; None where there was none (the jobs then say that they have nothing to resume)."""
+    previous = read_sweep(config.hydra.sweep.dir) if config.trainer.resume else None
+    if previous and _reuse_parent_run(client, experiment_id, previous["parent_run_id"]):
+        return previous["parent_run_id"]
+    return None
+
+
+def _latest_run_per_job(children: list[Any]) -> list[Any]:
+    """The latest run of each job dir: a job of a resumed sweep that had saved no epoch starts again
+    in a new run, and its first one (KILLED) is not a job of its own."""
+    latest: dict[str, Any] = {}
+    for child in sorted(children, key=lambda run: run.info.start_time):
+        latest[child.data.tags.get(OUTPUT_DIR_TAG, child.info.run_id)] = child
+    return list(latest.values())
 
 
 def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifar import hydra_plugin
 from cifar.config import validate
+from cifar.continuation import how_to_continue
 from cifar.errors import ConfigError, DivergedError, UserError
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
@@ -85,15 +86,9 @@ def main() -> None:
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
         number = interrupt.args[0] if interrupt.args else signal.SIGINT
-        print(f"cifar.train: interrupted by {signal.Signals(number).name}: {_how_to_continue()}", file=sys.stderr)
+        print(f"cifar.train: interrupted by {signal.Signals(number).name}: {how_to_continue(sys.argv[1:])}",
+              file=sys.stderr)
         sys.exit(128 + number)
-
-
-def _how_to_continue() -> str:
-    if {"-m", "--multirun"} & set(sys.argv[1:]):
-        return ("finished jobs are kept; an Optuna sweep (hparams_search=...) finishes its study when the same "
-                "command runs again")
-    return "the last epoch's checkpoint (last.pt) is kept; continue with trainer.resume=true and the same hydra.run.dir"
 
 
 def _interrupt(number: int, frame: object) -> None:

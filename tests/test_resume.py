@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import all_runs, client_for
+from tests.conftest import all_runs, client_for, sweep_parent_and_children
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +39,11 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
     run_dir = cli.tmp_path / "run"
     proc = start_and_signal(cli, run_dir, "epoch 2/5000", signal.SIGTERM, "trainer.epochs=5000")
     assert proc.returncode == 128 + signal.SIGTERM
-    assert "cifar.train: interrupted by SIGTERM" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith(
+        "cifar.train: interrupted by SIGTERM: the last epoch's checkpoint (last.pt) is kept; continue with: "
+        f"{shlex.join(['python', *(a for a in proc.args[1:] if not a.startswith('hydra.run.dir='))])} "
+        f"trainer.resume=true hydra.run.dir={run_dir}")
     [run] = all_runs(cli)
     assert run.info.status == "KILLED"
     last = torch.load(run_dir / "last.pt", weights_only=False)
@@ -70,6 +76,47 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
     assert len(runs) == 2 and runs[str(run_dir)].info.status == "FINISHED"
     history = client_for(cli).get_metric_history(runs[str(run_dir)].info.run_id, "val/acc")
     assert {m.step for m in history} == set(range(1, 13))  # one run holds every epoch
+
+
+def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
+    # job 0 finishes, job 1 is stopped after an epoch or more, job 2 has not started
+    args, env = cli.command("trainer.epochs=2,60,3", multirun=True)
+    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not _second_job_has_an_epoch(cli):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    before = {r.data.params["trainer.epochs"]: r for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags}
+    assert {epochs: r.info.status for epochs, r in before.items()} == {"2": "FINISHED", "60": "KILLED"}
+
+    prefix = "cifar.train: interrupted by SIGTERM: finished jobs are kept; continue with: "
+    [line] = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    command = shlex.split(line.removeprefix(prefix))
+    assert command[-2:] == ["trainer.resume=true", f"hydra.sweep.dir={cli.tmp_path / 'sweep'}"]
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"MLflow run {before['2'].info.run_id} had finished" in resumed.stdout  # not trained or logged again
+    assert "Resuming after epoch" in resumed.stdout and "starts from the beginning" in resumed.stdout
+
+    runs = all_runs(cli)
+    parent, children = sweep_parent_and_children(runs)  # the first sweep's parent, taken up again
+    jobs = {r.data.params["trainer.epochs"]: r for r in children}
+    assert sorted(jobs) == ["2", "3", "60"] and {r.info.status for r in runs} == {"FINISHED"}
+    assert jobs["2"].info.end_time == before["2"].info.end_time
+    assert jobs["60"].info.run_id == before["60"].info.run_id  # the stopped job's run, continued
+    history = client_for(cli).get_metric_history(jobs["60"].info.run_id, "val/acc")
+    assert sorted(m.step for m in history) == list(range(1, 61))
+    assert parent.data.metrics["sweep/jobs"] == 3 and parent.data.metrics["sweep/jobs_finished"] == 3
+
+
+def _second_job_has_an_epoch(cli) -> bool:
+    jobs = [r for r in all_runs(cli) if r.data.params.get("trainer.epochs") == "60"]
+    return bool(jobs) and "val/acc" in jobs[0].data.metrics
 
 
 def test_resume_without_a_checkpoint_names_the_fix(cli):

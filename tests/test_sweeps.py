@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import time
@@ -107,6 +108,8 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
      "hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"),
     ("data.val_size=0", "data.val_size=0 leaves the trials no validation accuracy to optimise and prune on: "
                         "set data.val_size > 0 for an Optuna sweep"),
+    ("trainer.resume=true", "trainer.resume=true: an Optuna sweep resumes its study when the same command runs "
+                            "again, without it: drop trainer.resume"),
     ("hydra.sweeper.storage=foo://x", "hydra.sweeper.storage=foo://x cannot be used (NoSuchModuleError: Can't load "
                                       "plugin: sqlalchemy.dialects:foo): give a writable sqlite:///PATH or a reachable "
                                       "database URL"),
@@ -190,7 +193,9 @@ def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli,
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), stderr
     if signum == signal.SIGTERM:
-        assert "cifar.train: interrupted by SIGTERM: finished jobs are kept" in stderr and "Traceback" not in stderr
+        assert "Traceback" not in stderr
+        assert ("cifar.train: interrupted by SIGTERM: finished trials are kept; the same command finishes the study: "
+                f"{shlex.join(['python', *args[1:]])}\n") in stderr
     before = {t.number: (t.params, t.datetime_complete) for t in load_study(cli).trials if t.state == COMPLETE}
 
     cli(*overrides, multirun=True)  # the same command again
