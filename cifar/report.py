@@ -22,7 +22,7 @@ from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG, existing_store,
-    unreadable_store,
+    latest_run_per_job, unreadable_store,
 )
 
 
@@ -64,7 +64,8 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
                 f"experiment {experiment_name!r} has no sweep yet: run one with `python -m cifar.train -m ...`, "
                 "or report every run with --all"
             )
-        runs = client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        runs = latest_run_per_job(
+            client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"))
         title = f"Sweep {parent.info.run_name!r} ({parent.info.run_id})"
     if not runs:
         raise NothingToReport(f"{title} has no runs")

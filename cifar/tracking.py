@@ -310,7 +310,7 @@ class SweepCallback(Callback):
                 for child in children:
                     if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
                         client.set_terminated(child.info.run_id, "KILLED")
-            jobs = _latest_run_per_job(children)
+            jobs = latest_run_per_job(children)
             best = _best_job(jobs)
             metrics = _log_jobs(client, run_id, jobs, best)
             if metrics["sweep/jobs_finished"]:
@@ -350,7 +350,7 @@ def _stopped_sweep_parent(client: Any, experiment_id: str, config: DictConfig) -
     return None
 
 
-def _latest_run_per_job(children: list[Any]) -> list[Any]:
+def latest_run_per_job(children: list[Any]) -> list[Any]:
     """The latest run of each job dir: a job of a resumed sweep that had saved no epoch starts again
     in a new run, and its first one (KILLED) is not a job of its own."""
     latest: dict[str, Any] = {}

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from cifar.continuation import ContinuationCallback, Started, how_to_continue
-from cifar.tracking import OUTPUT_DIR_TAG, _latest_run_per_job
+from cifar.tracking import OUTPUT_DIR_TAG, latest_run_per_job
 
 
 @pytest.fixture
@@ -47,4 +47,4 @@ def test_a_job_that_started_again_counts_once_in_its_sweep_by_its_latest_run():
                                data=SimpleNamespace(tags={OUTPUT_DIR_TAG: job}))
 
     first, again, other = run("a", 1, "sweep/0"), run("b", 3, "sweep/0"), run("c", 2, "sweep/1")
-    assert _latest_run_per_job([again, other, first]) == [again, other]
+    assert latest_run_per_job([again, other, first]) == [again, other]
