@@ -4,7 +4,9 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -128,3 +130,24 @@ def sweep_parent_and_children(runs: list) -> tuple:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == len(runs) - 1
     return parent, children
+
+
+def start(cli, *overrides: str, multirun: bool = False, **env: str) -> subprocess.Popen:
+    """``python -m cifar.train`` started in the background (``env``: variables to set too), its output piped."""
+    args, environ = cli.command(*overrides, multirun=multirun)
+    return subprocess.Popen(args, cwd=cli.tmp_path, env={**environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], interval: float = 0.02, timeout: float = 300) -> None:
+    """Poll ``ready()`` until it holds; fail where ``proc`` ends first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the command ended first: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"not ready after {timeout} s"
+        time.sleep(interval)
+
+
+def log_shows(run_dir: Path, text: str) -> Callable[[], bool]:
+    """Whether the log of the run in ``run_dir`` shows ``text`` yet."""
+    return lambda: any(text in log.read_text() for log in run_dir.glob("*.log"))

@@ -16,7 +16,7 @@ import torch
 
 from cifar import checkpoint, owner, tracking
 from cifar.errors import CheckpointError
-from tests.conftest import all_runs
+from tests.conftest import all_runs, log_shows, start, wait_until
 
 
 def _disk_full(*_):
@@ -112,13 +112,8 @@ def test_retrying_waits_out_a_store_that_fails_and_gives_up_in_the_end(monkeypat
 def test_a_locked_mlflow_store_is_retried_and_the_run_finishes(cli, tmp_path):
     """A writer holds the SQLite store's lock past MLflow's 20 s busy timeout, mid-training."""
     db = tmp_path / "locked.db"
-    args, env = cli.command("trainer.epochs=4")
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{db}"
-    run_dir = cli.tmp_path / "run"
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not any("epoch 1/4" in log.read_text() for log in run_dir.glob("*.log")):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.01)
+    proc = start(cli, "trainer.epochs=4", MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    wait_until(proc, log_shows(cli.tmp_path / "run", "epoch 1/4"), interval=0.01)
     lock = sqlite3.connect(db, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     time.sleep(26)
@@ -129,7 +124,7 @@ def test_a_locked_mlflow_store_is_retried_and_the_run_finishes(cli, tmp_path):
     assert "MLflow store unavailable" in stderr + stdout and "retrying in" in stderr + stdout
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     [run] = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
     assert run.info.status == "FINISHED"
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 4  # no epoch lost
@@ -147,12 +142,8 @@ def test_owner_tells_a_live_process_from_a_gone_one():
 
 @pytest.mark.slow
 def test_a_run_left_running_by_a_killed_process_is_ended_killed_by_the_next_run(cli):
-    args, env = cli.command("trainer.epochs=500")
-    run_dir = cli.tmp_path / "run"
-    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not any("epoch 1/500" in log.read_text() for log in run_dir.glob("*.log")):
-        assert proc.poll() is None
-        time.sleep(0.02)
+    proc = start(cli, "trainer.epochs=500")
+    wait_until(proc, log_shows(cli.tmp_path / "run", "epoch 1/500"))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     [killed] = all_runs(cli)

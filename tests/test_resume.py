@@ -7,13 +7,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import all_runs, client_for, sweep_parent_and_children
+from tests.conftest import all_runs, client_for, log_shows, start, sweep_parent_and_children, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +22,11 @@ def start_and_signal(cli, run_dir: Path, wait_for: str, signum: int, *overrides:
 
     The run must end within a minute of the signal (no timing finer than that: CI machines are shared).
     """
-    args, env = cli.command(f"hydra.run.dir={run_dir}", *overrides)
-    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not any(wait_for in log.read_text() for log in run_dir.glob("*.log")):
-        assert proc.poll() is None, f"the run ended before {wait_for!r}: {proc.communicate()}"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    proc = start(cli, f"hydra.run.dir={run_dir}", *overrides)
+    wait_until(proc, log_shows(run_dir, wait_for))
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
@@ -80,13 +74,8 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
 
 def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     # job 0 finishes, job 1 is stopped after an epoch or more, job 2 has not started
-    args, env = cli.command("trainer.epochs=2,60,3", multirun=True)
-    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not _second_job_has_an_epoch(cli):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    proc = start(cli, "trainer.epochs=2,60,3", multirun=True)
+    wait_until(proc, lambda: _second_job_has_an_epoch(cli), interval=0.1)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr
@@ -97,8 +86,8 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     [line] = [line for line in stderr.splitlines() if line.startswith(prefix)]
     command = shlex.split(line.removeprefix(prefix))
     assert command[-2:] == ["trainer.resume=true", f"hydra.sweep.dir={cli.tmp_path / 'sweep'}"]
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, env=env, capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, env=cli.command()[1],
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert f"MLflow run {before['2'].info.run_id} had finished" in resumed.stdout  # not trained or logged again
     assert "Resuming after epoch" in resumed.stdout and "starts from the beginning" in resumed.stdout

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import shlex
 import signal
-import subprocess
-import time
 
 import optuna
 import pytest
 from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
-from tests.conftest import all_runs, client_for, sweep_parent_and_children
+from tests.conftest import all_runs, client_for, start, sweep_parent_and_children, wait_until
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -182,20 +180,15 @@ KILLED_SWEEPS = {  # launcher overrides, and the signal that stops the sweep
 def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli, launcher, signum):
     overrides = ("hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none",
                  "trainer.epochs=15", *launcher)
-    args, env = cli.command(*overrides, multirun=True)
-    proc = subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not _killable(cli):
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    proc = start(cli, *overrides, multirun=True)
+    wait_until(proc, lambda: _killable(cli), interval=0.2)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), stderr
     if signum == signal.SIGTERM:
         assert "Traceback" not in stderr
         assert ("cifar.train: interrupted by SIGTERM: finished trials are kept; the same command finishes the study: "
-                f"{shlex.join(['python', *args[1:]])}\n") in stderr
+                f"{shlex.join(['python', *proc.args[1:]])}\n") in stderr
     before = {t.number: (t.params, t.datetime_complete) for t in load_study(cli).trials if t.state == COMPLETE}
 
     cli(*overrides, multirun=True)  # the same command again
