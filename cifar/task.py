@@ -38,6 +38,7 @@ log = logging.getLogger("cifar.train")
 PRUNED = "pruned"  # the stop reason of a trial that its pruner stopped
 METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
 EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
+UNCOMMITTED_DIFF = "code/uncommitted.diff"  # artifact of a run whose git.dirty is true: git apply it to git.commit
 MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
 WHITENING_IMAGES = 2000  # trainer.whiten's patches: 1.8 million 3x3 patches, an estimate that more images barely change
 
@@ -110,6 +111,8 @@ def run(cfg: DictConfig) -> float | None:
             mlflow.log_params(params)
             mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
             mlflow.log_dict(data.stats, "data/stats.json")
+            if diff := tracking.uncommitted_diff():
+                mlflow.log_text(diff, UNCOMMITTED_DIFF)
             mlflow.log_text(summary.table, "model/summary.txt")
             trainer = Trainer(
                 model=model,

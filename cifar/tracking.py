@@ -138,20 +138,31 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 
 
 @functools.cache
-def git_state() -> dict[str, str]:
+def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
     """The commit of the code that runs, and whether tracked files differ from it (once per process)."""
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
     try:
         return {
-            "git.commit": git("rev-parse", "HEAD"),
-            "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no"))).lower(),
+            "git.commit": _git(root, "rev-parse", "HEAD").strip(),
+            "git.dirty": str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))).lower(),
         }
     except (OSError, subprocess.SubprocessError):
         return {"git.commit": "unknown", "git.dirty": "unknown"}
+
+
+@functools.cache
+def uncommitted_diff(root: Path = PROJECT_ROOT) -> str:
+    """How the tracked files differ from ``git.commit`` (``git diff HEAD``, a patch for ``git apply``):
+    with the commit, the exact code of a run whose ``git.dirty`` is true. Empty where there is no
+    difference, or no git checkout."""
+    try:
+        return _git(root, "diff", "HEAD", "--binary")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, errors="replace", timeout=10,
+                          check=True).stdout
 
 
 def override_key(override: str) -> str:

@@ -51,6 +51,8 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert stats["class_counts"]["train"] == {c: 20 for c in CLASSES} and len(stats["mean"]) == 3
     plots = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
+    code = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "code")}
+    assert code == ({"code/uncommitted.diff"} if tags["git.dirty"] == "true" else set())
 
     run_dir = cli.tmp_path / "run"
     assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists()

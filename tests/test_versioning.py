@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 
+from cifar.tracking import git_state, uncommitted_diff
 from cifar.versioning import dvc_data_hash
 
 
@@ -19,3 +21,29 @@ def test_a_file_takes_the_md5_of_its_content_as_dvc_does(tmp_path):
     assert dvc_data_hash(decoded) == hashlib.md5(b"x" * 3_000_000).hexdigest()
     decoded.write_bytes(b"changed")  # a new version of the file gets its own hash
     assert dvc_data_hash(decoded) == hashlib.md5(b"changed").hexdigest()
+
+
+def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert git_state.__wrapped__(tmp_path) == {"git.commit": "unknown", "git.dirty": "unknown"}  # no checkout
+    assert uncommitted_diff.__wrapped__(tmp_path) == ""
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("lr = 0.1\n")
+    git("add", "train.py")
+    git("commit", "-qm", "first")
+    (tmp_path / "notes.txt").write_text("untracked\n")  # not the code of the run
+    state = git_state.__wrapped__(tmp_path)
+    assert len(state["git.commit"]) == 40 and state["git.dirty"] == "false"
+    assert uncommitted_diff.__wrapped__(tmp_path) == ""
+
+    (tmp_path / "train.py").write_text("lr = 0.2\n")
+    assert git_state.__wrapped__(tmp_path) == {**state, "git.dirty": "true"}
+    diff = uncommitted_diff.__wrapped__(tmp_path)
+    assert "-lr = 0.1\n+lr = 0.2\n" in diff and "notes.txt" not in diff
+    git("stash", "-q")  # back to the commit: the diff applies to it and gives the run's code
+    (tmp_path / "run.diff").write_text(diff)
+    git("apply", "run.diff")
+    assert (tmp_path / "train.py").read_text() == "lr = 0.2\n"
