@@ -286,13 +286,14 @@ class SweepCallback(Callback):
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)
-        resumed = None if optuna_sweep else _stopped_sweep_parent(client, experiment_id, config)
         if optuna_sweep:
             run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
                                                                                       experiment_id))
+            resumed = False  # the study resumes, each trial in a new job dir
         else:
-            run_id = resumed or new_run()
-        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config), RESUMED: resumed is not None}
+            stopped = _stopped_sweep_parent(client, experiment_id, config)
+            run_id, resumed = stopped or new_run(), stopped is not None
+        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config), RESUMED: resumed}
         atomic_write_text(Path(config.hydra.sweep.dir) / SWEEP_FILE, json.dumps(sweep))
         view = ui.share_sweep_view(client, experiment_id, run_id, sweep["swept_keys"])
         log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run_id,
