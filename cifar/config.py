@@ -192,10 +192,10 @@ def register_configs() -> None:
     """Register the schemas under ``schema/<group>/<option>``; each ``conf/`` option extends one."""
     OmegaConf.register_resolver("cifar_config_groups", config_groups, replace=True)
     store = ConfigStore.instance()
-    store.store(name="config_schema", node=Config)
+    store.store(name="config_schema", node=Config, replace=True)
     for group, options in GROUP_SCHEMAS.items():
         for option, schema in options.items():
-            store.store(group=f"schema/{group}", name=option, node=schema)
+            store.store(group=f"schema/{group}", name=option, node=schema, replace=True)
 
 
 def compose(overrides: list[str]) -> DictConfig:

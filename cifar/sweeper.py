@@ -164,4 +164,4 @@ def register_sweeper_configs() -> None:
     store = ConfigStore.instance()
     store.store(group="hydra/sweeper", name="optuna", node=PruningOptunaSweeperConf, provider="cifar", replace=True)
     for name, node in PRUNERS.items():
-        store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="cifar")
+        store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="cifar", replace=True)
