@@ -5,6 +5,7 @@ line above it sums up the study from its storage: trials by state, best value an
 
     python -m cifar.report                      # the latest sweep in experiment "cifar"
     python -m cifar.report --sweep RUN_ID       # one sweep, by its parent run id
+    python -m cifar.report --sweep multirun/2026-12-02/10-00-00   # or by its dir
     python -m cifar.report --all                # every training run of the experiment
     python -m cifar.report --output results.md
 """
@@ -21,8 +22,8 @@ from cifar.errors import UserError, os_reason
 from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, TRIAL_NUMBER_TAG, existing_store,
-    latest_run_per_job, unreadable_store,
+    BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG,
+    existing_store, latest_run_per_job, read_sweep, unreadable_store,
 )
 
 
@@ -106,10 +107,12 @@ def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
     return parents[0] if parents else None
 
 
-def _chosen_sweep(client, run_id: str):
-    """The parent run ``--sweep`` names; a UserError where it names no run, or a job's run."""
+def _chosen_sweep(client, sweep: str):
+    """The parent run ``--sweep`` names, by its id or by the sweep's dir; a UserError where it names
+    no run, or a job's run."""
     from mlflow.exceptions import MlflowException
 
+    run_id = _parent_run_of_dir(sweep) if Path(sweep).is_dir() else sweep
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
@@ -122,6 +125,14 @@ def _chosen_sweep(client, run_id: str):
         fix = f"give --sweep {parent}, its sweep" if parent else "give a sweep's parent run id, or use --all"
         raise UserError(f"--sweep {run_id}: run {run.info.run_name!r} is not a sweep's parent run: {fix}")
     return run
+
+
+def _parent_run_of_dir(sweep_dir: str) -> str:
+    recorded = read_sweep(sweep_dir)
+    if recorded is None:
+        raise UserError(f"--sweep {sweep_dir}: not a sweep's dir (it has no {SWEEP_FILE}): give the dir of a "
+                        "`python -m cifar.train -m` sweep, or its parent run id")
+    return recorded["parent_run_id"]
 
 
 def _row(run) -> Row:
@@ -165,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--experiment", default="cifar", help="MLflow experiment (default: cifar)")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run id (default: the latest sweep)")
+    scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",
+                       help="the sweep's parent run id, or its sweep dir (default: the latest sweep)")
     scope.add_argument("--all", action="store_true", help="every training run of the experiment")
     parser.add_argument("--output", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)

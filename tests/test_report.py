@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar import report
-from cifar.tracking import OUTPUT_DIR_TAG, SWEEP_DIR_TAG
+from cifar.tracking import OUTPUT_DIR_TAG, SWEEP_DIR_TAG, SWEEP_FILE
 
 
 @pytest.fixture
@@ -104,6 +105,19 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.startswith("cifar.report: error: the MLflow store foo://x cannot be read (") and err.count("\n") == 1
     assert err.endswith("): check --tracking-uri / MLFLOW_TRACKING_URI\n")
+
+
+def test_a_sweep_is_chosen_by_its_dir_too(store, capsys, tmp_path):
+    uri, _, old = store
+    sweep_dir = tmp_path / "multirun" / "old"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": old, "swept_keys": ["seed"]}))
+    assert report.main(["--tracking-uri", uri, "--sweep", str(sweep_dir)]) == 0
+    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+    assert report.main(["--tracking-uri", uri, "--sweep", str(tmp_path / "multirun")]) == 2
+    assert capsys.readouterr().err == (f"cifar.report: error: --sweep {tmp_path / 'multirun'}: not a sweep's dir (it "
+                                       f"has no {SWEEP_FILE}): give the dir of a `python -m cifar.train -m` sweep, or "
+                                       "its parent run id\n")
 
 
 def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
