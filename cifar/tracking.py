@@ -139,14 +139,13 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 
 @functools.cache
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The commit of the code that runs, and whether tracked files differ from it (once per process)."""
+    """The commit of the code that runs, and whether tracked files differ from it: a non-empty
+    :func:`uncommitted_diff` (once per process)."""
     try:
-        return {
-            "git.commit": _git(root, "rev-parse", "HEAD").strip(),
-            "git.dirty": str(bool(_git(root, "status", "--porcelain", "--untracked-files=no"))).lower(),
-        }
+        commit = _git(root, "rev-parse", "HEAD").strip()
     except (OSError, subprocess.SubprocessError):
         return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "git.dirty": str(bool(uncommitted_diff(root))).lower()}
 
 
 @functools.cache

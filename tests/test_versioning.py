@@ -28,20 +28,25 @@ def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files(tmp_p
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
                        capture_output=True)
 
-    assert git_state.__wrapped__(tmp_path) == {"git.commit": "unknown", "git.dirty": "unknown"}  # no checkout
-    assert uncommitted_diff.__wrapped__(tmp_path) == ""
+    def now(read):  # both read the checkout once per process: forget what they read
+        git_state.cache_clear()
+        uncommitted_diff.cache_clear()
+        return read(tmp_path)
+
+    assert now(git_state) == {"git.commit": "unknown", "git.dirty": "unknown"}  # no checkout
+    assert now(uncommitted_diff) == ""
     git("init", "-q")
     (tmp_path / "train.py").write_text("lr = 0.1\n")
     git("add", "train.py")
     git("commit", "-qm", "first")
     (tmp_path / "notes.txt").write_text("untracked\n")  # not the code of the run
-    state = git_state.__wrapped__(tmp_path)
+    state = now(git_state)
     assert len(state["git.commit"]) == 40 and state["git.dirty"] == "false"
-    assert uncommitted_diff.__wrapped__(tmp_path) == ""
+    assert now(uncommitted_diff) == ""
 
     (tmp_path / "train.py").write_text("lr = 0.2\n")
-    assert git_state.__wrapped__(tmp_path) == {**state, "git.dirty": "true"}
-    diff = uncommitted_diff.__wrapped__(tmp_path)
+    assert now(git_state) == {**state, "git.dirty": "true"}
+    diff = now(uncommitted_diff)
     assert "-lr = 0.1\n+lr = 0.2\n" in diff and "notes.txt" not in diff
     git("stash", "-q")  # back to the commit: the diff applies to it and gives the run's code
     (tmp_path / "run.diff").write_text(diff)
