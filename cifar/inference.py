@@ -117,16 +117,16 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     from mlflow.tracking import MlflowClient
 
     from cifar.registry import logged_model_uri  # it imports this module
-    from cifar.tracking import OUTPUT_DIR_TAG, unreadable_store
+    from cifar.tracking import OUTPUT_DIR_TAG, existing_run, unreadable_store
 
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
-        run = client.get_run(run_id)
+        run = existing_run(client, run_id)
     except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, or "
-                            "--tracking-uri / MLFLOW_TRACKING_URI") from err
         raise UserError(f"--model {run_id}: {unreadable_store(tracking_uri, err)}") from err
+    if run is None:
+        raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, or "
+                        "--tracking-uri / MLFLOW_TRACKING_URI")
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)

@@ -23,7 +23,7 @@ from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG,
-    existing_store, latest_run_per_job, read_sweep, unreadable_store,
+    existing_run, existing_store, latest_run_per_job, read_sweep, unreadable_store,
 )
 
 
@@ -110,16 +110,11 @@ def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
 def _chosen_sweep(client, sweep: str):
     """The parent run ``--sweep`` names, by its id or by the sweep's dir; a UserError where it names
     no run, or a job's run."""
-    from mlflow.exceptions import MlflowException
-
     run_id = _parent_run_of_dir(sweep) if Path(sweep).is_dir() else sweep
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
+    run = existing_run(client, run_id)
+    if run is None:
         raise UserError(f"--sweep {run_id}: no such MLflow run in {client.tracking_uri}: give a sweep's parent run id "
-                        "(in a report's title, or the MLflow UI), or leave --sweep out for the latest sweep") from err
+                        "(in a report's title, or the MLflow UI), or leave --sweep out for the latest sweep")
     if SWEEP_DIR_TAG not in run.data.tags:
         parent = run.data.tags.get("mlflow.parentRunId")
         fix = f"give --sweep {parent}, its sweep" if parent else "give a sweep's parent run id, or use --all"

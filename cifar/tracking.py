@@ -79,6 +79,18 @@ def unreadable_store(uri: str, err: Exception) -> str:
     return f"the MLflow store {uri} cannot be read ({first_line(err)}): check --tracking-uri / MLFLOW_TRACKING_URI"
 
 
+def existing_run(client: Any, run_id: str) -> Any | None:
+    """MLflow run ``run_id``, or None where the store has no such run; other store errors are raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def configure(cfg_mlflow: Any) -> str:
     """Point MLflow at the configured store and experiment; return the experiment id.
 
