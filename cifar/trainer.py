@@ -20,6 +20,7 @@ from cifar.device import Runtime
 from cifar.engine import TTA, Evaluation, Pass, evaluate, train_epoch
 from cifar.errors import ConfigError
 from cifar.inference import SPEC
+from cifar.interrupts import interrupts_held
 from cifar.lookahead import Lookahead
 from cifar.models import first_conv
 from cifar.progress import Progress
@@ -164,16 +165,18 @@ class Trainer:
                 metrics = self._epoch(epoch, epochs, steps)
                 result.history.append(metrics)
                 log.info(metrics.summary(epochs))
-                # Reported before last.pt is written: a run killed in between repeats this epoch when
-                # resumed (and reports it again), rather than never reporting it.
-                result.stop_reason = on_epoch(metrics)
-                files = {}
-                val = metrics.val
-                if val is None or result.best_val_acc is None or val.acc > result.best_val_acc:
-                    result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
-                    files[self.checkpoint_dir / checkpoint.BEST] = self._best_state(epoch, result)
-                files[self.checkpoint_dir / checkpoint.LAST] = self._state(epoch, result)
-                writer.submit(files)  # written while the next epoch trains
+                # Reported before last.pt is written: a process killed in between repeats this epoch when
+                # resumed (and reports it again), rather than never reporting it. Ctrl-C or SIGTERM waits
+                # until the epoch's checkpoints are queued, so that the epoch is kept.
+                with interrupts_held():
+                    result.stop_reason = on_epoch(metrics)
+                    files = {}
+                    val = metrics.val
+                    if val is None or result.best_val_acc is None or val.acc > result.best_val_acc:
+                        result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
+                        files[self.checkpoint_dir / checkpoint.BEST] = self._best_state(epoch, result)
+                    files[self.checkpoint_dir / checkpoint.LAST] = self._state(epoch, result)
+                    writer.submit(files)  # written while the next epoch trains
                 if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
                     log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
                              patience, result.best_val_acc, result.best_epoch)

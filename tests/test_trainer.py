@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 
@@ -141,6 +143,25 @@ def test_checkpoints_written_in_the_background_are_the_bytes_a_direct_save_write
     assert (tmp_path / checkpoint.LAST).read_bytes() == (tmp_path / "direct.pt").read_bytes()
     best = checkpoint.load(tmp_path / checkpoint.BEST)
     assert best["epoch"] == result.best_epoch and best["best_val_acc"] == result.best_val_acc
+
+
+def test_sigterm_while_an_epoch_is_reported_stops_the_fit_once_that_epoch_is_checkpointed(tmp_path):
+    def interrupt(number, frame):  # as cifar.train handles SIGTERM
+        raise KeyboardInterrupt(number)
+
+    def report(metrics):
+        if metrics.epoch == 2:
+            signal.raise_signal(signal.SIGTERM)  # lands while the epoch's metrics go to MLflow
+            reported.append(metrics.epoch)  # the report itself is not cut short
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    reported = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _trainer(tmp_path, compile=False).fit(5, None, report)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reported == [2] and checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2
 
 
 def test_train_images_are_spread_over_a_class_sorted_split_and_uncropped():
