@@ -23,7 +23,7 @@ from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG,
-    existing_run, existing_store, latest_run_per_job, read_sweep, unreadable_store,
+    existing_run, existing_store, read_sweep, sweep_jobs, unreadable_store,
 )
 
 
@@ -65,8 +65,7 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
                 f"experiment {experiment_name!r} has no sweep yet: run one with `python -m cifar.train -m ...`, "
                 "or report every run with --all"
             )
-        runs = latest_run_per_job(
-            client.search_runs(ids, filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"))
+        runs = sweep_jobs(client, parent)
         title = f"Sweep {parent.info.run_name!r} ({parent.info.run_id})"
     if not runs:
         raise NothingToReport(f"{title} has no runs")

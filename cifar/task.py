@@ -100,7 +100,7 @@ def run(cfg: DictConfig) -> float | None:
     params = {**tracking.flatten(cfg), **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
     resume_from = _last_checkpoint(output_dir, sweep) if cfg.trainer.resume else None
-    run_id = resume_from.get(MLFLOW_RUN_ID) if resume_from else None
+    run_id = _run_to_continue(resume_from, output_dir, sweep) if cfg.trainer.resume else None
     if run_id is not None:
         interrupted = tracking.run_to_resume(run_id, params)
         if interrupted.info.status == "FINISHED":
@@ -211,6 +211,14 @@ def _last_checkpoint(output_dir: Path, sweep: dict | None) -> dict | None:
         f"trainer.resume=true but {path} does not exist: set hydra.run.dir (hydra.sweep.dir with -m) to the "
         "interrupted run's output dir, or drop trainer.resume"
     )
+
+
+def _run_to_continue(resume_from: dict | None, output_dir: Path, sweep: dict | None) -> str | None:
+    """The MLflow run that a resumed run or job continues: its last.pt's, or else, for a job of a resumed
+    sweep that had started without saving an epoch, the run it had started (None where it had not)."""
+    if resume_from is not None:
+        return resume_from.get(MLFLOW_RUN_ID)
+    return tracking.stopped_job_run_id(sweep["parent_run_id"], output_dir.resolve())
 
 
 def _already_finished(run) -> float | None:

@@ -326,16 +326,13 @@ class SweepCallback(Callback):
         status = "FAILED"
         try:
             parent = client.get_run(run_id)
-            children = client.search_runs(
-                [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
-            )
+            children = sweep_jobs(client, parent)
             if interrupted:
                 for child in children:
                     if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
                         client.set_terminated(child.info.run_id, "KILLED")
-            jobs = latest_run_per_job(children)
-            best = _best_job(jobs)
-            metrics = _log_jobs(client, run_id, jobs, best)
+            best = _best_job(children)
+            metrics = _log_jobs(client, run_id, children, best)
             if metrics["sweep/jobs_finished"]:
                 status = "FINISHED"
             if config.mlflow.register_model and not interrupted:
@@ -373,13 +370,20 @@ def _stopped_sweep_parent(client: Any, experiment_id: str, config: DictConfig) -
     return None
 
 
-def latest_run_per_job(children: list[Any]) -> list[Any]:
-    """The latest run of each job dir: a job of a resumed sweep that had saved no epoch starts again
-    in a new run, and its first one (KILLED) is not a job of its own."""
-    latest: dict[str, Any] = {}
-    for child in sorted(children, key=lambda run: run.info.start_time):
-        latest[child.data.tags.get(OUTPUT_DIR_TAG, child.info.run_id)] = child
-    return list(latest.values())
+def sweep_jobs(client: Any, parent: Any) -> list[Any]:
+    """The runs of a sweep's jobs: the children of its parent run ``parent``."""
+    return client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+
+
+def stopped_job_run_id(parent_run_id: str, output_dir: Path) -> str | None:
+    """The run of the sweep's job in ``output_dir`` where the job had started before the sweep was
+    stopped (without saving an epoch: its last.pt holds the run id otherwise); None where it had not."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    jobs = sweep_jobs(client, client.get_run(parent_run_id))
+    return next((job.info.run_id for job in jobs if job.data.tags.get(OUTPUT_DIR_TAG) == str(output_dir)), None)
 
 
 def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
 from cifar.continuation import ContinuationCallback, Started, how_to_continue
-from cifar.tracking import OUTPUT_DIR_TAG, latest_run_per_job
 
 
 @pytest.fixture
@@ -40,11 +37,3 @@ def test_a_sweep_is_continued_in_its_sweep_dir_and_a_study_by_the_same_command(s
         "finished trials are kept; the same command finishes the study: python -m cifar.train -m "
         "hparams_search=optuna 'optimizer.lr=tag(log, interval(1e-4, 1e-1))'")
 
-
-def test_a_job_that_started_again_counts_once_in_its_sweep_by_its_latest_run():
-    def run(run_id: str, start: int, job: str) -> SimpleNamespace:
-        return SimpleNamespace(info=SimpleNamespace(run_id=run_id, start_time=start),
-                               data=SimpleNamespace(tags={OUTPUT_DIR_TAG: job}))
-
-    first, again, other = run("a", 1, "sweep/0"), run("b", 3, "sweep/0"), run("c", 2, "sweep/1")
-    assert latest_run_per_job([again, other, first]) == [again, other]

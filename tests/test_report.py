@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cifar import report
-from cifar.tracking import OUTPUT_DIR_TAG, SWEEP_DIR_TAG, SWEEP_FILE
+from cifar.tracking import SWEEP_DIR_TAG, SWEEP_FILE
 
 
 @pytest.fixture
@@ -71,19 +71,6 @@ def test_a_chosen_sweep_and_all_runs(store, capsys):
     report.main(["--tracking-uri", uri, "--all"])
     names = [r[0] for r in table_rows(capsys.readouterr().out)]
     assert names == ["seed=0", "optimizer.lr=0.0005", "optimizer.lr=0.001", "lonely", "optimizer.lr=10"]
-
-
-def test_a_job_that_a_resumed_sweep_started_again_is_one_row_its_latest_run(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("cifar")
-    parent = client.create_run(experiment, run_name="sweep", tags={SWEEP_DIR_TAG: "/tmp/s"}).info.run_id
-    for start, status in ((1000, "KILLED"), (2000, "FINISHED")):
-        job = client.create_run(experiment, run_name="seed=0", start_time=start,
-                                tags={"mlflow.parentRunId": parent, OUTPUT_DIR_TAG: "/tmp/s/0"}).info.run_id
-        client.set_terminated(job, status, end_time=start + 500)
-    assert report.main(["--tracking-uri", uri]) == 0
-    assert [(r[0], r[4]) for r in table_rows(capsys.readouterr().out)] == [("seed=0", "finished")]
 
 
 def test_a_sweep_id_that_names_no_sweep_is_one_line_and_exit_2_naming_the_fix(store, capsys):

@@ -103,6 +103,25 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     assert parent.data.metrics["sweep/jobs"] == 3 and parent.data.metrics["sweep/jobs_finished"] == 3
 
 
+def test_a_job_stopped_before_it_saved_an_epoch_starts_again_in_its_own_mlflow_run(cli):
+    proc = start(cli, "trainer.epochs=2,60", multirun=True)
+    last = cli.tmp_path / "sweep" / "1" / "last.pt"
+    wait_until(proc, last.exists, interval=0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    last.unlink()  # as where the sweep was stopped in the job's first epoch
+    [stopped] = [r for r in all_runs(cli) if r.data.params.get("trainer.epochs") == "60"]
+
+    resumed = cli("trainer.epochs=2,60", "trainer.resume=true", multirun=True)
+    assert "this job of the resumed sweep starts from the beginning" in resumed.stdout
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    [job] = [r for r in children if r.data.params["trainer.epochs"] == "60"]
+    assert job.info.run_id == stopped.info.run_id and parent.data.metrics["sweep/jobs"] == 2
+    history = client_for(cli).get_metric_history(job.info.run_id, "val/acc")
+    assert {m.step for m in history} == set(range(1, 61))
+
+
 def test_resume_without_a_checkpoint_names_the_fix(cli):
     proc = cli("trainer.resume=true", check=False)
     assert proc.returncode == 2
