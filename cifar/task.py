@@ -52,6 +52,10 @@ def run(cfg: DictConfig) -> float | None:
     MLflow run as failed) and returns NaN, so that the sweep goes on.
     """
     hydra_cfg = HydraConfig.get()
+    experiment_id = tracking.configure(cfg.mlflow)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and cfg.trainer.resume:  # before any work: the sweep must have been stopped in this store
+        tracking.stopped_sweep_parent(mlflow.MlflowClient(), experiment_id, hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
@@ -81,8 +85,6 @@ def run(cfg: DictConfig) -> float | None:
     steps = steps_per_epoch(splits.n_train, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 
-    experiment_id = tracking.configure(cfg.mlflow)
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if not multirun:  # a sweep does this once, when it starts
         tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -204,12 +206,12 @@ def _last_checkpoint(output_dir: Path, sweep: dict | None) -> dict | None:
     path = output_dir / checkpoint.LAST
     if path.exists():
         return checkpoint.load(path)  # on the CPU: RNG states must stay there
-    if sweep and sweep.get(tracking.RESUMED):
+    if sweep is not None:
         log.info("No %s in %s: this job of the resumed sweep starts from the beginning", path.name, output_dir)
         return None
     raise ConfigError(
-        f"trainer.resume=true but {path} does not exist: set hydra.run.dir (hydra.sweep.dir with -m) to the "
-        "interrupted run's output dir, or drop trainer.resume"
+        f"trainer.resume=true but {path} does not exist: set hydra.run.dir to the interrupted run's output dir, "
+        "or drop trainer.resume"
     )
 
 

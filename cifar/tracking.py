@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SWEEP_FILE = "mlflow_sweep.json"
-RESUMED = "resumed"  # in SWEEP_FILE: true where the sweep took up the parent run of a sweep stopped in its dir
 # Overrides that say where or how a job runs or what it records, not what it trains: left out of run names.
 NOT_IN_RUN_NAMES = frozenset({
     "data.path", "data.cache_dir", "data.download", "data.eval_batch_size", "trainer.device", "trainer.progress",
@@ -209,11 +208,29 @@ def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _run_to_take_up(client: Any, run_id: str, what: str) -> Any:
+    """MLflow run ``run_id`` (``what`` names it), refused (ConfigError) where the store does not hold it
+    or it was deleted: ``trainer.resume=true`` continues it."""
+    run = existing_run(client, run_id)
+    if run is None:
+        raise ConfigError(
+            f"trainer.resume=true but {what} {run_id} is not in the store {client.tracking_uri}: resume with "
+            "the store it was logged to (MLFLOW_TRACKING_URI or mlflow.tracking_uri), or drop trainer.resume"
+        )
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"trainer.resume=true but {what} {run_id} was deleted: restore it with "
+            f"`mlflow runs restore --run-id {run_id}`, or drop trainer.resume"
+        )
+    return run
+
+
 def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
-    """MLflow run ``run_id``, refused (ConfigError) where ``params`` differ from those it logged."""
+    """MLflow run ``run_id``, refused (ConfigError) where the store does not hold it or ``params`` differ
+    from those it logged."""
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient().get_run(run_id)
+    run = _run_to_take_up(MlflowClient(), run_id, "the interrupted run's MLflow run")
     logged = run.data.params
     changed = sorted(key for key, value in params.items() if key in logged and logged[key] != str(value))
     if changed:
@@ -281,6 +298,8 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: 
 class SweepCallback(Callback):
     """Opens the multirun's parent run before the first job and closes it with a summary."""
 
+    parent_run_id: str | None = None  # set once the sweep's parent run is open
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -300,11 +319,16 @@ class SweepCallback(Callback):
         if optuna_sweep:
             run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
                                                                                       experiment_id))
-            resumed = False  # the study resumes, each trial in a new job dir
+        elif config.trainer.resume:
+            try:
+                run_id = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir).info.run_id
+            except ConfigError:
+                return  # each job refuses to start, with this error (Hydra only warns of a callback's)
+            _take_up(client, run_id)
         else:
-            stopped = _stopped_sweep_parent(client, experiment_id, config)
-            run_id, resumed = stopped or new_run(), stopped is not None
-        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config), RESUMED: resumed}
+            run_id = new_run()
+        self.parent_run_id = run_id
+        sweep = {"parent_run_id": run_id, "swept_keys": swept_keys(config)}
         atomic_write_text(Path(config.hydra.sweep.dir) / SWEEP_FILE, json.dumps(sweep))
         view = ui.share_sweep_view(client, experiment_id, run_id, sweep["swept_keys"])
         log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run_id,
@@ -317,11 +341,10 @@ class SweepCallback(Callback):
         """
         from mlflow.tracking import MlflowClient
 
-        sweep = read_sweep(config.hydra.sweep.dir)
-        if sweep is None:
-            return
+        run_id = self.parent_run_id
+        if run_id is None:
+            return  # the sweep was refused before it started
         interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)  # Hydra calls this in a finally
-        run_id = sweep["parent_run_id"]
         client = MlflowClient()
         status = "FAILED"
         try:
@@ -361,13 +384,23 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
     return run.info.run_id
 
 
-def _stopped_sweep_parent(client: Any, experiment_id: str, config: DictConfig) -> str | None:
-    """With ``trainer.resume=true``, the parent run of the sweep that ran before in this sweep dir,
-    taken up again; None where there was none (the jobs then say that they have nothing to resume)."""
-    previous = read_sweep(config.hydra.sweep.dir) if config.trainer.resume else None
-    if previous and _reuse_parent_run(client, experiment_id, previous["parent_run_id"]):
-        return previous["parent_run_id"]
-    return None
+def stopped_sweep_parent(client: Any, experiment_id: str, sweep_dir: str) -> Any:
+    """The parent run of the sweep stopped in ``sweep_dir``, which a sweep with ``trainer.resume=true``
+    continues; refused (ConfigError) where this MLflow store and experiment hold none."""
+    stopped = read_sweep(sweep_dir)
+    if stopped is None:
+        raise ConfigError(
+            f"trainer.resume=true but {sweep_dir} holds no stopped sweep (no {SWEEP_FILE}): set hydra.sweep.dir to "
+            "the stopped sweep's dir (the line printed when it stopped gives it), or drop trainer.resume"
+        )
+    parent = _run_to_take_up(client, stopped["parent_run_id"], "the stopped sweep's MLflow parent run")
+    if parent.info.experiment_id != experiment_id:
+        name = client.get_experiment(parent.info.experiment_id).name
+        raise ConfigError(
+            f"trainer.resume=true but the stopped sweep's MLflow parent run {parent.info.run_id} is in "
+            f"experiment {name!r}: resume with mlflow.experiment={name}"
+        )
+    return parent
 
 
 def sweep_jobs(client: Any, parent: Any) -> list[Any]:
@@ -396,9 +429,14 @@ def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:
         return False  # another tracking store
     if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
         return False
+    _take_up(client, run_id)
+    return True
+
+
+def _take_up(client: Any, run_id: str) -> None:
+    """Mark a stopped sweep's parent run RUNNING again, owned by this process."""
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, OWNER_TAG, owner.current())
-    return True
 
 
 def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None) -> dict[str, float]:

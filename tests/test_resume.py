@@ -126,5 +126,45 @@ def test_resume_without_a_checkpoint_names_the_fix(cli):
     proc = cli("trainer.resume=true", check=False)
     assert proc.returncode == 2
     assert "trainer.resume=true but" in proc.stderr and "last.pt does not exist" in proc.stderr
-    assert "set hydra.run.dir (hydra.sweep.dir with -m) to the interrupted run's output dir" in proc.stderr
+    assert "set hydra.run.dir to the interrupted run's output dir" in proc.stderr
     assert all_runs(cli) == []
+
+
+def test_resuming_a_sweep_where_none_was_stopped_is_refused_before_any_run_starts(cli):
+    proc = cli("trainer.epochs=2,3", "trainer.resume=true", multirun=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.endswith(
+        f"cifar.train: error: trainer.resume=true but {cli.tmp_path / 'sweep'} holds no stopped sweep (no "
+        "mlflow_sweep.json): set hydra.sweep.dir to the stopped sweep's dir (the line printed when it stopped "
+        "gives it), or drop trainer.resume\n")
+    assert all_runs(cli) == []  # no parent run either
+
+
+def test_resuming_into_another_store_or_a_deleted_run_is_refused_and_changes_nothing(cli, tmp_path):
+    cli("trainer.epochs=1,2", multirun=True)
+    sweep_file = tmp_path / "sweep" / "mlflow_sweep.json"
+    recorded = sweep_file.read_bytes()
+    parent, _ = sweep_parent_and_children(all_runs(cli))
+    args, env = cli.command("trainer.epochs=1,2", "trainer.resume=true", multirun=True)
+
+    def resume(uri: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=tmp_path, env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True,
+                              text=True, timeout=600)
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    proc = resume(other)
+    assert proc.returncode == 2 and proc.stderr.endswith(
+        f"error: trainer.resume=true but the stopped sweep's MLflow parent run {parent.info.run_id} is not in the "
+        f"store {other}: resume with the store it was logged to (MLFLOW_TRACKING_URI or mlflow.tracking_uri), "
+        "or drop trainer.resume\n")
+    client = client_for(cli)
+    client.delete_run(parent.info.run_id)
+    proc = resume(cli.tracking_uri)
+    assert proc.returncode == 2
+    assert f"was deleted: restore it with `mlflow runs restore --run-id {parent.info.run_id}`" in proc.stderr
+    assert sweep_file.read_bytes() == recorded and client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+    client.restore_run(parent.info.run_id)
+    proc = resume(cli.tracking_uri)
+    assert proc.returncode == 0 and proc.stdout.count("had finished") == 2
+    assert sweep_parent_and_children(all_runs(cli))[0].info.run_id == parent.info.run_id
