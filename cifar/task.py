@@ -52,10 +52,9 @@ def run(cfg: DictConfig) -> float | None:
     MLflow run as failed) and returns NaN, so that the sweep goes on.
     """
     hydra_cfg = HydraConfig.get()
-    experiment_id = tracking.configure(cfg.mlflow)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun and cfg.trainer.resume:  # before any work: the sweep must have been stopped in this store
-        tracking.stopped_sweep_parent(mlflow.MlflowClient(), experiment_id, hydra_cfg.sweep.dir)
+        tracking.stopped_sweep_parent(mlflow.MlflowClient(), tracking.configure(cfg.mlflow), hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
@@ -85,6 +84,7 @@ def run(cfg: DictConfig) -> float | None:
     steps = steps_per_epoch(splits.n_train, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 
+    experiment_id = tracking.configure(cfg.mlflow)
     if not multirun:  # a sweep does this once, when it starts
         tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)
