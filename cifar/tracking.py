@@ -231,6 +231,12 @@ def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
     from mlflow.tracking import MlflowClient
 
     run = _run_to_take_up(MlflowClient(), run_id, "the interrupted run's MLflow run")
+    if run.info.status == "RUNNING":  # runs left RUNNING by a process gone from this machine were ended KILLED
+        raise ConfigError(
+            f"trainer.resume=true but MLflow run {run_id} is still RUNNING, in process "
+            f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "
+            "then resume"
+        )
     logged = run.data.params
     changed = sorted(key for key, value in params.items() if key in logged and logged[key] != str(value))
     if changed:

@@ -130,6 +130,22 @@ def test_resume_without_a_checkpoint_names_the_fix(cli):
     assert all_runs(cli) == []
 
 
+def test_resuming_a_run_that_a_live_process_still_runs_is_refused_and_leaves_it_running(cli):
+    from cifar import owner
+    from cifar.tracking import OWNER_TAG
+
+    cli("trainer.epochs=2")
+    [run] = all_runs(cli)
+    client = client_for(cli)
+    client.update_run(run.info.run_id, status="RUNNING")  # as while another process trains it
+    client.set_tag(run.info.run_id, OWNER_TAG, owner.current())
+    proc = cli("trainer.epochs=2", "trainer.resume=true", check=False)
+    assert proc.returncode == 2 and proc.stderr.endswith(
+        f"error: trainer.resume=true but MLflow run {run.info.run_id} is still RUNNING, in process "
+        f"{owner.current()}: stop that process (Ctrl-C or SIGTERM) or wait for it, then resume\n")
+    assert client.get_run(run.info.run_id).info.status == "RUNNING" and len(all_runs(cli)) == 1
+
+
 def test_resuming_a_sweep_where_none_was_stopped_is_refused_before_any_run_starts(cli):
     proc = cli("trainer.epochs=2,3", "trainer.resume=true", multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
