@@ -53,8 +53,10 @@ def run(cfg: DictConfig) -> float | None:
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    stopped_parent = None  # the parent run of the stopped sweep that this job continues
     if multirun and cfg.trainer.resume:  # before any work: the sweep must have been stopped in this store
-        tracking.stopped_sweep_parent(mlflow.MlflowClient(), tracking.configure(cfg.mlflow), hydra_cfg.sweep.dir)
+        stopped_parent = tracking.stopped_sweep_parent(mlflow.MlflowClient(), tracking.configure(cfg.mlflow),
+                                                       hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
@@ -102,7 +104,7 @@ def run(cfg: DictConfig) -> float | None:
     params = {**tracking.flatten(cfg), **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
     resume_from = _last_checkpoint(output_dir, sweep) if cfg.trainer.resume else None
-    run_id = _run_to_continue(resume_from, output_dir, sweep) if cfg.trainer.resume else None
+    run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None
     if run_id is not None:
         interrupted = tracking.run_to_resume(run_id, params)
         if interrupted.info.status == "FINISHED":
@@ -215,12 +217,13 @@ def _last_checkpoint(output_dir: Path, sweep: dict | None) -> dict | None:
     )
 
 
-def _run_to_continue(resume_from: dict | None, output_dir: Path, sweep: dict | None) -> str | None:
+def _run_to_continue(resume_from: dict | None, output_dir: Path, stopped_parent) -> str | None:
     """The MLflow run that a resumed run or job continues: its last.pt's, or else, for a job of a resumed
-    sweep that had started without saving an epoch, the run it had started (None where it had not)."""
+    sweep (``stopped_parent``) that had started without saving an epoch, the run it had started (None
+    where it had not)."""
     if resume_from is not None:
         return resume_from.get(MLFLOW_RUN_ID)
-    return tracking.stopped_job_run_id(sweep["parent_run_id"], output_dir.resolve())
+    return tracking.stopped_job_run_id(stopped_parent, output_dir.resolve())
 
 
 def _already_finished(run) -> float | None:

@@ -415,13 +415,13 @@ def sweep_jobs(client: Any, parent: Any) -> list[Any]:
                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
-def stopped_job_run_id(parent_run_id: str, output_dir: Path) -> str | None:
-    """The run of the sweep's job in ``output_dir`` where the job had started before the sweep was
-    stopped (without saving an epoch: its last.pt holds the run id otherwise); None where it had not."""
+def stopped_job_run_id(parent: Any, output_dir: Path) -> str | None:
+    """The run of the job in ``output_dir`` of the sweep with parent run ``parent``, where the job had
+    started before the sweep was stopped (without saving an epoch: its last.pt holds the run id
+    otherwise); None where it had not."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    jobs = sweep_jobs(client, client.get_run(parent_run_id))
+    jobs = sweep_jobs(MlflowClient(), parent)
     return next((job.info.run_id for job in jobs if job.data.tags.get(OUTPUT_DIR_TAG) == str(output_dir)), None)
 
 
