@@ -21,6 +21,11 @@ class CheckpointError(UserError):
     """A checkpoint that could not be written (disk full, no permission); the previous one is kept."""
 
 
+class AbortRun(BaseException):
+    """Carries a UserError past Hydra to ``cifar.train``'s one-line report: past Hydra's per-job failure
+    report in a single run, and past its callbacks, whose Exceptions it only warns of, to stop a sweep."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an error's message (library errors often span several)."""
     text = str(err).strip()

@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     stopped_parent = None  # the parent run of the stopped sweep that this job continues
-    if multirun and cfg.trainer.resume:  # before any work: the sweep must have been stopped in this store
+    if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
         stopped_parent = tracking.stopped_sweep_parent(mlflow.MlflowClient(), tracking.configure(cfg.mlflow),
                                                        hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)

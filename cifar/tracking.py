@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, sweeper, ui
-from cifar.errors import ConfigError, UserError, first_line
+from cifar.errors import AbortRun, ConfigError, UserError, first_line
 from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
 
@@ -225,18 +225,24 @@ def _run_to_take_up(client: Any, run_id: str, what: str) -> Any:
     return run
 
 
+def _refuse_running(run: Any, what: str) -> None:
+    """Refuse (ConfigError) to take up ``run`` (``what`` names it) while it is RUNNING: runs left RUNNING
+    by a process gone from this machine were ended KILLED, so another process still runs it."""
+    if run.info.status == "RUNNING":
+        raise ConfigError(
+            f"trainer.resume=true but {what} {run.info.run_id} is still RUNNING, in process "
+            f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "
+            "then resume"
+        )
+
+
 def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
     """MLflow run ``run_id``, refused (ConfigError) where the store does not hold it or ``params`` differ
     from those it logged."""
     from mlflow.tracking import MlflowClient
 
     run = _run_to_take_up(MlflowClient(), run_id, "the interrupted run's MLflow run")
-    if run.info.status == "RUNNING":  # runs left RUNNING by a process gone from this machine were ended KILLED
-        raise ConfigError(
-            f"trainer.resume=true but MLflow run {run_id} is still RUNNING, in process "
-            f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "
-            "then resume"
-        )
+    _refuse_running(run, "MLflow run")
     logged = run.data.params
     changed = sorted(key for key, value in params.items() if key in logged and logged[key] != str(value))
     if changed:
@@ -327,9 +333,11 @@ class SweepCallback(Callback):
                                                                                       experiment_id))
         elif config.trainer.resume:
             try:
-                run_id = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir).info.run_id
-            except ConfigError:
-                return  # each job refuses to start, with this error (Hydra only warns of a callback's)
+                parent = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir)
+                _refuse_running(parent, "the stopped sweep's MLflow parent run")
+            except ConfigError as err:
+                raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
+            run_id = parent.info.run_id
             _take_up(client, run_id)
         else:
             run_id = new_run()

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cifar import hydra_plugin
 from cifar.config import validate
 from cifar.continuation import how_to_continue
-from cifar.errors import ConfigError, DivergedError, UserError
+from cifar.errors import AbortRun, ConfigError, DivergedError, UserError
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
@@ -31,10 +31,6 @@ Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
 EXECUTION_WHITELIST = ["cifar.*", "logging.*", "optuna.*"]
 # Errors in the user's input: reported as one line by describe(), here and by the tools that compose the config
 USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
-
-
-class AbortRun(BaseException):
-    """Carries a UserError past Hydra's per-job failure report, so a single run prints one line."""
 
 
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)

@@ -153,7 +153,27 @@ def test_resuming_a_sweep_where_none_was_stopped_is_refused_before_any_run_start
         f"cifar.train: error: trainer.resume=true but {cli.tmp_path / 'sweep'} holds no stopped sweep (no "
         "mlflow_sweep.json): set hydra.sweep.dir to the stopped sweep's dir (the line printed when it stopped "
         "gives it), or drop trainer.resume\n")
-    assert all_runs(cli) == []  # no parent run either
+    assert "Error executing job" not in proc.stderr  # refused once, by the sweep, not by each job
+    assert not (cli.tmp_path / "sweep").exists() and all_runs(cli) == []  # no job dir, no parent run either
+
+
+def test_resuming_a_sweep_that_a_live_process_still_runs_is_refused_before_any_job_starts(cli):
+    from cifar import owner
+    from cifar.tracking import OWNER_TAG
+
+    cli("trainer.epochs=1,2", multirun=True)
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    client = client_for(cli)
+    client.update_run(parent.info.run_id, status="RUNNING")  # as while the sweep's process still runs
+    client.set_tag(parent.info.run_id, OWNER_TAG, owner.current())
+    proc = cli("trainer.epochs=1,2", "trainer.resume=true", multirun=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.endswith(
+        f"error: trainer.resume=true but the stopped sweep's MLflow parent run {parent.info.run_id} is still "
+        f"RUNNING, in process {owner.current()}: stop that process (Ctrl-C or SIGTERM) or wait for it, then resume\n")
+    assert "Launching" not in proc.stdout + proc.stderr  # no job started
+    after = client.get_run(parent.info.run_id)
+    assert after.info.status == "RUNNING" and after.data.tags[OWNER_TAG] == owner.current()
+    assert [r.info.end_time for r in children] == [client.get_run(r.info.run_id).info.end_time for r in children]
 
 
 def test_resuming_into_another_store_or_a_deleted_run_is_refused_and_changes_nothing(cli, tmp_path):
