@@ -86,7 +86,8 @@ def run(cfg: DictConfig) -> float | None:
     steps = steps_per_epoch(splits.n_train, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 
-    experiment_id = tracking.configure(cfg.mlflow)
+    # a resumed sweep's job configured MLflow before any work, and its stopped sweep is in this experiment
+    experiment_id = stopped_parent.info.experiment_id if stopped_parent else tracking.configure(cfg.mlflow)
     if not multirun:  # a sweep does this once, when it starts
         tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -103,7 +104,7 @@ def run(cfg: DictConfig) -> float | None:
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
     params = {**tracking.flatten(cfg), **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
-    resume_from = _last_checkpoint(output_dir, sweep) if cfg.trainer.resume else None
+    resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None
     run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None
     if run_id is not None:
         interrupted = tracking.run_to_resume(run_id, params)
@@ -202,13 +203,13 @@ def _lookahead(model: torch.nn.Module, cfg_trainer: DictConfig, total_steps: int
     return Lookahead(model, cfg_trainer.lookahead_every, cfg_trainer.lookahead_decay, total_steps)
 
 
-def _last_checkpoint(output_dir: Path, sweep: dict | None) -> dict | None:
+def _last_checkpoint(output_dir: Path, stopped_parent) -> dict | None:
     """The interrupted run's ``last.pt``, to resume from (``trainer.resume=true``); None for a job of
-    a resumed sweep that had saved no epoch yet: it starts from the beginning."""
+    a resumed sweep (``stopped_parent``) that had saved no epoch yet: it starts from the beginning."""
     path = output_dir / checkpoint.LAST
     if path.exists():
         return checkpoint.load(path)  # on the CPU: RNG states must stay there
-    if sweep is not None:
+    if stopped_parent is not None:
         log.info("No %s in %s: this job of the resumed sweep starts from the beginning", path.name, output_dir)
         return None
     raise ConfigError(
