@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cifar import owner, tracking
+from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, first_line
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
@@ -43,6 +44,13 @@ def load_sweep_study(hydra_cfg: DictConfig, **kwargs: Any) -> tuple[optuna.Study
     return optuna.load_study(study_name=name, storage=storage, **kwargs), storage
 
 
+class StudyStorage(optuna.storages.RDBStorage):
+    """An RDB storage that prints as its URL without the password (the sweeper logs its storage)."""
+
+    def __str__(self) -> str:
+        return without_passwords(self.url)
+
+
 @functools.cache
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage that several processes can write at once; one per URL and process.
@@ -60,7 +68,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
                 db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
             engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-        return tracking.while_created_elsewhere(optuna.storages.RDBStorage, url, engine_kwargs)
+        return tracking.while_created_elsewhere(StudyStorage, url, engine_kwargs)
     except (OSError, sqlite3.Error, SQLAlchemyError, ImportError) as err:  # ImportError: the URL's driver
         raise ConfigError(f"hydra.sweeper.storage={url} cannot be used ({type(err).__name__}: {first_line(err)}): "
                           "give a writable sqlite:///PATH or a reachable database URL") from err

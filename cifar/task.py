@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cifar import checkpoint, inference, parallel, plots, registry, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
+from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import Runtime, default_eval_batch_size, make_runtime
 from cifar.diagnostics import Diagnostics
@@ -102,7 +103,7 @@ def run(cfg: DictConfig) -> float | None:
     name = tracking.run_name(overrides, sweep["swept_keys"] if sweep else None)
     trial = SweepTrial.of_job(hydra_cfg)
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
-    params = {**tracking.flatten(cfg), **model_info}
+    params = {**{key: without_passwords(value) for key, value in tracking.flatten(cfg).items()}, **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None
     run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None
@@ -114,7 +115,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, run_id=run_id) as run:
             mlflow.log_params(params)
-            mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
+            _log_hydra_config(output_dir / ".hydra")
             mlflow.log_dict(data.stats, "data/stats.json")
             if diff := tracking.uncommitted_diff():
                 mlflow.log_text(diff, UNCOMMITTED_DIFF)
@@ -188,6 +189,12 @@ def _run_tags(
     if trial is not None:
         tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), tracking.STUDY_NAME_TAG: trial.study_name})
     return tags
+
+
+def _log_hydra_config(hydra_dir: Path) -> None:
+    """The job's composed config, Hydra's and its overrides (``.hydra/*.yaml``), with no URL's password."""
+    for path in sorted(hydra_dir.glob("*.yaml")):
+        mlflow.log_text(without_passwords(path.read_text()), f"hydra/{path.name}")
 
 
 def _ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:

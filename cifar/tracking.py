@@ -25,6 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, sweeper, ui
+from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line
 from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
@@ -391,7 +392,7 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
             **study_tags,
             SWEEP_DIR_TAG: str(sweep_dir.resolve()),
             OWNER_TAG: owner.current(),
-            "mlflow.note.content": f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip(),
+            "mlflow.note.content": without_passwords(f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip()),
             **git_state(),
         },
     )
@@ -504,7 +505,7 @@ def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
         return {}
     return {
         STUDY_NAME_TAG: sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir),
-        STUDY_STORAGE_TAG: sweeper.storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir),
+        STUDY_STORAGE_TAG: without_passwords(sweeper.storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir)),
     }
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from cifar.credentials import without_passwords
+
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # the UI's experiment tags for shared table views
 VIEW_TAG = "cifar.mlflow_ui"  # on a sweep's parent run: the path of its view in the UI
 SWEEP_METRICS = ("val/best_acc", "test/acc", "val/acc", "train_seconds")
@@ -48,5 +50,6 @@ def share_sweep_view(client: Any, experiment_id: str, parent_run_id: str, swept_
 
 def address(tracking_uri: str, path: str) -> str:
     """The full link: on the tracking server, or on ``mlflow ui`` for a local store."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else LOCAL_UI
+    server = tracking_uri.startswith(("http://", "https://"))
+    base = without_passwords(tracking_uri).rstrip("/") if server else LOCAL_UI
     return f"{base}/{path}"

@@ -31,14 +31,18 @@ def test_two_workers_share_one_study_and_one_parent_run_on_postgresql(cli):
     from mlflow.tracking import MlflowClient
 
     with servers.postgres(["optuna", "mlflow"]) as urls:
+        # A password in the URLs (the server trusts every local connection): never recorded or printed
+        with_password = {name: url.replace("cifar@", "cifar:s3cret@") for name, url in urls.items()}
         # The same command twice at once, sharing the sweep dir too (started in the same second).
-        args, env = cli.command(*PRUNABLE_SEARCH, f"hydra.sweeper.storage={urls['optuna']}",
+        args, env = cli.command(*PRUNABLE_SEARCH, f"hydra.sweeper.storage={with_password['optuna']}",
                                 "hydra.sweeper.study_name=shared", "hydra.sweeper.n_trials=6", multirun=True)
-        env["MLFLOW_TRACKING_URI"] = urls["mlflow"]
+        env["MLFLOW_TRACKING_URI"] = with_password["mlflow"]
         workers = [subprocess.Popen(args, cwd=cli.tmp_path, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True) for _ in range(2)]
         outputs = [worker.communicate(timeout=540) for worker in workers]
         assert [w.returncode for w in workers] == [0, 0], outputs
+        assert all(f"Storage: {urls['optuna']}" in stdout + stderr for stdout, stderr in outputs), outputs
+        assert not any("s3cret" in stdout + stderr for stdout, stderr in outputs)
 
         study = optuna.load_study(study_name="shared", storage=urls["optuna"])
         trials = [t for t in study.trials if not t.user_attrs.get("surplus")]  # surplus: asked, never run
@@ -55,6 +59,8 @@ def test_two_workers_share_one_study_and_one_parent_run_on_postgresql(cli):
         assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == sorted(t.number for t in trials)
         assert {c.data.tags["hydra.output_dir"] for c in children} == {t.user_attrs["hydra_job"] for t in trials}
         assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs"] == 6
+        assert parent.data.tags["optuna.storage"] == urls["optuna"]
+        assert not any("s3cret" in str(run.data.params) + str(run.data.tags) for run in (parent, *children))
     assert all_runs(cli) == []  # nothing went to the SQLite store of the other tests
 
 
