@@ -17,6 +17,15 @@ from cifar.sweeper import checked_sweep, storage_url, study_name
 log = logging.getLogger(__name__)
 
 
+def _not_a_retell_notice(record: logging.LogRecord) -> bool:
+    """Drops Optuna's notice that the stock loop's tell of a pruned trial was skipped: the job had
+    finished the trial itself, and its own line says it was pruned."""
+    return not record.getMessage().startswith("Skipped telling trial")
+
+
+logging.getLogger("optuna.study._tell").addFilter(_not_a_retell_notice)
+
+
 class StudyFull(Exception):
     """The study has its ``n_trials`` (other workers run the rest): this worker's sweep is done."""
 
