@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cifar.errors import UserError, os_reason
+from cifar.errors import UserError, first_line, os_reason
 from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
@@ -83,11 +83,15 @@ def _study_line(tags: dict[str, str]) -> str | None:
     if storage.startswith(SQLITE) and not Path(storage.removeprefix(SQLITE)).exists():
         return f"Optuna study `{name}`: its storage {storage} is gone"
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
     from cifar.study import summary
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_summary = summary(optuna.load_study(study_name=name, storage=storage))
+    try:
+        study_summary = summary(optuna.load_study(study_name=name, storage=storage))
+    except SQLAlchemyError as err:  # a database that refuses the connection (no password given, say)
+        return f"Optuna study `{name}`: its storage {storage} cannot be read ({first_line(err)})"
     counts = ", ".join(f"{count} {state}" for state, count in study_summary["trials"].items())
     line = f"Optuna study `{name}` ({storage}): {counts}"
     if "best_value" in study_summary:
@@ -178,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         uri = existing_store(args.tracking_uri)
@@ -188,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NothingToReport as empty:
         print(f"cifar.report: nothing to report: {empty}", file=sys.stderr)
         return 1
-    except MlflowException as err:  # an unknown scheme, a server that does not answer
+    except (MlflowException, SQLAlchemyError) as err:  # an unknown scheme, a server or database that does not answer
         print(f"cifar.report: error: {unreadable_store(uri, err)}", file=sys.stderr)
         return 2
     table = to_markdown(report)

@@ -115,6 +115,15 @@ def test_any_size_and_colour_mode_is_resized_and_converted(trained, tmp_path, ca
         assert confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1 + 1e-6
 
 
+def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
+    monkeypatch.setattr("mlflow.store.db.utils.MAX_RETRY_COUNT", 1)  # MLflow tries 10 times over 100 s
+    uri = "postgresql://cifar@127.0.0.1:1/mlflow"  # nothing listens on port 1: the connection is refused
+    code, out, err = _predict(capsys, str(tmp_path), "--model", "0" * 32, "--tracking-uri", uri)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"cifar.predict: error: --model {'0' * 32}: the MLflow store {uri} cannot be read (")
+
+
 def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path, capsys):
     Image.fromarray(trained.data.test_images[0]).save(tmp_path / "good.png")
     (tmp_path / "notes.png").write_text("not an image")

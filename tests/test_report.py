@@ -94,6 +94,35 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(capsys):
     assert err.endswith("): check --tracking-uri / MLFLOW_TRACKING_URI\n")
 
 
+REFUSING_DATABASE = "postgresql://cifar@127.0.0.1:1/{}"  # nothing listens on port 1: the connection is refused
+
+
+def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(capsys, monkeypatch):
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
+    monkeypatch.setattr("mlflow.store.db.utils.MAX_RETRY_COUNT", 1)  # MLflow tries 10 times over 100 s
+    uri = REFUSING_DATABASE.format("mlflow")
+    assert report.main(["--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifar.report: error: the MLflow store {uri} cannot be read (") and err.count("\n") == 1
+
+
+def test_a_study_storage_that_refuses_the_connection_is_said_in_the_report(tmp_path, capsys):
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cifar")
+    storage = REFUSING_DATABASE.format("optuna")
+    parent = client.create_run(experiment, run_name="sweep search", tags={
+        SWEEP_DIR_TAG: "/tmp/s", "optuna.study_name": "search", "optuna.storage": storage}).info.run_id
+    job = client.create_run(experiment, run_name="job", tags={"mlflow.parentRunId": parent}).info.run_id
+    client.log_metric(job, "val/best_acc", 0.5)
+    client.set_terminated(job)
+    assert report.main(["--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert f"Optuna study `search`: its storage {storage} cannot be read (" in out
+    assert [row[0] for row in table_rows(out)] == ["job"]
+
+
 def test_a_sweep_is_chosen_by_its_dir_too(store, capsys, tmp_path):
     uri, _, old = store
     sweep_dir = tmp_path / "multirun" / "old"
