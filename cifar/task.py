@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> float | None:
     name = tracking.run_name(overrides, sweep["swept_keys"] if sweep else None)
     trial = SweepTrial.of_job(hydra_cfg)
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
-    params = {**{key: without_passwords(value) for key, value in tracking.flatten(cfg).items()}, **model_info}
+    params = {**tracking.flatten(cfg), **model_info}
     del params["trainer.resume"]  # how the run was started, not what it trains
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None
     run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None

@@ -135,7 +135,8 @@ def while_created_elsewhere(call: Callable[..., T], *args: Any) -> T:
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as ``{"optimizer.lr": "0.001", ...}``, lists kept whole."""
+    """The resolved config as MLflow params, ``{"optimizer.lr": "0.001", ...}``: lists kept whole, URLs
+    without their passwords."""
     flat: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -143,7 +144,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
             for key, value in node.items():
                 walk(value, f"{prefix}{key}.")
         else:
-            flat[prefix[:-1]] = str(node)
+            flat[prefix[:-1]] = without_passwords(str(node))
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
