@@ -97,8 +97,8 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
 
 def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
     import mlflow
-    from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
+
+    from cifar.tracking import store_errors
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
@@ -107,24 +107,22 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
         # into a new temp dir that it never removes; the loaded model no longer needs its files.
         with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
-    except (MlflowException, SQLAlchemyError, OSError) as err:
+    except (*store_errors(), OSError) as err:
         raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} ({first_line(err)}): "
                         "check the name and version, or --tracking-uri") from err
 
 
 def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     """The model logged by run ``run_id``, else the best.pt in its output dir."""
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-    from sqlalchemy.exc import SQLAlchemyError
 
     from cifar.registry import logged_model_uri  # it imports this module
-    from cifar.tracking import OUTPUT_DIR_TAG, existing_run, unreadable_store
+    from cifar.tracking import OUTPUT_DIR_TAG, existing_run, store_errors, unreadable_store
 
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
         run = existing_run(client, run_id)
-    except (MlflowException, SQLAlchemyError) as err:  # a database store refuses the connection: SQLAlchemy's
+    except store_errors() as err:
         raise UserError(f"--model {run_id}: {unreadable_store(tracking_uri, err)}") from err
     if run is None:
         raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, or "

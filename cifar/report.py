@@ -23,7 +23,7 @@ from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG,
-    existing_run, existing_store, read_sweep, sweep_jobs, unreadable_store,
+    existing_run, existing_store, read_sweep, store_errors, sweep_jobs, unreadable_store,
 )
 
 
@@ -180,9 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write the table to this file")
     args = parser.parse_args(argv)
 
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         uri = existing_store(args.tracking_uri)
@@ -193,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NothingToReport as empty:
         print(f"cifar.report: nothing to report: {empty}", file=sys.stderr)
         return 1
-    except (MlflowException, SQLAlchemyError) as err:  # an unknown scheme, a server or database that does not answer
+    except store_errors() as err:
         print(f"cifar.report: error: {unreadable_store(uri, err)}", file=sys.stderr)
         return 2
     table = to_markdown(report)

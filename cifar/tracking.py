@@ -74,6 +74,15 @@ def existing_store(uri: str | None) -> str:
     return uri
 
 
+def store_errors() -> tuple[type[Exception], ...]:
+    """What reading an MLflow store raises where it cannot be read: MLflow's errors (an unknown scheme,
+    a server that does not answer) and, from a database store, SQLAlchemy's (the connection refused)."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return MlflowException, SQLAlchemyError
+
+
 def unreadable_store(uri: str, err: Exception) -> str:
     """What to say of an MLflow store that a command cannot read (unknown scheme, server down)."""
     return f"the MLflow store {uri} cannot be read ({first_line(err)}): check --tracking-uri / MLFLOW_TRACKING_URI"
