@@ -169,13 +169,18 @@ def _download(root: Path) -> None:
 
 
 def fingerprint(source: Path) -> str:
-    """A hash of the source's file names, sizes and modification times (cheap: no reads)."""
+    """A hash of the names, sizes and modification times (cheap: no reads) of the files that the
+    decode reads: other files beside the data, such as a cache folder inside ``data.path``, leave it
+    as it is."""
     digest = hashlib.sha256(f"cifar10-cache-v{CACHE_FORMAT}".encode())
-    files = [source] if source.is_file() else sorted(p for p in _visible_files(source) if p.is_file())
-    for file in files:
-        stat = file.stat()
-        name = file.relative_to(source) if file != source else file.name
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    if source.is_file():
+        files = {source.name: source}
+    else:
+        files = {name: source / name for name in _layout_files(_DirectoryTree(source).names)}
+    for name, file in sorted(files.items()):
+        if file.is_file():  # a broken link is named when the decode reads it
+            stat = file.stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -245,6 +250,16 @@ def _official_members(names: list[str]) -> dict[str, str] | None:
         if base in TRAIN_BATCHES + (TEST_BATCH,):
             by_base.setdefault(base, name)
     return by_base if len(by_base) == 6 else None
+
+
+def _layout_files(names: list[str]) -> list[str]:
+    """Those of a tree's files that its decode reads (the official batches, else the image folders'
+    images); all of them where the tree holds neither."""
+    official = _official_members(names)
+    if official:
+        return list(official.values())
+    images = _image_members(names)
+    return [path for files in images.values() for path, _ in files] if images else names
 
 
 def _read_official(tree, members: dict[str, str]):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import tarfile
@@ -66,6 +67,22 @@ def test_cache_is_reused_and_mean_std_are_the_train_pixels(official_dir, tmp_pat
     pixels = first.train_images.reshape(-1, 3) / 255.0
     np.testing.assert_allclose(second.mean, pixels.mean(axis=0))
     np.testing.assert_allclose(second.std, pixels.std(axis=0))
+
+
+@pytest.mark.parametrize("layout", ["official_dir", "folders_dir"])
+def test_a_cache_inside_the_data_folder_is_reused_until_the_data_changes(layout, request, tmp_path, monkeypatch):
+    """data.path=data beside the default data.cache_dir=data/processed: the cache is not part of the source."""
+    source = shutil.copytree(request.getfixturevalue(layout), tmp_path / "data", symlinks=True)
+    cache = source / "processed"
+    first = load_cifar10(source, cache, download=False)
+    (source / "notes.txt").write_text("written beside the data")
+    decodes = []
+    real_read_source = data.read_source
+    monkeypatch.setattr(data, "read_source", lambda src: decodes.append(src) or real_read_source(src))
+    assert load_cifar10(source, cache, download=False).cache_file == first.cache_file and decodes == []
+    read_file = next(p for p in sorted(source.rglob("*")) if p.name == "data_batch_1" or p.suffix == ".png")
+    os.utime(read_file, ns=(0, 0))
+    assert load_cifar10(source, cache, download=False).cache_file != first.cache_file and decodes == [source]
 
 
 def test_a_corrupt_cache_is_decoded_again(official_dir, tmp_path):
