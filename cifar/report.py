@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from cifar.drivers import missing_driver
 from cifar.errors import UserError, first_line, os_reason
 from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
@@ -82,6 +83,8 @@ def _study_line(tags: dict[str, str]) -> str | None:
         return None
     if storage.startswith(SQLITE) and not Path(storage.removeprefix(SQLITE)).exists():
         return f"Optuna study `{name}`: its storage {storage} is gone"
+    if reason := missing_driver(storage):
+        return f"Optuna study `{name}`: its storage {storage} cannot be read: {reason}"
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 

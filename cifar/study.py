@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from cifar import owner, tracking
 from cifar.credentials import without_passwords
+from cifar.drivers import missing_driver
 from cifar.errors import ConfigError, first_line
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
@@ -60,6 +61,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    if reason := missing_driver(url):
+        raise ConfigError(f"hydra.sweeper.storage={url} cannot be used: {reason}")
     engine_kwargs: dict[str, Any] = {}
     try:
         if url.startswith(SQLITE):
@@ -69,7 +72,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                 db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
             engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         return tracking.while_created_elsewhere(StudyStorage, url, engine_kwargs)
-    except (OSError, sqlite3.Error, SQLAlchemyError, ImportError) as err:  # ImportError: the URL's driver
+    except (OSError, sqlite3.Error, SQLAlchemyError) as err:
         raise ConfigError(f"hydra.sweeper.storage={url} cannot be used ({type(err).__name__}: {first_line(err)}): "
                           "give a writable sqlite:///PATH or a reachable database URL") from err
 

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, sweeper, ui
 from cifar.credentials import without_passwords
+from cifar.drivers import missing_driver
 from cifar.errors import AbortRun, ConfigError, UserError, first_line
 from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
@@ -71,6 +72,8 @@ def existing_store(uri: str | None) -> str:
         if database and database != ":memory:" and not Path(database).exists():
             raise UserError(f"no MLflow store at {Path(database).resolve()}: run from the folder that holds it, "
                             "or give --tracking-uri / MLFLOW_TRACKING_URI")
+    if reason := missing_driver(uri):
+        raise UserError(f"the MLflow store {uri} cannot be read: {reason}")
     return uri
 
 
@@ -111,6 +114,8 @@ def configure(cfg_mlflow: Any) -> str:
     if not os.environ.get("MLFLOW_TRACKING_URI") and cfg_mlflow.tracking_uri:
         mlflow.set_tracking_uri(cfg_mlflow.tracking_uri)
     uri = mlflow.get_tracking_uri()
+    if reason := missing_driver(uri):
+        raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
     try:
         experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
         if experiment is None:
@@ -335,7 +340,10 @@ class SweepCallback(Callback):
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
-        experiment_id = configure(config.mlflow)
+        try:
+            experiment_id = configure(config.mlflow)
+        except UserError as err:
+            raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)
@@ -347,7 +355,7 @@ class SweepCallback(Callback):
                 parent = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir)
                 _refuse_running(parent, "the stopped sweep's MLflow parent run")
             except ConfigError as err:
-                raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
+                raise AbortRun(err) from err
             run_id = parent.info.run_id
             _take_up(client, run_id)
         else:

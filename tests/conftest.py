@@ -111,6 +111,18 @@ def cli(request, tmp_path, official_dir, tracking_uri):
     return run
 
 
+def run_without_module(cli, module: str, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    """``cli(*overrides)`` with ``module`` unimportable, as if it were not installed, and without
+    ``MLFLOW_TRACKING_URI`` (it would win over ``mlflow.tracking_uri``)."""
+    hidden = cli.tmp_path / f"without-{module}"
+    (hidden / module).mkdir(parents=True)
+    (hidden / module / "__init__.py").write_text(f"raise ImportError(\"No module named '{module}'\")\n")
+    args, env = cli.command(*overrides, multirun=multirun)
+    del env["MLFLOW_TRACKING_URI"]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hidden), env.get("PYTHONPATH")]))
+    return subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
 def client_for(cli):
     from mlflow.tracking import MlflowClient
 

@@ -97,17 +97,28 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(capsys):
 REFUSING_DATABASE = "postgresql://cifar@127.0.0.1:1/{}"  # nothing listens on port 1: the connection is refused
 
 
-def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(capsys, monkeypatch):
+def unreadable_database(problem: str, monkeypatch) -> str:
+    """Make the PostgreSQL databases of REFUSING_DATABASE unreadable for ``problem``; return how it is said."""
+    if problem == "no driver":
+        monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+        return "cannot be read: its database driver is not installed ("
     pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
     monkeypatch.setattr("mlflow.store.db.utils.MAX_RETRY_COUNT", 1)  # MLflow tries 10 times over 100 s
+    return "cannot be read ("
+
+
+@pytest.mark.parametrize("problem", ["connection refused", "no driver"])
+def test_a_database_store_that_cannot_be_read_is_one_line_and_exit_2(problem, capsys, monkeypatch):
+    said = unreadable_database(problem, monkeypatch)
     uri = REFUSING_DATABASE.format("mlflow")
     assert report.main(["--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"cifar.report: error: the MLflow store {uri} cannot be read (") and err.count("\n") == 1
+    assert err.startswith(f"cifar.report: error: the MLflow store {uri} {said}") and err.count("\n") == 1
 
 
-def test_a_study_storage_that_refuses_the_connection_is_said_in_the_report(tmp_path, capsys):
-    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
+@pytest.mark.parametrize("problem", ["connection refused", "no driver"])
+def test_a_study_storage_that_cannot_be_read_is_said_in_the_report(problem, tmp_path, capsys, monkeypatch):
+    said = unreadable_database(problem, monkeypatch)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("cifar")
@@ -119,7 +130,7 @@ def test_a_study_storage_that_refuses_the_connection_is_said_in_the_report(tmp_p
     client.set_terminated(job)
     assert report.main(["--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
-    assert f"Optuna study `search`: its storage {storage} cannot be read (" in out
+    assert f"Optuna study `search`: its storage {storage} {said}" in out
     assert [row[0] for row in table_rows(out)] == ["job"]
 
 

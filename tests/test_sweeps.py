@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
-from tests.conftest import all_runs, client_for, start, sweep_parent_and_children, wait_until
+from tests.conftest import all_runs, client_for, run_without_module, start, sweep_parent_and_children, wait_until
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -120,6 +120,17 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"cifar.train: error: {message}") and proc.stderr.count("\n") == 1
     assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
+
+
+def test_a_study_storage_without_its_driver_fails_before_any_run_or_study(cli):
+    storage = "postgresql://cifar@db-host:5432/optuna"
+    proc = run_without_module(cli, "psycopg", "hparams_search=optuna", f"hydra.sweeper.storage={storage}",
+                              f"mlflow.tracking_uri={cli.tracking_uri}", multirun=True)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"cifar.train: error: hydra.sweeper.storage={storage} cannot be used: its database driver "
+                           "is not installed (No module named 'psycopg'): uv sync --extra postgres, or pip install "
+                           "'psycopg[binary]'\n")
+    assert all_runs(cli) == []
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
-from tests.conftest import REAL_DATA, all_runs, client_for
+from tests.conftest import REAL_DATA, all_runs, client_for, run_without_module
 
 
 def metric_history(cli, run_id: str, key: str) -> list[float]:
@@ -271,6 +271,20 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
     assert {"output dir": "", "data cache": "set data.cache_dir to a writable directory"}.get(
         where, "check mlflow.tracking_uri") in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_tracking_store_without_its_driver_fails_before_any_data_or_job(cli, multirun):
+    """A sweep's start refuses it, where it used to be warned of while every job ran and failed."""
+    uri = "postgresql://cifar@db-host:5432/mlflow"
+    sweep = ["optimizer.lr=0.001,0.002"] if multirun else []
+    proc = run_without_module(cli, "psycopg", f"mlflow.tracking_uri={uri}", *sweep, multirun=multirun)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"cifar.train: error: MLflow tracking store {uri} cannot be used: its database driver is "
+                           "not installed (No module named 'psycopg'): uv sync --extra postgres, or pip install "
+                           "'psycopg[binary]'\n")
+    assert not (cli.tmp_path / "cache").exists()  # the data was not decoded
+    assert "Launching" not in proc.stdout
 
 
 def test_missing_data_fails_with_one_line(cli):
