@@ -454,14 +454,9 @@ def stopped_job_run_id(parent: Any, output_dir: Path) -> str | None:
 
 def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:
     """Take up a study's parent run again (RUNNING, owned by this process), if it is in this experiment."""
-    import mlflow
-
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return False  # another tracking store
-    if run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
-        return False
+    run = existing_run(client, run_id)
+    if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        return False  # another tracking store or experiment, or deleted
     _take_up(client, run_id)
     return True
 

@@ -149,6 +149,22 @@ def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
 
 
 @pytest.mark.slow
+def test_a_study_resumed_in_another_experiment_gets_a_parent_run_there(cli):
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
+    first_parent, _ = sweep_runs(cli)
+    other = f"{cli.experiment}-other"
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1", f"mlflow.experiment={other}",
+        multirun=True)
+    client = client_for(cli)
+    parent, children = sweep_parent_and_children(
+        client.search_runs([client.get_experiment_by_name(other).experiment_id]))
+    assert parent.info.run_id != first_parent.info.run_id and parent.info.status == "FINISHED"
+    assert [c.data.tags["optuna.trial_number"] for c in children] == ["1"]  # trial 0 ran in the first sweep
+    assert load_study(cli).user_attrs["mlflow_parent_run_id"] == parent.info.run_id  # the next resume takes it up
+    assert client.get_run(first_parent.info.run_id).info.status == "FINISHED"  # left as it was
+
+
+@pytest.mark.slow
 def test_two_joblib_workers_run_eight_trials_without_losing_any(cli):
     proc = cli(
         "hparams_search=optuna", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
