@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from hydra.utils import instantiate
@@ -17,13 +17,19 @@ from cifar.sweeper import checked_sweep, storage_url, study_name
 log = logging.getLogger(__name__)
 
 
-def _not_a_retell_notice(record: logging.LogRecord) -> bool:
-    """Drops Optuna's notice that the stock loop's tell of a pruned trial was skipped: the job had
-    finished the trial itself, and its own line says it was pruned."""
-    return not record.getMessage().startswith("Skipped telling trial")
+# Optuna's notices of what the sweep says in its own words: that the stock loop's tell of a pruned
+# trial was skipped (the job had finished the trial, and its line says it was pruned), and, from
+# each of the loop's calls that open the study, that it exists (the sweep says how many trials it holds)
+SAID_BY_THE_SWEEP = {"optuna.study._tell": "Skipped telling trial", "optuna.study.study": "Using an existing study"}
 
 
-logging.getLogger("optuna.study._tell").addFilter(_not_a_retell_notice)
+def _drop_notice(notice: str) -> Callable[[logging.LogRecord], bool]:
+    """A logging filter that drops the records whose message starts with ``notice``."""
+    return lambda record: not record.getMessage().startswith(notice)
+
+
+for logger_name, notice in SAID_BY_THE_SWEEP.items():
+    logging.getLogger(logger_name).addFilter(_drop_notice(notice))
 
 
 class StudyFull(Exception):
