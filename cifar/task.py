@@ -70,9 +70,6 @@ def run(cfg: DictConfig) -> float | None:
             f"trainer.whiten_bias_epochs={cfg.trainer.whiten_bias_epochs} fixes the first convolution's bias, which "
             f"model={cfg.model.name} does not have: set trainer.whiten_bias_epochs=null"
         )
-    # MLflow before the data, so that a store that cannot be used fails before a source's first decode
-    # (16 s for the JPEG copy); a resumed sweep's job configured it above, and its stopped sweep is in this experiment
-    experiment_id = stopped_parent.info.experiment_id if stopped_parent else tracking.configure(cfg.mlflow)
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
     augment = Augmenter(**cfg.data.augment, cutout_fill=data.mean)
     splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)
@@ -90,6 +87,8 @@ def run(cfg: DictConfig) -> float | None:
     steps = steps_per_epoch(splits.n_train, cfg.data.batch_size)
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 
+    # a resumed sweep's job configured MLflow before any work, and its stopped sweep is in this experiment
+    experiment_id = stopped_parent.info.experiment_id if stopped_parent else tracking.configure(cfg.mlflow)
     if not multirun:  # a sweep does this once, when it starts
         tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)
