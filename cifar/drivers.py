@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from cifar.errors import first_line
 
-# How to install the driver SQLAlchemy takes for a plain URL of each database; others: its docs.
-INSTALL = {"postgresql": "uv sync --extra postgres, or pip install 'psycopg[binary]'"}
+# How to install a driver, by SQLAlchemy's name for it: the one of the postgres extra (plain postgresql:// URLs)
+INSTALL = {"psycopg": "uv sync --extra postgres, or pip install 'psycopg[binary]'"}
 
 
 def missing_driver(url: str) -> str | None:
@@ -26,6 +26,6 @@ def missing_driver(url: str) -> str | None:
     try:
         dialect.import_dbapi()
     except ImportError as err:
-        how = INSTALL.get(dialect.name, f"install it, or name an installed one in the URL ({dialect.name}+DRIVER://)")
+        how = INSTALL.get(dialect.driver, f"install it, or name an installed one in the URL ({dialect.name}+DRIVER://)")
         return f"its database driver is not installed ({first_line(err)}): {how}"
     return None

@@ -22,7 +22,9 @@ def test_a_postgresql_url_without_its_driver_says_how_to_install_it(monkeypatch)
     assert reason.endswith("): uv sync --extra postgres, or pip install 'psycopg[binary]'")
 
 
-def test_another_database_without_its_driver_says_to_install_or_name_one(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pymysql", None)
-    assert missing_driver("mysql+pymysql://cifar@db-host/mlflow").endswith(
-        "): install it, or name an installed one in the URL (mysql+DRIVER://)")
+@pytest.mark.parametrize("module,url", [("pymysql", "mysql+pymysql://cifar@db-host/mlflow"),
+                                        ("psycopg2", "postgresql+psycopg2://cifar@db-host/mlflow")])
+def test_another_driver_that_is_missing_is_to_install_or_to_replace_in_the_url(module, url, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)
+    scheme = url.split("+")[0]
+    assert missing_driver(url).endswith(f"): install it, or name an installed one in the URL ({scheme}+DRIVER://)")
