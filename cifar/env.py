@@ -4,9 +4,10 @@
     python -m cifar.env trainer.device=cuda data.path=/data/cifar10
 
 Prints the versions of Python and the stack, the devices torch finds, whether the configured
-data and its decoded cache are present, then runs a small matmul and one training step of the
-configured model on the configured device, and ends with a verdict. Exits 1 when something
-required is missing or fails (a package, the device, the data with data.download=false).
+data and its decoded cache are present, the MLflow store and whether its database driver is
+installed, then runs a small matmul and one training step of the configured model on the
+configured device, and ends with a verdict. Exits 1 when something required is missing or fails
+(a package, the device, the data with data.download=false, the store's driver).
 """
 
 from __future__ import annotations
@@ -137,6 +138,19 @@ def data_presence(cfg_data) -> list[Check]:
                   f"{cache}" if cache.exists() else f"{cache} not decoded yet: the first run decodes it once")]
 
 
+def tracking_store(cfg_mlflow) -> Check:
+    """The MLflow store that runs log to, failed where its database driver is not installed. It is not
+    connected to: MLflow tries a database that does not answer for minutes."""
+    from cifar.credentials import without_passwords
+    from cifar.drivers import missing_driver
+    from cifar.tracking import store_uri
+
+    uri = store_uri(cfg_mlflow)
+    if reason := missing_driver(uri):
+        return Check("MLflow store", FAIL, f"{without_passwords(uri)}: {reason}")
+    return Check("MLflow store", OK, without_passwords(uri))
+
+
 def timed(topic: str, run: Callable[[], str]) -> Check:
     start = time.perf_counter()
     try:
@@ -203,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from cifar.device import resolve_device
 
-    more = [torchvision_ops(), bytecode(), *devices(), *data_presence(cfg.data)]
+    more = [torchvision_ops(), bytecode(), *devices(), *data_presence(cfg.data), tracking_store(cfg.mlflow)]
     try:
         device = resolve_device(cfg.trainer.device)
     except UserError as err:

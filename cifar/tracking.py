@@ -111,9 +111,8 @@ def configure(cfg_mlflow: Any) -> str:
     """
     import mlflow
 
-    if not os.environ.get("MLFLOW_TRACKING_URI") and cfg_mlflow.tracking_uri:
-        mlflow.set_tracking_uri(cfg_mlflow.tracking_uri)
-    uri = mlflow.get_tracking_uri()
+    uri = store_uri(cfg_mlflow)
+    mlflow.set_tracking_uri(uri)
     if reason := missing_driver(uri):
         raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
     try:
@@ -131,6 +130,16 @@ def configure(cfg_mlflow: Any) -> str:
             "check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
     return experiment.experiment_id
+
+
+def store_uri(cfg_mlflow: Any) -> str:
+    """The MLflow store that runs log to: ``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``, else
+    MLflow's default (``sqlite:///mlflow.db`` in the working directory)."""
+    import mlflow
+
+    if os.environ.get("MLFLOW_TRACKING_URI") or not cfg_mlflow.tracking_uri:
+        return mlflow.get_tracking_uri()
+    return cfg_mlflow.tracking_uri
 
 
 def while_created_elsewhere(call: Callable[..., T], *args: Any) -> T:

@@ -37,7 +37,7 @@ def test_env_reports_the_stack_the_device_and_a_training_step(official_dir, tmp_
     statuses = _statuses(out)
     assert code == 0 and out.rstrip().endswith("READY to train on cpu (cache: see above)")
     for topic in ("Python", "torch", "torchvision", "hydra-core", "optuna", "mlflow", "dvc", "torchvision ops",
-                  "bytecode", "CPU", "data", "matmul", "training step"):
+                  "bytecode", "CPU", "data", "MLflow store", "matmul", "training step"):
         assert statuses[topic] == "ok", out
     assert statuses["cache"] == "warn"  # not decoded yet into this cache dir
     assert "simplecnn, batch 8, on cpu" in out
@@ -53,6 +53,19 @@ def test_env_says_not_ready_and_exits_1_when_something_required_is_missing(overr
     code, out, _ = _run(env.main, capsys, *with_overrides([f"data.path={official_dir}"], tuple(overrides)))
     assert code == 1 and _statuses(out)[failed] == "FAIL"
     assert out.rstrip().endswith(f"NOT READY: {failed} failed (see above)")
+
+
+def test_env_fails_on_a_tracking_store_without_its_driver_and_shows_no_password(official_dir, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over mlflow.tracking_uri
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}",
+                        "mlflow.tracking_uri=postgresql://cifar:s3cret@db-host/mlflow")
+    assert code == 1 and out.rstrip().endswith("NOT READY: MLflow store failed (see above)")
+    [line] = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert line.startswith("FAIL  MLflow store          postgresql://cifar@db-host/mlflow: its database driver is "
+                           "not installed (")
+    assert line.endswith("uv sync --extra postgres, or pip install 'psycopg[binary]'")
+    assert "s3cret" not in out
 
 
 def test_env_only_warns_about_data_it_will_download(tmp_path, capsys):
