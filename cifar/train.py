@@ -16,7 +16,7 @@ from hydra.core.plugins import Plugins
 from hydra.errors import HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cifar import hydra_plugin
 from cifar.config import validate
@@ -100,10 +100,19 @@ def describe(err: BaseException) -> str:
     config_error = err if isinstance(err, OmegaConfBaseException) else err.__cause__
     if isinstance(config_error, OmegaConfBaseException) and config_error.msg:
         key = f" (key: {config_error.full_key})" if config_error.full_key else ""
-        return f"{config_error.msg.strip().splitlines()[0]}{key}"
+        return f"{config_error.msg.strip().splitlines()[0]}{key}{_config_fix(config_error)}"
     if isinstance(err, MissingConfigException) and err.options:
         return f"{str(err).strip().splitlines()[0]}. Available options: {', '.join(err.options)}"
     return " ".join(str(err).split())
+
+
+def _config_fix(err: OmegaConfBaseException) -> str:
+    """The fix, which OmegaConf's messages leave out, for an unknown key or a value of the wrong type."""
+    if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
+        return ": fix or drop it; `--cfg job` lists the keys"
+    if isinstance(err, ValidationError):
+        return ". Fix the override or the config file."
+    return ""
 
 
 if __name__ == "__main__":

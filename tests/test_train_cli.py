@@ -180,8 +180,10 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
 
 
 BAD_INPUT = [
-    ("optimizer.lrr=1", "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr)"),
-    ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size)"),
+    ("optimizer.lrr=1",
+     "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr): fix or drop it; `--cfg job` lists"),
+    ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size). "
+                            "Fix the override or the config file."),
     ("model=vgg", "Could not find 'model/vgg'. Available options: airbench, resnet18, resnet9, simplecnn"),
     ("optimizer.lr=-1", "optimizer.lr=-1.0 is out of range: it must be > 0"),
     ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
