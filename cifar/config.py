@@ -211,6 +211,10 @@ def compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+# The fixes that config errors name, here and in cifar.train for OmegaConf's own errors
+LISTS_THE_KEYS = "`--cfg job` lists the keys"
+FIX_THE_VALUE = "Fix the override or the config file."
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAD_MODES = ("reflect", "zeros")
 ANNEALS = ("cos", "linear")
@@ -220,7 +224,7 @@ IMAGE_SIZE = 32  # CIFAR-10 images are 32x32
 def validate(cfg: Any) -> None:
     """Check the keys and ranges that types cannot express; raise ConfigError naming the key and the fix."""
     for key in _unknown_keys(cfg):
-        raise ConfigError(f"{key} is not a config key (added with +?): drop it; `--cfg job` lists the keys")
+        raise ConfigError(f"{key} is not a config key (added with +?): drop it; {LISTS_THE_KEYS}")
     checks = [
         ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
@@ -314,7 +318,7 @@ def validate(cfg: Any) -> None:
     for key, ok, rule in checks:
         if not ok:
             value = _lookup(cfg, key)
-            raise ConfigError(f"{key}={value} is out of range: it {rule}. Fix the override or the config file.")
+            raise ConfigError(f"{key}={value} is out of range: it {rule}. {FIX_THE_VALUE}")
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:

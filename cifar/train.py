@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cifar import hydra_plugin
-from cifar.config import validate
+from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError
 
@@ -109,9 +109,9 @@ def describe(err: BaseException) -> str:
 def _config_fix(err: OmegaConfBaseException) -> str:
     """The fix, which OmegaConf's messages leave out, for an unknown key or a value of the wrong type."""
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
-        return ": fix or drop it; `--cfg job` lists the keys"
+        return f": fix or drop it; {LISTS_THE_KEYS}"
     if isinstance(err, ValidationError):
-        return ". Fix the override or the config file."
+        return f". {FIX_THE_VALUE}"
     return ""
 
 
