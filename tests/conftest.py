@@ -123,6 +123,19 @@ def run_without_module(cli, module: str, *overrides: str, multirun: bool = False
     return subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+REFUSING_DATABASE = "postgresql://cifar@127.0.0.1:1/{}"  # nothing listens on port 1: the connection is refused
+
+
+def unreadable_database(problem: str, monkeypatch) -> str:
+    """Make the PostgreSQL databases of REFUSING_DATABASE unreadable for ``problem``; return how it is said."""
+    if problem == "no driver":
+        monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+        return "cannot be read: its database driver is not installed ("
+    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
+    monkeypatch.setattr("mlflow.store.db.utils.MAX_RETRY_COUNT", 1)  # MLflow tries 10 times over 100 s
+    return "cannot be read ("
+
+
 def client_for(cli):
     from mlflow.tracking import MlflowClient
 

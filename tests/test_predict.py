@@ -25,7 +25,9 @@ from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
 from cifar.engine import TTA, evaluate
 from tests import fakedata
-from tests.conftest import FAST, all_runs, client_for, sweep_parent_and_children, with_overrides
+from tests.conftest import (
+    FAST, REFUSING_DATABASE, all_runs, client_for, sweep_parent_and_children, unreadable_database, with_overrides,
+)
 
 MODEL_NAME = "predict-tests"
 
@@ -116,12 +118,11 @@ def test_any_size_and_colour_mode_is_resized_and_converted(trained, tmp_path, ca
 
 
 def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
-    monkeypatch.setattr("mlflow.store.db.utils.MAX_RETRY_COUNT", 1)  # MLflow tries 10 times over 100 s
-    uri = "postgresql://cifar@127.0.0.1:1/mlflow"  # nothing listens on port 1: the connection is refused
+    said = unreadable_database("connection refused", monkeypatch)
+    uri = REFUSING_DATABASE.format("mlflow")
     code, out, err = _predict(capsys, str(tmp_path), "--model", "0" * 32, "--tracking-uri", uri)
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert err.startswith(f"cifar.predict: error: --model {'0' * 32}: the MLflow store {uri} cannot be read (")
+    assert err.startswith(f"cifar.predict: error: --model {'0' * 32}: the MLflow store {uri} {said}")
 
 
 def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path, capsys):

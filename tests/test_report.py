@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar import report
 from cifar.tracking import SWEEP_DIR_TAG, SWEEP_FILE
+from tests.conftest import REFUSING_DATABASE, unreadable_database
 
 
 @pytest.fixture
@@ -92,19 +93,6 @@ def test_a_store_that_cannot_be_read_is_one_line_and_exit_2(capsys):
     err = capsys.readouterr().err
     assert err.startswith("cifar.report: error: the MLflow store foo://x cannot be read (") and err.count("\n") == 1
     assert err.endswith("): check --tracking-uri / MLFLOW_TRACKING_URI\n")
-
-
-REFUSING_DATABASE = "postgresql://cifar@127.0.0.1:1/{}"  # nothing listens on port 1: the connection is refused
-
-
-def unreadable_database(problem: str, monkeypatch) -> str:
-    """Make the PostgreSQL databases of REFUSING_DATABASE unreadable for ``problem``; return how it is said."""
-    if problem == "no driver":
-        monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
-        return "cannot be read: its database driver is not installed ("
-    pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
-    monkeypatch.setattr("mlflow.store.db.utils.MAX_RETRY_COUNT", 1)  # MLflow tries 10 times over 100 s
-    return "cannot be read ("
 
 
 @pytest.mark.parametrize("problem", ["connection refused", "no driver"])
