@@ -32,6 +32,11 @@ for logger_name, notice in SAID_BY_THE_SWEEP.items():
     logging.getLogger(logger_name).addFilter(_drop_notice(notice))
 
 
+def how_many(n: int, what: str = "trial") -> str:
+    """``n`` and the noun, singular for one: "1 trial", "2 trials"."""
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 class StudyFull(Exception):
     """The study has its ``n_trials`` (other workers run the rest): this worker's sweep is done."""
 
@@ -60,13 +65,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             done = sum(t.state.is_finished() for t in counted)
             running = f" and {taken - done} running in other workers" if taken > done else ""
             self.n_trials = max(0, self.n_trials - taken)
-            log.info("Study %s has %d finished trials%s: running %d more", study.study_name, done, running,
-                     self.n_trials)
+            log.info("Study %s has %s%s: running %d more", study.study_name, how_many(done, "finished trial"),
+                     running, self.n_trials)
         try:
             super().sweep(arguments)
         except StudyFull:
-            log.info("Study %s has its %d trials, the last ones run by other workers: this sweep is done",
-                     study.study_name, self.study_trials)
+            log.info("Study %s has its %s, the last ones run by other workers: this sweep is done",
+                     study.study_name, how_many(self.study_trials))
         except KeyboardInterrupt:
             stopped = studies.fail_killed_trials(study, self.storage, lambda who: who == owner.current())
             log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "

@@ -552,11 +552,21 @@ def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: lis
     if "best_value" in summary:
         client.log_metric(parent_id, "study/best_value", summary["best_value"])
         client.set_tag(parent_id, "optuna.best_trial", str(summary["best_trial"]))
-        for name, value in summary["best_params"].items():
-            client.log_param(parent_id, f"best.{name}", value)
+        _tag_best_params(client, parent_id, summary["best_params"])
     for filename, figure in plots.study_figures(optuna_study).items():
         client.log_figure(parent_id, figure, f"optuna/{filename}")
         plots.close(figure)
+
+
+def _tag_best_params(client: Any, parent_id: str, best_params: dict[str, Any]) -> None:
+    """The study's best parameters as tags ``best.<key>`` of the parent run: tags, not params, since a
+    resumed study, or another worker's, may find a better trial, and MLflow refuses a changed param."""
+    tags = {f"best.{name}": str(value) for name, value in best_params.items()}
+    for stale in client.get_run(parent_id).data.tags.keys() - tags.keys():
+        if stale.startswith("best."):  # a key the new best trial did not sample
+            client.delete_tag(parent_id, stale)
+    for key, value in tags.items():
+        client.set_tag(parent_id, key, value)
 
 
 def _truncate(text: str, limit: int = 250) -> str:

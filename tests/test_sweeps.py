@@ -40,6 +40,11 @@ def sweep_runs(cli):
     return parent, by_trial
 
 
+def best_params_tagged(parent):
+    """The best trial's parameters as the sweep's parent run records them (tags ``best.<key>``)."""
+    return {key.removeprefix("best."): value for key, value in parent.data.tags.items() if key.startswith("best.")}
+
+
 def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     # data.batch_size=32 from the fixture fixes that key (the fake train set has 160 images);
     # the sweeper samples the rest of the preset's search space.
@@ -59,7 +64,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     assert parent.data.tags["optuna.study_name"] == "cifar-optuna"
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
     assert parent.data.metrics["study/best_value"] == best.value
-    assert parent.data.params["best.optimizer"] == best.params["optimizer"]
+    assert best_params_tagged(parent) == {key: str(value) for key, value in best.params.items()}
     artifacts = {a.path for a in client_for(cli).list_artifacts(parent.info.run_id, "optuna")}
     assert artifacts == {"optuna/optimization_history.png", "optuna/param_importances.png"}
 
@@ -136,17 +141,31 @@ def test_a_study_storage_without_its_driver_fails_before_any_run_or_study(cli):
 
 @pytest.mark.slow
 def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
-    cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1", multirun=True)
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
     first = [(t.number, t.params, t.datetime_start) for t in load_study(cli).trials]
-    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=4", "trainer.epochs=1", multirun=True)
-    assert "Study cifar-optuna has 2 finished trials: running 2 more" in proc.stderr + proc.stdout
-    trials = load_study(cli).trials
-    assert [t.state for t in trials] == [COMPLETE] * 4
-    assert [(t.number, t.params, t.datetime_start) for t in trials[:2]] == first  # not re-run
-    # the seeded sampler was reseeded: the new trials do not replay the first ones' samples
-    assert all(t.params != old for t in trials[2:] for _, old, _ in first)
+    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", multirun=True)
+    assert "Study cifar-optuna has 1 finished trial: running 2 more" in proc.stderr + proc.stdout
+    study = load_study(cli)
+    trials = study.trials
+    assert [t.state for t in trials] == [COMPLETE] * 3
+    assert [(t.number, t.params, t.datetime_start) for t in trials[:1]] == first  # not re-run
+    # the seeded sampler was reseeded: the new trials do not replay the first one's samples
+    assert all(t.params != old for t in trials[1:] for _, old, _ in first)
     parent, children = sweep_runs(cli)  # the study's parent run, taken up again
-    assert sorted(children) == [0, 1, 2, 3] and parent.data.metrics["sweep/jobs_finished"] == 4
+    assert sorted(children) == [0, 1, 2] and parent.data.metrics["sweep/jobs_finished"] == 3
+    # the parent's summary follows the study's best trial, whichever run found it
+    assert "raised" not in proc.stderr and parent.data.metrics["study/best_value"] == study.best_value
+    assert best_params_tagged(parent) == {key: str(value) for key, value in study.best_trial.params.items()}
+
+
+def test_the_best_parameters_tagged_are_those_of_the_latest_best_trial(cli):
+    from cifar import tracking
+
+    client = client_for(cli)
+    run_id = client.create_run(client.create_experiment(cli.experiment)).info.run_id
+    tracking._tag_best_params(client, run_id, {"optimizer": "adam", "optimizer.lr": 1e-3})
+    tracking._tag_best_params(client, run_id, {"optimizer.lr": 5e-4})  # a key of the old best not sampled now
+    assert best_params_tagged(client.get_run(run_id)) == {"optimizer.lr": "0.0005"}
 
 
 @pytest.mark.slow
