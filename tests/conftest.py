@@ -86,6 +86,9 @@ def tracking_uri(tmp_path_factory) -> str:
     return uri
 
 
+CALLBACK_FAILED = re.compile(r"UserWarning: Callback \w+\.\w+ raised")
+
+
 @pytest.fixture
 def cli(request, tmp_path, official_dir, tracking_uri):
     """Run ``python -m cifar.train`` in a temp dir, into an MLflow experiment of the test's own."""
@@ -102,6 +105,8 @@ def cli(request, tmp_path, official_dir, tracking_uri):
         proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         if check and proc.returncode != 0:
             raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        # Hydra turns a callback's exception into a warning and goes on: the callback's work is undone
+        assert CALLBACK_FAILED.search(proc.stderr) is None, proc.stderr
         return proc
 
     run.command = command
