@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar.errors import ConfigError
 
@@ -200,15 +200,22 @@ def register_configs() -> None:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The validated config that ``python -m cifar.train OVERRIDES`` runs with (for the tools beside it)."""
+    return compose_with_hydra(overrides)[0]
+
+
+def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
+    """:func:`compose`'s config, and Hydra's own (``hydra.*``: the sweeper's settings, say)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     import cifar.hydra_plugin  # noqa: F401  registers the schemas, as Hydra does for the CLI
 
     with initialize_config_dir(str(CONF_DIR)):
-        cfg = hydra_compose("config", overrides=overrides)
+        cfg = hydra_compose("config", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        hydra_cfg = cfg.pop("hydra")
     validate(cfg)
-    return cfg
+    return cfg, hydra_cfg
 
 
 # The fixes that config errors name, here and in cifar.train for OmegaConf's own errors

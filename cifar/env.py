@@ -4,10 +4,11 @@
     python -m cifar.env trainer.device=cuda data.path=/data/cifar10
 
 Prints the versions of Python and the stack, the devices torch finds, whether the configured
-data and its decoded cache are present, the MLflow store and whether its database driver is
-installed, then runs a small matmul and one training step of the configured model on the
-configured device, and ends with a verdict. Exits 1 when something required is missing or fails
-(a package, the device, the data with data.download=false, the store's driver).
+data and its decoded cache are present, the MLflow store and, for an Optuna sweep
+(``hparams_search=...``), the study storage, with whether their database drivers are installed,
+then runs a small matmul and one training step of the configured model on the configured device,
+and ends with a verdict. Exits 1 when something required is missing or fails
+(a package, the device, the data with data.download=false, a store's driver).
 """
 
 from __future__ import annotations
@@ -139,16 +140,32 @@ def data_presence(cfg_data) -> list[Check]:
 
 
 def tracking_store(cfg_mlflow) -> Check:
-    """The MLflow store that runs log to, failed where its database driver is not installed. It is not
-    connected to: MLflow tries a database that does not answer for minutes."""
-    from cifar.credentials import without_passwords
-    from cifar.drivers import missing_driver
+    """The MLflow store that runs log to. It is not connected to: MLflow tries a database that does
+    not answer for minutes."""
     from cifar.tracking import store_uri
 
-    uri = store_uri(cfg_mlflow)
-    if reason := missing_driver(uri):
-        return Check("MLflow store", FAIL, f"{without_passwords(uri)}: {reason}")
-    return Check("MLflow store", OK, without_passwords(uri))
+    return _database("MLflow store", store_uri(cfg_mlflow))
+
+
+def study_storage(hydra_cfg) -> list[Check]:
+    """The study storage of an Optuna sweep (``hparams_search=...``); none for other configs."""
+    from cifar.sweeper import is_optuna_sweep, storage_url
+
+    if not is_optuna_sweep(hydra_cfg):
+        return []
+    if hydra_cfg.sweeper.storage is None:
+        return [Check("Optuna storage", OK, "a SQLite file in the sweep dir (hydra.sweeper.storage not set)")]
+    return [_database("Optuna storage", storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))]
+
+
+def _database(topic: str, url: str) -> Check:
+    """``url``, its password left out, failed where its database driver is not installed."""
+    from cifar.credentials import without_passwords
+    from cifar.drivers import missing_driver
+
+    if reason := missing_driver(url):
+        return Check(topic, FAIL, f"{without_passwords(url)}: {reason}")
+    return Check(topic, OK, without_passwords(url))
 
 
 def timed(topic: str, run: Callable[[], str]) -> Check:
@@ -202,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="config overrides, as for cifar.train")
     args = parser.parse_args(argv)
 
-    from cifar.config import compose
+    from cifar.config import compose_with_hydra
     from cifar.errors import UserError
     from cifar.train import USER_ERRORS, describe
 
@@ -211,13 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(c.status == FAIL for c in checks):
         return _verdict(checks, None)
     try:
-        cfg = compose(args.overrides)
+        cfg, hydra_cfg = compose_with_hydra(args.overrides)
     except USER_ERRORS as err:
         print(f"cifar.env: error: {describe(err)}", file=sys.stderr)
         return 2
     from cifar.device import resolve_device
 
-    more = [torchvision_ops(), bytecode(), *devices(), *data_presence(cfg.data), tracking_store(cfg.mlflow)]
+    more = [torchvision_ops(), bytecode(), *devices(), *data_presence(cfg.data), tracking_store(cfg.mlflow),
+            *study_storage(hydra_cfg)]
     try:
         device = resolve_device(cfg.trainer.device)
     except UserError as err:

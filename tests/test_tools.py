@@ -68,6 +68,22 @@ def test_env_fails_on_a_tracking_store_without_its_driver_and_shows_no_password(
     assert "s3cret" not in out
 
 
+def test_env_checks_the_study_storage_of_an_optuna_sweep_only(official_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}")
+    assert code == 0 and "Optuna storage" not in _statuses(out)  # no Optuna sweep: no study storage
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}", "hparams_search=optuna")
+    assert code == 0 and f"  ok  Optuna storage        sqlite:///{tmp_path / 'optuna.db'}\n" in out
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}", "hparams_search=optuna",
+                        "hydra.sweeper.storage=postgresql://cifar:s3cret@db-host/optuna")
+    assert code == 1 and out.rstrip().endswith("NOT READY: Optuna storage failed (see above)")
+    [line] = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert line.startswith("FAIL  Optuna storage        postgresql://cifar@db-host/optuna: its database driver is "
+                           "not installed (")
+    assert "s3cret" not in out
+
+
 def test_env_only_warns_about_data_it_will_download(tmp_path, capsys):
     code, out, _ = _run(env.main, capsys, f"data.path={tmp_path / 'empty'}", "data.download=true")
     assert code == 0 and _statuses(out)["data"] == "warn"
