@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import all_runs, client_for, log_shows, start, sweep_parent_and_children, wait_until
+from tests.conftest import (
+    CALLBACK_FAILED, all_runs, client_for, log_shows, start, sweep_parent_and_children, wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +80,7 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     wait_until(proc, (cli.tmp_path / "sweep" / "1" / "last.pt").exists, interval=0.1)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert proc.returncode == 128 + signal.SIGTERM and CALLBACK_FAILED.search(stderr) is None, stderr
     before = {r.data.params["trainer.epochs"]: r for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags}
     assert {epochs: r.info.status for epochs, r in before.items()} == {"2": "FINISHED", "60": "KILLED"}
 
@@ -88,7 +90,7 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     assert command[-2:] == ["trainer.resume=true", f"hydra.sweep.dir={cli.tmp_path / 'sweep'}"]
     resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, env=cli.command()[1],
                              capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0 and CALLBACK_FAILED.search(resumed.stderr) is None, resumed.stderr
     assert f"MLflow run {before['2'].info.run_id} had finished" in resumed.stdout  # not trained or logged again
     assert "Resuming after epoch" in resumed.stdout and "starts from the beginning" in resumed.stdout
 

@@ -10,7 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
-from tests.conftest import all_runs, client_for, run_without_module, start, sweep_parent_and_children, wait_until
+from tests.conftest import (
+    CALLBACK_FAILED, all_runs, client_for, run_without_module, start, sweep_parent_and_children, wait_until,
+)
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -236,7 +238,7 @@ def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli,
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode in (-signal.SIGKILL, 128 + signal.SIGTERM), stderr
     if signum == signal.SIGTERM:
-        assert "Traceback" not in stderr
+        assert "Traceback" not in stderr and CALLBACK_FAILED.search(stderr) is None
         assert ("cifar.train: interrupted by SIGTERM: finished trials are kept; the same command finishes the study: "
                 f"{shlex.join(['python', *proc.args[1:]])}\n") in stderr
     before = {t.number: (t.params, t.datetime_complete) for t in load_study(cli).trials if t.state == COMPLETE}
