@@ -5,15 +5,22 @@ The sweeper tags each trial it asks for with the dir of the job that will run it
 that tag (:meth:`SweepTrial.of_job`), so it can report and be pruned from whatever process or
 machine the launcher runs it on. The study also records its MLflow parent run
 (:func:`shared_parent_run`), so that every worker that runs it logs under the same parent.
+
+A sweeper records a heartbeat for the trials it runs (:class:`Heartbeat`, Optuna's trial
+heartbeats), so that the other workers of a study can tell a trial whose sweeper died on another
+machine (its heartbeat stopped) from one still running there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import sqlite3
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +36,16 @@ from cifar.drivers import missing_driver
 from cifar.errors import ConfigError, first_line
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
+log = logging.getLogger(__name__)
+
 # Parallel jobs write to one SQLite file: wait this long for its lock instead of failing.
 SQLITE_BUSY_TIMEOUT_S = 60
+# A sweeper records a heartbeat for its running trials this often; a trial whose heartbeat is older
+# than SILENT_AFTER_S was left running by a sweeper that died, on whatever machine.
+HEARTBEAT_INTERVAL_S = 60
+SILENT_AFTER_S = 600
+# The sweeper records its trials' heartbeats itself (Heartbeat), outside Study.optimize
+warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize", UserWarning)
 
 
 def sweep_storage(hydra_cfg: DictConfig) -> tuple[optuna.storages.RDBStorage, str]:
@@ -71,7 +86,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
                 db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
             engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-        return tracking.while_created_elsewhere(StudyStorage, url, engine_kwargs)
+        with_heartbeats = functools.partial(StudyStorage, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                            grace_period=SILENT_AFTER_S)
+        with warnings.catch_warnings():  # Optuna calls trial heartbeats experimental (since 2.9)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return tracking.while_created_elsewhere(with_heartbeats, url, engine_kwargs)
     except (OSError, sqlite3.Error, SQLAlchemyError) as err:
         raise ConfigError(f"hydra.sweeper.storage={url} cannot be used ({type(err).__name__}: {first_line(err)}): "
                           "give a writable sqlite:///PATH or a reachable database URL") from err
@@ -132,22 +151,71 @@ def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def fail_killed_trials(
-    study: optuna.Study, storage: optuna.storages.BaseStorage, killed: Callable[[str], bool]
+    study: optuna.Study, storage: optuna.storages.BaseStorage, killed: Callable[[optuna.trial.FrozenTrial], bool]
 ) -> list[int]:
-    """Fail, tagged ``killed``, the RUNNING trials whose sweeper ``killed(owner)`` says is stopped; their numbers.
+    """Fail, tagged ``killed``, the RUNNING trials that ``killed(trial)`` says their sweeper left; their numbers.
 
     They do not count toward ``n_trials``: a resumed sweep runs them again with new samples.
     """
     study_id = storage.get_study_id_from_name(study.study_name)
     numbers = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if killed(trial.user_attrs.get(OWNER_ATTR, "")):
+        if killed(trial):
             storage.set_trial_user_attr(
                 storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), KILLED_ATTR, True
             )
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             numbers.append(trial.number)
     return numbers
+
+
+def left_by_a_dead_sweeper(study: optuna.Study, storage: optuna.storages.RDBStorage) -> Callable[..., bool]:
+    """Whether a RUNNING trial's sweeper is gone: a process of this machine that no longer runs, or
+    one on any machine whose heartbeat for the trial stopped ``SILENT_AFTER_S`` ago (trials of
+    sweeps from before heartbeats have none, and are judged by their owner only)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    silent = {storage.get_trial_number_from_id(i) for i in storage._get_stale_trial_ids(study_id)}  # reads only
+    return lambda trial: trial.number in silent or owner.is_gone(trial.user_attrs.get(OWNER_ATTR, ""))
+
+
+def owned_by_this_process(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.user_attrs.get(OWNER_ATTR) == owner.current()
+
+
+class Heartbeat:
+    """Records a heartbeat for this sweeper's running trials now and every ``HEARTBEAT_INTERVAL_S``,
+    in a daemon thread, while the sweep runs (a ``with`` block)."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage) -> None:
+        self.storage = storage
+        self.trial_ids: list[int] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat_until_stopped, name="trial-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def beat_for(self, trials: list[optuna.Trial]) -> None:
+        """From now on, the heartbeat is for ``trials`` (the batch being run)."""
+        self.trial_ids = [trial._trial_id for trial in trials]
+        self._beat()
+
+    def _beat(self) -> None:
+        for trial_id in self.trial_ids:
+            self.storage.record_heartbeat(trial_id)
+
+    def _beat_until_stopped(self) -> None:
+        while not self.stopped.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self._beat()
+            except Exception as err:  # the storage did not answer: the next beat tries again
+                log.warning("Could not record the trials' heartbeat (%s: %s): trying again in %d s",
+                            type(err).__name__, first_line(err), HEARTBEAT_INTERVAL_S)
 
 
 def job_dir(sweep_dir: str | Path, trial_number: int) -> str:

@@ -10,7 +10,6 @@ import optuna
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
-from cifar import owner
 from cifar import study as studies
 from cifar.sweeper import checked_sweep, storage_url, study_name
 
@@ -50,14 +49,12 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         directions = checked_sweep(self.config)
         self.storage = studies.open_storage(storage_url(self.storage, self.sweep_dir))
+        self.heartbeat = studies.Heartbeat(self.storage)
         self.study_name = study_name(self.study_name, self.sweep_dir)
         study = optuna.create_study(
             study_name=self.study_name, storage=self.storage, directions=directions, load_if_exists=True
         )
-        stale = studies.fail_killed_trials(study, self.storage, owner.is_gone)
-        if stale:
-            log.warning("Trials %s of study %s were left running by a killed sweep: marked failed (killed), "
-                        "to be run again", stale, study.study_name)
+        self._fail_left_trials(study)
         self.study_trials = self.n_trials
         counted = studies.counted_trials(study)
         taken = len(counted)
@@ -68,12 +65,13 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             log.info("Study %s has %s%s: running %d more", study.study_name, how_many(done, "finished trial"),
                      running, self.n_trials)
         try:
-            super().sweep(arguments)
+            with self.heartbeat:
+                super().sweep(arguments)
         except StudyFull:
             log.info("Study %s has its %s, the last ones run by other workers: this sweep is done",
                      study.study_name, how_many(self.study_trials))
         except KeyboardInterrupt:
-            stopped = studies.fail_killed_trials(study, self.storage, lambda who: who == owner.current())
+            stopped = studies.fail_killed_trials(study, self.storage, studies.owned_by_this_process)
             log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
                         "to finish the study", stopped, study.study_name)
             raise
@@ -98,15 +96,26 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         overrides = super()._configure_trials(trials, *args)
         for trial in trials:
             studies.assign_job(trial, self.sweep_dir)
+        self.heartbeat.beat_for(trials)
         # The job dir is named by the trial's number (the stock one: by the job's number in this sweep).
         return [(*job, f"hydra.sweep.subdir={trial.number}") for job, trial in zip(overrides, trials)]
 
     def _ask_unless_full(self, study: optuna.Study, *args: Any, **kwargs: Any) -> optuna.Trial:
-        """``study.ask()``; at a batch's start, first a check that other workers left trials to run."""
-        if not self.batch_started and len(studies.counted_trials(study)) >= self.study_trials:
-            raise StudyFull
+        """``study.ask()``; at a batch's start, first a check that other workers left trials to run
+        (those left running by a dead worker are failed first: they would never finish)."""
+        if not self.batch_started:
+            self._fail_left_trials(study)
+            if len(studies.counted_trials(study)) >= self.study_trials:
+                raise StudyFull
         self.batch_started = True
         return type(study).ask(study, *args, **kwargs)
+
+    def _fail_left_trials(self, study: optuna.Study) -> None:
+        """Fail (killed) the trials left running by a sweeper that died: they run again."""
+        left = studies.fail_killed_trials(study, self.storage, studies.left_by_a_dead_sweeper(study, self.storage))
+        if left:
+            log.warning("Trials %s of study %s were left running by a sweep that died (killed, or silent for %d s): "
+                        "marked failed (killed), to be run again", left, study.study_name, studies.SILENT_AFTER_S)
 
     def _within_n_trials(self, study: optuna.Study, trials: list[optuna.Trial]) -> list[optuna.Trial]:
         """The trials asked for within the study's ``n_trials``; the others, asked by workers racing

@@ -532,7 +532,8 @@ def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
 
 
 def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: list[Any]) -> None:
-    """Trial states on the trials' runs; the study's best trial and its plots on the parent run."""
+    """Trial states on the trials' runs (a run left RUNNING by a dead worker ends KILLED); the study's
+    best trial and its plots on the parent run."""
     from cifar import plots, study
 
     try:
@@ -541,11 +542,15 @@ def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: lis
         log.warning("Study %s was not created: no study summary on the sweep's parent run",
                     sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir))
         return
-    states = {t.number: t.state.name for t in optuna_study.get_trials(deepcopy=False)}
+    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
     for child in children:
         number = child.data.tags.get(TRIAL_NUMBER_TAG)
-        if number is not None and int(number) in states:
-            client.set_tag(child.info.run_id, TRIAL_STATE_TAG, states[int(number)])
+        trial = trials.get(int(number)) if number is not None else None
+        if trial is None:
+            continue
+        client.set_tag(child.info.run_id, TRIAL_STATE_TAG, trial.state.name)
+        if child.info.status == "RUNNING" and trial.user_attrs.get(study.KILLED_ATTR):
+            client.set_terminated(child.info.run_id, "KILLED")  # its sweeper died elsewhere: nothing else ends it
     summary = study.summary(optuna_study)
     for state, count in summary["trials"].items():
         client.log_metric(parent_id, f"study/trials_{state}", count)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -181,3 +183,23 @@ def wait_until(proc: subprocess.Popen, ready: Callable[[], bool], interval: floa
 def log_shows(run_dir: Path, text: str) -> Callable[[], bool]:
     """Whether the log of the run in ``run_dir`` shows ``text`` yet."""
     return lambda: any(text in log.read_text() for log in run_dir.glob("*.log"))
+
+
+def running_trial(study, storage, sweeper: str, heartbeat: bool) -> int:
+    """A trial asked for in ``study`` as the sweeper ``sweeper`` (cifar.owner) would, with a heartbeat or not."""
+    from cifar.study import OWNER_ATTR
+
+    trial = study.ask()
+    trial.set_user_attr(OWNER_ATTR, sweeper)
+    if heartbeat:
+        storage.record_heartbeat(trial._trial_id)
+    return trial.number
+
+
+def backdate_heartbeat(db: Path, trial_number: int, seconds: int) -> None:
+    """Make the last heartbeat of a trial in ``db``, a SQLite storage of one study, ``seconds`` old (as if its
+    sweeper had stopped beating then)."""
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = "
+            "(SELECT trial_id FROM trials WHERE number = ?)", (f"-{seconds} seconds", trial_number))

@@ -126,13 +126,14 @@ def test_jobs_that_run_at_once_take_a_gpu_each(monkeypatch, n_jobs, job_nums, gp
     assert devices == expected
 
 
-def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_and_not_run():
+def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_and_not_run(tmp_path):
     from cifar import study as studies
     from cifar.sweeper_impl import PruningOptunaSweeperImpl, StudyFull
 
-    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage)
     sweeper = PruningOptunaSweeperImpl.__new__(PruningOptunaSweeperImpl)  # only its n_trials logic
-    sweeper.study_trials, sweeper.batch_started = 3, False
+    sweeper.study_trials, sweeper.batch_started, sweeper.storage = 3, False, storage
     [study.ask() for _ in range(2)]  # one worker's batch
     racing = [study.ask() for _ in range(2)]  # another's, asked meanwhile: one trial too many
     assert sweeper._within_n_trials(study, racing) == racing[:1]

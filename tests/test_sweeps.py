@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
+import sqlite3
 
 import optuna
 import pytest
@@ -11,7 +13,8 @@ from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
 from tests.conftest import (
-    CALLBACK_FAILED, all_runs, client_for, run_without_module, start, sweep_parent_and_children, wait_until,
+    CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, run_without_module, running_trial, start,
+    sweep_parent_and_children, wait_until,
 )
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -168,6 +171,36 @@ def test_the_best_parameters_tagged_are_those_of_the_latest_best_trial(cli):
     tracking._tag_best_params(client, run_id, {"optimizer": "adam", "optimizer.lr": 1e-3})
     tracking._tag_best_params(client, run_id, {"optimizer.lr": 5e-4})  # a key of the old best not sampled now
     assert best_params_tagged(client.get_run(run_id)) == {"optimizer.lr": "0.0005"}
+
+
+@pytest.mark.slow
+def test_a_trial_whose_sweeper_on_another_machine_went_silent_is_run_again(cli):
+    from cifar import study as studies
+
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
+    storage = studies.open_storage(f"sqlite:///{cli.tmp_path / 'optuna.db'}")
+    study = load_study(cli)
+    elsewhere = "another-host:123:1700000000.00"
+    silent = running_trial(study, storage, elsewhere, heartbeat=True)
+    beating = running_trial(study, storage, elsewhere, heartbeat=True)  # still running there
+    backdate_heartbeat(cli.tmp_path / "optuna.db", silent, studies.SILENT_AFTER_S + 60)
+    parent, _ = sweep_runs(cli)
+    client = client_for(cli)
+    silent_run = client.create_run(parent.info.experiment_id, tags={  # as the dead worker's job had logged it
+        "mlflow.parentRunId": parent.info.run_id, "optuna.trial_number": str(silent)}).info.run_id
+
+    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", multirun=True)
+    assert (f"Trials [{silent}] of study cifar-optuna were left running by a sweep that died (killed, or silent "
+            f"for {studies.SILENT_AFTER_S} s): marked failed (killed), to be run again") in proc.stderr + proc.stdout
+    assert "Study cifar-optuna has 1 finished trial and 1 running in other workers: running 1 more" in proc.stdout
+    trials = load_study(cli).trials
+    assert trials[silent].state == optuna.trial.TrialState.FAIL and trials[silent].user_attrs["killed"]
+    assert trials[beating].state == optuna.trial.TrialState.RUNNING
+    assert [t.number for t in trials if t.state == COMPLETE] == [0, 3]
+    assert client.get_run(silent_run).info.status == "KILLED"
+    with contextlib.closing(sqlite3.connect(cli.tmp_path / "optuna.db")) as db:  # the sweeps' trials had a heartbeat
+        assert {n for (n,) in db.execute("SELECT number FROM trials JOIN trial_heartbeats USING (trial_id)")} == {
+            0, silent, beating, 3}
 
 
 @pytest.mark.slow
