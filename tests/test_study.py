@@ -19,7 +19,6 @@ def storage(tmp_path):
     return study.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # pytest's filters replace cifar.study's
 def test_trials_of_a_dead_sweeper_are_failed_killed_and_those_of_live_ones_left_running(tmp_path, storage):
     optuna_study = optuna.create_study(study_name="s", storage=storage)
     elsewhere = "another-host:123:1700000000.00"
