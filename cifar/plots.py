@@ -69,12 +69,16 @@ def study_figures(study) -> dict[str, Figure]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         figures["optimization_history.png"] = optuna_plots.plot_optimization_history(study).figure
+        # PED-ANOVA warns, and gives every parameter the same importance, when it has too few
+        # trials to compare (one trial, or as many in its top quantile as in all): no plot then
+        warnings.filterwarnings("error", "The number of trials is too small", UserWarning)
+        warnings.filterwarnings("error", "Target and region quantiles select the same set", UserWarning)
         try:
             figures["param_importances.png"] = optuna_plots.plot_param_importances(
                 study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()
             ).figure
-        except (ValueError, RuntimeError):
-            pass  # fewer than two completed trials, or no parameter that varied
+        except (ValueError, RuntimeError, UserWarning):
+            pass  # too few completed trials, or no parameter that varied
     for figure in figures.values():
         figure.set_size_inches(8, 4.5)
         figure.tight_layout()

@@ -298,3 +298,17 @@ def _killable(cli) -> bool:
     jobs = [r.info for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags]
     finished = [job.end_time for job in jobs if job.status == "FINISHED"]
     return bool(finished) and any(job.status == "RUNNING" and job.start_time > max(finished) for job in jobs)
+
+
+@pytest.mark.parametrize("completed, importances", [(1, False), (4, True)])
+def test_parameter_importances_are_plotted_only_from_enough_trials(completed, importances, recwarn):
+    from cifar import plots
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1e-2) + trial.suggest_int("width", 1, 4),
+                   n_trials=completed)
+    figures = plots.study_figures(study)
+    assert ("param_importances.png" in figures) == importances and "optimization_history.png" in figures
+    assert not [w for w in recwarn if "importances will be equal" in str(w.message)]  # said by the missing plot
+    for figure in figures.values():
+        plots.close(figure)
