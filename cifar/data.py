@@ -3,8 +3,9 @@
 Sources: a directory or a ``.tar.gz``/``.tar`` archive holding either the official python
 batches (``cifar-10-batches-py/``) or image folders (``train/<class>/*``, ``test/<class>/*``,
 under any common top folder). The first run decodes the source once into
-``<cache_dir>/cifar10-<fingerprint>.npz``; later runs load that file. A decoded ``.npz``
-(such a cache, or the DVC pipeline's ``data/processed/cifar10.npz``) is a source too.
+``<cache_dir>/cifar10-<fingerprint>.npz``; later runs load that file. When the source changes, its
+new cache replaces the old one. A decoded ``.npz`` (such a cache, or the DVC pipeline's
+``data/processed/cifar10.npz``) is a source too.
 """
 
 from __future__ import annotations
@@ -94,8 +95,25 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
         except (OSError, ValueError, KeyError) as err:
             log.warning("Cache %s is unreadable (%s); decoding the source again", cache_file, err)
     log.info("Decoding %s into %s (once per source)", source, cache_file)
-    return _write_cache(cache_file, *read_source(source), fix="free some disk space or set data.cache_dir to a "
-                        "writable directory")
+    decoded = _write_cache(cache_file, *read_source(source), source=source,
+                           fix="free some disk space or set data.cache_dir to a writable directory")
+    _remove_earlier_caches(source, keep=cache_file)
+    return decoded
+
+
+def _remove_earlier_caches(source: Path, keep: Path) -> None:
+    """Delete the caches in ``keep``'s folder that were decoded from ``source`` before it changed."""
+    for cache_file in sorted(keep.parent.glob("cifar10-*.npz")):
+        if cache_file == keep:
+            continue
+        try:
+            with np.load(cache_file) as npz:
+                decoded_from = json.loads(str(npz["meta"])).get("source")
+            if decoded_from == str(source.resolve()):
+                cache_file.unlink()
+                log.info("Removed %s, the cache of an earlier version of %s", cache_file, source)
+        except (OSError, ValueError, KeyError):  # not a cache, or one that another process just removed
+            continue
 
 
 # --- finding the source ---------------------------------------------------------------------
@@ -388,15 +406,18 @@ def write_decoded(path: Path, source: Path) -> Cifar10:
                         fix="free some disk space or give a writable output directory")
 
 
-def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y, fix: str) -> Cifar10:
-    """Write the decoded arrays and their statistics to a temp file, then rename it into place; a
-    file that cannot be written is a DataError, with ``fix``."""
+def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y, fix: str, source: Path | None = None) -> Cifar10:
+    """Write the decoded arrays and their statistics (and the absolute path of the ``source`` of a
+    cache, by which its next version finds it) to a temp file, then rename it into place; a file that
+    cannot be written is a DataError, with ``fix``."""
     pixels = train_x.reshape(-1, 3).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
     digest = hashlib.sha256()
     for array in (train_x, train_y, test_x, test_y):
         digest.update(np.ascontiguousarray(array).data)
     meta = {"format": CACHE_FORMAT, "mean": mean.tolist(), "std": std.tolist(), "content_hash": digest.hexdigest()}
+    if source is not None:
+        meta["source"] = str(source.resolve())
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
     try:
         atomic_write(cache_file, lambda f: np.savez(f, **arrays, meta=json.dumps(meta)))

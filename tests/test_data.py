@@ -85,6 +85,20 @@ def test_a_cache_inside_the_data_folder_is_reused_until_the_data_changes(layout,
     assert load_cifar10(source, cache, download=False).cache_file != first.cache_file and decodes == [source]
 
 
+def test_a_changed_source_s_new_cache_replaces_its_old_one_only(official_dir, folders_dir, tmp_path):
+    cache = tmp_path / "cache"
+    source = shutil.copytree(official_dir, tmp_path / "data", symlinks=True)
+    first = load_cifar10(source, cache, download=False)
+    other = load_cifar10(folders_dir, cache, download=False)
+    (cache / "cifar10-notacache.npz").write_bytes(b"not a zip file")
+    os.utime(next(source.rglob("data_batch_1")), ns=(0, 0))
+    changed = load_cifar10(source, cache, download=False)
+    assert changed.cache_file != first.cache_file
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [changed.cache_file.name, other.cache_file.name, "cifar10-notacache.npz"])
+    assert load_cifar10(folders_dir, cache, download=False).content_hash == other.content_hash
+
+
 def test_a_corrupt_cache_is_decoded_again(official_dir, tmp_path):
     first = load_cifar10(official_dir, tmp_path / "cache", download=False)
     first.cache_file.write_bytes(b"not a zip file")
