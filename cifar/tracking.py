@@ -205,9 +205,22 @@ def override_key(override: str) -> str:
 
 
 def run_name(overrides: list[str], only: list[str] | None = None) -> str:
-    """The job's overrides that change what it trains (only the swept ones, in a sweep)."""
+    """The job's overrides that change what it trains (only the swept ones, in a sweep), with their
+    numbers shortened for reading (the params keep every digit)."""
     kept = [o for o in overrides if _names_the_training(override_key(o)) and (only is None or override_key(o) in only)]
-    return _truncate(",".join(sorted(kept))) or "defaults"
+    return _truncate(",".join(sorted(_short_number(o) for o in kept))) or "defaults"
+
+
+def _short_number(override: str) -> str:
+    """``key=value`` with a number of more than 4 significant digits rounded to 4, as Optuna's
+    samples are (``optimizer.lr=0.0020228662931987577`` -> ``optimizer.lr=0.002023``)."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:  # not a number
+        return override
+    short = f"{number:.4g}"
+    return f"{key}={short}" if float(short) != number and len(short) < len(value) else override
 
 
 def _names_the_training(key: str) -> bool:

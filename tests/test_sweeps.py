@@ -62,7 +62,8 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
         trial = study.trials[number]
         assert child.data.tags["optuna.trial_state"] == "COMPLETE"
         assert child.data.metrics["val/best_acc"] == trial.value  # the objective, as logged in MLflow
-        assert f"optimizer.lr={trial.params['optimizer.lr']}" in child.info.run_name
+        lr = trial.params["optimizer.lr"]  # named to 4 significant digits, logged with every digit
+        assert f"optimizer.lr={lr:.4g}" in child.info.run_name and child.data.params["optimizer.lr"] == str(lr)
         assert trial.user_attrs["hydra_job"] == child.data.tags["hydra.output_dir"]
         assert child.data.tags["hydra.output_dir"] == str(cli.tmp_path / "sweep" / str(number))  # named by trial
     best = study.best_trial

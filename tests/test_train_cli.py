@@ -144,6 +144,16 @@ def test_multirun_nests_four_jobs_under_one_parent(cli):
     assert parent.data.tags["best_run_id"] == best.info.run_id
 
 
+def test_run_names_round_numbers_of_many_digits_and_leave_the_rest_as_typed():
+    from cifar.tracking import run_name
+
+    overrides = ["optimizer.lr=0.0020228662931987577", "optimizer.weight_decay=4.80254240621744e-05",
+                 "data.batch_size=16", "model.dropout=1e-3", "trainer.epochs=100000.0", "model=resnet18",
+                 "data.path=/data/x"]
+    assert run_name(overrides) == ("data.batch_size=16,model.dropout=1e-3,model=resnet18,optimizer.lr=0.002023,"
+                                   "optimizer.weight_decay=4.803e-05,trainer.epochs=100000.0")
+
+
 def test_val_size_0_trains_on_every_training_image_and_tests_the_last_epoch(cli):
     import json
 
