@@ -1,5 +1,7 @@
 """Errors caused by the user's input: reported as one line, never as a traceback."""
 
+from cifar.credentials import without_passwords
+
 
 class UserError(Exception):
     """A problem the user can fix; the message names the problem and the fix."""
@@ -27,9 +29,10 @@ class AbortRun(BaseException):
 
 
 def first_line(err: BaseException) -> str:
-    """The first line of an error's message (library errors often span several)."""
+    """The first line of an error's message (library errors often span several), without the password
+    of a store URL in it (MLflow's errors name the request's whole URL)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return without_passwords(text.splitlines()[0]) if text else type(err).__name__
 
 
 def os_reason(err: OSError) -> str:

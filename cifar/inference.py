@@ -18,6 +18,7 @@ from torch import nn
 
 from cifar import checkpoint
 from cifar.batches import normalization
+from cifar.credentials import without_passwords
 from cifar.data import CLASSES
 from cifar.engine import TTA, predict_logits
 from cifar.errors import UserError, first_line
@@ -108,8 +109,8 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
         with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (*store_errors(), OSError) as err:
-        raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} ({first_line(err)}): "
-                        "check the name and version, or --tracking-uri") from err
+        raise UserError(f"--model {uri} cannot be loaded from {without_passwords(tracking_uri)} "
+                        f"({first_line(err)}): check the name and version, or --tracking-uri") from err
 
 
 def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
@@ -125,8 +126,8 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     except store_errors() as err:
         raise UserError(f"--model {run_id}: {unreadable_store(tracking_uri, err)}") from err
     if run is None:
-        raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, or "
-                        "--tracking-uri / MLFLOW_TRACKING_URI")
+        raise UserError(f"--model {run_id}: no such MLflow run in {without_passwords(tracking_uri)}: check the id, "
+                        "or --tracking-uri / MLFLOW_TRACKING_URI")
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)

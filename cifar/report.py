@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from cifar.credentials import without_passwords
 from cifar.drivers import missing_driver
 from cifar.errors import UserError, first_line, os_reason
 from cifar.files import atomic_write_text
@@ -54,7 +55,8 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
     """The report's title, study summary and rows, best validation accuracy first."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        raise NothingToReport(f"no MLflow experiment named {experiment_name!r} in {client.tracking_uri}")
+        store = without_passwords(client.tracking_uri)
+        raise NothingToReport(f"no MLflow experiment named {experiment_name!r} in {store}")
     ids = [experiment.experiment_id]
     if every_run:
         runs = [r for r in client.search_runs(ids) if SWEEP_DIR_TAG not in r.data.tags]
@@ -81,10 +83,11 @@ def _study_line(tags: dict[str, str]) -> str | None:
     name, storage = tags.get(STUDY_NAME_TAG), tags.get(STUDY_STORAGE_TAG)
     if name is None or storage is None:
         return None
+    shown = without_passwords(storage)  # a sweep from before passwords were left out of tags has it
     if storage.startswith(SQLITE) and not Path(storage.removeprefix(SQLITE)).exists():
-        return f"Optuna study `{name}`: its storage {storage} is gone"
+        return f"Optuna study `{name}`: its storage {shown} is gone"
     if reason := missing_driver(storage):
-        return f"Optuna study `{name}`: its storage {storage} cannot be read: {reason}"
+        return f"Optuna study `{name}`: its storage {shown} cannot be read: {reason}"
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -94,9 +97,9 @@ def _study_line(tags: dict[str, str]) -> str | None:
     try:
         study_summary = summary(optuna.load_study(study_name=name, storage=storage))
     except SQLAlchemyError as err:  # a database that refuses the connection (no password given, say)
-        return f"Optuna study `{name}`: its storage {storage} cannot be read ({first_line(err)})"
+        return f"Optuna study `{name}`: its storage {shown} cannot be read ({first_line(err)})"
     counts = ", ".join(f"{count} {state}" for state, count in study_summary["trials"].items())
-    line = f"Optuna study `{name}` ({storage}): {counts}"
+    line = f"Optuna study `{name}` ({shown}): {counts}"
     if "best_value" in study_summary:
         params = ", ".join(f"{k}={v}" for k, v in study_summary["best_params"].items())
         line += f"; best value {study_summary['best_value']:.4f} (trial {study_summary['best_trial']}): {params}"
@@ -119,8 +122,9 @@ def _chosen_sweep(client, sweep: str):
     run_id = _parent_run_of_dir(sweep) if Path(sweep).is_dir() else sweep
     run = existing_run(client, run_id)
     if run is None:
-        raise UserError(f"--sweep {run_id}: no such MLflow run in {client.tracking_uri}: give a sweep's parent run id "
-                        "(in a report's title, or the MLflow UI), or leave --sweep out for the latest sweep")
+        raise UserError(f"--sweep {run_id}: no such MLflow run in {without_passwords(client.tracking_uri)}: give a "
+                        "sweep's parent run id (in a report's title, or the MLflow UI), or leave --sweep out for the "
+                        "latest sweep")
     if SWEEP_DIR_TAG not in run.data.tags:
         parent = run.data.tags.get("mlflow.parentRunId")
         fix = f"give --sweep {parent}, its sweep" if parent else "give a sweep's parent run id, or use --all"

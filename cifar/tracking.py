@@ -73,7 +73,7 @@ def existing_store(uri: str | None) -> str:
             raise UserError(f"no MLflow store at {Path(database).resolve()}: run from the folder that holds it, "
                             "or give --tracking-uri / MLFLOW_TRACKING_URI")
     if reason := missing_driver(uri):
-        raise UserError(f"the MLflow store {uri} cannot be read: {reason}")
+        raise UserError(f"the MLflow store {without_passwords(uri)} cannot be read: {reason}")
     return uri
 
 
@@ -88,7 +88,8 @@ def store_errors() -> tuple[type[Exception], ...]:
 
 def unreadable_store(uri: str, err: Exception) -> str:
     """What to say of an MLflow store that a command cannot read (unknown scheme, server down)."""
-    return f"the MLflow store {uri} cannot be read ({first_line(err)}): check --tracking-uri / MLFLOW_TRACKING_URI"
+    return (f"the MLflow store {without_passwords(uri)} cannot be read ({first_line(err)}): "
+            "check --tracking-uri / MLFLOW_TRACKING_URI")
 
 
 def existing_run(client: Any, run_id: str) -> Any | None:
@@ -114,7 +115,7 @@ def configure(cfg_mlflow: Any) -> str:
     uri = store_uri(cfg_mlflow)
     mlflow.set_tracking_uri(uri)
     if reason := missing_driver(uri):
-        raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
+        raise UserError(f"MLflow tracking store {without_passwords(uri)} cannot be used: {reason}")
     try:
         experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
         if experiment is None:
@@ -126,8 +127,8 @@ def configure(cfg_mlflow: Any) -> str:
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
         raise UserError(
-            f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: {first_line(err)}): "
-            "check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
+            f"MLflow tracking store {without_passwords(uri)} cannot be used ({type(err).__name__}: "
+            f"{first_line(err)}): check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
     return experiment.experiment_id
 
@@ -252,8 +253,9 @@ def _run_to_take_up(client: Any, run_id: str, what: str) -> Any:
     run = existing_run(client, run_id)
     if run is None:
         raise ConfigError(
-            f"trainer.resume=true but {what} {run_id} is not in the store {client.tracking_uri}: resume with "
-            "the store it was logged to (MLFLOW_TRACKING_URI or mlflow.tracking_uri), or drop trainer.resume"
+            f"trainer.resume=true but {what} {run_id} is not in the store {without_passwords(client.tracking_uri)}: "
+            "resume with the store it was logged to (MLFLOW_TRACKING_URI or mlflow.tracking_uri), or drop "
+            "trainer.resume"
         )
     if run.info.lifecycle_stage == "deleted":
         raise ConfigError(

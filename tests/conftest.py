@@ -130,7 +130,8 @@ def run_without_module(cli, module: str, *overrides: str, multirun: bool = False
     return subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
-REFUSING_DATABASE = "postgresql://cifar@127.0.0.1:1/{}"  # nothing listens on port 1: the connection is refused
+# Nothing listens on port 1: the connection is refused. The password is one that no message may show.
+REFUSING_DATABASE = "postgresql://cifar:s3cret@127.0.0.1:1/{}"
 
 
 def unreadable_database(problem: str, monkeypatch) -> str:

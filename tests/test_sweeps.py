@@ -121,9 +121,9 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
                         "set data.val_size > 0 for an Optuna sweep"),
     ("trainer.resume=true", "trainer.resume=true: an Optuna sweep resumes its study when the same command runs "
                             "again, without it: drop trainer.resume"),
-    ("hydra.sweeper.storage=foo://x", "hydra.sweeper.storage=foo://x cannot be used (NoSuchModuleError: Can't load "
-                                      "plugin: sqlalchemy.dialects:foo): give a writable sqlite:///PATH or a reachable "
-                                      "database URL"),
+    ("hydra.sweeper.storage=foo://me:s3cret@x",  # named without its password
+     "hydra.sweeper.storage=foo://me@x cannot be used (NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:foo): "
+     "give a writable sqlite:///PATH or a reachable database URL"),
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
 ])
@@ -135,13 +135,13 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
 
 
 def test_a_study_storage_without_its_driver_fails_before_any_run_or_study(cli):
-    storage = "postgresql://cifar@db-host:5432/optuna"
+    storage = "postgresql://cifar:s3cret@db-host:5432/optuna"  # named in the error without its password
     proc = run_without_module(cli, "psycopg", "hparams_search=optuna", f"hydra.sweeper.storage={storage}",
                               f"mlflow.tracking_uri={cli.tracking_uri}", multirun=True)
     assert proc.returncode == 2
-    assert proc.stderr == (f"cifar.train: error: hydra.sweeper.storage={storage} cannot be used: its database driver "
-                           "is not installed (No module named 'psycopg'): uv sync --extra postgres, or pip install "
-                           "'psycopg[binary]'\n")
+    assert proc.stderr == ("cifar.train: error: hydra.sweeper.storage=postgresql://cifar@db-host:5432/optuna cannot "
+                           "be used: its database driver is not installed (No module named 'psycopg'): uv sync "
+                           "--extra postgres, or pip install 'psycopg[binary]'\n")
     assert all_runs(cli) == []
 
 
