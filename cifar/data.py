@@ -19,6 +19,7 @@ import pickle
 import re
 import tarfile
 import tempfile
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ TEST_BATCH = "test_batch"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 CACHE_FORMAT = 1
+UNREADABLE_CACHE = (OSError, ValueError, KeyError, zipfile.BadZipFile)  # what np.load of a damaged .npz raises
 TEST_SUBSET_SEED = 0  # the test subset of data.test_limit: the same images whatever the run's seed
 
 
@@ -92,7 +94,7 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
     if cache_file.exists():
         try:
             return _read_cache(cache_file)
-        except (OSError, ValueError, KeyError) as err:
+        except UNREADABLE_CACHE as err:
             log.warning("Cache %s is unreadable (%s); decoding the source again", cache_file, err)
     log.info("Decoding %s into %s (once per source)", source, cache_file)
     decoded = _write_cache(cache_file, *read_source(source), source=source,
@@ -112,7 +114,7 @@ def _remove_earlier_caches(source: Path, keep: Path) -> None:
             if decoded_from == str(source.resolve()):
                 cache_file.unlink()
                 log.info("Removed %s, the cache of an earlier version of %s", cache_file, source)
-        except (OSError, ValueError, KeyError):  # not a cache, or one that another process just removed
+        except UNREADABLE_CACHE:  # not a cache, or one that another process just removed
             continue
 
 
@@ -394,7 +396,7 @@ def read_decoded(path: Path) -> Cifar10:
         raise DataError(
             f"data.path={path} does not exist: run `dvc repro prepare` or point data.path at the raw data"
         ) from None
-    except (OSError, ValueError, KeyError) as err:
+    except UNREADABLE_CACHE as err:
         raise DataError(
             f"data.path={path} is not a decoded CIFAR-10 .npz ({err}): point data.path at the raw data"
         ) from err

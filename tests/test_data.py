@@ -91,17 +91,20 @@ def test_a_changed_source_s_new_cache_replaces_its_old_one_only(official_dir, fo
     first = load_cifar10(source, cache, download=False)
     other = load_cifar10(folders_dir, cache, download=False)
     (cache / "cifar10-notacache.npz").write_bytes(b"not a zip file")
+    (cache / "cifar10-cut.npz").write_bytes(other.cache_file.read_bytes()[:1000])  # a zip cut short
     os.utime(next(source.rglob("data_batch_1")), ns=(0, 0))
     changed = load_cifar10(source, cache, download=False)
     assert changed.cache_file != first.cache_file
     assert sorted(p.name for p in cache.iterdir()) == sorted(
-        [changed.cache_file.name, other.cache_file.name, "cifar10-notacache.npz"])
+        [changed.cache_file.name, other.cache_file.name, "cifar10-notacache.npz", "cifar10-cut.npz"])
     assert load_cifar10(folders_dir, cache, download=False).content_hash == other.content_hash
 
 
-def test_a_corrupt_cache_is_decoded_again(official_dir, tmp_path):
+@pytest.mark.parametrize("damage", ["not a zip", "cut short"])
+def test_a_corrupt_cache_is_decoded_again(damage, official_dir, tmp_path):
     first = load_cifar10(official_dir, tmp_path / "cache", download=False)
-    first.cache_file.write_bytes(b"not a zip file")
+    cache_bytes = first.cache_file.read_bytes()
+    first.cache_file.write_bytes(b"not a zip file" if damage == "not a zip" else cache_bytes[: len(cache_bytes) // 2])
     again = load_cifar10(official_dir, tmp_path / "cache", download=False)
     assert again.content_hash == first.content_hash
 
@@ -301,3 +304,6 @@ def test_a_missing_or_foreign_npz_source_is_reported(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.zeros(3))
     with pytest.raises(DataError, match="is not a decoded CIFAR-10 .npz"):
         load_cifar10(tmp_path / "other.npz", tmp_path / "cache", download=False)
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "other.npz").read_bytes()[:100])
+    with pytest.raises(DataError, match="is not a decoded CIFAR-10 .npz"):
+        load_cifar10(tmp_path / "cut.npz", tmp_path / "cache", download=False)
