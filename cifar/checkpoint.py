@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from cifar.errors import CheckpointError, os_reason
+from cifar.errors import CheckpointError, first_line, os_reason
 from cifar.files import atomic_write
 
 BEST = "best.pt"
@@ -56,7 +56,12 @@ class _KeepingWriteErrors:
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=device, weights_only=False)
+    """The state saved at ``path``; a file that torch cannot read (damaged in a copy, say, or no
+    checkpoint at all) is a CheckpointError, which callers complete with their fix."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # torch.load fails on such a file with many error types
+        raise CheckpointError(f"{path} is not a readable checkpoint ({first_line(err)})") from err
 
 
 class Writer:

@@ -20,7 +20,7 @@ class DivergedError(UserError):
 
 
 class CheckpointError(UserError):
-    """A checkpoint that could not be written (disk full, no permission); the previous one is kept."""
+    """A checkpoint that could not be written (disk full, no permission; the previous one is kept) or read."""
 
 
 class AbortRun(BaseException):

@@ -21,7 +21,7 @@ from cifar.batches import normalization
 from cifar.credentials import without_passwords
 from cifar.data import CLASSES
 from cifar.engine import TTA, predict_logits
-from cifar.errors import UserError, first_line
+from cifar.errors import CheckpointError, UserError, first_line
 from cifar.models import build_model
 
 SPEC = "inference"  # in both checkpoints: what turns their weights into a Classifier
@@ -62,10 +62,8 @@ def from_checkpoint(path: Path) -> Classifier:
         path = path / checkpoint.BEST
     try:
         state = checkpoint.load(path)
-    except Exception as err:  # torch.load fails on a file that is no checkpoint with many error types
-        raise UserError(
-            f"--model {path} is not a readable checkpoint ({first_line(err)}): give a best.pt or last.pt"
-        ) from err
+    except CheckpointError as err:
+        raise UserError(f"--model {err}: give a best.pt or last.pt") from err
     if not isinstance(state, dict) or SPEC not in state:
         raise UserError(f"--model {path} is not a checkpoint of cifar.train with its model config: give a best.pt or "
                         "last.pt written by cifar.train, or an MLflow run id")

@@ -27,7 +27,7 @@ from cifar.diagnostics import Diagnostics
 from cifar.models import build_model, first_conv, summarize, whiten_first_conv
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import TTA, Evaluation
-from cifar.errors import ConfigError, DivergedError
+from cifar.errors import CheckpointError, ConfigError, DivergedError
 from cifar.files import atomic_write_text
 from cifar.lookahead import Lookahead
 from cifar.study import SweepTrial
@@ -215,7 +215,11 @@ def _last_checkpoint(output_dir: Path, stopped_parent) -> dict | None:
     a resumed sweep (``stopped_parent``) that had saved no epoch yet: it starts from the beginning."""
     path = output_dir / checkpoint.LAST
     if path.exists():
-        return checkpoint.load(path)  # on the CPU: RNG states must stay there
+        try:
+            return checkpoint.load(path)  # on the CPU: RNG states must stay there
+        except CheckpointError as err:
+            raise CheckpointError(f"trainer.resume=true but {err}: copy it again from where it came from, or "
+                                  "drop trainer.resume to start a new run") from err
     if stopped_parent is not None:
         log.info("No %s in %s: this job of the resumed sweep starts from the beginning", path.name, output_dir)
         return None

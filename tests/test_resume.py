@@ -132,6 +132,19 @@ def test_resume_without_a_checkpoint_names_the_fix(cli):
     assert all_runs(cli) == []
 
 
+def test_resuming_from_a_damaged_checkpoint_is_refused_in_one_line_and_changes_nothing(cli):
+    run_dir = cli.tmp_path / "run"
+    cli(f"hydra.run.dir={run_dir}", "trainer.epochs=1")
+    last = run_dir / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # as a copy cut short leaves it
+    proc = cli(f"hydra.run.dir={run_dir}", "trainer.epochs=2", "trainer.resume=true", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"cifar.train: error: trainer.resume=true but {last} is not a readable checkpoint (")
+    assert proc.stderr.endswith("): copy it again from where it came from, or drop trainer.resume to start a new run\n")
+    [run] = all_runs(cli)
+    assert run.info.status == "FINISHED" and run.data.metrics["epochs_run"] == 1
+
+
 def test_resuming_a_run_that_a_live_process_still_runs_is_refused_and_leaves_it_running(cli):
     from cifar import owner
     from cifar.tracking import OWNER_TAG
