@@ -123,6 +123,9 @@ def _remove_earlier_caches(source: Path, keep: Path) -> None:
 
 def locate_source(path: Path, download: bool) -> Path:
     """Return the directory or archive to read, downloading the official archive if allowed."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"data.path={path} is a broken link (to {os.readlink(path)}): point it at your copy of the "
+                        "data")
     if path.is_file():
         if not path.name.endswith(ARCHIVE_SUFFIXES):
             raise DataError(

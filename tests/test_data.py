@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -122,6 +123,14 @@ def test_a_failed_cache_write_leaves_no_file(official_dir, tmp_path, monkeypatch
 def test_missing_data_without_download_names_the_fix(tmp_path):
     with pytest.raises(DataError, match="data.download=true"):
         load_cifar10(tmp_path / "nowhere", tmp_path / "cache", download=False)
+
+
+def test_a_broken_link_as_the_data_path_is_named_without_a_download(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_download", lambda root: pytest.fail("tried to download into a broken link"))
+    (tmp_path / "data").symlink_to(tmp_path / "gone")
+    said = f"data.path={tmp_path / 'data'} is a broken link (to {tmp_path / 'gone'}): point it at your copy"
+    with pytest.raises(DataError, match=re.escape(said)):
+        load_cifar10(tmp_path / "data", tmp_path / "cache", download=True)
 
 
 def test_missing_data_is_downloaded_with_torchvision(official_dir, tmp_path, monkeypatch):
