@@ -35,6 +35,12 @@ def first_line(err: BaseException) -> str:
     return without_passwords(text.splitlines()[0]) if text else type(err).__name__
 
 
+def unwritable_output_dir(err: OSError) -> UserError:
+    """The error of a run's or sweep's output dir that cannot be made (not a directory, no permission)."""
+    return UserError(f"cannot write {err.filename} ({os_reason(err)}): set hydra.run.dir (hydra.sweep.dir with -m) "
+                     "to a writable directory")
+
+
 def os_reason(err: OSError) -> str:
     """Why a file operation failed, in a few words ("No space left on device")."""
     return err.strerror or first_line(err)

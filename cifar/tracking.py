@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar import owner, sweeper, ui
 from cifar.credentials import without_passwords
 from cifar.drivers import missing_driver
-from cifar.errors import AbortRun, ConfigError, UserError, first_line
+from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
 
@@ -355,6 +355,11 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        try:  # before the parent run: Hydra would fail on it only after
+            Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            unwritable = unwritable_output_dir(err)
+            raise AbortRun(unwritable) from unwritable
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         if optuna_sweep:
             from cifar import study

@@ -21,7 +21,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
-from cifar.errors import AbortRun, ConfigError, DivergedError, UserError
+from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
@@ -77,8 +77,7 @@ def main() -> None:
     except OSError as err:  # Hydra creating the output dir: not a directory, no permission, disk full
         if full_error or err.filename is None:
             raise
-        print(f"cifar.train: error: cannot write {err.filename} ({err.strerror}): set hydra.run.dir "
-              "(hydra.sweep.dir with -m) to a writable directory", file=sys.stderr)
+        print(f"cifar.train: error: {unwritable_output_dir(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as interrupt:
         number = interrupt.args[0] if interrupt.args else signal.SIGINT

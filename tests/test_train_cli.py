@@ -286,6 +286,18 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
     assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
 
 
+@pytest.mark.parametrize("sweep", ["grid", "optuna"])
+def test_a_sweep_whose_dir_cannot_be_written_fails_in_one_line_before_any_run(cli, sweep):
+    a_file = cli.tmp_path / "a-file"
+    a_file.write_text("")
+    search = ["optimizer.lr=0.001,0.002"] if sweep == "grid" else ["hparams_search=optuna"]
+    proc = cli(f"hydra.sweep.dir={a_file}/sweep", *search, multirun=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"cifar.train: error: cannot write {a_file}/sweep (Not a directory): set hydra.run.dir "
+                           "(hydra.sweep.dir with -m) to a writable directory\n")
+    assert all_runs(cli) == []
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_a_tracking_store_without_its_driver_fails_in_one_line_and_a_sweep_before_any_job(cli, multirun):
     """A sweep's start refuses it, where it used to be warned of while every job ran and failed."""
