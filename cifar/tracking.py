@@ -355,8 +355,9 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        try:  # before the parent run: Hydra would fail on it only after
-            Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        try:  # before the parent run: Hydra would fail on it only after (a resumed sweep's dir exists, or is refused)
+            if not config.trainer.resume:
+                Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         except OSError as err:
             unwritable = unwritable_output_dir(err)
             raise AbortRun(unwritable) from unwritable
