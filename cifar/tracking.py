@@ -355,21 +355,18 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        try:  # before the parent run: Hydra would fail on it only after (a resumed sweep's dir exists, or is refused)
-            if not config.trainer.resume:
-                Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            unwritable = unwritable_output_dir(err)
-            raise AbortRun(unwritable) from unwritable
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         if optuna_sweep:
             from cifar import study
 
             try:
                 sweeper.checked_sweep(config)
+                _make_sweep_dir(config)  # before the study's storage, which it holds by default
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
+        else:
+            _make_sweep_dir(config)
         try:
             experiment_id = configure(config.mlflow)
         except UserError as err:
@@ -427,6 +424,18 @@ class SweepCallback(Callback):
                 _log_study(client, run_id, config.hydra, children)
         finally:
             client.set_terminated(run_id, "KILLED" if interrupted else status)
+
+
+def _make_sweep_dir(config: DictConfig) -> None:
+    """Make a new sweep's dir before its parent run, which Hydra would fail on only after; a resumed
+    sweep's dir exists, or the resume is refused without making it."""
+    if config.trainer.resume:
+        return
+    try:
+        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        unwritable = unwritable_output_dir(err)
+        raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
 
 
 def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:

@@ -132,6 +132,8 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"cifar.train: error: {message}") and proc.stderr.count("\n") == 1
     assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
+    if "storage" not in override:  # refused before the sweep dir is made
+        assert not (cli.tmp_path / "sweep").exists()
 
 
 def test_a_study_storage_without_its_driver_fails_before_any_run_or_study(cli):
