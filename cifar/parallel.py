@@ -6,11 +6,21 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
+from cifar.errors import ConfigError
+
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 
 def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_launcher(hydra_cfg: DictConfig) -> None:
+    """Refuse the joblib launcher's ``n_jobs=0``, which joblib would refuse only once the jobs are
+    launched, with a traceback."""
+    if OmegaConf.select(hydra_cfg, "launcher._target_") == JOBLIB_LAUNCHER and hydra_cfg.launcher.n_jobs == 0:
+        raise ConfigError("hydra.launcher.n_jobs=0 is out of range: it must be >= 1 (workers), or negative as in "
+                          "joblib (-1: all cores, -2: all but one, ...)")
 
 
 def concurrent_jobs(hydra_cfg: DictConfig, cores: int) -> int:

@@ -24,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar import owner, sweeper, ui
+from cifar import owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
 from cifar.drivers import missing_driver
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
@@ -355,6 +355,10 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        try:
+            parallel.check_launcher(config.hydra)
+        except ConfigError as err:
+            raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         if optuna_sweep:
             from cifar import study

@@ -298,6 +298,15 @@ def test_a_sweep_whose_dir_cannot_be_written_fails_in_one_line_before_any_run(cl
     assert all_runs(cli) == []
 
 
+def test_joblib_without_workers_fails_in_one_line_before_any_run(cli):
+    proc = cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "optimizer.lr=0.001,0.002", multirun=True,
+               check=False)
+    assert proc.returncode == 2
+    assert proc.stderr == ("cifar.train: error: hydra.launcher.n_jobs=0 is out of range: it must be >= 1 (workers), "
+                           "or negative as in joblib (-1: all cores, -2: all but one, ...)\n")
+    assert all_runs(cli) == [] and not (cli.tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_a_tracking_store_without_its_driver_fails_in_one_line_and_a_sweep_before_any_job(cli, multirun):
     """A sweep's start refuses it, where it used to be warned of while every job ran and failed."""
