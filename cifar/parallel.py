@@ -15,17 +15,21 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _uses_joblib(hydra_cfg: DictConfig) -> bool:
+    return OmegaConf.select(hydra_cfg, "launcher._target_") == JOBLIB_LAUNCHER
+
+
 def check_launcher(hydra_cfg: DictConfig) -> None:
     """Refuse the joblib launcher's ``n_jobs=0``, which joblib would refuse only once the jobs are
     launched, with a traceback."""
-    if OmegaConf.select(hydra_cfg, "launcher._target_") == JOBLIB_LAUNCHER and hydra_cfg.launcher.n_jobs == 0:
+    if _uses_joblib(hydra_cfg) and hydra_cfg.launcher.n_jobs == 0:
         raise ConfigError("hydra.launcher.n_jobs=0 is out of range: it must be >= 1 (workers), or negative as in "
                           "joblib (-1: all cores, -2: all but one, ...)")
 
 
 def concurrent_jobs(hydra_cfg: DictConfig, cores: int) -> int:
     """How many jobs run at once here: the joblib launcher's workers, capped by the sweeper's batch."""
-    if OmegaConf.select(hydra_cfg, "launcher._target_") != JOBLIB_LAUNCHER:
+    if not _uses_joblib(hydra_cfg):
         return 1  # the basic launcher runs jobs one after the other; others run them elsewhere
     workers = hydra_cfg.launcher.n_jobs
     if workers < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
