@@ -105,13 +105,14 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
 
 def _remove_earlier_caches(source: Path, keep: Path) -> None:
     """Delete the caches in ``keep``'s folder that were decoded from ``source`` before it changed."""
+    source_path = str(source.resolve())  # as _write_cache records it
     for cache_file in sorted(keep.parent.glob("cifar10-*.npz")):
         if cache_file == keep:
             continue
         try:
             with np.load(cache_file) as npz:
                 decoded_from = json.loads(str(npz["meta"])).get("source")
-            if decoded_from == str(source.resolve()):
+            if decoded_from == source_path:
                 cache_file.unlink()
                 log.info("Removed %s, the cache of an earlier version of %s", cache_file, source)
         except UNREADABLE_CACHE:  # not a cache, or one that another process just removed
