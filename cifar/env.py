@@ -5,10 +5,10 @@
 
 Prints the versions of Python and the stack, the devices torch finds, whether the configured
 data and its decoded cache are present, the MLflow store and, for an Optuna sweep
-(``hparams_search=...``), the study storage, with whether their database drivers are installed,
-then runs a small matmul and one training step of the configured model on the configured device,
-and ends with a verdict. Exits 1 when something required is missing or fails
-(a package, the device, the data with data.download=false, a store's driver).
+(``hparams_search=...``), the study storage, with whether their database drivers are installed
+and their servers answer, then runs a small matmul and one training step of the configured model
+on the configured device, and ends with a verdict. Exits 1 when something required is missing or fails
+(a package, the device, the data with data.download=false, a store's driver or server).
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def tracking_store(cfg_mlflow) -> Check:
     not answer for minutes."""
     from cifar.tracking import store_uri
 
-    return _database("MLflow store", store_uri(cfg_mlflow))
+    return _store("MLflow store", store_uri(cfg_mlflow))
 
 
 def study_storage(hydra_cfg) -> list[Check]:
@@ -155,15 +155,16 @@ def study_storage(hydra_cfg) -> list[Check]:
         return []
     if hydra_cfg.sweeper.storage is None:
         return [Check("Optuna storage", OK, "a SQLite file in the sweep dir (hydra.sweeper.storage not set)")]
-    return [_database("Optuna storage", storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))]
+    return [_store("Optuna storage", storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir))]
 
 
-def _database(topic: str, url: str) -> Check:
-    """``url``, its password left out, failed where its database driver is not installed."""
+def _store(topic: str, url: str) -> Check:
+    """``url``, its password left out, failed where its database driver is not installed or its server
+    does not answer."""
     from cifar.credentials import without_passwords
-    from cifar.drivers import missing_driver
+    from cifar.stores import unusable
 
-    if reason := missing_driver(url):
+    if reason := unusable(url):
         return Check(topic, FAIL, f"{without_passwords(url)}: {reason}")
     return Check(topic, OK, without_passwords(url))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cifar.credentials import without_passwords
-from cifar.drivers import missing_driver
+from cifar.stores import unusable
 from cifar.errors import UserError, first_line, os_reason
 from cifar.files import atomic_write_text
 from cifar.sweeper import SQLITE
@@ -86,7 +86,7 @@ def _study_line(tags: dict[str, str]) -> str | None:
     shown = without_passwords(storage)  # a sweep from before passwords were left out of tags has it
     if storage.startswith(SQLITE) and not Path(storage.removeprefix(SQLITE)).exists():
         return f"Optuna study `{name}`: its storage {shown} is gone"
-    if reason := missing_driver(storage):
+    if reason := unusable(storage):
         return f"Optuna study `{name}`: its storage {shown} cannot be read: {reason}"
     import optuna
     from sqlalchemy.exc import SQLAlchemyError

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from cifar import owner, tracking
 from cifar.credentials import without_passwords
-from cifar.drivers import missing_driver
+from cifar.stores import unusable
 from cifar.errors import ConfigError, first_line
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
@@ -76,7 +76,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    if reason := missing_driver(url):
+    if reason := unusable(url):
         raise ConfigError(f"hydra.sweeper.storage={without_passwords(url)} cannot be used: {reason}")
     engine_kwargs: dict[str, Any] = {}
     try:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
-from cifar.drivers import missing_driver
+from cifar.stores import unusable
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
@@ -72,7 +72,7 @@ def existing_store(uri: str | None) -> str:
         if database and database != ":memory:" and not Path(database).exists():
             raise UserError(f"no MLflow store at {Path(database).resolve()}: run from the folder that holds it, "
                             "or give --tracking-uri / MLFLOW_TRACKING_URI")
-    if reason := missing_driver(uri):
+    if reason := unusable(uri):
         raise UserError(f"the MLflow store {without_passwords(uri)} cannot be read: {reason}")
     return uri
 
@@ -114,7 +114,7 @@ def configure(cfg_mlflow: Any) -> str:
 
     uri = store_uri(cfg_mlflow)
     mlflow.set_tracking_uri(uri)
-    if reason := missing_driver(uri):
+    if reason := unusable(uri):
         raise UserError(f"MLflow tracking store {without_passwords(uri)} cannot be used: {reason}")
     try:
         experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
@@ -365,16 +365,18 @@ class SweepCallback(Callback):
 
             try:
                 sweeper.checked_sweep(config)
-                _make_sweep_dir(config)  # before the study's storage, which it holds by default
-                study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
-        else:
-            _make_sweep_dir(config)
         try:
             experiment_id = configure(config.mlflow)
         except UserError as err:
             raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
+        _make_sweep_dir(config)  # before the study's storage, which it holds by default
+        if optuna_sweep:
+            try:
+                study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
+            except ConfigError:
+                return  # the sweeper reports the error
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)

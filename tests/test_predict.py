@@ -123,7 +123,7 @@ def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(tmp
     uri = REFUSING_DATABASE.format("mlflow")
     code, out, err = _predict(capsys, str(tmp_path), "--model", "0" * 32, "--tracking-uri", uri)
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert err.startswith(f"cifar.predict: error: --model {'0' * 32}: the MLflow store {without_passwords(uri)} {said}")
+    assert err.startswith(f"cifar.predict: error: the MLflow store {without_passwords(uri)} {said}")
 
 
 def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path, capsys):

@@ -272,18 +272,33 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
     }[where]
     args, env = cli.command(*overrides)
     del env["MLFLOW_TRACKING_URI"]  # it would win over mlflow.tracking_uri
-    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"  # MLflow's own retries take two minutes
     proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     expected = {"output dir": f"cannot write {a_file}/run (Not a directory): set hydra.run.dir",
                 "data cache": f"cannot write {a_file}/cache/cifar10-",
                 "sqlite store": "MLflow tracking store sqlite:///",
-                "tracking server": "MLflow tracking store http://me@127.0.0.1:9 cannot be used"}[where]
+                "tracking server": "MLflow tracking store http://me@127.0.0.1:9 cannot be used: nothing answers at "
+                                   "127.0.0.1:9 (Connection refused): start its server, or correct the URL"}[where]
     assert lines[0].startswith("cifar.train: error:") and expected in lines[0], lines[0]
-    assert {"output dir": "", "data cache": "set data.cache_dir to a writable directory"}.get(
-        where, "check mlflow.tracking_uri") in lines[0]
+    assert {"output dir": "", "data cache": "set data.cache_dir to a writable directory",
+            "tracking server": ""}.get(where, "check mlflow.tracking_uri") in lines[0]
     assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweep", ["grid", "optuna"])
+def test_a_sweep_whose_tracking_server_does_not_answer_fails_in_one_line_and_leaves_no_sweep_dir(cli, sweep):
+    import subprocess
+
+    search = ["optimizer.lr=0.001,0.002"] if sweep == "grid" else ["hparams_search=optuna"]
+    args, env = cli.command("mlflow.tracking_uri=http://127.0.0.1:9", *search, multirun=True)
+    del env["MLFLOW_TRACKING_URI"]  # it would win over mlflow.tracking_uri
+    proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == ("cifar.train: error: MLflow tracking store http://127.0.0.1:9 cannot be used: nothing "
+                           "answers at 127.0.0.1:9 (Connection refused): start its server, or correct the URL\n")
+    assert not (cli.tmp_path / "sweep").exists()
 
 
 @pytest.mark.parametrize("sweep", ["grid", "optuna"])

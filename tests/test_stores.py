@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+from cifar.stores import missing_driver, unanswered, unusable
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///mlflow.db", "sqlite:////tmp/optuna.db", "http://127.0.0.1:5000", "https://mlflow.example.com",
+    "file:///tmp/mlruns", "./mlruns", "databricks",
+])
+def test_urls_whose_driver_imports_or_that_name_no_database_pass(url):
+    assert missing_driver(url) is None
+
+
+def test_a_postgresql_url_without_its_driver_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if the postgres extra were not installed
+    reason = missing_driver("postgresql://cifar@db-host:5432/mlflow")
+    assert reason.startswith("its database driver is not installed (")
+    assert reason.endswith("): uv sync --extra postgres, or pip install 'psycopg[binary]'")
+
+
+@pytest.mark.parametrize("module,url", [("pymysql", "mysql+pymysql://cifar@db-host/mlflow"),
+                                        ("psycopg2", "postgresql+psycopg2://cifar@db-host/mlflow")])
+def test_another_driver_that_is_missing_is_to_install_or_to_replace_in_the_url(module, url, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)
+    scheme = url.split("+")[0]
+    assert missing_driver(url).endswith(f"): install it, or name an installed one in the URL ({scheme}+DRIVER://)")
+
+
+@pytest.fixture
+def free_port():
+    """A port of 127.0.0.1 that nothing listens on: a connection to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.mark.parametrize("scheme", ["http", "postgresql"])
+def test_a_server_that_answers_passes_and_one_that_refuses_is_named_with_the_fix(scheme, free_port, no_proxy,
+                                                                                 monkeypatch):
+    monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert unusable(f"{scheme}://cifar@127.0.0.1:{server.getsockname()[1]}/db") is None
+    assert unusable(f"{scheme}://cifar:s3cret@127.0.0.1:{free_port}/db") == (
+        f"nothing answers at 127.0.0.1:{free_port} (Connection refused): start its server, or correct the URL")
+
+
+def test_a_server_that_starts_within_the_wait_is_waited_for(free_port, no_proxy):
+    def start_late():
+        time.sleep(1.5)  # the first attempts are refused
+        with socket.create_server(("127.0.0.1", free_port)) as server:
+            server.accept()[0].close()
+
+    late = threading.Thread(target=start_late)
+    late.start()
+    try:
+        assert unanswered(f"http://127.0.0.1:{free_port}") is None
+    finally:
+        late.join()
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///mlflow.db", "file:///tmp/mlruns", "./mlruns", "databricks", "postgresql://cifar@/mlflow?host=/run/pg",
+    "http://127.0.0.1:port", "mlflow+unknown://127.0.0.1:1",
+])
+def test_urls_that_name_no_server_to_connect_to_are_not_tried(url, monkeypatch):
+    def connect(*args, **kwargs):
+        raise AssertionError(f"connected to {args}")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    assert unanswered(url) is None
+
+
+def test_a_tracking_server_behind_a_proxy_is_left_to_the_proxy(free_port, no_proxy, monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:1")
+    assert unanswered(f"http://mlflow.internal:{free_port}") is None
+    monkeypatch.setenv("NO_PROXY", "mlflow.internal")  # connected to directly again: an unknown host
+    monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
+    reason = unanswered(f"http://mlflow.internal:{free_port}")
+    assert reason.startswith(f"nothing answers at mlflow.internal:{free_port} (")
