@@ -2,9 +2,9 @@
 
 The MLflow store is shared: whoever can open its UI reads every run's params, tags and logged
 config. So the password of a URL in the config or on the command line (``mlflow.tracking_uri``,
-``hydra.sweeper.storage``) is left out of them, and out of the error messages that name a store
-(they end up in logs and bug reports); the database driver can take it from the environment
-instead (PostgreSQL: ``PGPASSWORD`` or ``~/.pgpass``).
+``hydra.sweeper.storage``) is left out of them, and out of error messages (they end up in logs
+and bug reports: :class:`cifar.errors.UserError` leaves it out of each); the database driver can
+take it from the environment instead (PostgreSQL: ``PGPASSWORD`` or ``~/.pgpass``).
 """
 
 from __future__ import annotations

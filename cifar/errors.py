@@ -4,7 +4,11 @@ from cifar.credentials import without_passwords
 
 
 class UserError(Exception):
-    """A problem the user can fix; the message names the problem and the fix."""
+    """A problem the user can fix; the message names the problem and the fix, and leaves out the
+    password of any store URL in it (one-line errors end up in CI logs, job logs and bug reports)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(without_passwords(message))
 
 
 class ConfigError(UserError):

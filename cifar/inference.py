@@ -18,7 +18,6 @@ from torch import nn
 
 from cifar import checkpoint
 from cifar.batches import normalization
-from cifar.credentials import without_passwords
 from cifar.data import CLASSES
 from cifar.engine import TTA, predict_logits
 from cifar.errors import CheckpointError, UserError, first_line
@@ -107,7 +106,7 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
         with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (*store_errors(), OSError) as err:
-        raise UserError(f"--model {uri} cannot be loaded from {without_passwords(tracking_uri)} "
+        raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} "
                         f"({first_line(err)}): check the name and version, or --tracking-uri") from err
 
 
@@ -124,7 +123,7 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     except store_errors() as err:
         raise UserError(f"--model {run_id}: {unreadable_store(tracking_uri, err)}") from err
     if run is None:
-        raise UserError(f"--model {run_id}: no such MLflow run in {without_passwords(tracking_uri)}: check the id, "
+        raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, "
                         "or --tracking-uri / MLFLOW_TRACKING_URI")
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:

@@ -122,7 +122,7 @@ def _chosen_sweep(client, sweep: str):
     run_id = _parent_run_of_dir(sweep) if Path(sweep).is_dir() else sweep
     run = existing_run(client, run_id)
     if run is None:
-        raise UserError(f"--sweep {run_id}: no such MLflow run in {without_passwords(client.tracking_uri)}: give a "
+        raise UserError(f"--sweep {run_id}: no such MLflow run in {client.tracking_uri}: give a "
                         "sweep's parent run id (in a report's title, or the MLflow UI), or leave --sweep out for the "
                         "latest sweep")
     if SWEEP_DIR_TAG not in run.data.tags:

@@ -77,7 +77,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     from sqlalchemy.exc import SQLAlchemyError
 
     if reason := unusable(url):
-        raise ConfigError(f"hydra.sweeper.storage={without_passwords(url)} cannot be used: {reason}")
+        raise ConfigError(f"hydra.sweeper.storage={url} cannot be used: {reason}")
     engine_kwargs: dict[str, Any] = {}
     try:
         if url.startswith(SQLITE):
@@ -92,7 +92,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return tracking.while_created_elsewhere(with_heartbeats, url, engine_kwargs)
     except (OSError, sqlite3.Error, SQLAlchemyError) as err:
-        raise ConfigError(f"hydra.sweeper.storage={without_passwords(url)} cannot be used ({type(err).__name__}: "
+        raise ConfigError(f"hydra.sweeper.storage={url} cannot be used ({type(err).__name__}: "
                           f"{first_line(err)}): give a writable sqlite:///PATH or a reachable database URL") from err
 
 

@@ -73,7 +73,7 @@ def existing_store(uri: str | None) -> str:
             raise UserError(f"no MLflow store at {Path(database).resolve()}: run from the folder that holds it, "
                             "or give --tracking-uri / MLFLOW_TRACKING_URI")
     if reason := unusable(uri):
-        raise UserError(f"the MLflow store {without_passwords(uri)} cannot be read: {reason}")
+        raise UserError(f"the MLflow store {uri} cannot be read: {reason}")
     return uri
 
 
@@ -115,7 +115,7 @@ def configure(cfg_mlflow: Any) -> str:
     uri = store_uri(cfg_mlflow)
     mlflow.set_tracking_uri(uri)
     if reason := unusable(uri):
-        raise UserError(f"MLflow tracking store {without_passwords(uri)} cannot be used: {reason}")
+        raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
     try:
         experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
         if experiment is None:
@@ -127,7 +127,7 @@ def configure(cfg_mlflow: Any) -> str:
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
         raise UserError(
-            f"MLflow tracking store {without_passwords(uri)} cannot be used ({type(err).__name__}: "
+            f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: "
             f"{first_line(err)}): check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
     return experiment.experiment_id
@@ -253,7 +253,7 @@ def _run_to_take_up(client: Any, run_id: str, what: str) -> Any:
     run = existing_run(client, run_id)
     if run is None:
         raise ConfigError(
-            f"trainer.resume=true but {what} {run_id} is not in the store {without_passwords(client.tracking_uri)}: "
+            f"trainer.resume=true but {what} {run_id} is not in the store {client.tracking_uri}: "
             "resume with the store it was logged to (MLFLOW_TRACKING_URI or mlflow.tracking_uri), or drop "
             "trainer.resume"
         )

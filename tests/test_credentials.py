@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import mlflow.artifacts
 import pytest
 from omegaconf import OmegaConf
 
 from cifar import ui
 from cifar.credentials import without_passwords
+from cifar.errors import ConfigError, UserError
 from tests.conftest import all_runs, client_for, sweep_parent_and_children
 
 
@@ -22,6 +25,15 @@ from tests.conftest import all_runs, client_for, sweep_parent_and_children
 ])
 def test_store_urls_lose_their_passwords_and_nothing_else(text, expected):
     assert without_passwords(text) == expected
+
+
+@pytest.mark.parametrize("error", [UserError, ConfigError])
+def test_an_error_for_the_user_leaves_passwords_out_also_once_sent_to_another_process(error):
+    err = error("hydra.sweeper.storage=postgresql://cifar:s3cret@db-host/optuna cannot be used: give a URL")
+    expected = "hydra.sweeper.storage=postgresql://cifar@db-host/optuna cannot be used: give a URL"
+    assert str(err) == expected
+    sent = pickle.loads(pickle.dumps(err))  # as the joblib and cluster launchers return a job's error
+    assert type(sent) is error and str(sent) == expected
 
 
 def test_a_password_in_a_store_url_is_not_recorded_in_mlflow(cli):
