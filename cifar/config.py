@@ -235,6 +235,9 @@ def validate(cfg: Any) -> None:
     checks = [
         ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
+        ("data.path", bool(cfg.data.path.strip()),
+         "must not be empty (an unset shell variable?): give your copy's folder or archive, or . for this folder"),
+        ("data.cache_dir", bool(cfg.data.cache_dir.strip()), "must not be empty: give a folder, or . for this folder"),
         ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
         ("data.eval_batch_size", cfg.data.eval_batch_size is None or cfg.data.eval_batch_size > 0,
          "must be > 0 or null (the device's default)"),

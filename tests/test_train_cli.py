@@ -197,6 +197,9 @@ BAD_INPUT = [
     ("model=vgg", "Could not find 'model/vgg'. Available options: airbench, resnet18, resnet9, simplecnn"),
     ("optimizer.lr=-1", "optimizer.lr=-1.0 is out of range: it must be > 0"),
     ("data.batch_size=0", "data.batch_size=0 is out of range: it must be > 0"),
+    ("data.path=", "data.path= is out of range: it must not be empty (an unset shell variable?): give your copy's "
+                   "folder or archive, or . for this folder"),
+    ("data.cache_dir=", "data.cache_dir= is out of range: it must not be empty: give a folder, or . for this folder"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
     ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (200 images)"),
     ("data.val_size=-1", "data.val_size=-1 is out of range: it must be >= 0 (0: train on every training image"),
@@ -420,7 +423,7 @@ BAD_OVERRIDES = [
     "optimizer.betas=[0.9]", "scheduler.final_div_factor=0",
     "data.augment.crop_padding=-4", "data.augment.pad_mode=wrap", "data.augment.cutout=-1", "scheduler.anneal=exp",
     "trainer.device=tpu", "model=vgg", "optimizer=rmsprop", "scheduler=step", "experiment=nope",
-    "data.val_size=100000", "data.path=/nonexistent/cifar", "mlflow.experiment=' '",
+    "data.val_size=100000", "data.path=/nonexistent/cifar", "mlflow.experiment=' '", "data.path=",
 ]
 GOOD_OVERRIDES = ["optimizer.lr=0.01", "optimizer=sgd", "data.batch_size=16", "trainer.epochs=1", "seed=3",
                   "trainer.label_smoothing=0.1", "data.augment.flip=false"]
