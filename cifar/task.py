@@ -54,6 +54,7 @@ def run(cfg: DictConfig) -> float | None:
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    tracking.usable_store(cfg.mlflow)  # a server that does not answer fails before the data is decoded
     stopped_parent = None  # the parent run of the stopped sweep that this job continues
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
         stopped_parent = tracking.stopped_sweep_parent(mlflow.MlflowClient(), tracking.configure(cfg.mlflow),

@@ -112,10 +112,8 @@ def configure(cfg_mlflow: Any) -> str:
     """
     import mlflow
 
-    uri = store_uri(cfg_mlflow)
+    uri = usable_store(cfg_mlflow)
     mlflow.set_tracking_uri(uri)
-    if reason := unusable(uri):
-        raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
     try:
         experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
         if experiment is None:
@@ -131,6 +129,15 @@ def configure(cfg_mlflow: Any) -> str:
             f"{first_line(err)}): check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
     return experiment.experiment_id
+
+
+def usable_store(cfg_mlflow: Any) -> str:
+    """:func:`store_uri`, refused (UserError) where its database driver is not installed or its server
+    does not answer: checked without opening the store, which would create a SQLite file."""
+    uri = store_uri(cfg_mlflow)
+    if reason := unusable(uri):
+        raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
+    return uri
 
 
 def store_uri(cfg_mlflow: Any) -> str:
