@@ -53,9 +53,16 @@ def test_a_server_that_answers_passes_and_one_that_refuses_is_named_with_the_fix
                                                                                  monkeypatch):
     monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
     with socket.create_server(("127.0.0.1", 0)) as server:
-        assert unusable(f"{scheme}://cifar@127.0.0.1:{server.getsockname()[1]}/db") is None
-    assert unusable(f"{scheme}://cifar:s3cret@127.0.0.1:{free_port}/db") == (
+        assert unanswered(f"{scheme}://cifar@127.0.0.1:{server.getsockname()[1]}/db") is None
+    assert unanswered(f"{scheme}://cifar:s3cret@127.0.0.1:{free_port}/db") == (
         f"nothing answers at 127.0.0.1:{free_port} (Connection refused): start its server, or correct the URL")
+
+
+def test_a_missing_driver_is_named_without_trying_the_server(free_port, no_proxy, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
+    assert unusable(f"postgresql://cifar@127.0.0.1:{free_port}/db").startswith("its database driver is not installed")
+    assert unusable(f"http://127.0.0.1:{free_port}").startswith(f"nothing answers at 127.0.0.1:{free_port} (")
 
 
 def test_a_server_that_starts_within_the_wait_is_waited_for(free_port, no_proxy):
