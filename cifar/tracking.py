@@ -382,8 +382,8 @@ class SweepCallback(Callback):
         if optuna_sweep:
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
-            except ConfigError:
-                return  # the sweeper reports the error
+            except ConfigError as err:
+                raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shlex
 import signal
 import sqlite3
@@ -126,6 +127,11 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
      "give a writable sqlite:///PATH or a reachable database URL"),
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
+    pytest.param("hydra.sweeper.storage=postgresql://me:s3cret@127.0.0.1:1/optuna",  # nothing listens on port 1
+                 "hydra.sweeper.storage=postgresql://me@127.0.0.1:1/optuna cannot be used: nothing answers at "
+                 "127.0.0.1:1 (Connection refused): start its server, or correct the URL",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("psycopg") is None,
+                                          reason="the postgres extra is not installed (uv sync --extra postgres)")),
 ])
 def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, message):
     proc = cli("hparams_search=optuna", override, multirun=True, check=False)
