@@ -10,6 +10,7 @@ its 7 retries; a database about 100 s): a server that is down, or a wrong port, 
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 import urllib.parse
@@ -19,6 +20,8 @@ from cifar.errors import first_line, os_reason
 # How to install a driver, by SQLAlchemy's name for it: the one of the postgres extra (plain postgresql:// URLs)
 INSTALL = {"psycopg": "uv sync --extra postgres, or pip install 'psycopg[binary]'"}
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306, "mssql": 1433, "oracle": 1521}
+# URL parameters with which the driver connects elsewhere than the URL's host and port (a Unix socket, ...)
+ELSEWHERE_PARAMETERS = {"host", "hostaddr", "service", "unix_socket", "unix_sock"}
 ANSWER_WAIT_S = 8.0  # how long a server is tried (a restarting one is back by then) before it is said not to answer
 
 
@@ -48,7 +51,8 @@ def missing_driver(url: str) -> str | None:
 def unanswered(url: str) -> str | None:
     """What the server of ``url`` answered, where it refused the connection (or its host is unknown,
     or it did not answer) for :data:`ANSWER_WAIT_S`; None where it answered, and where ``url`` names
-    no server that this process connects to itself (a file, a Unix socket, a server behind a proxy)."""
+    no server that this process connects to itself (a file, a Unix socket, a server behind a proxy, or
+    where the driver's own settings, such as ``PGPORT``, say otherwise than the URL)."""
     server = _server(url)
     if server is None:
         return None
@@ -83,6 +87,9 @@ def _server(url: str) -> tuple[str, int] | None:
     except (ArgumentError, ValueError):  # no URL, or a port that is no number: left to the store to report
         return None
     backend = database.get_backend_name()
-    if backend not in DATABASE_PORTS or not database.host:
-        return None  # a file (SQLite), a Unix socket, or a scheme the store reports as unknown
+    if backend not in DATABASE_PORTS or not database.host or database.query.keys() & ELSEWHERE_PARAMETERS:
+        return None  # a file (SQLite), a Unix socket, a scheme the store reports as unknown
+    libpq_elsewhere = os.environ.get("PGHOSTADDR") or (database.port is None and os.environ.get("PGPORT"))
+    if backend == "postgresql" and libpq_elsewhere:
+        return None  # libpq connects where these say
     return database.host, database.port or DATABASE_PORTS[backend]

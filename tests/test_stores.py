@@ -81,6 +81,7 @@ def test_a_server_that_starts_within_the_wait_is_waited_for(free_port, no_proxy)
 
 @pytest.mark.parametrize("url", [
     "sqlite:///mlflow.db", "file:///tmp/mlruns", "./mlruns", "databricks", "postgresql://cifar@/mlflow?host=/run/pg",
+    "postgresql://cifar@localhost/mlflow?host=/run/pg", "mysql+pymysql://cifar@localhost/mlflow?unix_socket=/run/my.sock",
     "http://127.0.0.1:port", "mlflow+unknown://127.0.0.1:1",
 ])
 def test_urls_that_name_no_server_to_connect_to_are_not_tried(url, monkeypatch):
@@ -89,6 +90,15 @@ def test_urls_that_name_no_server_to_connect_to_are_not_tried(url, monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", connect)
     assert unanswered(url) is None
+
+
+def test_a_database_whose_port_or_address_libpq_takes_from_the_environment_is_left_to_it(free_port, monkeypatch):
+    monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
+    monkeypatch.setenv("PGPORT", str(free_port))
+    assert unanswered("postgresql://cifar@127.0.0.1/mlflow") is None
+    assert unanswered(f"postgresql://cifar@127.0.0.1:{free_port}/mlflow") is not None  # the URL's port wins
+    monkeypatch.setenv("PGHOSTADDR", "127.0.0.1")
+    assert unanswered(f"postgresql://cifar@db-host:{free_port}/mlflow") is None
 
 
 def test_a_tracking_server_behind_a_proxy_is_left_to_the_proxy(free_port, no_proxy, monkeypatch):
