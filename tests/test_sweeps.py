@@ -21,8 +21,10 @@ from tests.conftest import (
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
 
-def load_study(cli, name: str = "cifar-optuna") -> optuna.Study:
-    """The preset's study, in optuna.db in the working directory."""
+def load_study(cli, name: str | None = None) -> optuna.Study:
+    """The study ``name`` (the preset's: named after the test's MLflow experiment), in optuna.db in the
+    working directory."""
+    name = name or f"{cli.experiment}-optuna"
     return optuna.load_study(study_name=name, storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
 
 
@@ -58,7 +60,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     study = load_study(cli)
     assert [t.state for t in study.trials] == [COMPLETE] * 4
     parent, children = sweep_runs(cli)
-    assert sorted(children) == [0, 1, 2, 3] and parent.info.run_name == "sweep cifar-optuna"
+    assert sorted(children) == [0, 1, 2, 3] and parent.info.run_name == f"sweep {cli.experiment}-optuna"
     for number, child in children.items():
         trial = study.trials[number]
         assert child.data.tags["optuna.trial_state"] == "COMPLETE"
@@ -68,7 +70,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
         assert trial.user_attrs["hydra_job"] == child.data.tags["hydra.output_dir"]
         assert child.data.tags["hydra.output_dir"] == str(cli.tmp_path / "sweep" / str(number))  # named by trial
     best = study.best_trial
-    assert parent.data.tags["optuna.study_name"] == "cifar-optuna"
+    assert parent.data.tags["optuna.study_name"] == f"{cli.experiment}-optuna"
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
     assert parent.data.metrics["study/best_value"] == best.value
     assert best_params_tagged(parent) == {key: str(value) for key, value in best.params.items()}
@@ -158,7 +160,7 @@ def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
     cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
     first = [(t.number, t.params, t.datetime_start) for t in load_study(cli).trials]
     proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", multirun=True)
-    assert "Study cifar-optuna has 1 finished trial: running 2 more" in proc.stderr + proc.stdout
+    assert f"Study {cli.experiment}-optuna has 1 finished trial: running 2 more" in proc.stderr + proc.stdout
     study = load_study(cli)
     trials = study.trials
     assert [t.state for t in trials] == [COMPLETE] * 3
@@ -199,9 +201,11 @@ def test_a_trial_whose_sweeper_on_another_machine_went_silent_is_run_again(cli):
         "mlflow.parentRunId": parent.info.run_id, "optuna.trial_number": str(silent)}).info.run_id
 
     proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", multirun=True)
-    assert (f"Trials [{silent}] of study cifar-optuna were left running by a sweep that died (killed, or silent "
-            f"for {studies.SILENT_AFTER_S} s): marked failed (killed), to be run again") in proc.stderr + proc.stdout
-    assert "Study cifar-optuna has 1 finished trial and 1 running in other workers: running 1 more" in proc.stdout
+    output = proc.stderr + proc.stdout
+    assert (f"Trials [{silent}] of study {cli.experiment}-optuna were left running by a sweep that died (killed, or "
+            f"silent for {studies.SILENT_AFTER_S} s): marked failed (killed), to be run again") in output
+    assert (f"Study {cli.experiment}-optuna has 1 finished trial and 1 running in other workers: running 1 more"
+            in proc.stdout)
     trials = load_study(cli).trials
     assert trials[silent].state == optuna.trial.TrialState.FAIL and trials[silent].user_attrs["killed"]
     assert trials[beating].state == optuna.trial.TrialState.RUNNING
@@ -214,18 +218,29 @@ def test_a_trial_whose_sweeper_on_another_machine_went_silent_is_run_again(cli):
 
 @pytest.mark.slow
 def test_a_study_resumed_in_another_experiment_gets_a_parent_run_there(cli):
-    cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
+    shared = "hydra.sweeper.study_name=shared"  # by default each experiment has a study of its own
+    cli("hparams_search=optuna", shared, "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
     first_parent, _ = sweep_runs(cli)
     other = f"{cli.experiment}-other"
-    cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1", f"mlflow.experiment={other}",
+    cli("hparams_search=optuna", shared, "hydra.sweeper.n_trials=2", "trainer.epochs=1", f"mlflow.experiment={other}",
         multirun=True)
     client = client_for(cli)
     parent, children = sweep_parent_and_children(
         client.search_runs([client.get_experiment_by_name(other).experiment_id]))
     assert parent.info.run_id != first_parent.info.run_id and parent.info.status == "FINISHED"
     assert [c.data.tags["optuna.trial_number"] for c in children] == ["1"]  # trial 0 ran in the first sweep
-    assert load_study(cli).user_attrs["mlflow_parent_run_id"] == parent.info.run_id  # the next resume takes it up
+    assert load_study(cli, "shared").user_attrs["mlflow_parent_run_id"] == parent.info.run_id  # the next resume's
     assert client.get_run(first_parent.info.run_id).info.status == "FINISHED"  # left as it was
+
+
+@pytest.mark.slow
+def test_a_search_logged_to_another_experiment_is_a_study_of_its_own(cli):
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
+    other = f"{cli.experiment}-other"
+    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", f"mlflow.experiment={other}",
+               multirun=True)
+    assert "has 1 finished trial" not in proc.stderr + proc.stdout  # not the first search's study, which is full
+    assert len(load_study(cli).trials) == 1 and len(load_study(cli, f"{other}-optuna").trials) == 1
 
 
 @pytest.mark.slow

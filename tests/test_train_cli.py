@@ -490,3 +490,13 @@ def test_the_smoke_run_shortens_any_preset_to_one_epoch_of_images_its_batch_fits
     assert cfg.data.batch_size == real.data.batch_size <= cfg.data.limit  # at least one step of the preset's batch
     assert cfg.model == real.model and cfg.optimizer == real.optimizer  # what it trains is the preset's
     assert compose(["debug=smoke", "trainer.epochs=3"]).trainer.epochs == 3  # the command line still wins
+
+
+@pytest.mark.parametrize("search", ["optuna", "optuna_model"])
+def test_a_smoke_search_runs_in_a_study_apart_from_the_real_search(search):
+    from cifar.config import compose_with_hydra
+
+    _, real = compose_with_hydra([f"hparams_search={search}"])
+    _, smoke = compose_with_hydra(["debug=smoke", f"hparams_search={search}"])
+    assert real.sweeper.study_name.startswith("cifar-optuna") and smoke.sweeper.study_name.startswith("debug-optuna")
+    assert real.sweeper.storage == smoke.sweeper.storage  # the same optuna.db: the names keep them apart

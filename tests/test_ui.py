@@ -81,13 +81,14 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
 
 def test_optuna_dashboard_serves_the_study_and_its_intermediate_values(cli):
     cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=2", multirun=True)
-    study = optuna.load_study(study_name="cifar-optuna", storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
+    name = f"{cli.experiment}-optuna"  # the preset's study, named after the MLflow experiment
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [str(BIN / "optuna-dashboard"), f"sqlite:///{cli.tmp_path / 'optuna.db'}", "--host", "127.0.0.1",
             "--port", str(port)]
     with serving(args, f"{url}/api/meta", cli.tmp_path / "dashboard.log", cwd=cli.tmp_path):
-        [summary] = [s for s in _get(f"{url}/api/studies")["study_summaries"] if s["study_name"] == "cifar-optuna"]
+        [summary] = [s for s in _get(f"{url}/api/studies")["study_summaries"] if s["study_name"] == name]
         served = _get(f"{url}/api/studies/{summary['study_id']}")
     trials = {t["number"]: t for t in served["trials"]}
     assert sorted(trials) == [t.number for t in study.trials] == [0, 1, 2]
