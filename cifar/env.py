@@ -140,8 +140,8 @@ def data_presence(cfg_data) -> list[Check]:
 
 
 def tracking_store(cfg_mlflow) -> Check:
-    """The MLflow store that runs log to. It is not connected to: MLflow tries a database that does
-    not answer for minutes."""
+    """The MLflow store that runs log to, with its driver and whether its server answers; the store is
+    not opened (that would create a SQLite file)."""
     from cifar.tracking import store_uri
 
     return _store("MLflow store", store_uri(cfg_mlflow))

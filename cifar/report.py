@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Sequence
 
 from cifar.credentials import without_passwords
-from cifar.stores import unusable
 from cifar.errors import UserError, first_line, os_reason
 from cifar.files import atomic_write_text
+from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG,

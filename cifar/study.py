@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 
 from cifar import owner, tracking
 from cifar.credentials import without_passwords
-from cifar.stores import unusable
 from cifar.errors import ConfigError, first_line
+from cifar.stores import unusable
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar import owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
-from cifar.stores import unusable
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
 from cifar.interrupts import interrupts_held
+from cifar.stores import unusable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
