@@ -378,11 +378,12 @@ class SweepCallback(Callback):
             experiment_id = configure(config.mlflow)
         except UserError as err:
             raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
-        _make_sweep_dir(config)  # before the study's storage, which it holds by default
+        made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
         if optuna_sweep:
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError as err:
+                _remove_if_empty(Path(config.hydra.sweep.dir), made)  # the sweep did not start
                 raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)
         client = MlflowClient()
         close_stale_runs(client, experiment_id)
@@ -439,16 +440,33 @@ class SweepCallback(Callback):
             client.set_terminated(run_id, "KILLED" if interrupted else status)
 
 
-def _make_sweep_dir(config: DictConfig) -> None:
+def _make_sweep_dir(config: DictConfig) -> Path | None:
     """Make a new sweep's dir before its parent run, which Hydra would fail on only after; a resumed
-    sweep's dir exists, or the resume is refused without making it."""
+    sweep's dir exists, or the resume is refused without making it. Returns the topmost folder made
+    (``multirun/<date>`` for the first sweep of a day), None where the dir was there."""
     if config.trainer.resume:
-        return
+        return None
+    sweep_dir = Path(config.hydra.sweep.dir).absolute()
+    made = next((d for d in reversed([sweep_dir, *sweep_dir.parents]) if not d.exists()), None)
     try:
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         unwritable = unwritable_output_dir(err)
         raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
+    return made
+
+
+def _remove_if_empty(sweep_dir: Path, made: Path | None) -> None:
+    """Remove the folders :func:`_make_sweep_dir` made, from ``sweep_dir`` up to ``made``, while empty."""
+    if made is None:
+        return
+    for folder in [sweep_dir.absolute(), *sweep_dir.absolute().parents]:
+        try:
+            folder.rmdir()  # only an empty folder: whatever another process wrote there stays
+        except OSError:
+            return
+        if folder == made:
+            return
 
 
 def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:

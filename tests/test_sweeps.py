@@ -140,8 +140,21 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"cifar.train: error: {message}") and proc.stderr.count("\n") == 1
     assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
-    if "storage" not in override:  # refused before the sweep dir is made
-        assert not (cli.tmp_path / "sweep").exists()
+    assert not (cli.tmp_path / "sweep").exists()  # refused before the sweep dir is made, or removed with it
+
+
+def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):
+    from cifar.tracking import _make_sweep_dir, _remove_if_empty
+
+    day = tmp_path / "multirun" / "2026-12-03"
+    (day / "09-00-00").mkdir(parents=True)  # an earlier sweep's, with its files
+    (day / "09-00-00" / "optuna.db").write_text("")
+    sweep_dir = day / "10-00-00" / "sub"
+    config = OmegaConf.create({"trainer": {"resume": False}, "hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    made = _make_sweep_dir(config)
+    assert made == day / "10-00-00" and sweep_dir.is_dir()
+    _remove_if_empty(sweep_dir, made)
+    assert not made.exists() and (day / "09-00-00" / "optuna.db").exists()
 
 
 def test_a_study_storage_without_its_driver_fails_before_any_run_or_study(cli):
