@@ -27,7 +27,7 @@ REPO = DOCS.parent
 sys.path.insert(0, str(REPO))
 
 from cifar import ui  # noqa: E402
-from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving  # noqa: E402
+from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving_mlflow  # noqa: E402
 
 EXPERIMENT = "cifar-docs"
 SWEEP = ["hparams_search=optuna", "hydra.sweeper.n_trials=8", "trainer.epochs=4", "data.limit=10000",
@@ -63,12 +63,7 @@ def main() -> None:
 def _screenshot_runs_table(work: Path, store: str, parent, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    mlflow = Path(sys.executable).parent / "mlflow"
-    server = [str(mlflow), "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port),
-              "--workers", "1"]
-    with serving(server, f"{url}/health", work / "server.log", cwd=work), sync_playwright() as playwright:
+    with serving_mlflow(store, free_port(), work / "server.log", work) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1500, "height": 620})
         page.goto(f"{url}/{parent.data.tags[ui.VIEW_TAG]}")

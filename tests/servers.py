@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -57,6 +58,16 @@ def serving(args: list[str], ready_url: str, log: Path, timeout: float = 120, **
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
                 proc.wait()
+
+
+@contextlib.contextmanager
+def serving_mlflow(store: str, port: int, log: Path, cwd: Path) -> Iterator[str]:
+    """``mlflow server`` of this environment serving ``store`` on loopback ``port``; yields its URL."""
+    url = f"http://127.0.0.1:{port}"
+    args = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1",
+            "--port", str(port), "--workers", "1"]
+    with serving(args, f"{url}/health", log, cwd=cwd):
+        yield url
 
 
 def chromium() -> str:

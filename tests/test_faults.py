@@ -9,9 +9,7 @@ import resource
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ import torch
 from cifar import checkpoint, owner, tracking
 from cifar.errors import CheckpointError
 from tests.conftest import all_runs, log_shows, start, wait_until
-from tests.servers import free_port, serving
+from tests.servers import free_port, serving_mlflow
 
 
 def _disk_full(*_):
@@ -113,15 +111,12 @@ def test_retrying_waits_out_a_store_that_fails_and_gives_up_in_the_end(monkeypat
 
 @pytest.mark.slow
 def test_a_tracking_server_that_restarts_mid_training_costs_no_epoch(cli, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    args = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path}/s.db",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with serving(args, f"{url}/health", tmp_path / "server-1.log", cwd=tmp_path):
+    store, port = f"sqlite:///{tmp_path}/s.db", free_port()
+    with serving_mlflow(store, port, tmp_path / "server-1.log", tmp_path) as url:
         proc = start(cli, "trainer.epochs=20", MLFLOW_TRACKING_URI=url)
         wait_until(proc, log_shows(cli.tmp_path / "run", "epoch 1/20"), interval=0.01)
     time.sleep(5)  # down: the run's next MLflow call is refused until the server is back
-    with serving(args, f"{url}/health", tmp_path / "server-2.log", cwd=tmp_path):
+    with serving_mlflow(store, port, tmp_path / "server-2.log", tmp_path):
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
         assert "Connection refused" in stderr + stdout  # the outage was met, and waited out

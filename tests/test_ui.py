@@ -13,7 +13,7 @@ import pytest
 
 from cifar import ui
 from tests.conftest import REPO, all_runs, sweep_parent_and_children
-from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving
+from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving, serving_mlflow
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots kept after the run (git-ignored)
 BIN = Path(sys.executable).parent
@@ -32,12 +32,7 @@ def _get(url: str, body: dict | None = None) -> dict:
 def mlflow_server(cli):
     """A 2x2 sweep on the fake data, and `mlflow server` on a free loopback port serving its store."""
     cli(*SWEEP, "trainer.epochs=1", multirun=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    store = cli.tracking_uri
-    args = [str(BIN / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1"]
-    with serving(args, f"{url}/health", cli.tmp_path / "mlflow-server.log", cwd=cli.tmp_path):
+    with serving_mlflow(cli.tracking_uri, free_port(), cli.tmp_path / "mlflow-server.log", cli.tmp_path) as url:
         yield url
 
 
