@@ -118,16 +118,21 @@ def cli(request, tmp_path, official_dir, tracking_uri):
     return run
 
 
+def run_on_configured_store(cli, *overrides: str, multirun: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """``cli(*overrides)`` without ``MLFLOW_TRACKING_URI``, which would win over ``mlflow.tracking_uri``
+    (``env``: variables to set too)."""
+    args, environ = cli.command(*overrides, multirun=multirun)
+    del environ["MLFLOW_TRACKING_URI"]
+    return subprocess.run(args, cwd=cli.tmp_path, env={**environ, **env}, capture_output=True, text=True, timeout=300)
+
+
 def run_without_module(cli, module: str, *overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
-    """``cli(*overrides)`` with ``module`` unimportable, as if it were not installed, and without
-    ``MLFLOW_TRACKING_URI`` (it would win over ``mlflow.tracking_uri``)."""
+    """:func:`run_on_configured_store` with ``module`` unimportable, as if it were not installed."""
     hidden = cli.tmp_path / f"without-{module}"
     (hidden / module).mkdir(parents=True)
     (hidden / module / "__init__.py").write_text(f"raise ImportError(\"No module named '{module}'\")\n")
-    args, env = cli.command(*overrides, multirun=multirun)
-    del env["MLFLOW_TRACKING_URI"]
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hidden), env.get("PYTHONPATH")]))
-    return subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    pythonpath = os.pathsep.join(filter(None, [str(hidden), os.environ.get("PYTHONPATH")]))
+    return run_on_configured_store(cli, *overrides, multirun=multirun, PYTHONPATH=pythonpath)
 
 
 # Nothing listens on port 1: the connection is refused. The password is one that no message may show.

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from cifar.stores import missing_driver, unanswered, unusable
+from tests import servers
 
 
 @pytest.mark.parametrize("url", [
@@ -36,9 +37,7 @@ def test_another_driver_that_is_missing_is_to_install_or_to_replace_in_the_url(m
 @pytest.fixture
 def free_port():
     """A port of 127.0.0.1 that nothing listens on: a connection to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return servers.free_port()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
-from tests.conftest import REAL_DATA, all_runs, client_for, run_without_module
+from tests.conftest import REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module
 
 
 def metric_history(cli, run_id: str, key: str) -> list[float]:
@@ -263,8 +263,6 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["output dir", "data cache", "sqlite store", "tracking server"])
 def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cli, where):
-    import subprocess
-
     a_file = cli.tmp_path / "a-file"
     a_file.write_text("")
     overrides = {
@@ -273,9 +271,7 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
         "sqlite store": [f"mlflow.tracking_uri=sqlite:///{a_file}/mlflow.db"],
         "tracking server": ["mlflow.tracking_uri=http://me:s3cret@127.0.0.1:9"],  # nothing listens on the discard port
     }[where]
-    args, env = cli.command(*overrides)
-    del env["MLFLOW_TRACKING_URI"]  # it would win over mlflow.tracking_uri
-    proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_on_configured_store(cli, *overrides)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     expected = {"output dir": f"cannot write {a_file}/run (Not a directory): set hydra.run.dir",
@@ -294,12 +290,8 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
 @pytest.mark.slow
 @pytest.mark.parametrize("sweep", ["grid", "optuna"])
 def test_a_sweep_whose_tracking_server_does_not_answer_fails_in_one_line_and_leaves_no_sweep_dir(cli, sweep):
-    import subprocess
-
     search = ["optimizer.lr=0.001,0.002"] if sweep == "grid" else ["hparams_search=optuna"]
-    args, env = cli.command("mlflow.tracking_uri=http://127.0.0.1:9", *search, multirun=True)
-    del env["MLFLOW_TRACKING_URI"]  # it would win over mlflow.tracking_uri
-    proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_on_configured_store(cli, "mlflow.tracking_uri=http://127.0.0.1:9", *search, multirun=True)
     assert proc.returncode == 2
     assert proc.stderr == ("cifar.train: error: MLflow tracking store http://127.0.0.1:9 cannot be used: nothing "
                            "answers at 127.0.0.1:9 (Connection refused): start its server, or correct the URL\n")
