@@ -54,11 +54,11 @@ def run(cfg: DictConfig) -> float | None:
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    tracking.usable_store(cfg.mlflow)  # a server that does not answer fails before the data is decoded
+    store = tracking.usable_store(cfg.mlflow)  # a server that does not answer fails before the data is decoded
     stopped_parent = None  # the parent run of the stopped sweep that this job continues
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
-        stopped_parent = tracking.stopped_sweep_parent(mlflow.MlflowClient(), tracking.configure(cfg.mlflow),
-                                                       hydra_cfg.sweep.dir)
+        stopped_parent = tracking.stopped_sweep_parent(
+            mlflow.MlflowClient(), tracking.use_experiment(store, cfg.mlflow.experiment), hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
@@ -89,7 +89,8 @@ def run(cfg: DictConfig) -> float | None:
     scheduler = build_scheduler(cfg.scheduler, optimizer, steps, cfg.trainer.epochs)
 
     # a resumed sweep's job configured MLflow before any work, and its stopped sweep is in this experiment
-    experiment_id = stopped_parent.info.experiment_id if stopped_parent else tracking.configure(cfg.mlflow)
+    experiment_id = (stopped_parent.info.experiment_id if stopped_parent
+                     else tracking.use_experiment(store, cfg.mlflow.experiment))
     if not multirun:  # a sweep does this once, when it starts
         tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)

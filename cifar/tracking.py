@@ -104,24 +104,20 @@ def existing_run(client: Any, run_id: str) -> Any | None:
         raise
 
 
-def configure(cfg_mlflow: Any) -> str:
-    """Point MLflow at the configured store and experiment; return the experiment id.
-
-    ``MLFLOW_TRACKING_URI`` wins over ``mlflow.tracking_uri``; with neither, MLflow's own default
-    (``sqlite:///mlflow.db`` in the working directory) is used.
-    """
+def use_experiment(uri: str, name: str) -> str:
+    """Point MLflow at the store ``uri`` (from :func:`usable_store`) and its experiment ``name``, made
+    if it is new; return the experiment id."""
     import mlflow
 
-    uri = usable_store(cfg_mlflow)
     mlflow.set_tracking_uri(uri)
     try:
-        experiment = while_created_elsewhere(mlflow.get_experiment_by_name, cfg_mlflow.experiment)
+        experiment = while_created_elsewhere(mlflow.get_experiment_by_name, name)
         if experiment is None:
             try:
-                mlflow.create_experiment(cfg_mlflow.experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+                mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
             except mlflow.exceptions.MlflowException:
                 pass  # created meanwhile by a parallel job
-            experiment = mlflow.get_experiment_by_name(cfg_mlflow.experiment)
+            experiment = mlflow.get_experiment_by_name(name)
         mlflow.set_experiment(experiment_id=experiment.experiment_id)
     except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
         raise UserError(
@@ -375,7 +371,7 @@ class SweepCallback(Callback):
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
         try:
-            experiment_id = configure(config.mlflow)
+            experiment_id = use_experiment(usable_store(config.mlflow), config.mlflow.experiment)
         except UserError as err:
             raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
         made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
