@@ -118,6 +118,15 @@ def cli(request, tmp_path, official_dir, tracking_uri):
     return run
 
 
+def load_study(cli, name: str | None = None):
+    """The study ``name`` (the Optuna presets': named after the test's MLflow experiment), in optuna.db
+    in the working directory."""
+    import optuna
+
+    name = name or f"{cli.experiment}-optuna"
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
+
+
 def run_on_configured_store(cli, *overrides: str, multirun: bool = False, **env: str) -> subprocess.CompletedProcess:
     """``cli(*overrides)`` without ``MLFLOW_TRACKING_URI``, which would win over ``mlflow.tracking_uri``
     (``env``: variables to set too)."""

@@ -14,18 +14,11 @@ from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
 from tests.conftest import (
-    CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, run_without_module, running_trial, start,
+    CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, load_study, run_without_module, running_trial, start,
     sweep_parent_and_children, wait_until,
 )
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
-
-
-def load_study(cli, name: str | None = None) -> optuna.Study:
-    """The study ``name`` (the preset's: named after the test's MLflow experiment), in optuna.db in the
-    working directory."""
-    name = name or f"{cli.experiment}-optuna"
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
 
 
 def grid_sweep(cli, *overrides: str):

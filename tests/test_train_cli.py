@@ -476,8 +476,9 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
 
 @pytest.mark.parametrize("preset", [None, *sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))])
 def test_the_smoke_run_shortens_any_preset_to_one_epoch_of_images_its_batch_fits_logged_apart(preset):
-    real = compose([f"experiment={preset}"] if preset else [])
-    cfg = compose(["debug=smoke", *([f"experiment={preset}"] if preset else [])])
+    chosen = [f"experiment={preset}"] if preset else []
+    real = compose(chosen)
+    cfg = compose(["debug=smoke", *chosen])
     assert cfg.trainer.epochs == 1 and cfg.mlflow.experiment == "debug" != real.mlflow.experiment
     assert cfg.data.batch_size == real.data.batch_size <= cfg.data.limit  # at least one step of the preset's batch
     assert cfg.model == real.model and cfg.optimizer == real.optimizer  # what it trains is the preset's

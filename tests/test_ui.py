@@ -8,11 +8,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import optuna
 import pytest
 
 from cifar import ui
-from tests.conftest import REPO, all_runs, sweep_parent_and_children
+from tests.conftest import REPO, all_runs, load_study, sweep_parent_and_children
 from tests.servers import CHROMIUM_FLAGS, chromium, free_port, serving, serving_mlflow
 
 ARTIFACTS = REPO / "test-artifacts"  # screenshots kept after the run (git-ignored)
@@ -76,14 +75,13 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
 
 def test_optuna_dashboard_serves_the_study_and_its_intermediate_values(cli):
     cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=2", multirun=True)
-    name = f"{cli.experiment}-optuna"  # the preset's study, named after the MLflow experiment
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{cli.tmp_path / 'optuna.db'}")
+    study = load_study(cli)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [str(BIN / "optuna-dashboard"), f"sqlite:///{cli.tmp_path / 'optuna.db'}", "--host", "127.0.0.1",
             "--port", str(port)]
     with serving(args, f"{url}/api/meta", cli.tmp_path / "dashboard.log", cwd=cli.tmp_path):
-        [summary] = [s for s in _get(f"{url}/api/studies")["study_summaries"] if s["study_name"] == name]
+        [summary] = [s for s in _get(f"{url}/api/studies")["study_summaries"] if s["study_name"] == study.study_name]
         served = _get(f"{url}/api/studies/{summary['study_id']}")
     trials = {t["number"]: t for t in served["trials"]}
     assert sorted(trials) == [t.number for t in study.trials] == [0, 1, 2]
