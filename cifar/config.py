@@ -141,6 +141,7 @@ class MlflowConfig:
     log_model: bool = MISSING
     register_model: bool = MISSING
     model_name: str = MISSING
+    store_wait_s: float = MISSING
 
 
 @dataclass
@@ -277,6 +278,7 @@ def validate(cfg: Any) -> None:
         ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),
         ("mlflow.register_model", cfg.mlflow.log_model or not cfg.mlflow.register_model, "needs mlflow.log_model=true"),
         ("mlflow.model_name", bool(cfg.mlflow.model_name.strip()), "must not be empty"),
+        ("mlflow.store_wait_s", cfg.mlflow.store_wait_s >= 0, "must be >= 0 (0: stop at the first failure)"),
         ("diagnostics.epochs", all(1 <= e <= cfg.trainer.epochs for e in cfg.diagnostics.epochs),
          "must list epochs between 1 and trainer.epochs"),
         ("diagnostics.epochs", not cfg.diagnostics.epochs or cfg.data.val_size > 0,

@@ -18,16 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifar import plots, tracking
+from cifar import plots
 from cifar.data import CLASSES
 from cifar.engine import Evaluation
+from cifar.outages import Retrying
 
 log = logging.getLogger(__name__)
 
 
 class Diagnostics:
-    def __init__(self, cfg: Any, val_images: torch.Tensor, val_labels: torch.Tensor):
+    def __init__(self, cfg: Any, val_images: torch.Tensor, val_labels: torch.Tensor, retrying: Retrying):
         self.cfg = cfg
+        self.retrying = retrying
         self.epochs = set(cfg.epochs)
         self.sample = slice(0, cfg.samples)  # the same images every epoch, to compare the grids
         self.sample_images = val_images[self.sample].permute(0, 2, 3, 1).cpu().numpy()
@@ -52,9 +54,9 @@ class Diagnostics:
                 self.sample_images, self.val_labels[self.sample], predictions[self.sample], CLASSES)
         if self.cfg.per_class:
             figures["per_class.png"] = plots.per_class_accuracy(per_class)
-            tracking.retrying(mlflow.log_metrics, {f"val/class_acc/{c}": a for c, a in per_class.items()}, step=epoch)
+            self.retrying(mlflow.log_metrics, {f"val/class_acc/{c}": a for c, a in per_class.items()}, step=epoch)
         for filename, figure in figures.items():
-            tracking.retrying(mlflow.log_figure, figure, f"diagnostics/epoch_{epoch:03d}/{filename}")
+            self.retrying(mlflow.log_figure, figure, f"diagnostics/epoch_{epoch:03d}/{filename}")
             plots.close(figure)
         log.info("Diagnostics of epoch %d logged in %.2f s", epoch, time.perf_counter() - start)
 

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
 from cifar import study as studies
+from cifar.outages import StoreOutage
 from cifar.sweeper import checked_sweep, storage_url, study_name
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         except StudyFull:
             log.info("Study %s has its %s, the last ones run by other workers: this sweep is done",
                      study.study_name, how_many(self.study_trials))
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StoreOutage):  # stopped: by a signal, or by the MLflow store's outage
             stopped = studies.fail_killed_trials(study, self.storage, studies.owned_by_this_process)
             log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
                         "to finish the study", stopped, study.study_name)

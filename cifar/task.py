@@ -30,6 +30,7 @@ from cifar.engine import TTA, Evaluation
 from cifar.errors import CheckpointError, ConfigError, DivergedError
 from cifar.files import atomic_write_text
 from cifar.lookahead import Lookahead
+from cifar.outages import Retrying
 from cifar.study import SweepTrial
 from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
 from cifar.versioning import dvc_data_hash
@@ -41,6 +42,8 @@ METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
 EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
 UNCOMMITTED_DIFF = "code/uncommitted.diff"  # artifact of a run whose git.dirty is true: git apply it to git.commit
 MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
+# How a run was started and how long it waits for its store, not what it trains: a resume may change them
+NOT_PARAMS = ("trainer.resume", "mlflow.store_wait_s")
 WHITENING_IMAGES = 2000  # trainer.whiten's patches: 1.8 million 3x3 patches, an estimate that more images barely change
 
 
@@ -54,7 +57,10 @@ def run(cfg: DictConfig) -> float | None:
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    store = tracking.usable_store(cfg.mlflow)  # a server that does not answer fails before the data is decoded
+    retrying = Retrying(cfg.mlflow.store_wait_s, without_passwords(tracking.store_uri(cfg.mlflow)))
+    # A server that does not answer fails before the data is decoded; a sweep's store answered when the sweep
+    # started, so that one that does not answer its job is down, and waited for.
+    store = retrying(tracking.usable_store, cfg.mlflow) if multirun else tracking.usable_store(cfg.mlflow)
     stopped_parent = None  # the parent run of the stopped sweep that this job continues
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
         stopped_parent = tracking.stopped_sweep_parent(
@@ -106,7 +112,8 @@ def run(cfg: DictConfig) -> float | None:
     trial = SweepTrial.of_job(hydra_cfg)
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
     params = {**tracking.flatten(cfg), **model_info}
-    del params["trainer.resume"]  # how the run was started, not what it trains
+    for key in NOT_PARAMS:
+        del params[key]
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None
     run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None
     if run_id is not None:
@@ -115,7 +122,7 @@ def run(cfg: DictConfig) -> float | None:
             return _already_finished(interrupted)
     tta = TTA(cfg.trainer.tta_flip, cfg.trainer.tta_translate)
     try:
-        with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, run_id=run_id) as run:
+        with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, retrying, run_id=run_id) as run:
             mlflow.log_params(params)
             _log_hydra_config(output_dir / ".hydra")
             mlflow.log_dict(data.stats, "data/stats.json")
@@ -144,18 +151,18 @@ def run(cfg: DictConfig) -> float | None:
                 inference_spec=inference.spec(cfg.model, data.mean, data.std, tta),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},
             )
-            diagnostics = Diagnostics(cfg.diagnostics, splits.val_images, splits.val_labels)
-            result = _fit(trainer, cfg.trainer, trial, diagnostics, resume_from)
+            diagnostics = Diagnostics(cfg.diagnostics, splits.val_images, splits.val_labels, retrying)
+            result = _fit(trainer, cfg.trainer, trial, diagnostics, retrying, resume_from)
             if result.stop_reason == PRUNED:
-                _record_results(output_dir, result, None, None, cfg.mlflow.log_plots)
+                _record_results(output_dir, result, None, None, cfg.mlflow.log_plots, retrying)
                 log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
                          trial.number, len(result.history), result.history[-1].val.acc, run.info.run_id)
                 return result.best_val_acc
             test = trainer.test_best()
-            _record_results(output_dir, result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots)
+            _record_results(output_dir, result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots, retrying)
             if cfg.mlflow.log_model:  # a sweep registers its best job's model when it ends
                 registered_name = cfg.mlflow.model_name if cfg.mlflow.register_model and not multirun else None
-                tracking.retrying(registry.log_model, output_dir / checkpoint.BEST, data.test_images, registered_name)
+                retrying(registry.log_model, output_dir / checkpoint.BEST, data.test_images, registered_name)
             scored = ("no validation set; last epoch" if result.best_val_acc is None
                       else f"best val/acc {result.best_val_acc:.4f} at epoch")
             log.info("%s %d: test/acc %.4f (loss %.4f); MLflow run %s", scored, result.best_epoch, test.acc, test.loss,
@@ -250,14 +257,14 @@ def _already_finished(run) -> float | None:
 
 def _fit(
     trainer: Trainer, cfg_trainer: DictConfig, trial: SweepTrial | None, diagnostics: Diagnostics,
-    resume_from: dict | None = None,
+    retrying: Retrying, resume_from: dict | None = None,
 ) -> FitResult:
     """Fit, logging each epoch to MLflow and, in an Optuna sweep, reporting it to the job's trial.
 
     A trial that the pruner stops, or whose loss diverges, is finished as PRUNED in the study here.
     """
     def on_epoch(metrics: EpochMetrics) -> str | None:
-        tracking.retrying(mlflow.log_metrics, metrics.as_dict(), step=metrics.epoch)
+        retrying(mlflow.log_metrics, metrics.as_dict(), step=metrics.epoch)
         diagnostics.log(metrics.epoch, trainer.model, metrics.val)
         if trial is not None and trial.should_prune(metrics.epoch, metrics.val.acc):
             return PRUNED
@@ -277,7 +284,8 @@ def _fit(
 
 
 def _record_results(
-    output_dir: Path, result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool
+    output_dir: Path, result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool,
+    retrying: Retrying,
 ) -> None:
     """The run's final metrics (with the test scores unless it was pruned), to MLflow and (but
     the timing) to ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
@@ -291,15 +299,15 @@ def _record_results(
     atomic_write_text(output_dir / EPOCHS_FILE, _epochs_csv(result))
     # Time in training steps only (no compiling, validation, testing or data loading): time to accuracy.
     timings = {"train_seconds": sum(m.train_seconds for m in result.history), "warmup_seconds": result.warmup_seconds}
-    tracking.retrying(mlflow.log_metrics, {**metrics, **timings})
-    tracking.retrying(mlflow.set_tag, "stopped_early", str(result.stop_reason == "patience").lower())
+    retrying(mlflow.log_metrics, {**metrics, **timings})
+    retrying(mlflow.set_tag, "stopped_early", str(result.stop_reason == "patience").lower())
     if not with_plots:
         return
     figures = {"learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history])}
     if test is not None:
         figures["confusion_matrix.png"] = plots.confusion_matrix(test_labels, test.predictions.numpy(), CLASSES)
     for filename, figure in figures.items():
-        tracking.retrying(mlflow.log_figure, figure, f"plots/{filename}")
+        retrying(mlflow.log_figure, figure, f"plots/{filename}")
         plots.close(figure)
 
 

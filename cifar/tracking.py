@@ -28,7 +28,7 @@ from cifar import owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
-from cifar.interrupts import interrupts_held
+from cifar.outages import Retrying, StoreOutage, try_once
 from cifar.stores import unusable
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,6 @@ PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or tha
 OUTPUT_DIR_TAG = "hydra.output_dir"  # the run's output dir: its checkpoints and logs
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
 STORE_SETUP_ATTEMPTS = 5  # first contacts with a database store whose tables another worker is creating
-STORE_RETRIES = 6  # attempts of an MLflow call during training, waiting 1, 2, 4, 8, 16 s in between
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -297,23 +296,6 @@ def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
     return run
 
 
-def retrying(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``call(*args, **kwargs)``, retried with exponential backoff while the MLflow store fails.
-
-    A locked SQLite file or a tracking server that restarts must not cost the training done so far.
-    """
-    for delay in (2**attempt for attempt in range(STORE_RETRIES - 1)):
-        try:
-            with interrupts_held():  # an interrupt lands between MLflow calls, not inside SQLAlchemy
-                return call(*args, **kwargs)
-        except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
-            log.warning("MLflow store unavailable (%s: %s): retrying in %d s", type(err).__name__,
-                        first_line(err), delay)
-            time.sleep(delay)
-    with interrupts_held():
-        return call(*args, **kwargs)  # the last attempt: its error goes to the caller
-
-
 def close_stale_runs(client: Any, experiment_id: str) -> int:
     """End KILLED the experiment's RUNNING runs whose process on this machine is gone; return how many."""
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
@@ -327,8 +309,10 @@ def close_stale_runs(client: Any, experiment_id: str) -> int:
 
 
 @contextlib.contextmanager
-def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying: Retrying,
+            run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM, and on
+    a store outage where the store answers again in time to be told.
 
     With ``run_id``, that run is continued (a resumed training run) instead of a new one started.
     """
@@ -341,13 +325,28 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], run_id: 
         run = mlflow.start_run(run_name=run_name, parent_run_id=parent_id, tags=tags)
     try:
         yield run
+    except StoreOutage:
+        try_once(mlflow.end_run, "KILLED")  # waited for already; else the next run here ends it KILLED
+        raise
     except KeyboardInterrupt:
-        retrying(mlflow.end_run, "KILLED")
+        _end_run("KILLED", retrying)
         raise
     except BaseException:
-        retrying(mlflow.end_run, "FAILED")
+        _end_run("FAILED", retrying)
         raise
-    retrying(mlflow.end_run, "FINISHED")
+    _end_run("FINISHED", retrying)
+
+
+def _end_run(status: str, retrying: Retrying) -> None:
+    """End the active run, the store told with ``retrying``. ``mlflow.end_run`` cannot be tried again: it
+    forgets the run before it tells the store. It is called once the store is told, or has been waited for,
+    as MLflow would call it at exit otherwise, with its own retries (minutes)."""
+    import mlflow
+
+    try:
+        retrying(mlflow.MlflowClient().set_terminated, mlflow.active_run().info.run_id, status)
+    finally:
+        try_once(mlflow.end_run, status)
 
 
 class SweepCallback(Callback):
@@ -407,15 +406,20 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.
 
-        After Ctrl-C or SIGTERM, the parent and the jobs still running end KILLED.
+        After Ctrl-C or SIGTERM, the parent and the jobs still running end KILLED; after an outage of the
+        store, the parent alone, where the store answers (else the next run or sweep here ends it KILLED).
         """
         from mlflow.tracking import MlflowClient
 
         run_id = self.parent_run_id
         if run_id is None:
             return  # the sweep was refused before it started
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)  # Hydra calls this in a finally
+        stopped_by = sys.exc_info()[1]  # Hydra calls this in a finally
         client = MlflowClient()
+        if isinstance(stopped_by, StoreOutage):  # the store was waited for already: one try, no summary
+            try_once(client.set_terminated, run_id, "KILLED")
+            return
+        interrupted = isinstance(stopped_by, KeyboardInterrupt)
         status = "FAILED"
         try:
             parent = client.get_run(run_id)

@@ -22,6 +22,7 @@ from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
+from cifar.outages import StoreOutage
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
@@ -29,6 +30,7 @@ Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
 # Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
 # samplers and pruners. Hydra 1.4 refuses anything else.
 EXECUTION_WHITELIST = ["cifar.*", "logging.*", "optuna.*"]
+EX_TEMPFAIL = 75  # sysexits.h: a failure that may go away; run the command again later
 # Errors in the user's input: reported as one line by describe(), here and by the tools that compose the config
 USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 
@@ -62,7 +64,8 @@ def main() -> None:
     Hydra re-raises errors only when HYDRA_FULL_ERROR is set, so it is set here; a user who
     set it themselves gets the full traceback instead of the one line. SIGTERM is handled as
     Ctrl-C: the MLflow run ends KILLED, the last epoch's checkpoint stays, and the exit status
-    is 128 + the signal's number.
+    is 128 + the signal's number. An MLflow store that stopped answering for ``mlflow.store_wait_s``
+    stops the run (or sweep) the same way, with exit status 75 (EX_TEMPFAIL).
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -79,6 +82,11 @@ def main() -> None:
             raise
         print(f"cifar.train: error: {unwritable_output_dir(err)}", file=sys.stderr)
         sys.exit(2)
+    except StoreOutage as outage:
+        if full_error:
+            raise
+        print(f"cifar.train: error: {outage}: {how_to_continue(sys.argv[1:])}", file=sys.stderr)
+        sys.exit(EX_TEMPFAIL)
     except KeyboardInterrupt as interrupt:
         number = interrupt.args[0] if interrupt.args else signal.SIGINT
         print(f"cifar.train: interrupted by {signal.Signals(number).name}: {how_to_continue(sys.argv[1:])}",

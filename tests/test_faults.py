@@ -6,15 +6,17 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import shlex
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from cifar import checkpoint, owner, tracking
+from cifar import checkpoint, outages, owner, tracking
 from cifar.errors import CheckpointError
 from tests.conftest import all_runs, log_shows, start, wait_until
 from tests.servers import free_port, serving_mlflow
@@ -87,26 +89,108 @@ def test_a_run_that_cannot_write_its_checkpoint_fails_in_one_line(cli, tmp_path)
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
-def test_retrying_waits_out_a_store_that_fails_and_gives_up_in_the_end(monkeypatch):
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
-    outcomes = [RuntimeError("database is locked")] * 3 + ["logged"]
+class FakeClock:
+    """``time`` for :mod:`cifar.outages`: its sleeps pass at once, and are recorded."""
 
-    def flaky():
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(outages, "time", fake)
+    return fake
+
+
+def failing_first(*errors: Exception):
+    """A call that raises ``errors`` one by one, then returns "logged"."""
+    outcomes = [*errors, "logged"]
+
+    def call():
         outcome = outcomes.pop(0)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
-    assert tracking.retrying(flaky) == "logged" and waits == [1, 2, 4]
+    return call
 
+
+def test_retrying_waits_out_a_store_that_fails_then_answers(clock):
+    call = failing_first(*[OSError("database is locked")] * 3)
+    assert outages.Retrying(60, "sqlite:///mlflow.db")(call) == "logged"
+    assert clock.sleeps == [1, 2, 4]
+
+
+def test_retrying_stops_with_a_store_outage_once_its_wait_is_over(clock):
     def down():
-        raise ConnectionError("store down")
+        raise ConnectionError("Connection refused")
 
-    waits.clear()
-    with pytest.raises(ConnectionError):
-        tracking.retrying(down)
-    assert len(waits) == tracking.STORE_RETRIES - 1
+    with pytest.raises(outages.StoreOutage) as stopped:
+        outages.Retrying(200, "http://store:5000")(down)
+    assert str(stopped.value) == ("the MLflow store http://store:5000 failed for 200 s (mlflow.store_wait_s; "
+                                  "last error: ConnectionError: Connection refused)")
+    assert clock.sleeps == [1, 2, 4, 8, 16, 32, 60, 60, 17]  # pauses up to 60 s; the last try at the end of the wait
+    with pytest.raises(outages.StoreOutage):
+        outages.Retrying(0, "http://store:5000")(down)
+    assert len(clock.sleeps) == 9  # no wait: the first failure stops it
+
+
+def test_a_request_the_store_refuses_is_raised_at_once_and_one_it_cannot_answer_now_is_retried(clock):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE
+
+    refused = MlflowException("Invalid value for metric 'val/acc'", error_code=INVALID_PARAMETER_VALUE)
+    with pytest.raises(MlflowException, match="Invalid value"):
+        outages.Retrying(600, "http://store:5000")(failing_first(refused))
+    assert clock.sleeps == []
+    busy = [MlflowException("rate limited", error_code=REQUEST_LIMIT_EXCEEDED),
+            MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE)]
+    assert outages.Retrying(600, "http://store:5000")(failing_first(*busy)) == "logged" and clock.sleeps == [1, 2]
+
+
+def test_inside_a_try_mlflow_sends_a_request_once_unless_the_user_set_its_retries(monkeypatch, caplog):
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv(outages.MLFLOW_RETRIES_VAR, raising=False)
+    client = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")  # refused
+    with pytest.raises(MlflowException, match="Connection refused"), outages.one_request_a_try():
+        client.log_metric("0" * 32, "val/acc", 0.5)  # MLflow's 7 retries would take about 4 minutes
+    assert not [r for r in caplog.records if r.getMessage().startswith("Retrying (")]  # urllib3's, before a retry
+    assert outages.MLFLOW_RETRIES_VAR not in os.environ
+    monkeypatch.setenv(outages.MLFLOW_RETRIES_VAR, "3")
+    with outages.one_request_a_try():
+        assert os.environ[outages.MLFLOW_RETRIES_VAR] == "3"
+
+
+def test_a_run_ends_when_the_store_fails_to_record_its_end_at_first(tracking_uri, monkeypatch, clock):
+    """``mlflow.end_run`` forgets the run before it tells the store: tried again, it would do nothing."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    record_end = MlflowClient.set_terminated
+    failures = [OSError("connection reset")]
+
+    def flaky(self, *args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return record_end(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", flaky)
+    with tracking.job_run("ends", None, {}, outages.Retrying(60, tracking_uri)) as run:
+        pass
+    assert clock.sleeps == [1] and mlflow.active_run() is None
+    assert MlflowClient(tracking_uri).get_run(run.info.run_id).info.status == "FINISHED"
 
 
 @pytest.mark.slow
@@ -126,6 +210,42 @@ def test_a_tracking_server_that_restarts_mid_training_costs_no_epoch(cli, tmp_pa
         [run] = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
         assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == list(range(1, 21))
+
+
+@pytest.mark.slow
+def test_a_tracking_server_down_longer_than_the_wait_stops_the_run_in_one_line_to_resume(cli, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    store, port = f"sqlite:///{tmp_path}/s.db", free_port()
+    with serving_mlflow(store, port, tmp_path / "server-1.log", tmp_path) as url:
+        proc = start(cli, "trainer.epochs=12", "mlflow.store_wait_s=3", MLFLOW_TRACKING_URI=url)
+        client = MlflowClient(tracking_uri=url)
+
+        def first_epoch_logged() -> bool:
+            experiment = client.get_experiment_by_name(cli.experiment)
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            return bool(runs) and "val/acc" in runs[0].data.metrics
+
+        wait_until(proc, first_epoch_logged, interval=0.05)
+    stdout, stderr = proc.communicate(timeout=120)  # the server is down for good
+    assert proc.returncode == 75, stderr
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"cifar.train: error: the MLflow store {url} failed for 3 s (mlflow.store_wait_s; "
+                           "last error: MlflowException: API request to "), line
+    assert "Connection refused" in line and "the last epoch's checkpoint (last.pt) is kept; continue with: " in line
+    command = shlex.split(line.split("continue with: ")[1])
+    assert command[:3] == ["python", "-m", "cifar.train"] and "trainer.resume=true" in command
+    command[command.index("mlflow.store_wait_s=3")] = "mlflow.store_wait_s=60"  # not what it trains: may change
+    assert (cli.tmp_path / "run" / "last.pt").exists()
+    with serving_mlflow(store, port, tmp_path / "server-2.log", tmp_path):
+        _, env = cli.command()
+        resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, capture_output=True, text=True,
+                                 env={**env, "MLFLOW_TRACKING_URI": url}, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        [run] = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
+        assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics  # the same run, taken up again
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == list(range(1, 13))
 
 
 @pytest.mark.slow
