@@ -46,6 +46,10 @@ class Retrying:
         self.wait_s = wait_s
         self.store = store
 
+    def at_most(self, wait_s: float) -> Retrying:
+        """The same calls, waiting ``wait_s`` at most."""
+        return Retrying(min(self.wait_s, wait_s), self.store)
+
     def __call__(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         deadline = time.monotonic() + self.wait_s
         pause = 1.0

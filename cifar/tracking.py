@@ -54,6 +54,7 @@ TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each 
 PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or that diverged)
 OUTPUT_DIR_TAG = "hydra.output_dir"  # the run's output dir: its checkpoints and logs
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
+STOPPED_RUN_WAIT_S = 60  # how long a run stopped by an interrupt or an error waits for its store to record it
 STORE_SETUP_ATTEMPTS = 5  # first contacts with a database store whose tables another worker is creating
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -328,13 +329,19 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying
     except StoreOutage:
         try_once(mlflow.end_run, "KILLED")  # waited for already; else the next run here ends it KILLED
         raise
-    except KeyboardInterrupt:
-        _end_run("KILLED", retrying)
-        raise
-    except BaseException:
-        _end_run("FAILED", retrying)
+    except BaseException as stopped:
+        _end_stopped_run("KILLED" if isinstance(stopped, KeyboardInterrupt) else "FAILED", retrying)
         raise
     _end_run("FINISHED", retrying)
+
+
+def _end_stopped_run(status: str, retrying: Retrying) -> None:
+    """End a run that an interrupt or an error stopped, waiting :data:`STOPPED_RUN_WAIT_S` at most for the
+    store (an interrupt stops a run within seconds): what stopped it is reported, not the store's outage."""
+    try:
+        _end_run(status, retrying.at_most(STOPPED_RUN_WAIT_S))
+    except StoreOutage as outage:
+        log.warning("MLflow run not ended %s: %s; the next run of its experiment here ends it KILLED", status, outage)
 
 
 def _end_run(status: str, retrying: Retrying) -> None:

@@ -193,6 +193,24 @@ def test_a_run_ends_when_the_store_fails_to_record_its_end_at_first(tracking_uri
     assert MlflowClient(tracking_uri).get_run(run.info.run_id).info.status == "FINISHED"
 
 
+def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what_is_reported(
+        tracking_uri, monkeypatch, clock):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+
+    def down(self, *args, **kwargs):
+        raise ConnectionError("Connection refused")
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", down)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.job_run("interrupted", None, {}, outages.Retrying(1800, tracking_uri)):
+            raise KeyboardInterrupt
+    assert sum(clock.sleeps) == tracking.STOPPED_RUN_WAIT_S  # not the 1800 s of a run that goes on
+    assert mlflow.active_run() is None  # else MLflow would end it at exit, with its own minutes of retries
+
+
 @pytest.mark.slow
 def test_a_tracking_server_that_restarts_mid_training_costs_no_epoch(cli, tmp_path):
     store, port = f"sqlite:///{tmp_path}/s.db", free_port()
