@@ -71,6 +71,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     assert artifacts == {"optuna/optimization_history.png", "optuna/param_importances.png"}
 
 
+@pytest.mark.slow
 def test_a_trial_that_the_pruner_stops_is_pruned_in_the_study_and_mlflow(cli):
     # lr=1e-12 never learns (its val acc stays that of a constant guess, 0.15 here); lr=3e-3
     # passes 0.25 from epoch 1. Both trials run at once in two joblib worker processes, so the
@@ -95,6 +96,7 @@ def test_a_trial_that_the_pruner_stops_is_pruned_in_the_study_and_mlflow(cli):
         assert notice not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     proc, by_lr = grid_sweep(
         cli, "optimizer=sgd", "scheduler=none", "optimizer.lr=choice(0.01,1e12)", "mlflow.log_plots=false"

@@ -86,6 +86,7 @@ def test_lookahead_syncs_every_n_steps_and_the_run_ends_on_its_slow_weights(cli)
     assert all(torch.equal(last["model"][k], slow[k]) and torch.equal(best["model"][k], slow[k]) for k in slow)
 
 
+@pytest.mark.slow
 def test_whiten_fixes_the_first_convolution_to_whitening_filters_for_the_whole_run(cli):
     cli("trainer.whiten=true")
     [run] = all_runs(cli)
@@ -448,6 +449,7 @@ def test_random_bad_override_combinations_fail_in_one_line_and_leave_no_run(cli)
     check()
 
 
+@pytest.mark.slow
 def test_resnet9_trains_and_logs_a_model_that_predicts_as_its_checkpoint(cli, official_dir):
     import numpy as np
 
