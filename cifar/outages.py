@@ -72,7 +72,6 @@ class Retrying:
                 pause = min(2 * pause, LONGEST_PAUSE_S)
 
 
-
 def try_once(call: Callable[..., Any], *args: Any) -> None:
     """``call(*args)`` tried once, its error logged, not raised: ending a run after the store's outage."""
     try:

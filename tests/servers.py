@@ -77,7 +77,6 @@ def chromium() -> str:
     return path
 
 
-
 def _postgres_bin(name: str) -> str:
     """A PostgreSQL server program: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
     found = shutil.which(name) or next(iter(sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True)),
