@@ -10,6 +10,7 @@ its 7 retries; a database about 100 s): a server that is down, or a wrong port, 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -68,6 +69,24 @@ def unanswered(url: str) -> str | None:
                 return f"nothing answers at {host}:{port} ({os_reason(err)}): start its server, or correct the URL"
         time.sleep(delay)
         delay *= 2
+
+
+def loopback_host(url: str) -> str | None:
+    """The host of the server that ``url`` names where it is on this machine's loopback interface: a
+    server that jobs on other machines cannot reach."""
+    server = _server(url)
+    return server[0] if server and is_loopback(server[0]) else None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine by any machine's reckoning: ``localhost``, 127.x.x.x, ``::1``. A
+    host name is not: a machine's own name may resolve to a loopback address there alone (/etc/hosts)."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _server(url: str) -> tuple[str, int] | None:

@@ -24,7 +24,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar import owner, parallel, sweeper, ui
+from cifar import launchers, owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
@@ -364,11 +364,12 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
+        optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         try:
             parallel.check_launcher(config.hydra)
+            launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
         except ConfigError as err:
             raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
-        optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         if optuna_sweep:
             from cifar import study
 
@@ -445,6 +446,15 @@ class SweepCallback(Callback):
                 _log_study(client, run_id, config.hydra, children)
         finally:
             client.set_terminated(run_id, "KILLED" if interrupted else status)
+
+
+def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:
+    """The sweep's store URLs, by the setting that gives each."""
+    setting = "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "mlflow.tracking_uri"
+    stores = {setting: store_uri(config.mlflow)}
+    if optuna_sweep and config.hydra.sweeper.storage:
+        stores["hydra.sweeper.storage"] = config.hydra.sweeper.storage
+    return stores
 
 
 def _make_sweep_dir(config: DictConfig) -> Path | None:

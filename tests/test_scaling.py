@@ -15,9 +15,9 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from cifar import device, parallel
+from cifar import device, launchers, parallel, stores
 from tests import servers
-from tests.conftest import all_runs, sweep_parent_and_children
+from tests.conftest import all_runs, run_on_configured_store, sweep_parent_and_children
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 # lr 1e-12 never learns: the threshold pruner stops it after epoch 1; lr 3e-3 passes 0.25 (as in test_sweeps.py)
@@ -107,6 +107,52 @@ def test_cluster_launcher_presets_ask_for_one_gpu_per_trial(cli):
     assert slurm["gpus_per_node"] == 1 and slurm["timeout_min"] == 120 and "partition" in slurm
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
     assert launcher("ray")["ray"]["remote"] == {"num_gpus": "${cifar_ray_gpus_per_trial:}"}
+
+
+@pytest.mark.parametrize(("url", "host"), [
+    ("http://127.0.0.1:5000", "127.0.0.1"),
+    ("http://localhost:5000", "localhost"),
+    ("postgresql://cifar@[::1]:5432/mlflow", "::1"),
+    ("postgresql://cifar@127.0.1.1/optuna", "127.0.1.1"),
+    ("http://mlflow-host:5000", None),  # a host name: where it leads is the other machines' to say
+    ("postgresql://cifar@10.0.0.5/mlflow", None),
+    ("sqlite:///mlflow.db", None),  # a file: on a shared filesystem, every machine reaches it
+])
+def test_a_store_on_the_loopback_address_is_told_from_one_other_machines_reach(url, host):
+    assert stores.loopback_host(url) == host
+
+
+RAY = {"_target_": launchers.RAY_LAUNCHER, "ray": {"init": {"address": None}}}
+
+
+@pytest.mark.parametrize(("launcher", "ray_address", "elsewhere"), [
+    ({"_target_": launchers.SLURM_LAUNCHER}, None, True),
+    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}, None, False),
+    ({"_target_": parallel.JOBLIB_LAUNCHER, "n_jobs": 2}, None, False),
+    (RAY, None, False),  # a cluster started here, or a new local one
+    ({**RAY, "ray": {"init": {"address": "head-node:6379"}}}, None, True),
+    ({**RAY, "ray": {"init": {"address": "127.0.0.1:6379"}}}, None, False),
+    (RAY, "ray://10.0.0.5:10001", True),
+    (RAY, "auto", False),
+])
+def test_launchers_that_run_jobs_on_other_machines_are_known(monkeypatch, launcher, ray_address, elsewhere):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    assert launchers.runs_jobs_elsewhere(OmegaConf.create({"launcher": launcher})) is elsewhere
+
+
+def test_a_slurm_sweep_with_a_store_on_this_machine_only_is_refused_before_any_job(cli):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    port = servers.free_port()  # nothing answers there: the refusal does not wait for it
+    proc = run_on_configured_store(cli, "hydra/launcher=submitit_slurm", f"mlflow.tracking_uri=http://localhost:{port}",
+                                   "optimizer.lr=1e-3,5e-4", multirun=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"cifar.train: error: mlflow.tracking_uri=http://localhost:{port} is on this machine only (localhost), and "
+        "hydra/launcher=submitit_slurm runs the jobs on other machines: use an address they reach (the server's "
+        "host name)")
+    assert not (cli.tmp_path / "sweep").exists()  # nothing submitted
 
 
 @pytest.mark.parametrize(("n_jobs", "job_nums", "gpus", "expected"), [
