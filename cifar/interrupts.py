@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from typing import Any, Iterator
+
+HELD = (signal.SIGINT, signal.SIGTERM)
+_taken: list[int] | None = None  # the signals taken while a hold is in force (None: none is)
+_handlers: dict[int, Any] = {}  # the handlers that the hold in force stands in for
 
 
 @contextlib.contextmanager
@@ -13,18 +17,44 @@ def interrupts_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM until the block ends, then deliver them.
 
     For short calls that an interrupt would leave in a bad state: inside an MLflow call, SQLAlchemy
-    logs it as a database error with a traceback before passing it on.
+    logs it as a database error with a traceback before passing it on. Within a hold, another one
+    does nothing: the outermost delivers.
     """
-    if threading.current_thread() is not threading.main_thread():
+    global _taken, _handlers
+    if threading.current_thread() is not threading.main_thread() or _taken is not None:
         yield  # only the main thread receives signals
         return
-    received: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda n, _: received.append(n)) for number in held}
+    _taken = []
+    _handlers = {number: signal.signal(number, _take) for number in HELD}
     try:
         yield
     finally:
-        for number, handler in previous.items():
+        taken, _taken = _taken, None
+        for number, handler in _handlers.items():
             signal.signal(number, handler)
-        for number in received[:1]:
+        for number in taken[:1]:
             signal.raise_signal(number)
+
+
+def _take(number: int, _frame: Any) -> None:
+    _taken.append(number)
+
+
+@contextlib.contextmanager
+def interrupts_let_through() -> Iterator[None]:
+    """Within a hold, deliver Ctrl-C and SIGTERM during the block, one that was held at once: for waits
+    that an interrupt should cut short, such as the pauses between the tries of a store that is down."""
+    if _taken is None or threading.current_thread() is not threading.main_thread():
+        yield  # no hold: they are delivered anyway
+        return
+    for number, handler in _handlers.items():
+        signal.signal(number, handler)
+    try:
+        if _taken:
+            number = _taken[0]
+            _taken.clear()  # delivered here, not again when the hold ends
+            signal.raise_signal(number)
+        yield
+    finally:
+        for number in _handlers:
+            signal.signal(number, _take)

@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Iterator, TypeVar
 
 from cifar.errors import first_line
-from cifar.interrupts import interrupts_held
+from cifar.interrupts import interrupts_held, interrupts_let_through
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,13 +42,14 @@ class Retrying:
     waits ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s) first.
     """
 
-    def __init__(self, wait_s: float, store: str) -> None:
+    def __init__(self, wait_s: float, store: str, wait_set_by: str = "mlflow.store_wait_s") -> None:
         self.wait_s = wait_s
         self.store = store
+        self.wait_set_by = wait_set_by  # named in the StoreOutage
 
-    def at_most(self, wait_s: float) -> Retrying:
-        """The same calls, waiting ``wait_s`` at most."""
-        return Retrying(min(self.wait_s, wait_s), self.store)
+    def at_most(self, wait_s: float, set_by: str) -> Retrying:
+        """The same calls, waiting ``wait_s`` (which ``set_by`` names) at most."""
+        return self if self.wait_s <= wait_s else Retrying(wait_s, self.store, set_by)
 
     def __call__(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         deadline = time.monotonic() + self.wait_s
@@ -63,12 +64,13 @@ class Retrying:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise StoreOutage(f"the MLflow store {self.store} failed for {self.wait_s:g} s "
-                                      f"(mlflow.store_wait_s; last error: {type(err).__name__}: {first_line(err)})"
+                                      f"({self.wait_set_by}; last error: {type(err).__name__}: {first_line(err)})"
                                       ) from err
                 pause = min(pause, left)
                 log.warning("MLflow store unavailable (%s: %s): retrying in %.0f s", type(err).__name__,
                             first_line(err), pause)
-                time.sleep(pause)
+                with interrupts_let_through():  # Ctrl-C ends the wait, even where a caller holds it
+                    time.sleep(pause)
                 pause = min(2 * pause, LONGEST_PAUSE_S)
 
 

@@ -339,7 +339,7 @@ def _end_stopped_run(status: str, retrying: Retrying) -> None:
     """End a run that an interrupt or an error stopped, waiting :data:`STOPPED_RUN_WAIT_S` at most for the
     store (an interrupt stops a run within seconds): what stopped it is reported, not the store's outage."""
     try:
-        _end_run(status, retrying.at_most(STOPPED_RUN_WAIT_S))
+        _end_run(status, retrying.at_most(STOPPED_RUN_WAIT_S, "the wait of a stopped run"))
     except StoreOutage as outage:
         log.warning("MLflow run not ended %s: %s; the next run of its experiment here ends it KILLED", status, outage)
 

@@ -18,6 +18,7 @@ import torch
 
 from cifar import checkpoint, outages, owner, tracking
 from cifar.errors import CheckpointError
+from cifar.interrupts import interrupts_held
 from tests.conftest import all_runs, log_shows, start, wait_until
 from tests.servers import free_port, serving_mlflow
 
@@ -142,6 +143,26 @@ def test_retrying_stops_with_a_store_outage_once_its_wait_is_over(clock):
     with pytest.raises(outages.StoreOutage):
         outages.Retrying(0, "http://store:5000")(down)
     assert len(clock.sleeps) == 9  # no wait: the first failure stops it
+
+
+@pytest.mark.parametrize("when", ["during a pause", "during a try"])
+def test_an_interrupt_ends_the_wait_for_a_store_at_once_even_where_interrupts_are_held(clock, monkeypatch, when):
+    """The trainer holds Ctrl-C and SIGTERM while an epoch's metrics are logged, which may wait out an outage."""
+    def down():
+        if when == "during a try":
+            signal.raise_signal(signal.SIGINT)  # held until the try is over
+        raise ConnectionError("Connection refused")
+
+    def sleep(seconds):
+        clock.sleeps.append(seconds)
+        clock.now += seconds
+        if when == "during a pause":
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(clock, "sleep", sleep)
+    with pytest.raises(KeyboardInterrupt), interrupts_held():
+        outages.Retrying(1800, "http://store:5000")(down)
+    assert clock.sleeps == ([1] if when == "during a pause" else [])  # not the 1800 s of the wait
 
 
 def test_a_request_the_store_refuses_is_raised_at_once_and_one_it_cannot_answer_now_is_retried(clock):
