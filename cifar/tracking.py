@@ -28,7 +28,7 @@ from cifar import launchers, owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
-from cifar.outages import Retrying, StoreOutage, try_once
+from cifar.outages import Retrying, StoreOutage, one_request_a_try, try_once
 from cifar.stores import unusable
 
 log = logging.getLogger(__name__)
@@ -415,7 +415,8 @@ class SweepCallback(Callback):
         """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.
 
         After Ctrl-C or SIGTERM, the parent and the jobs still running end KILLED; after an outage of the
-        store, the parent alone, where the store answers (else the next run or sweep here ends it KILLED).
+        store, the parent alone, where the store answers. A sweep that was stopped sends each request once: where
+        the store does not answer, the next run or sweep of the experiment here ends the parent KILLED.
         """
         from mlflow.tracking import MlflowClient
 
@@ -427,25 +428,38 @@ class SweepCallback(Callback):
         if isinstance(stopped_by, StoreOutage):  # the store was waited for already: one try, no summary
             try_once(client.set_terminated, run_id, "KILLED")
             return
-        interrupted = isinstance(stopped_by, KeyboardInterrupt)
-        status = "FAILED"
-        try:
-            parent = client.get_run(run_id)
-            children = sweep_jobs(client, parent)
-            if interrupted:
-                for child in children:
-                    if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
-                        client.set_terminated(child.info.run_id, "KILLED")
-            best = _best_job(children)
-            metrics = _log_jobs(client, run_id, children, best)
-            if metrics["sweep/jobs_finished"]:
-                status = "FINISHED"
-            if config.mlflow.register_model and not interrupted:
-                _register_best(client, parent, best, config.mlflow.model_name)
-            if sweeper.is_optuna_sweep(config.hydra):
-                _log_study(client, run_id, config.hydra, children)
-        finally:
-            client.set_terminated(run_id, "KILLED" if interrupted else status)
+        if stopped_by is None:
+            _summarise(client, run_id, config, interrupted=False)
+            return
+        try:  # a request each, where MLflow's own retries would keep a stopped sweep minutes from ending
+            with one_request_a_try():
+                _summarise(client, run_id, config, interrupted=isinstance(stopped_by, KeyboardInterrupt))
+        except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
+            log.warning("MLflow parent run %s not summarised (%s: %s); the next run or sweep of its experiment here "
+                        "ends it KILLED", run_id, type(err).__name__, first_line(err))
+
+
+def _summarise(client: Any, run_id: str, config: DictConfig, interrupted: bool) -> None:
+    """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED after an
+    interrupt (with the jobs still running), else FAILED."""
+    status = "FAILED"
+    try:
+        parent = client.get_run(run_id)
+        children = sweep_jobs(client, parent)
+        if interrupted:
+            for child in children:
+                if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
+                    client.set_terminated(child.info.run_id, "KILLED")
+        best = _best_job(children)
+        metrics = _log_jobs(client, run_id, children, best)
+        if metrics["sweep/jobs_finished"]:
+            status = "FINISHED"
+        if config.mlflow.register_model and not interrupted:
+            _register_best(client, parent, best, config.mlflow.model_name)
+        if sweeper.is_optuna_sweep(config.hydra):
+            _log_study(client, run_id, config.hydra, children)
+    finally:
+        client.set_terminated(run_id, "KILLED" if interrupted else status)
 
 
 def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:

@@ -232,6 +232,25 @@ def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what
     assert mlflow.active_run() is None  # else MLflow would end it at exit, with its own minutes of retries
 
 
+def test_a_sweep_stopped_while_its_store_is_down_ends_without_mlflow_own_retries(monkeypatch, caplog):
+    """After Ctrl-C, Hydra calls on_multirun_end, whose MLflow calls would each retry for minutes."""
+    from mlflow.tracking._tracking_service import utils
+    from omegaconf import OmegaConf
+
+    monkeypatch.delenv(outages.MLFLOW_RETRIES_VAR, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # MLflow's retries, were they made: at once
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # refused
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
+    callback = tracking.SweepCallback()
+    callback.parent_run_id = "0" * 32
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:  # Hydra calls it in a finally
+        callback.on_multirun_end(OmegaConf.create({"mlflow": {"register_model": False}, "hydra": {}}))
+    assert not [r for r in caplog.records if r.getMessage().startswith("Retrying (")]  # urllib3's, before a retry
+    assert f"MLflow parent run {'0' * 32} not summarised (MlflowException: " in caplog.text
+
+
 @pytest.mark.slow
 def test_a_tracking_server_that_restarts_mid_training_costs_no_epoch(cli, tmp_path):
     store, port = f"sqlite:///{tmp_path}/s.db", free_port()
