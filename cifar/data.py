@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cifar.errors import DataError, os_reason
+from cifar.errors import ConfigError, DataError, os_reason
 from cifar.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -381,6 +381,9 @@ def split_indices(n_train: int, n_test: int, val_size: int, limit: int | None, t
 
     The test subset is drawn with a fixed seed, so runs with the same ``test_limit`` score the same images.
     """
+    if val_size >= n_train:
+        raise ConfigError(f"data.val_size={val_size} must be smaller than the training set ({n_train} images): "
+                          "lower data.val_size")
     order = np.random.default_rng(seed).permutation(n_train)
     val_idx, train_idx = np.sort(order[:val_size]), np.sort(order[val_size:][:limit])
     test_idx = np.arange(n_test)

@@ -90,10 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = compose(args.overrides)
         print(f"source        {cfg.data.path}")
         data = load_cifar10(cfg.data.path, cfg.data.cache_dir, cfg.data.download)
+        counts = split_counts(data, cfg.data, cfg.seed)
     except USER_ERRORS as err:
         print(f"cifar.data: error: {describe_error(err)}", file=sys.stderr)
         return 2
-    print(describe(data, split_counts(data, cfg.data, cfg.seed)))
+    print(describe(data, counts))
     if args.grid:
         try:
             write_grid(data, args.grid, cfg.seed)

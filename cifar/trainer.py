@@ -58,13 +58,8 @@ class Splits:
 
 def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, device: torch.device) -> Splits:
     """Hold out a seeded validation set from train, then apply ``limit`` and ``test_limit``."""
-    n = len(data.train_labels)
-    if cfg_data.val_size >= n:
-        raise ConfigError(
-            f"data.val_size={cfg_data.val_size} must be smaller than the training set ({n} images): lower data.val_size"
-        )
     train_idx, val_idx, test_idx = split_indices(
-        n, len(data.test_labels), cfg_data.val_size, cfg_data.limit, cfg_data.test_limit, seed)
+        len(data.train_labels), len(data.test_labels), cfg_data.val_size, cfg_data.limit, cfg_data.test_limit, seed)
     if len(train_idx) < cfg_data.batch_size:
         raise ConfigError(
             f"data.batch_size={cfg_data.batch_size} is larger than the {len(train_idx)} training images: "

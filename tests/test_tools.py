@@ -114,7 +114,8 @@ def test_data_summary_counts_the_splits_a_run_trains_on(official_dir, tmp_path, 
 
 def test_a_grid_that_cannot_be_written_is_one_line_and_exit_2(official_dir, tmp_path, capsys):
     (tmp_path / "taken.png").mkdir()  # a folder where the file would go
-    data = (f"data.path={official_dir}", f"data.cache_dir={tmp_path / 'cache'}", "data.download=false")
+    data = (f"data.path={official_dir}", f"data.cache_dir={tmp_path / 'cache'}", "data.download=false",
+            "data.val_size=40")
     for grid, message in ((tmp_path / "grid.jpgg", "is not a .png file: give a FILE.png"),
                           (tmp_path / "taken.png", "give a FILE.png in a writable folder")):
         code, _, err = _run(data_summary.main, capsys, *data, "--grid", str(grid))
@@ -124,11 +125,15 @@ def test_a_grid_that_cannot_be_written_is_one_line_and_exit_2(official_dir, tmp_
 
 
 def test_data_summary_runs_as_a_module(official_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cifar.data", f"data.path={official_dir}",
-                           f"data.cache_dir={tmp_path}", "data.download=false"],
-                          capture_output=True, text=True, timeout=120)
+    command = [sys.executable, "-m", "cifar.data", f"data.path={official_dir}", f"data.cache_dir={tmp_path}",
+               "data.download=false"]
+    proc = subprocess.run([*command, "data.val_size=40"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "content hash" in proc.stdout and "airplane" in proc.stdout
+    # the default hold-out (5,000 images) is more than the fake data's 200: refused, as a run would be
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+        "cifar.data: error: data.val_size=5000 must be smaller than the training set (200 images): lower data.val_size")
 
 
 def test_env_warns_of_a_missing_dvc_and_fails_on_a_missing_training_package(monkeypatch):
