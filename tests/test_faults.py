@@ -153,9 +153,8 @@ def test_an_interrupt_ends_the_wait_for_a_store_at_once_even_where_interrupts_ar
             signal.raise_signal(signal.SIGINT)  # held until the try is over
         raise ConnectionError("Connection refused")
 
-    def sleep(seconds):
-        clock.sleeps.append(seconds)
-        clock.now += seconds
+    def sleep(seconds, clock_sleep=clock.sleep):
+        clock_sleep(seconds)
         if when == "during a pause":
             signal.raise_signal(signal.SIGINT)
 
