@@ -8,14 +8,19 @@ when the plugins are installed (``uv sync --extra submitit``, ``--extra ray``).
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import urllib.parse
+from typing import NamedTuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import ConfigError
-from cifar.stores import is_loopback, loopback_host
+from cifar.stores import is_loopback, is_sqlite, loopback_host, no_answer
+
+log = logging.getLogger(__name__)
 
 # Each SLURM job trains one trial: one GPU, and CPU cores and memory for its data on the GPU.
 SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "timeout_min": 120}
@@ -63,22 +68,67 @@ def runs_jobs_elsewhere(hydra_cfg: DictConfig) -> bool:
     target = OmegaConf.select(hydra_cfg, "launcher._target_")
     if target in (SLURM_LAUNCHER, RAY_AWS_LAUNCHER):
         return True
-    if target != RAY_LAUNCHER:
-        return False
-    address = OmegaConf.select(hydra_cfg, "launcher.ray.init.address") or os.environ.get("RAY_ADDRESS")
+    head = _ray_head(hydra_cfg)
+    return bool(head) and not is_loopback(head.host)
+
+
+def check_cluster_answers(hydra_cfg: DictConfig) -> None:
+    """Refuse a cluster launcher whose cluster is not there, before the sweep starts: SLURM's where ``srun``
+    is not on PATH (submitit's traceback otherwise), Ray's at an address where nothing answers (Ray's own
+    wait otherwise: minutes of warnings)."""
+    launcher = _launcher_name(hydra_cfg)
+    if OmegaConf.select(hydra_cfg, "launcher._target_") == SLURM_LAUNCHER and shutil.which("srun") is None:
+        raise ConfigError(f"hydra/launcher={launcher} submits the jobs to SLURM, and its srun is not on PATH here: "
+                          "run the sweep on the cluster's login node, or use hydra/launcher=submitit_local to run "
+                          "the same jobs on this machine")
+    head = _ray_head(hydra_cfg)
+    if head and head.port is not None and (reason := no_answer(head.host, head.port)):
+        raise ConfigError(f"{head.setting}={head.address}: no Ray cluster answers at {head.host}:{head.port} "
+                          f"({reason}): start its head (ray start --head), or correct the address")
+
+
+class RayHead(NamedTuple):
+    setting: str  # hydra.launcher.ray.init.address, or RAY_ADDRESS
+    address: str
+    host: str
+    port: int | None  # None where the address gives none
+
+
+def _ray_head(hydra_cfg: DictConfig) -> RayHead | None:
+    """The head of the Ray cluster that the Ray launcher joins; None for another launcher, and where Ray
+    finds the cluster itself (no address, ``auto``, ``local``)."""
+    if OmegaConf.select(hydra_cfg, "launcher._target_") != RAY_LAUNCHER:
+        return None
+    if address := OmegaConf.select(hydra_cfg, "launcher.ray.init.address"):
+        setting = "hydra.launcher.ray.init.address"
+    else:
+        setting, address = "RAY_ADDRESS", os.environ.get("RAY_ADDRESS")
     if not address or address in RAY_THIS_MACHINE:
-        return False
-    host = urllib.parse.urlsplit(address if "://" in address else f"//{address}").hostname
-    return bool(host) and not is_loopback(host)
+        return None
+    parts = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
+    try:
+        port = parts.port
+    except ValueError:  # no number: left to Ray to report
+        port = None
+    return RayHead(setting, address, parts.hostname, port) if parts.hostname else None
+
+
+def _launcher_name(hydra_cfg: DictConfig) -> str:
+    return OmegaConf.select(hydra_cfg, "runtime.choices.hydra/launcher") or "this launcher"
 
 
 def check_stores_reach_jobs(hydra_cfg: DictConfig, stores: dict[str, str]) -> None:
-    """Refuse a store (by what sets it: its URL) on this machine's loopback address when the launcher runs
-    the jobs on other machines, where each job would wait ``mlflow.store_wait_s`` for it in vain."""
+    """Where the launcher runs the jobs on other machines: refuse a store (by what sets it: its URL) on this
+    machine's loopback address, where each job would wait ``mlflow.store_wait_s`` for it in vain, and warn
+    of a SQLite file, which the jobs share only through a network filesystem, where its locks fail."""
     if not runs_jobs_elsewhere(hydra_cfg):
         return
-    launcher = OmegaConf.select(hydra_cfg, "runtime.choices.hydra/launcher") or "this launcher"
+    launcher = _launcher_name(hydra_cfg)
     for setting, url in stores.items():
         if host := loopback_host(url):
             raise ConfigError(f"{setting}={url} is on this machine only ({host}), and hydra/launcher={launcher} "
                               "runs the jobs on other machines: use an address they reach (the server's host name)")
+        if is_sqlite(url):
+            log.warning("%s=%s is a SQLite file, and hydra/launcher=%s runs the jobs on other machines: they share "
+                        "it only on a network filesystem, where SQLite's file locks are unreliable (NFS); use "
+                        "PostgreSQL, or an mlflow server (README: Scaling out)", setting, url, launcher)

@@ -55,18 +55,24 @@ def unanswered(url: str) -> str | None:
     no server that this process connects to itself (a file, a Unix socket, a server behind a proxy, or
     where the driver's own settings, such as ``PGPORT``, say otherwise than the URL)."""
     server = _server(url)
-    if server is None:
+    if server is None or (reason := no_answer(*server)) is None:
         return None
+    host, port = server
+    return f"nothing answers at {host}:{port} ({reason}): start its server, or correct the URL"
+
+
+def no_answer(host: str, port: int) -> str | None:
+    """Why nothing answers at ``host:port`` (connection refused, unknown host, ...), tried for
+    :data:`ANSWER_WAIT_S`; None once it answers."""
     deadline = time.monotonic() + ANSWER_WAIT_S
     delay = 0.5
     while True:
         try:
-            with socket.create_connection(server, timeout=max(deadline - time.monotonic(), 1.0)):
+            with socket.create_connection((host, port), timeout=max(deadline - time.monotonic(), 1.0)):
                 return None
         except OSError as err:
             if time.monotonic() + delay > deadline:
-                host, port = server
-                return f"nothing answers at {host}:{port} ({os_reason(err)}): start its server, or correct the URL"
+                return os_reason(err)
         time.sleep(delay)
         delay *= 2
 
@@ -76,6 +82,12 @@ def loopback_host(url: str) -> str | None:
     server that jobs on other machines cannot reach."""
     server = _server(url)
     return server[0] if server and is_loopback(server[0]) else None
+
+
+def is_sqlite(url: str) -> bool:
+    """Whether ``url`` is a SQLite database: a file of this machine's, shared with others only through a
+    network filesystem."""
+    return url.startswith(("sqlite:", "sqlite+"))
 
 
 def is_loopback(host: str) -> bool:

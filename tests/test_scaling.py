@@ -3,7 +3,9 @@ server, the submitit and Ray launchers, and one GPU per job."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from cifar import device, launchers, parallel, stores
+from cifar.errors import ConfigError
 from tests import servers
 from tests.conftest import all_runs, run_on_configured_store, sweep_parent_and_children
 
@@ -142,17 +145,77 @@ def test_launchers_that_run_jobs_on_other_machines_are_known(monkeypatch, launch
     assert launchers.runs_jobs_elsewhere(OmegaConf.create({"launcher": launcher})) is elsewhere
 
 
-def test_a_slurm_sweep_with_a_store_on_this_machine_only_is_refused_before_any_job(cli):
+def test_a_slurm_sweep_where_slurm_is_not_installed_is_refused_before_any_job(cli):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    if shutil.which("srun"):
+        pytest.skip("SLURM is installed here")
+    proc = cli("hydra/launcher=submitit_slurm", "optimizer.lr=1e-3,5e-4", multirun=True, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "cifar.train: error: hydra/launcher=submitit_slurm submits the jobs to SLURM, and its srun is not on PATH "
+        "here: run the sweep on the cluster's login node, or use hydra/launcher=submitit_local to run the same jobs "
+        "on this machine")
+    assert not (cli.tmp_path / "sweep").exists() and not all_runs(cli)  # nothing submitted, no parent run
+
+
+@pytest.mark.parametrize(("address", "ray_address", "refused"), [
+    ("127.0.0.1:{port}", None, "hydra.launcher.ray.init.address=127.0.0.1:{port}"),
+    (None, "ray://localhost:{port}", "RAY_ADDRESS=ray://localhost:{port}"),
+    (None, "auto", None),  # Ray's own search for a cluster started here
+    ("head-node", None, None),  # no port: left to Ray
+])
+def test_a_ray_sweep_at_an_address_where_no_cluster_answers_is_refused(monkeypatch, address, ray_address, refused):
+    monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
+    port = servers.free_port()
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray_address:
+        monkeypatch.setenv("RAY_ADDRESS", ray_address.format(port=port))
+    init = {"address": address.format(port=port) if address else None}
+    hydra_cfg = OmegaConf.create({"launcher": {**RAY, "ray": {"init": init}}})
+    if refused is None:
+        launchers.check_cluster_answers(hydra_cfg)
+        return
+    with pytest.raises(ConfigError) as refusal:
+        launchers.check_cluster_answers(hydra_cfg)
+    host = "127.0.0.1" if address else "localhost"
+    assert str(refusal.value).startswith(f"{refused.format(port=port)}: no Ray cluster answers at {host}:{port} (")
+    assert str(refusal.value).endswith("): start its head (ray start --head), or correct the address")
+    with socket.create_server(("127.0.0.1", port)):  # a head that answers
+        launchers.check_cluster_answers(hydra_cfg)
+
+
+def test_a_slurm_sweep_with_a_store_on_this_machine_only_is_refused_before_any_job(cli, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    fake_slurm = tmp_path / "slurm-bin"
+    fake_slurm.mkdir()
+    (fake_slurm / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake_slurm / "srun").chmod(0o755)
     port = servers.free_port()  # nothing answers there: the refusal does not wait for it
     proc = run_on_configured_store(cli, "hydra/launcher=submitit_slurm", f"mlflow.tracking_uri=http://localhost:{port}",
-                                   "optimizer.lr=1e-3,5e-4", multirun=True)
+                                   "optimizer.lr=1e-3,5e-4", multirun=True,
+                                   PATH=f"{fake_slurm}{os.pathsep}{os.environ['PATH']}")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         f"cifar.train: error: mlflow.tracking_uri=http://localhost:{port} is on this machine only (localhost), and "
         "hydra/launcher=submitit_slurm runs the jobs on other machines: use an address they reach (the server's "
         "host name)")
     assert not (cli.tmp_path / "sweep").exists()  # nothing submitted
+
+
+@pytest.mark.parametrize(("launcher", "warned"), [
+    ({"_target_": launchers.SLURM_LAUNCHER}, ["mlflow.tracking_uri", "hydra.sweeper.storage"]),
+    ({"_target_": parallel.JOBLIB_LAUNCHER, "n_jobs": 2}, []),  # processes of this machine share its files
+])
+def test_a_sqlite_store_with_jobs_on_other_machines_is_warned_of(caplog, launcher, warned):
+    hydra_cfg = OmegaConf.create({"launcher": launcher, "runtime": {"choices": {"hydra/launcher": "some"}}})
+    stores_by_setting = {"mlflow.tracking_uri": "sqlite:///mlflow.db", "hydra.sweeper.storage": "sqlite:///optuna.db",
+                         "MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}
+    launchers.check_stores_reach_jobs(hydra_cfg, stores_by_setting)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w.split("=")[0] for w in warnings] == warned
+    for setting, message in zip(warned, warnings, strict=True):
+        assert message.startswith(f"{setting}={stores_by_setting[setting]} is a SQLite file, and "
+                                  "hydra/launcher=some runs the jobs on other machines")
 
 
 @pytest.mark.parametrize(("n_jobs", "job_nums", "gpus", "expected"), [
