@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "timeout_min": 120}
 RAY_GPUS_RESOLVER = "cifar_ray_gpus_per_trial"
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-RAY_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"
+RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, with the sweep's SIGTERM handler kept
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
 
@@ -56,8 +56,8 @@ def register_launcher_configs() -> None:
         OmegaConf.register_resolver(RAY_GPUS_RESOLVER, ray_gpus_per_trial, replace=True)
         # address null: RAY_ADDRESS, else a cluster started on this machine (`ray start --head`), else a new one
         ray = RayConf(init={"address": None}, remote={"num_gpus": f"${{{RAY_GPUS_RESOLVER}:}}"})
-        store.store(group="hydra/launcher", name="ray", node=RayLauncherConf(ray=ray), provider="cifar",
-                    replace=True)
+        store.store(group="hydra/launcher", name="ray", node=RayLauncherConf(_target_=RAY_LAUNCHER, ray=ray),
+                    provider="cifar", replace=True)
 
 
 def runs_jobs_elsewhere(hydra_cfg: DictConfig) -> bool:

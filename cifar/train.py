@@ -23,9 +23,11 @@ from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
 from cifar.outages import StoreOutage
+from cifar.ray_launcher import RayLauncher
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
+Plugins.instance().register(RayLauncher)  # the preset hydra/launcher=ray's
 
 # Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
 # samplers and pruners. Hydra 1.4 refuses anything else.
@@ -88,13 +90,19 @@ def main() -> None:
         print(f"cifar.train: error: {outage}: {how_to_continue(sys.argv[1:])}", file=sys.stderr)
         sys.exit(EX_TEMPFAIL)
     except KeyboardInterrupt as interrupt:
-        number = interrupt.args[0] if interrupt.args else signal.SIGINT
+        # Ray's wait for its jobs raises a KeyboardInterrupt of its own, without the signal's number
+        number = interrupt.args[0] if interrupt.args else _sigterm_taken or signal.SIGINT
         print(f"cifar.train: interrupted by {signal.Signals(number).name}: {how_to_continue(sys.argv[1:])}",
               file=sys.stderr)
         sys.exit(128 + number)
 
 
+_sigterm_taken: int | None = None  # SIGTERM's number once it was taken
+
+
 def _interrupt(number: int, frame: object) -> None:
+    global _sigterm_taken
+    _sigterm_taken = number
     raise KeyboardInterrupt(number)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -20,7 +22,8 @@ from omegaconf import OmegaConf
 from cifar import device, launchers, parallel, stores
 from cifar.errors import ConfigError
 from tests import servers
-from tests.conftest import all_runs, run_on_configured_store, sweep_parent_and_children
+from tests.conftest import all_runs, run_on_configured_store, sweep_parent_and_children, wait_until
+from tests.conftest import start as start_sweep
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 # lr 1e-12 never learns: the threshold pruner stops it after epoch 1; lr 3e-3 passes 0.25 (as in test_sweeps.py)
@@ -78,7 +81,7 @@ def test_submitit_local_runs_a_two_job_sweep(cli):
 
 
 @pytest.mark.slow
-def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster(cli):
+def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stops_one(cli):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
     ray = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live there
@@ -87,16 +90,33 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster(cli):
     start = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                            env=env, capture_output=True, text=True, timeout=180)
+    launcher = ("hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}")
     try:
         assert start.returncode == 0, start.stdout + start.stderr
-        cli("hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}", "optimizer.lr=1e-3,5e-4",
-            "trainer.epochs=1", multirun=True)
+        cli(*launcher, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", multirun=True)
+        parent, children = sweep_parent_and_children(all_runs(cli))
+        assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
+        assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+        first_sweep = {r.info.run_id for r in (parent, *children)}
+
+        # SIGTERM stops a Ray sweep as Ctrl-C does, though joining the cluster gave Ray its own handler
+        stopped = start_sweep(cli, *launcher, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1000",
+                              f"hydra.sweep.dir={cli.tmp_path / 'stopped'}", multirun=True)
+        wait_until(stopped, lambda: [r.info.status for r in all_runs(cli)].count("RUNNING") == 3, interval=0.5)
+        time.sleep(5)  # the jobs train
+        stopped.send_signal(signal.SIGTERM)
+        _, stderr = stopped.communicate(timeout=120)
+        deadline = time.monotonic() + 60  # the jobs, cancelled by Ray, end their runs on the cluster
+        while "RUNNING" in {r.info.status for r in all_runs(cli)} and time.monotonic() < deadline:
+            time.sleep(0.5)
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    parent, children = sweep_parent_and_children(all_runs(cli))
-    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
-    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    assert stopped.returncode == 128 + signal.SIGTERM, stderr
+    assert "cifar.train: interrupted by SIGTERM: finished jobs are kept; continue with: " in stderr
+    stopped_parent, stopped_children = sweep_parent_and_children(
+        [r for r in all_runs(cli) if r.info.run_id not in first_sweep])
+    assert [r.info.status for r in (stopped_parent, *stopped_children)] == ["KILLED"] * 3
 
 
 def test_cluster_launcher_presets_ask_for_one_gpu_per_trial(cli):
@@ -123,6 +143,36 @@ def test_cluster_launcher_presets_ask_for_one_gpu_per_trial(cli):
 ])
 def test_a_store_on_the_loopback_address_is_told_from_one_other_machines_reach(url, host):
     assert stores.loopback_host(url) == host
+
+
+@pytest.mark.parametrize("uv_integration", [None, "1"])
+def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_the_clusters_environment(monkeypatch, uv_integration):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
+    from hydra_plugins.hydra_ray_launcher import _launcher_util, ray_launcher as hydra_ray_launcher
+
+    from cifar.ray_launcher import UV_INTEGRATION_VAR, RayLauncher
+
+    def ray_init(init_cfg):  # as ray.init does
+        assert os.environ[UV_INTEGRATION_VAR] == (uv_integration or "0")  # Ray reads it on its first import
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
+
+    if uv_integration:
+        monkeypatch.setenv(UV_INTEGRATION_VAR, uv_integration)  # the user's
+    else:
+        monkeypatch.delenv(UV_INTEGRATION_VAR, raising=False)
+    monkeypatch.setattr(_launcher_util, "start_ray", ray_init)
+    monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", lambda self, jobs, first: ["launched", *jobs])
+    launcher = RayLauncher(OmegaConf.create({"init": {"address": None}, "remote": {}}))
+
+    def sweeps_handler(*_):  # cifar.train's: SIGTERM as Ctrl-C
+        pass
+
+    original = signal.signal(signal.SIGTERM, sweeps_handler)
+    try:
+        assert launcher.launch([["optimizer.lr=0.1"]], 0) == ["launched", ["optimizer.lr=0.1"]]
+        assert signal.getsignal(signal.SIGTERM) is sweeps_handler
+    finally:
+        signal.signal(signal.SIGTERM, original)
 
 
 RAY = {"_target_": launchers.RAY_LAUNCHER, "ray": {"init": {"address": None}}}

@@ -1,0 +1,46 @@
+"""``hydra/launcher=ray``: Hydra's Ray launcher, with this process's SIGTERM handler and environment kept.
+
+``ray.init`` replaces the sweep process's SIGTERM handler with Ray's (``sys.exit``, then an abort in
+Ray's core worker): a SIGTERM would end the sweep with exit status 134 and leave its runs as they
+were, instead of stopping it as Ctrl-C does. And where the sweep runs under ``uv run``, Ray's uv
+integration runs each job with ``uv run`` in a new environment, built from pyproject.toml without the
+extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
+cluster itself and puts the handler back, and turns that integration off unless
+``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
+
+
+class RayLauncher(Launcher):
+    """Hydra's ``RayLauncher`` (``hydra-ray-launcher``, the ray extra), which does the work."""
+
+    def __init__(self, ray: DictConfig) -> None:
+        from hydra_plugins.hydra_ray_launcher.ray_launcher import RayLauncher as HydraRayLauncher
+
+        self.hydra_launcher = HydraRayLauncher(ray)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        os.environ.setdefault(UV_INTEGRATION_VAR, "0")
+        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+        sigterm_handler = signal.getsignal(signal.SIGTERM)
+        try:
+            start_ray(self.hydra_launcher.ray_cfg.init)  # then Hydra's launch finds Ray started
+        finally:
+            signal.signal(signal.SIGTERM, sigterm_handler)
+        return self.hydra_launcher.launch(job_overrides, initial_job_idx)
