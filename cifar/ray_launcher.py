@@ -5,8 +5,8 @@ Ray's core worker): a SIGTERM would end the sweep with exit status 134 and leave
 were, instead of stopping it as Ctrl-C does. And where the sweep runs under ``uv run``, Ray's uv
 integration runs each job with ``uv run`` in a new environment, built from pyproject.toml without the
 extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
-cluster itself and puts the handler back, and turns that integration off unless
-``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set.
+cluster itself and puts the handler back, turns that integration off unless
+``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+from cifar.errors import UserError, first_line
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 
@@ -41,6 +43,9 @@ class RayLauncher(Launcher):
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         try:
             start_ray(self.hydra_launcher.ray_cfg.init)  # then Hydra's launch finds Ray started
+        except ConnectionError as err:  # no cluster where Ray looked (address auto, RAY_ADDRESS, ...)
+            raise UserError(f"hydra/launcher=ray found no Ray cluster to join ({first_line(err)}): start one "
+                            "(ray start --head), or set hydra.launcher.ray.init.address to its head's") from err
         finally:
             signal.signal(signal.SIGTERM, sigterm_handler)
         return self.hydra_launcher.launch(job_overrides, initial_job_idx)

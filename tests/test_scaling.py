@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from cifar import device, launchers, parallel, stores
-from cifar.errors import ConfigError
+from cifar.errors import ConfigError, UserError
 from tests import servers
 from tests.conftest import all_runs, run_on_configured_store, sweep_parent_and_children, wait_until
 from tests.conftest import start as start_sweep
@@ -173,6 +173,29 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_the_clusters_envi
         assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+def test_the_ray_launcher_where_ray_finds_no_cluster_says_so_in_one_line(monkeypatch):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
+    from hydra_plugins.hydra_ray_launcher import _launcher_util
+
+    from cifar.ray_launcher import RayLauncher
+
+    def no_cluster(init_cfg):  # ray.init(address="auto") where no cluster was started
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
+        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
+
+    monkeypatch.setattr(_launcher_util, "start_ray", no_cluster)
+    original = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(UserError) as refusal:
+            RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
+        assert signal.getsignal(signal.SIGTERM) is original
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert str(refusal.value) == ("hydra/launcher=ray found no Ray cluster to join (Could not find any running Ray "
+                                  "instance.): start one (ray start --head), or set hydra.launcher.ray.init.address "
+                                  "to its head's")
 
 
 RAY = {"_target_": launchers.RAY_LAUNCHER, "ray": {"init": {"address": None}}}
