@@ -156,10 +156,9 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_the_clusters_envi
         assert os.environ[UV_INTEGRATION_VAR] == (uv_integration or "0")  # Ray reads it on its first import
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
 
-    if uv_integration:
-        monkeypatch.setenv(UV_INTEGRATION_VAR, uv_integration)  # the user's
-    else:
-        monkeypatch.delenv(UV_INTEGRATION_VAR, raising=False)
+    monkeypatch.setenv(UV_INTEGRATION_VAR, uv_integration or "")  # so that the launcher's setting is undone after
+    if uv_integration is None:
+        monkeypatch.delenv(UV_INTEGRATION_VAR)
     monkeypatch.setattr(_launcher_util, "start_ray", ray_init)
     monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", lambda self, jobs, first: ["launched", *jobs])
     launcher = RayLauncher(OmegaConf.create({"init": {"address": None}, "remote": {}}))
