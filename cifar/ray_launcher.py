@@ -6,23 +6,27 @@ were, instead of stopping it as Ctrl-C does. And where the sweep runs under ``uv
 integration runs each job with ``uv run`` in a new environment, built from pyproject.toml without the
 extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
 cluster itself and puts the handler back, turns that integration off unless
-``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join.
+``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, gives the jobs this process's ``MLFLOW_TRACKING_URI`` (they
+have the environment of ``ray start``: they logged elsewhere, and failed to find the sweep's parent
+run), and says in one line where Ray finds no cluster to join.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from types import ModuleType
 from typing import Sequence
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import UserError, first_line
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
+MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
 
 
 class RayLauncher(Launcher):
@@ -38,14 +42,23 @@ class RayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         os.environ.setdefault(UV_INTEGRATION_VAR, "0")
-        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+        import ray
 
+        if not ray.is_initialized():
+            self._join_cluster(ray)  # then Hydra's launch finds Ray started
+        return self.hydra_launcher.launch(job_overrides, initial_job_idx)
+
+    def _join_cluster(self, ray: ModuleType) -> None:
+        """``ray.init`` with the launcher's ``init`` config, this process's SIGTERM handler kept, and its
+        ``MLFLOW_TRACKING_URI`` given to the jobs, which have the environment of ``ray start``, not this one's."""
+        init = OmegaConf.to_container(self.hydra_launcher.ray_cfg.init, resolve=True)
+        if store := os.environ.get(MLFLOW_STORE_VAR):
+            init.setdefault("runtime_env", {}).setdefault("env_vars", {}).setdefault(MLFLOW_STORE_VAR, store)
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         try:
-            start_ray(self.hydra_launcher.ray_cfg.init)  # then Hydra's launch finds Ray started
+            ray.init(**init)
         except ConnectionError as err:  # no cluster where Ray looked (address auto, RAY_ADDRESS, ...)
             raise UserError(f"hydra/launcher=ray found no Ray cluster to join ({first_line(err)}): start one "
                             "(ray start --head), or set hydra.launcher.ray.init.address to its head's") from err
         finally:
             signal.signal(signal.SIGTERM, sigterm_handler)
-        return self.hydra_launcher.launch(job_overrides, initial_job_idx)

@@ -146,22 +146,28 @@ def test_a_store_on_the_loopback_address_is_told_from_one_other_machines_reach(u
 
 
 @pytest.mark.parametrize("uv_integration", [None, "1"])
-def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_the_clusters_environment(monkeypatch, uv_integration):
+def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_environment(monkeypatch, uv_integration):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
-    from hydra_plugins.hydra_ray_launcher import _launcher_util, ray_launcher as hydra_ray_launcher
+    import ray
+    from hydra_plugins.hydra_ray_launcher import ray_launcher as hydra_ray_launcher
 
     from cifar.ray_launcher import UV_INTEGRATION_VAR, RayLauncher
 
-    def ray_init(init_cfg):  # as ray.init does
+    joined = {}
+
+    def ray_init(**init):  # as ray.init does to the process's SIGTERM handler
         assert os.environ[UV_INTEGRATION_VAR] == (uv_integration or "0")  # Ray reads it on its first import
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
+        joined.update(init)
 
     monkeypatch.setenv(UV_INTEGRATION_VAR, uv_integration or "")  # so that the launcher's setting is undone after
     if uv_integration is None:
         monkeypatch.delenv(UV_INTEGRATION_VAR)
-    monkeypatch.setattr(_launcher_util, "start_ray", ray_init)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://cifar@db-host/mlflow")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", ray_init)
     monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", lambda self, jobs, first: ["launched", *jobs])
-    launcher = RayLauncher(OmegaConf.create({"init": {"address": None}, "remote": {}}))
+    launcher = RayLauncher(OmegaConf.create({"init": {"address": "head-node:6379"}, "remote": {}}))
 
     def sweeps_handler(*_):  # cifar.train's: SIGTERM as Ctrl-C
         pass
@@ -172,19 +178,23 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_the_clusters_envi
         assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     finally:
         signal.signal(signal.SIGTERM, original)
+    # the jobs have the environment of `ray start`: the sweep's store is given to them
+    assert joined == {"address": "head-node:6379",
+                      "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}}}
 
 
 def test_the_ray_launcher_where_ray_finds_no_cluster_says_so_in_one_line(monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
-    from hydra_plugins.hydra_ray_launcher import _launcher_util
+    import ray
 
     from cifar.ray_launcher import RayLauncher
 
-    def no_cluster(init_cfg):  # ray.init(address="auto") where no cluster was started
+    def no_cluster(**init):  # ray.init(address="auto") where no cluster was started
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
         raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
 
-    monkeypatch.setattr(_launcher_util, "start_ray", no_cluster)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
     original = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(UserError) as refusal:
