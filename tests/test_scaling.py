@@ -145,63 +145,68 @@ def test_a_store_on_the_loopback_address_is_told_from_one_other_machines_reach(u
     assert stores.loopback_host(url) == host
 
 
-@pytest.mark.parametrize("uv_integration", [None, "1"])
-def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_environment(monkeypatch, uv_integration):
+@pytest.fixture
+def ray_init(monkeypatch):
+    """Replace ``ray.init`` with ``ray_init(fake)``: ``fake(**init)`` is called after a SIGTERM handler of Ray's own is
+    put in, as the real one does. The process's SIGTERM handler is put back after the test."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
     import ray
+
+    def replace(fake):
+        def init(**config):
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
+            fake(**config)
+
+        monkeypatch.setattr(ray, "init", init)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    original = signal.getsignal(signal.SIGTERM)
+    yield replace
+    signal.signal(signal.SIGTERM, original)
+
+
+@pytest.mark.parametrize("uv_integration", [None, "1"])
+def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_environment(monkeypatch, ray_init, uv_integration):
     from hydra_plugins.hydra_ray_launcher import ray_launcher as hydra_ray_launcher
 
     from cifar.ray_launcher import UV_INTEGRATION_VAR, RayLauncher
 
     joined = {}
 
-    def ray_init(**init):  # as ray.init does to the process's SIGTERM handler
+    def join(**init):
         assert os.environ[UV_INTEGRATION_VAR] == (uv_integration or "0")  # Ray reads it on its first import
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
         joined.update(init)
 
+    ray_init(join)
     monkeypatch.setenv(UV_INTEGRATION_VAR, uv_integration or "")  # so that the launcher's setting is undone after
     if uv_integration is None:
         monkeypatch.delenv(UV_INTEGRATION_VAR)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://cifar@db-host/mlflow")
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", ray_init)
     monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", lambda self, jobs, first: ["launched", *jobs])
     launcher = RayLauncher(OmegaConf.create({"init": {"address": "head-node:6379"}, "remote": {}}))
 
     def sweeps_handler(*_):  # cifar.train's: SIGTERM as Ctrl-C
         pass
 
-    original = signal.signal(signal.SIGTERM, sweeps_handler)
-    try:
-        assert launcher.launch([["optimizer.lr=0.1"]], 0) == ["launched", ["optimizer.lr=0.1"]]
-        assert signal.getsignal(signal.SIGTERM) is sweeps_handler
-    finally:
-        signal.signal(signal.SIGTERM, original)
+    signal.signal(signal.SIGTERM, sweeps_handler)
+    assert launcher.launch([["optimizer.lr=0.1"]], 0) == ["launched", ["optimizer.lr=0.1"]]
+    assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     # the jobs have the environment of `ray start`: the sweep's store is given to them
     assert joined == {"address": "head-node:6379",
                       "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}}}
 
 
-def test_the_ray_launcher_where_ray_finds_no_cluster_says_so_in_one_line(monkeypatch):
-    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
-    import ray
-
+def test_the_ray_launcher_where_ray_finds_no_cluster_says_so_in_one_line(ray_init):
     from cifar.ray_launcher import RayLauncher
 
     def no_cluster(**init):  # ray.init(address="auto") where no cluster was started
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(signal.SIGTERM))
         raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
 
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", no_cluster)
-    original = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(UserError) as refusal:
-            RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
-        assert signal.getsignal(signal.SIGTERM) is original
-    finally:
-        signal.signal(signal.SIGTERM, original)
+    ray_init(no_cluster)
+    sweeps_handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(UserError) as refusal:
+        RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
+    assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     assert str(refusal.value) == ("hydra/launcher=ray found no Ray cluster to join (Could not find any running Ray "
                                   "instance.): start one (ray start --head), or set hydra.launcher.ray.init.address "
                                   "to its head's")
