@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "timeout_min": 120}
 RAY_GPUS_RESOLVER = "cifar_ray_gpus_per_trial"
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
-RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, with the sweep's SIGTERM handler kept
+RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, keeping the sweep's SIGTERM handler, directory, store
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
 
@@ -76,11 +76,10 @@ def check_cluster_answers(hydra_cfg: DictConfig) -> None:
     """Refuse a cluster launcher whose cluster is not there, before the sweep starts: SLURM's where ``srun``
     is not on PATH (submitit's traceback otherwise), Ray's at an address where nothing answers (Ray's own
     wait otherwise: minutes of warnings)."""
-    launcher = _launcher_name(hydra_cfg)
     if OmegaConf.select(hydra_cfg, "launcher._target_") == SLURM_LAUNCHER and shutil.which("srun") is None:
-        raise ConfigError(f"hydra/launcher={launcher} submits the jobs to SLURM, and its srun is not on PATH here: "
-                          "run the sweep on the cluster's login node, or use hydra/launcher=submitit_local to run "
-                          "the same jobs on this machine")
+        raise ConfigError(f"hydra/launcher={_launcher_name(hydra_cfg)} submits the jobs to SLURM, and its srun is not "
+                          "on PATH here: run the sweep on the cluster's login node, or use "
+                          "hydra/launcher=submitit_local to run the same jobs on this machine")
     head = _ray_head(hydra_cfg)
     if head and head.port is not None and (reason := no_answer(head.host, head.port)):
         raise ConfigError(f"{head.setting}={head.address}: no Ray cluster answers at {head.host}:{head.port} "

@@ -6,13 +6,17 @@ were, instead of stopping it as Ctrl-C does. And where the sweep runs under ``uv
 integration runs each job with ``uv run`` in a new environment, built from pyproject.toml without the
 extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
 cluster itself and puts the handler back, turns that integration off unless
-``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, gives the jobs this process's ``MLFLOW_TRACKING_URI`` (they
-have the environment of ``ray start``: they logged elsewhere, and failed to find the sweep's parent
-run), and says in one line where Ray finds no cluster to join.
+``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join.
+
+Ray's jobs run in the directory and environment of their machine's ``ray start``, not the sweep's: a
+relative path (``hydra.sweep.dir``, a SQLite store, the defaults included) led each job elsewhere, its
+output dir and runs apart from the sweep's parent run. So the jobs start in the sweep's directory
+and have its ``MLFLOW_TRACKING_URI``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from types import ModuleType
@@ -27,6 +31,9 @@ from cifar.errors import UserError, first_line
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
+SWEEP_CWD_VAR = "CIFAR_SWEEP_CWD"  # the sweep's working directory, given to the jobs: see enter_sweep_dir
+
+log = logging.getLogger(__name__)
 
 
 class RayLauncher(Launcher):
@@ -49,11 +56,15 @@ class RayLauncher(Launcher):
         return self.hydra_launcher.launch(job_overrides, initial_job_idx)
 
     def _join_cluster(self, ray: ModuleType) -> None:
-        """``ray.init`` with the launcher's ``init`` config, this process's SIGTERM handler kept, and its
-        ``MLFLOW_TRACKING_URI`` given to the jobs, which have the environment of ``ray start``, not this one's."""
+        """``ray.init`` with the launcher's ``init`` config, this process's SIGTERM handler kept, and the jobs
+        started in its working directory with its ``MLFLOW_TRACKING_URI``."""
         init = OmegaConf.to_container(self.hydra_launcher.ray_cfg.init, resolve=True)
+        runtime_env = init.setdefault("runtime_env", {})
+        runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.{enter_sweep_dir.__name__}")
+        env_vars = runtime_env.setdefault("env_vars", {})
+        env_vars.setdefault(SWEEP_CWD_VAR, os.getcwd())
         if store := os.environ.get(MLFLOW_STORE_VAR):
-            init.setdefault("runtime_env", {}).setdefault("env_vars", {}).setdefault(MLFLOW_STORE_VAR, store)
+            env_vars.setdefault(MLFLOW_STORE_VAR, store)
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(**init)
@@ -62,3 +73,14 @@ class RayLauncher(Launcher):
                             "(ray start --head), or set hydra.launcher.ray.init.address to its head's") from err
         finally:
             signal.signal(signal.SIGTERM, sigterm_handler)
+
+
+def enter_sweep_dir() -> None:
+    """Ray's setup hook of each worker process that runs jobs: work in the sweep's directory (``CIFAR_SWEEP_CWD``),
+    where the worker's machine has it (a shared filesystem), as a job of a local launcher does."""
+    sweep_cwd = os.environ[SWEEP_CWD_VAR]
+    if os.path.isdir(sweep_cwd):
+        os.chdir(sweep_cwd)
+    else:
+        log.warning("The sweep's directory %s is not on this machine: this job's relative paths are taken from %s",
+                    sweep_cwd, os.getcwd())

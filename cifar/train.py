@@ -91,18 +91,19 @@ def main() -> None:
         sys.exit(EX_TEMPFAIL)
     except KeyboardInterrupt as interrupt:
         # Ray's wait for its jobs raises a KeyboardInterrupt of its own, without the signal's number
-        number = interrupt.args[0] if interrupt.args else _sigterm_taken or signal.SIGINT
+        number = interrupt.args[0] if interrupt.args else signal.SIGTERM if _sigterm_taken else signal.SIGINT
         print(f"cifar.train: interrupted by {signal.Signals(number).name}: {how_to_continue(sys.argv[1:])}",
               file=sys.stderr)
         sys.exit(128 + number)
 
 
-_sigterm_taken: int | None = None  # SIGTERM's number once it was taken
+_sigterm_taken = False  # whether a SIGTERM was taken
 
 
 def _interrupt(number: int, frame: object) -> None:
+    """SIGTERM's handler: stop as Ctrl-C does."""
     global _sigterm_taken
-    _sigterm_taken = number
+    _sigterm_taken = True
     raise KeyboardInterrupt(number)
 
 

@@ -89,13 +89,16 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stop
     _, env = cli.command()
     start = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-                           env=env, capture_output=True, text=True, timeout=180)
+                           cwd=temp_dir, env=env, capture_output=True, text=True, timeout=180)
     launcher = ("hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}")
     try:
         assert start.returncode == 0, start.stdout + start.stderr
-        cli(*launcher, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", multirun=True)
+        # a relative sweep dir is the sweep's, though Ray's jobs start where `ray start` ran
+        cli(*launcher, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "hydra.sweep.dir=sweep", multirun=True)
         parent, children = sweep_parent_and_children(all_runs(cli))
         assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
+        assert sorted(c.data.tags["hydra.output_dir"] for c in children) == [str(cli.tmp_path / "sweep" / job)
+                                                                           for job in ("0", "1")]
         assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
         first_sweep = {r.info.run_id for r in (parent, *children)}
 
@@ -166,7 +169,8 @@ def ray_init(monkeypatch):
 
 
 @pytest.mark.parametrize("uv_integration", [None, "1"])
-def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_environment(monkeypatch, ray_init, uv_integration):
+def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_directory_and_environment(monkeypatch, tmp_path, ray_init,
+                                                                                      uv_integration):
     from hydra_plugins.hydra_ray_launcher import ray_launcher as hydra_ray_launcher
 
     from cifar.ray_launcher import UV_INTEGRATION_VAR, RayLauncher
@@ -182,6 +186,7 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_environment(monke
     if uv_integration is None:
         monkeypatch.delenv(UV_INTEGRATION_VAR)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://cifar@db-host/mlflow")
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", lambda self, jobs, first: ["launched", *jobs])
     launcher = RayLauncher(OmegaConf.create({"init": {"address": "head-node:6379"}, "remote": {}}))
 
@@ -191,9 +196,25 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_and_environment(monke
     signal.signal(signal.SIGTERM, sweeps_handler)
     assert launcher.launch([["optimizer.lr=0.1"]], 0) == ["launched", ["optimizer.lr=0.1"]]
     assert signal.getsignal(signal.SIGTERM) is sweeps_handler
-    # the jobs have the environment of `ray start`: the sweep's store is given to them
-    assert joined == {"address": "head-node:6379",
-                      "runtime_env": {"env_vars": {"MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}}}
+    # the jobs have the directory and environment of `ray start`: they are given the sweep's directory and store
+    assert joined == {"address": "head-node:6379", "runtime_env": {
+        "worker_process_setup_hook": "cifar.ray_launcher.enter_sweep_dir",
+        "env_vars": {"CIFAR_SWEEP_CWD": str(tmp_path), "MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}}}
+
+
+def test_a_ray_job_works_in_the_sweeps_directory_where_its_machine_has_it(monkeypatch, tmp_path, caplog):
+    from cifar.ray_launcher import SWEEP_CWD_VAR, enter_sweep_dir
+
+    ray_start_dir = tmp_path / "ray-start"
+    ray_start_dir.mkdir()
+    monkeypatch.chdir(ray_start_dir)
+    monkeypatch.setenv(SWEEP_CWD_VAR, str(tmp_path / "elsewhere"))  # a machine without the shared filesystem
+    enter_sweep_dir()
+    assert Path.cwd() == ray_start_dir
+    assert f"The sweep's directory {tmp_path / 'elsewhere'} is not on this machine" in caplog.text
+    monkeypatch.setenv(SWEEP_CWD_VAR, str(tmp_path))
+    enter_sweep_dir()
+    assert Path.cwd() == tmp_path
 
 
 def test_the_ray_launcher_where_ray_finds_no_cluster_says_so_in_one_line(ray_init):
