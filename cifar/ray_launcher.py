@@ -6,7 +6,8 @@ were, instead of stopping it as Ctrl-C does. And where the sweep runs under ``uv
 integration runs each job with ``uv run`` in a new environment, built from pyproject.toml without the
 extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
 cluster itself and puts the handler back, turns that integration off unless
-``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join.
+``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join, or one
+that runs another version of Ray or Python.
 
 Ray's jobs run in the directory and environment of their machine's ``ray start``, not the sweep's: a
 relative path (``hydra.sweep.dir``, a SQLite store, the defaults included) led each job elsewhere, its
@@ -31,6 +32,7 @@ from cifar.errors import UserError, first_line
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
+RAY_VERSION_MISMATCH = "Version mismatch"  # how ray.init's error begins where the cluster runs another Ray or Python
 SWEEP_CWD_VAR = "CIFAR_SWEEP_CWD"  # the sweep's working directory, given to the jobs: see enter_sweep_dir
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,13 @@ class RayLauncher(Launcher):
         except ConnectionError as err:  # no cluster where Ray looked (address auto, RAY_ADDRESS, ...)
             raise UserError(f"hydra/launcher=ray found no Ray cluster to join ({first_line(err)}): start one "
                             "(ray start --head), or set hydra.launcher.ray.init.address to its head's") from err
+        except RuntimeError as err:
+            if not str(err).startswith(RAY_VERSION_MISMATCH):
+                raise
+            versions = " ".join(str(err).split())  # Ray's message spans lines: the cluster's versions, then this one's
+            raise UserError(f"hydra/launcher=ray cannot join the Ray cluster: {versions}: run the sweep with the Ray "
+                            "and Python that the cluster was started with (uv run ray start ... from this project "
+                            "starts it with this project's)") from err
         finally:
             signal.signal(signal.SIGTERM, sigterm_handler)
 

@@ -217,20 +217,32 @@ def test_a_ray_job_works_in_the_sweeps_directory_where_its_machine_has_it(monkey
     assert Path.cwd() == tmp_path
 
 
-def test_the_ray_launcher_where_ray_finds_no_cluster_says_so_in_one_line(ray_init):
+@pytest.mark.parametrize(("error", "said"), [
+    # ray.init(address="auto") where no cluster was started
+    (ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to"),
+     "hydra/launcher=ray found no Ray cluster to join (Could not find any running Ray instance.): start one "
+     "(ray start --head), or set hydra.launcher.ray.init.address to its head's"),
+    # a cluster started from another environment (Ray's message, as it was here with a head on Python 3.12)
+    (RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n    Python: 3.12.1\n"
+                  "This process on node 10.0.0.2 was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n"),
+     "hydra/launcher=ray cannot join the Ray cluster: Version mismatch: The cluster was started with: Ray: 2.60.0 "
+     "Python: 3.12.1 This process on node 10.0.0.2 was started with: Ray: 2.60.0 Python: 3.11.7: run the sweep with "
+     "the Ray and Python that the cluster was started with (uv run ray start ... from this project starts it with "
+     "this project's)"),
+    (RuntimeError("Maybe you called ray.init twice by accident?"), None),  # no user error: Ray's traceback
+])
+def test_the_ray_launcher_says_in_one_line_where_it_cannot_join_a_cluster(ray_init, error, said):
     from cifar.ray_launcher import RayLauncher
 
-    def no_cluster(**init):  # ray.init(address="auto") where no cluster was started
-        raise ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to")
+    def fail(**init):
+        raise error
 
-    ray_init(no_cluster)
+    ray_init(fail)
     sweeps_handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(UserError) as refusal:
+    with pytest.raises(UserError if said else type(error)) as refusal:
         RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
     assert signal.getsignal(signal.SIGTERM) is sweeps_handler
-    assert str(refusal.value) == ("hydra/launcher=ray found no Ray cluster to join (Could not find any running Ray "
-                                  "instance.): start one (ray start --head), or set hydra.launcher.ray.init.address "
-                                  "to its head's")
+    assert str(refusal.value) == (said or str(error))
 
 
 RAY = {"_target_": launchers.RAY_LAUNCHER, "ray": {"init": {"address": None}}}
