@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from types import ModuleType
-from typing import Sequence
+from typing import Callable, Sequence
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -33,9 +34,7 @@ from cifar.errors import UserError, first_line
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
 RAY_VERSION_MISMATCH = "Version mismatch"  # how ray.init's error begins where the cluster runs another Ray or Python
-SWEEP_CWD_VAR = "CIFAR_SWEEP_CWD"  # the sweep's working directory, given to the jobs: see enter_sweep_dir
-
-log = logging.getLogger(__name__)
+MISSING_MODULE = re.compile(r"No module named '[^']+'")  # of a job that a worker could not unpickle
 
 
 class RayLauncher(Launcher):
@@ -55,18 +54,24 @@ class RayLauncher(Launcher):
 
         if not ray.is_initialized():
             self._join_cluster(ray)  # then Hydra's launch finds Ray started
-        return self.hydra_launcher.launch(job_overrides, initial_job_idx)
+        try:
+            return self.hydra_launcher.launch(job_overrides, initial_job_idx)
+        except ray.exceptions.RayTaskError as err:
+            if not (missing := MISSING_MODULE.search(str(err))):
+                raise
+            ray.shutdown()  # else Ray prints the other jobs' same error, and the workers' tracebacks, after this one
+            raise UserError(f"hydra/launcher=ray: a worker of the Ray cluster could not load a job ({missing[0]}): "
+                            "its machine's ray start ran in an environment without this project; start the cluster "
+                            "with uv run ray start ... from this project on each machine") from err
 
     def _join_cluster(self, ray: ModuleType) -> None:
         """``ray.init`` with the launcher's ``init`` config, this process's SIGTERM handler kept, and the jobs
         started in its working directory with its ``MLFLOW_TRACKING_URI``."""
         init = OmegaConf.to_container(self.hydra_launcher.ray_cfg.init, resolve=True)
         runtime_env = init.setdefault("runtime_env", {})
-        runtime_env.setdefault("worker_process_setup_hook", f"{__name__}.{enter_sweep_dir.__name__}")
-        env_vars = runtime_env.setdefault("env_vars", {})
-        env_vars.setdefault(SWEEP_CWD_VAR, os.getcwd())
+        runtime_env.setdefault("worker_process_setup_hook", sweep_dir_hook(os.getcwd()))
         if store := os.environ.get(MLFLOW_STORE_VAR):
-            env_vars.setdefault(MLFLOW_STORE_VAR, store)
+            runtime_env.setdefault("env_vars", {}).setdefault(MLFLOW_STORE_VAR, store)
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(**init)
@@ -84,12 +89,17 @@ class RayLauncher(Launcher):
             signal.signal(signal.SIGTERM, sigterm_handler)
 
 
-def enter_sweep_dir() -> None:
-    """Ray's setup hook of each worker process that runs jobs: work in the sweep's directory (``CIFAR_SWEEP_CWD``),
-    where the worker's machine has it (a shared filesystem), as a job of a local launcher does."""
-    sweep_cwd = os.environ[SWEEP_CWD_VAR]
-    if os.path.isdir(sweep_cwd):
-        os.chdir(sweep_cwd)
-    else:
-        log.warning("The sweep's directory %s is not on this machine: this job's relative paths are taken from %s",
-                    sweep_cwd, os.getcwd())
+def sweep_dir_hook(sweep_cwd: str) -> Callable[[], None]:
+    """Ray's setup hook of each worker process that runs jobs: work in the sweep's directory, where the worker's
+    machine has it (a shared filesystem), as a job of a local launcher does. A function of its own (Ray pickles it
+    whole), so that a worker whose environment lacks this project still gets to the job, which says what it lacks."""
+
+    def enter_sweep_dir() -> None:
+        if os.path.isdir(sweep_cwd):
+            os.chdir(sweep_cwd)
+        else:
+            logging.getLogger(__name__).warning(
+                "The sweep's directory %s is not on this machine: this job's relative paths are taken from %s",
+                sweep_cwd, os.getcwd())
+
+    return enter_sweep_dir

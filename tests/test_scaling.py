@@ -197,24 +197,31 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_directory_and_environ
     assert launcher.launch([["optimizer.lr=0.1"]], 0) == ["launched", ["optimizer.lr=0.1"]]
     assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     # the jobs have the directory and environment of `ray start`: they are given the sweep's directory and store
+    enter_sweep_dir = joined["runtime_env"].pop("worker_process_setup_hook")
     assert joined == {"address": "head-node:6379", "runtime_env": {
-        "worker_process_setup_hook": "cifar.ray_launcher.enter_sweep_dir",
-        "env_vars": {"CIFAR_SWEEP_CWD": str(tmp_path), "MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}}}
-
-
-def test_a_ray_job_works_in_the_sweeps_directory_where_its_machine_has_it(monkeypatch, tmp_path, caplog):
-    from cifar.ray_launcher import SWEEP_CWD_VAR, enter_sweep_dir
-
-    ray_start_dir = tmp_path / "ray-start"
-    ray_start_dir.mkdir()
-    monkeypatch.chdir(ray_start_dir)
-    monkeypatch.setenv(SWEEP_CWD_VAR, str(tmp_path / "elsewhere"))  # a machine without the shared filesystem
-    enter_sweep_dir()
-    assert Path.cwd() == ray_start_dir
-    assert f"The sweep's directory {tmp_path / 'elsewhere'} is not on this machine" in caplog.text
-    monkeypatch.setenv(SWEEP_CWD_VAR, str(tmp_path))
+        "env_vars": {"MLFLOW_TRACKING_URI": "postgresql://cifar@db-host/mlflow"}}}
+    monkeypatch.chdir(tmp_path.parent)  # where `ray start` ran
     enter_sweep_dir()
     assert Path.cwd() == tmp_path
+
+
+def test_the_ray_jobs_setup_hook_needs_no_project_and_keeps_a_directory_its_machine_lacks(tmp_path):
+    from ray import cloudpickle
+
+    from cifar.ray_launcher import sweep_dir_hook
+
+    # a worker whose environment lacks this project (Ray pickles the hook; the job then says what is missing)
+    ray_start_dir = tmp_path / "ray-start"
+    ray_start_dir.mkdir()
+    worker = ("import os, pickle, sys; sys.modules['cifar'] = None; "
+              "pickle.loads(sys.stdin.buffer.read())(); print(os.getcwd())")
+    for sweep_dir, cwd in [(tmp_path, tmp_path), (tmp_path / "elsewhere", ray_start_dir)]:  # elsewhere: not here
+        hook = cloudpickle.dumps(sweep_dir_hook(str(sweep_dir)))
+        ran = subprocess.run([sys.executable, "-c", worker], input=hook, cwd=ray_start_dir, capture_output=True)
+        assert ran.returncode == 0, ran.stderr.decode()
+        assert ran.stdout.decode().strip() == str(cwd)
+    assert f"The sweep's directory {tmp_path / 'elsewhere'} is not on this machine: this job's relative paths are " \
+           f"taken from {ray_start_dir}" in ran.stderr.decode()
 
 
 @pytest.mark.parametrize(("error", "said"), [
@@ -243,6 +250,36 @@ def test_the_ray_launcher_says_in_one_line_where_it_cannot_join_a_cluster(ray_in
         RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
     assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     assert str(refusal.value) == (said or str(error))
+
+
+@pytest.mark.parametrize("cause", ["No module named 'hydra'", "something else"])
+def test_a_ray_worker_without_the_project_is_said_in_one_line(monkeypatch, ray_init, cause):
+    from hydra_plugins.hydra_ray_launcher import ray_launcher as hydra_ray_launcher
+    from ray.exceptions import RaySystemError, RayTaskError
+
+    from cifar.ray_launcher import RayLauncher
+
+    # as Ray raised it here, where `ray start` ran in an environment with Ray alone
+    error = RayTaskError("_run_job", f"Traceback (most recent call last):\nModuleNotFoundError: {cause}",
+                         RaySystemError(f"System error: {cause}")).as_instanceof_cause()
+
+    def launch(self, jobs, first):
+        raise error
+
+    ray_init(lambda **init: None)
+    monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", launch)
+    shut_down = []
+    monkeypatch.setattr("ray.shutdown", lambda: shut_down.append(True))
+    with pytest.raises(UserError if "module" in cause else RayTaskError) as refusal:
+        RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
+    if "module" in cause:  # Ray stopped first: it would print the other jobs' same error after this line
+        assert str(refusal.value) == (
+            "hydra/launcher=ray: a worker of the Ray cluster could not load a job (No module named 'hydra'): its "
+            "machine's ray start ran in an environment without this project; start the cluster with uv run ray start "
+            "... from this project on each machine")
+        assert shut_down == [True]
+    else:
+        assert refusal.value is error and shut_down == []
 
 
 RAY = {"_target_": launchers.RAY_LAUNCHER, "ray": {"init": {"address": None}}}
