@@ -1,4 +1,4 @@
-"""``hydra/launcher=ray``: Hydra's Ray launcher, with this process's SIGTERM handler and environment kept.
+"""``hydra/launcher=ray``: Hydra's Ray launcher, with the sweep's SIGTERM handler, directory and store kept.
 
 ``ray.init`` replaces the sweep process's SIGTERM handler with Ray's (``sys.exit``, then an abort in
 Ray's core worker): a SIGTERM would end the sweep with exit status 134 and leave its runs as they
@@ -6,8 +6,8 @@ were, instead of stopping it as Ctrl-C does. And where the sweep runs under ``uv
 integration runs each job with ``uv run`` in a new environment, built from pyproject.toml without the
 extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
 cluster itself and puts the handler back, turns that integration off unless
-``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join, or one
-that runs another version of Ray or Python.
+``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join, one
+that runs another version of Ray or Python, or one whose workers cannot load the jobs.
 
 Ray's jobs run in the directory and environment of their machine's ``ray start``, not the sweep's: a
 relative path (``hydra.sweep.dir``, a SQLite store, the defaults included) led each job elsewhere, its
