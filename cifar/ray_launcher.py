@@ -7,7 +7,8 @@ integration runs each job with ``uv run`` in a new environment, built from pypro
 extras (so without ray), instead of the one the cluster was started with. So this launcher joins the
 cluster itself and puts the handler back, turns that integration off unless
 ``RAY_ENABLE_UV_RUN_RUNTIME_ENV`` is set, and says in one line where Ray finds no cluster to join, one
-that runs another version of Ray or Python, or one whose workers cannot load the jobs.
+that asks for a token, one that runs another version of Ray or Python, or one whose workers cannot load
+the jobs.
 
 Ray's jobs run in the directory and environment of their machine's ``ray start``, not the sweep's: a
 relative path (``hydra.sweep.dir``, a SQLite store, the defaults included) led each job elsewhere, its
@@ -30,6 +31,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import UserError, first_line
+from cifar.launchers import RAY_THIS_MACHINE
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
@@ -75,9 +77,8 @@ class RayLauncher(Launcher):
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(**init)
-        except ConnectionError as err:  # no cluster where Ray looked (address auto, RAY_ADDRESS, ...)
-            raise UserError(f"hydra/launcher=ray found no Ray cluster to join ({first_line(err)}): start one "
-                            "(ray start --head), or set hydra.launcher.ray.init.address to its head's") from err
+        except ConnectionError as err:
+            raise UserError(_not_joined(init.get("address") or os.environ.get("RAY_ADDRESS"), err)) from err
         except RuntimeError as err:
             if not str(err).startswith(RAY_VERSION_MISMATCH):
                 raise
@@ -87,6 +88,19 @@ class RayLauncher(Launcher):
                             "starts it with this project's)") from err
         finally:
             signal.signal(signal.SIGTERM, sigterm_handler)
+
+
+def _not_joined(address: str | None, err: ConnectionError) -> str:
+    """What to do where ``ray.init`` joined no cluster at ``address``. Where the cluster's head answers there (the
+    sweep checked that it does before it started), it may ask for a token that this process does not send: ``ray
+    start`` turns token authentication on where it finds one (``~/.ray/auth_token``), and Ray sends it to an
+    address given only with ``RAY_AUTH_MODE=token``, which Ray's error does not say."""
+    if address in (None, *RAY_THIS_MACHINE):  # Ray looked for the cluster itself
+        return (f"hydra/launcher=ray found no Ray cluster to join ({first_line(err)}): start one (ray start --head), "
+                "or set hydra.launcher.ray.init.address to its head's")
+    return (f"hydra/launcher=ray could not join the Ray cluster at {address} ({first_line(err)}): check that its "
+            "head runs there, and where it asks for a token (ray start does where it finds ~/.ray/auth_token), set "
+            "RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
 
 
 def sweep_dir_hook(sweep_cwd: str) -> Callable[[], None]:

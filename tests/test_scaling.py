@@ -87,6 +87,7 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stop
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live there
     port = servers.free_port()
     _, env = cli.command()
+    env["RAY_AUTH_MODE"] = "disabled"  # else ray start asks for the token of ~/.ray/auth_token, where there is one
     start = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                            cwd=temp_dir, env=env, capture_output=True, text=True, timeout=180)
@@ -224,21 +225,27 @@ def test_the_ray_jobs_setup_hook_needs_no_project_and_keeps_a_directory_its_mach
            f"taken from {ray_start_dir}" in ran.stderr.decode()
 
 
-@pytest.mark.parametrize(("error", "said"), [
+@pytest.mark.parametrize(("address", "error", "said"), [
     # ray.init(address="auto") where no cluster was started
-    (ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to"),
+    ("auto", ConnectionError("Could not find any running Ray instance.\nPlease specify the one to connect to"),
      "hydra/launcher=ray found no Ray cluster to join (Could not find any running Ray instance.): start one "
      "(ray start --head), or set hydra.launcher.ray.init.address to its head's"),
+    # a head that answers and asks for a token (Ray's message, as it was here where ray start found ~/.ray/auth_token)
+    ("10.0.0.5:6379", ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379"),
+     "hydra/launcher=ray could not join the Ray cluster at 10.0.0.5:6379 (Failed to connect to Ray cluster at "
+     "10.0.0.5:6379): check that its head runs there, and where it asks for a token (ray start does where it finds "
+     "~/.ray/auth_token), set RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or "
+     "RAY_AUTH_TOKEN"),
     # a cluster started from another environment (Ray's message, as it was here with a head on Python 3.12)
-    (RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n    Python: 3.12.1\n"
-                  "This process on node 10.0.0.2 was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n"),
+    ("auto", RuntimeError("Version mismatch: The cluster was started with:\n    Ray: 2.60.0\n    Python: 3.12.1\n"
+                          "This process on node 10.0.0.2 was started with:\n    Ray: 2.60.0\n    Python: 3.11.7\n"),
      "hydra/launcher=ray cannot join the Ray cluster: Version mismatch: The cluster was started with: Ray: 2.60.0 "
      "Python: 3.12.1 This process on node 10.0.0.2 was started with: Ray: 2.60.0 Python: 3.11.7: run the sweep with "
      "the Ray and Python that the cluster was started with (uv run ray start ... from this project starts it with "
      "this project's)"),
-    (RuntimeError("Maybe you called ray.init twice by accident?"), None),  # no user error: Ray's traceback
+    ("auto", RuntimeError("Maybe you called ray.init twice by accident?"), None),  # no user error: Ray's traceback
 ])
-def test_the_ray_launcher_says_in_one_line_where_it_cannot_join_a_cluster(ray_init, error, said):
+def test_the_ray_launcher_says_in_one_line_where_it_cannot_join_a_cluster(ray_init, address, error, said):
     from cifar.ray_launcher import RayLauncher
 
     def fail(**init):
@@ -247,7 +254,7 @@ def test_the_ray_launcher_says_in_one_line_where_it_cannot_join_a_cluster(ray_in
     ray_init(fail)
     sweeps_handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(UserError if said else type(error)) as refusal:
-        RayLauncher(OmegaConf.create({"init": {"address": "auto"}, "remote": {}})).launch([[]], 0)
+        RayLauncher(OmegaConf.create({"init": {"address": address}, "remote": {}})).launch([[]], 0)
     assert signal.getsignal(signal.SIGTERM) is sweeps_handler
     assert str(refusal.value) == (said or str(error))
 
