@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -31,6 +32,17 @@ UNAVAILABLE_STATUSES = frozenset({408, 429})
 class StoreOutage(BaseException):
     """The MLflow store failed for all of ``mlflow.store_wait_s``. A BaseException, so that it passes the
     per-job error handling of Hydra's launchers: it stops a sweep too, whose next jobs would meet it."""
+
+
+# The last line of a job's traceback where a StoreOutage stopped it, in the error of a launcher that runs the
+# jobs in processes of their own and raises an error of its own (submitit's, with the job's stderr in it)
+_JOB_OUTAGE_LINE = re.compile(rf"^{re.escape(StoreOutage.__module__)}\.{StoreOutage.__qualname__}: (.+)$", re.MULTILINE)
+
+
+def outage_in_job(err: BaseException) -> StoreOutage | None:
+    """The :class:`StoreOutage` that stopped a job, where ``err`` is a launcher's report of that job; else None."""
+    lines = _JOB_OUTAGE_LINE.findall(str(err))
+    return StoreOutage(lines[-1]) if lines else None
 
 
 class Retrying:

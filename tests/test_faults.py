@@ -19,7 +19,7 @@ import torch
 from cifar import checkpoint, outages, owner, tracking
 from cifar.errors import CheckpointError
 from cifar.interrupts import interrupts_held
-from tests.conftest import all_runs, log_shows, start, wait_until
+from tests.conftest import all_runs, log_shows, start, sweep_parent_and_children, wait_until
 from tests.servers import free_port, serving_mlflow
 
 
@@ -164,6 +164,23 @@ def test_an_interrupt_ends_the_wait_for_a_store_at_once_even_where_interrupts_ar
     assert clock.sleeps == ([1] if when == "during a pause" else [])  # not the 1800 s of the wait
 
 
+def test_an_outage_that_stopped_a_job_in_a_process_of_its_own_is_found_in_its_launchers_error():
+    submitit = pytest.importorskip("submitit", reason="uv sync --extra submitit")
+
+    outage = ("the MLflow store http://mlflow-host:5000 failed for 3 s (mlflow.store_wait_s; last error: "
+              "MlflowException: API request to http://mlflow-host:5000/api/2.0/mlflow/runs/log-batch failed)")
+    # as submitit reported it here: the job's stderr, whose traceback ends with the outage
+    reported = submitit.core.utils.UncompletedJobError(
+        "Job 19482 (task: 0) with path /sweep/.submitit/19482/19482_0_result.pkl\n"
+        "has not produced any output (state: FINISHED)\nError stream produced:\n" + "-" * 40 + "\n"
+        "Traceback (most recent call last):\n  File \"/project/cifar/outages.py\", line 66, in __call__\n"
+        f"    raise StoreOutage(f\"the MLflow store {{self.store}} failed\")\ncifar.outages.StoreOutage: {outage}\n")
+    found = outages.outage_in_job(reported)
+    assert isinstance(found, outages.StoreOutage) and str(found) == outage
+    assert outages.outage_in_job(RuntimeError("a job failed: ValueError: bad value")) is None
+    assert outages.outage_in_job(RuntimeError("StoreOutage: the word, not the job's last line")) is None
+
+
 def test_a_request_the_store_refuses_is_raised_at_once_and_one_it_cannot_answer_now_is_retried(clock):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED, TEMPORARILY_UNAVAILABLE
@@ -303,6 +320,43 @@ def test_a_tracking_server_down_longer_than_the_wait_stops_the_run_in_one_line_t
         [run] = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
         assert run.info.status == "FINISHED" and "test/acc" in run.data.metrics  # the same run, taken up again
         assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/acc")) == list(range(1, 13))
+
+
+@pytest.mark.slow
+def test_a_submitit_sweep_whose_store_stays_down_stops_in_one_line_and_resumes(cli, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    from mlflow.tracking import MlflowClient
+
+    store, port = f"sqlite:///{tmp_path}/s.db", free_port()
+    sweep = ("hydra/launcher=submitit_local", "optimizer.lr=1e-3,5e-4", "trainer.epochs=12", "mlflow.store_wait_s=3")
+    with serving_mlflow(store, port, tmp_path / "server-1.log", tmp_path) as url:
+        proc = start(cli, *sweep, multirun=True, MLFLOW_TRACKING_URI=url)
+        client = MlflowClient(tracking_uri=url)
+
+        def a_job_logged_an_epoch() -> bool:
+            experiment = client.get_experiment_by_name(cli.experiment)
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            return any("val/acc" in run.data.metrics for run in runs)
+
+        wait_until(proc, a_job_logged_an_epoch, interval=0.05)
+    _, stderr = proc.communicate(timeout=180)  # the server is down for good
+    # submitit reports the jobs' outage as its own error, with their tracebacks: the sweep says it as a local one
+    assert proc.returncode == 75, stderr
+    assert "Traceback" not in stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"cifar.train: error: the MLflow store {url} failed for 3 s (mlflow.store_wait_s; "), line
+    command = shlex.split(line.split("; continue with: ")[1])
+    assert "trainer.resume=true" in command and f"hydra.sweep.dir={cli.tmp_path / 'sweep'}" in command
+    command[command.index("mlflow.store_wait_s=3")] = "mlflow.store_wait_s=60"
+    with serving_mlflow(store, port, tmp_path / "server-2.log", tmp_path):
+        _, env = cli.command()
+        resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, capture_output=True, text=True,
+                                 env={**env, "MLFLOW_TRACKING_URI": url}, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        runs = client.search_runs([client.get_experiment_by_name(cli.experiment).experiment_id])
+    parent, children = sweep_parent_and_children(runs)  # the same runs, taken up again
+    assert [r.info.status for r in (parent, *children)] == ["FINISHED"] * 3
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
 
 
 @pytest.mark.slow
