@@ -430,7 +430,11 @@ class SweepCallback(Callback):
             try_once(client.set_terminated, run_id, "KILLED")
             return
         if stopped_by is None:
-            _summarise(client, run_id, config, interrupted=False)
+            if not _summarise(client, run_id, config, interrupted=False):
+                log.warning("MLflow parent run %s ended FAILED: none of the sweep's jobs logged a run under it. A job "
+                            "reads the parent's id in %s and logs to the sweep's store: where jobs run elsewhere, they "
+                            "need the sweep's directory at the same path, and the same MLflow store", run_id,
+                            Path(config.hydra.sweep.dir) / SWEEP_FILE)
             return
         try:  # a request each, where MLflow's own retries would keep a stopped sweep minutes from ending
             with one_request_a_try():
@@ -440,9 +444,9 @@ class SweepCallback(Callback):
                         "ends it KILLED", run_id, type(err).__name__, first_line(err))
 
 
-def _summarise(client: Any, run_id: str, config: DictConfig, interrupted: bool) -> None:
+def _summarise(client: Any, run_id: str, config: DictConfig, interrupted: bool) -> int:
     """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED after an
-    interrupt (with the jobs still running), else FAILED."""
+    interrupt (with the jobs still running), else FAILED. Returns how many job runs it has."""
     status = "FAILED"
     try:
         parent = client.get_run(run_id)
@@ -461,6 +465,7 @@ def _summarise(client: Any, run_id: str, config: DictConfig, interrupted: bool) 
             _log_study(client, run_id, config.hydra, children)
     finally:
         client.set_terminated(run_id, "KILLED" if interrupted else status)
+    return len(children)
 
 
 def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:

@@ -267,6 +267,32 @@ def test_a_sweep_stopped_while_its_store_is_down_ends_without_mlflow_own_retries
     assert f"MLflow parent run {'0' * 32} not summarised (MlflowException: " in caplog.text
 
 
+@pytest.mark.parametrize("jobs", [0, 1])
+def test_a_sweep_whose_jobs_logged_no_run_under_its_parent_says_where_they_look(tracking_uri, monkeypatch, caplog,
+                                                                              tmp_path, jobs):
+    """As a Ray sweep did whose jobs ran in another directory: they returned, and their runs were not the sweep's."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.create_experiment(f"{tmp_path.name}-{jobs}")
+    parent = client.create_run(experiment_id)
+    for _ in range(jobs):
+        child = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
+        client.set_terminated(child.info.run_id, "FINISHED")
+    callback = tracking.SweepCallback()
+    callback.parent_run_id = parent.info.run_id
+    callback.on_multirun_end(OmegaConf.create({"mlflow": {"register_model": False},
+                                               "hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert client.get_run(parent.info.run_id).info.status == ("FINISHED" if jobs else "FAILED")
+    warning = (f"MLflow parent run {parent.info.run_id} ended FAILED: none of the sweep's jobs logged a run under "
+               f"it. A job reads the parent's id in {tmp_path / tracking.SWEEP_FILE} and logs to the sweep's store")
+    assert (warning in caplog.text) == (jobs == 0)
+
+
 @pytest.mark.slow
 def test_a_tracking_server_that_restarts_mid_training_costs_no_epoch(cli, tmp_path):
     store, port = f"sqlite:///{tmp_path}/s.db", free_port()
