@@ -39,8 +39,11 @@ class StoreOutage(BaseException):
 _JOB_OUTAGE_LINE = re.compile(rf"^{re.escape(StoreOutage.__module__)}\.{StoreOutage.__qualname__}: (.+)$", re.MULTILINE)
 
 
-def outage_in_job(err: BaseException) -> StoreOutage | None:
-    """The :class:`StoreOutage` that stopped a job, where ``err`` is a launcher's report of that job; else None."""
+def store_outage(err: BaseException | None) -> StoreOutage | None:
+    """The :class:`StoreOutage` that ``err`` is, or that stopped the job that ``err`` reports (a launcher's error
+    with the job's traceback in it); else None."""
+    if isinstance(err, StoreOutage):
+        return err
     lines = _JOB_OUTAGE_LINE.findall(str(err))
     return StoreOutage(lines[-1]) if lines else None
 

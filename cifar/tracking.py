@@ -28,7 +28,7 @@ from cifar import launchers, owner, parallel, sweeper, ui
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
-from cifar.outages import Retrying, StoreOutage, one_request_a_try, outage_in_job, try_once
+from cifar.outages import Retrying, StoreOutage, one_request_a_try, store_outage, try_once
 from cifar.stores import unusable
 
 log = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ class SweepCallback(Callback):
             return  # the sweep was refused before it started
         stopped_by = sys.exc_info()[1]  # Hydra calls this in a finally
         client = MlflowClient()
-        if isinstance(stopped_by, StoreOutage) or outage_in_job(stopped_by):  # waited for already: one try, no summary
+        if store_outage(stopped_by):  # the store was waited for already (here or in a job): one try, no summary
             try_once(client.set_terminated, run_id, "KILLED")
             return
         if stopped_by is None:

@@ -22,7 +22,7 @@ from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
-from cifar.outages import StoreOutage, outage_in_job
+from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
@@ -84,25 +84,17 @@ def main() -> None:
             raise
         print(f"cifar.train: error: {unwritable_output_dir(err)}", file=sys.stderr)
         sys.exit(2)
-    except StoreOutage as outage:
-        if full_error:
-            raise
-        _stop_for(outage)
     except KeyboardInterrupt as interrupt:
         # Ray's wait for its jobs raises a KeyboardInterrupt of its own, without the signal's number
         number = interrupt.args[0] if interrupt.args else signal.SIGTERM if _sigterm_taken else signal.SIGINT
         print(f"cifar.train: interrupted by {signal.Signals(number).name}: {how_to_continue(sys.argv[1:])}",
               file=sys.stderr)
         sys.exit(128 + number)
-    except Exception as err:  # a launcher's report of a job that ran in a process of its own (submitit's)
-        if full_error or (outage := outage_in_job(err)) is None:
+    except (StoreOutage, Exception) as err:  # an outage here, or a launcher's report of a job's (submitit's)
+        if full_error or (outage := store_outage(err)) is None:
             raise
-        _stop_for(outage)
-
-
-def _stop_for(outage: StoreOutage) -> None:
-    print(f"cifar.train: error: {outage}: {how_to_continue(sys.argv[1:])}", file=sys.stderr)
-    sys.exit(EX_TEMPFAIL)
+        print(f"cifar.train: error: {outage}: {how_to_continue(sys.argv[1:])}", file=sys.stderr)
+        sys.exit(EX_TEMPFAIL)
 
 
 _sigterm_taken = False  # whether a SIGTERM was taken

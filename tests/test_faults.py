@@ -175,10 +175,11 @@ def test_an_outage_that_stopped_a_job_in_a_process_of_its_own_is_found_in_its_la
         "has not produced any output (state: FINISHED)\nError stream produced:\n" + "-" * 40 + "\n"
         "Traceback (most recent call last):\n  File \"/project/cifar/outages.py\", line 66, in __call__\n"
         f"    raise StoreOutage(f\"the MLflow store {{self.store}} failed\")\ncifar.outages.StoreOutage: {outage}\n")
-    found = outages.outage_in_job(reported)
+    found = outages.store_outage(reported)
     assert isinstance(found, outages.StoreOutage) and str(found) == outage
-    assert outages.outage_in_job(RuntimeError("a job failed: ValueError: bad value")) is None
-    assert outages.outage_in_job(RuntimeError("StoreOutage: the word, not the job's last line")) is None
+    assert outages.store_outage(RuntimeError("a job failed: ValueError: bad value")) is None
+    assert outages.store_outage(RuntimeError("StoreOutage: the word, not the job's last line")) is None
+    assert outages.store_outage(found) is found and outages.store_outage(None) is None  # an outage of this process
 
 
 def test_a_request_the_store_refuses_is_raised_at_once_and_one_it_cannot_answer_now_is_retried(clock):
