@@ -98,18 +98,26 @@ def _ray_head(hydra_cfg: DictConfig) -> RayHead | None:
     finds the cluster itself (no address, ``auto``, ``local``)."""
     if OmegaConf.select(hydra_cfg, "launcher._target_") != RAY_LAUNCHER:
         return None
-    if address := OmegaConf.select(hydra_cfg, "launcher.ray.init.address"):
-        setting = "hydra.launcher.ray.init.address"
-    else:
-        setting, address = "RAY_ADDRESS", os.environ.get("RAY_ADDRESS")
-    if not address or address in RAY_THIS_MACHINE:
+    if not (given := ray_address_given(OmegaConf.select(hydra_cfg, "launcher.ray.init.address"))):
         return None
+    setting, address = given
     parts = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
     try:
         port = parts.port
     except ValueError:  # no number: left to Ray to report
         port = None
     return RayHead(setting, address, parts.hostname, port) if parts.hostname else None
+
+
+def ray_address_given(init_address: str | None) -> tuple[str, str] | None:
+    """The setting that gives the Ray launcher the address of its cluster's head, and that address:
+    ``hydra.launcher.ray.init.address``, else ``RAY_ADDRESS``; None where Ray finds the cluster itself
+    (no address, ``auto``, ``local``)."""
+    if init_address:
+        setting, address = "hydra.launcher.ray.init.address", init_address
+    else:
+        setting, address = "RAY_ADDRESS", os.environ.get("RAY_ADDRESS")
+    return (setting, address) if address and address not in RAY_THIS_MACHINE else None
 
 
 def _launcher_name(hydra_cfg: DictConfig) -> str:

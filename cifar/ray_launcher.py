@@ -31,7 +31,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import UserError, first_line
-from cifar.launchers import RAY_THIS_MACHINE
+from cifar.launchers import ray_address_given
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
@@ -78,7 +78,7 @@ class RayLauncher(Launcher):
         try:
             ray.init(**init)
         except ConnectionError as err:
-            raise UserError(_not_joined(init.get("address") or os.environ.get("RAY_ADDRESS"), err)) from err
+            raise UserError(_not_joined(ray_address_given(init.get("address")), err)) from err
         except RuntimeError as err:
             if not str(err).startswith(RAY_VERSION_MISMATCH):
                 raise
@@ -90,14 +90,16 @@ class RayLauncher(Launcher):
             signal.signal(signal.SIGTERM, sigterm_handler)
 
 
-def _not_joined(address: str | None, err: ConnectionError) -> str:
-    """What to do where ``ray.init`` joined no cluster at ``address``. Where the cluster's head answers there (the
-    sweep checked that it does before it started), it may ask for a token that this process does not send: ``ray
-    start`` turns token authentication on where it finds one (``~/.ray/auth_token``), and Ray sends it to an
-    address given only with ``RAY_AUTH_MODE=token``, which Ray's error does not say."""
-    if address in (None, *RAY_THIS_MACHINE):  # Ray looked for the cluster itself
+def _not_joined(given: tuple[str, str] | None, err: ConnectionError) -> str:
+    """What to do where ``ray.init`` joined no cluster at the address ``given`` (:func:`ray_address_given`). Where
+    the cluster's head answers there (the sweep checked that it does before it started), it may ask for a token that
+    this process does not send: ``ray start`` turns token authentication on where it finds one
+    (``~/.ray/auth_token``), and Ray sends it to an address given only with ``RAY_AUTH_MODE=token``, which Ray's
+    error does not say."""
+    if given is None:  # Ray looked for the cluster itself
         return (f"hydra/launcher=ray found no Ray cluster to join ({first_line(err)}): start one (ray start --head), "
                 "or set hydra.launcher.ray.init.address to its head's")
+    _, address = given
     return (f"hydra/launcher=ray could not join the Ray cluster at {address} ({first_line(err)}): check that its "
             "head runs there, and where it asks for a token (ray start does where it finds ~/.ray/auth_token), set "
             "RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
