@@ -18,6 +18,7 @@ and have its ``MLFLOW_TRACKING_URI``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -71,7 +72,11 @@ class RayLauncher(Launcher):
         started in its working directory with its ``MLFLOW_TRACKING_URI``."""
         init = OmegaConf.to_container(self.hydra_launcher.ray_cfg.init, resolve=True)
         runtime_env = init.setdefault("runtime_env", {})
-        runtime_env.setdefault("worker_process_setup_hook", sweep_dir_hook(os.getcwd()))
+        users_hook = runtime_env.get("worker_process_setup_hook")
+        if users_hook is not None and not (isinstance(users_hook, str) and "." in users_hook.strip(".")):
+            raise UserError(f"hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={users_hook!r} is not a "
+                            "function's name: give it as module.function (each job runs it after the launcher's)")
+        runtime_env["worker_process_setup_hook"] = sweep_dir_hook(os.getcwd(), then=users_hook)
         if store := os.environ.get(MLFLOW_STORE_VAR):
             runtime_env.setdefault("env_vars", {}).setdefault(MLFLOW_STORE_VAR, store)
         sigterm_handler = signal.getsignal(signal.SIGTERM)
@@ -105,10 +110,12 @@ def _not_joined(given: tuple[str, str] | None, err: ConnectionError) -> str:
             "RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
 
 
-def sweep_dir_hook(sweep_cwd: str) -> Callable[[], None]:
+def sweep_dir_hook(sweep_cwd: str, then: str | None = None) -> Callable[[], None]:
     """Ray's setup hook of each worker process that runs jobs: work in the sweep's directory, where the worker's
-    machine has it (a shared filesystem), as a job of a local launcher does. A function of its own (Ray pickles it
-    whole), so that a worker whose environment lacks this project still gets to the job, which says what it lacks."""
+    machine has it (a shared filesystem), as a job of a local launcher does; then run the user's own hook, ``then``
+    (``runtime_env.worker_process_setup_hook`` in the launcher's ``init``: a function's ``module.name``), which
+    Ray would run in its place. A function of its own (Ray pickles it whole), so that a worker whose environment
+    lacks this project still gets to the job, which says what it lacks."""
 
     def enter_sweep_dir() -> None:
         if os.path.isdir(sweep_cwd):
@@ -117,5 +124,8 @@ def sweep_dir_hook(sweep_cwd: str) -> Callable[[], None]:
             logging.getLogger(__name__).warning(
                 "The sweep's directory %s is not on this machine: this job's relative paths are taken from %s",
                 sweep_cwd, os.getcwd())
+        if then is not None:
+            module, name = then.rsplit(".", 1)  # as Ray loads a hook given by name
+            getattr(importlib.import_module(module), name)()
 
     return enter_sweep_dir

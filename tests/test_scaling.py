@@ -206,6 +206,40 @@ def test_the_ray_launcher_keeps_the_sweeps_sigterm_handler_directory_and_environ
     assert Path.cwd() == tmp_path
 
 
+def test_the_ray_jobs_run_the_users_setup_hook_after_the_launchers(monkeypatch, tmp_path, ray_init):
+    from hydra_plugins.hydra_ray_launcher import ray_launcher as hydra_ray_launcher
+
+    from cifar.ray_launcher import RayLauncher
+
+    joined = {}
+    ray_init(joined.update)
+    (tmp_path / "users_setup.py").write_text("import os\nran_in = []\ndef setup():\n    ran_in.append(os.getcwd())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    monkeypatch.chdir(sweep_dir)
+    monkeypatch.setattr(hydra_ray_launcher.RayLauncher, "launch", lambda self, jobs, first: [])
+    init = {"address": "auto", "runtime_env": {"worker_process_setup_hook": "users_setup.setup"}}
+    RayLauncher(OmegaConf.create({"init": init, "remote": {}})).launch([[]], 0)
+    monkeypatch.chdir(tmp_path)  # where `ray start` ran
+    joined["runtime_env"]["worker_process_setup_hook"]()
+    import users_setup
+
+    assert users_setup.ran_in == [str(sweep_dir)]  # in the sweep's directory, as a job of a local launcher
+
+
+@pytest.mark.parametrize("hook", ["setup", 3])
+def test_a_ray_setup_hook_that_names_no_function_is_refused_before_joining(monkeypatch, ray_init, hook):
+    from cifar.errors import UserError
+    from cifar.ray_launcher import RayLauncher
+
+    ray_init(lambda **_: pytest.fail("joined the cluster"))
+    init = {"address": "auto", "runtime_env": {"worker_process_setup_hook": hook}}
+    with pytest.raises(UserError, match=rf"^hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={hook!r} "
+                                        r"is not a function's name: give it as module.function"):
+        RayLauncher(OmegaConf.create({"init": init, "remote": {}})).launch([[]], 0)
+
+
 def test_the_ray_jobs_setup_hook_needs_no_project_and_keeps_a_directory_its_machine_lacks(tmp_path):
     from ray import cloudpickle
 
