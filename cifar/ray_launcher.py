@@ -33,9 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import UserError, first_line
 from cifar.launchers import ray_address_given
+from cifar.tracking import STORE_VAR
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
-MLFLOW_STORE_VAR = "MLFLOW_TRACKING_URI"
 RAY_VERSION_MISMATCH = "Version mismatch"  # how ray.init's error begins where the cluster runs another Ray or Python
 MISSING_MODULE = re.compile(r"No module named '[^']+'")  # of a job that a worker could not unpickle
 
@@ -77,8 +77,8 @@ class RayLauncher(Launcher):
             raise UserError(f"hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={users_hook!r} is not a "
                             "function's name: give it as module.function (each job runs it after the launcher's)")
         runtime_env["worker_process_setup_hook"] = sweep_dir_hook(os.getcwd(), then=users_hook)
-        if store := os.environ.get(MLFLOW_STORE_VAR):
-            runtime_env.setdefault("env_vars", {}).setdefault(MLFLOW_STORE_VAR, store)
+        if store := os.environ.get(STORE_VAR):
+            runtime_env.setdefault("env_vars", {}).setdefault(STORE_VAR, store)
         sigterm_handler = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(**init)

@@ -18,7 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifar import checkpoint, inference, parallel, plots, registry, tracking
+from cifar import checkpoint, inference, parallel, plots, registry, sweep_run, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> float | None:
     store = retrying(tracking.usable_store, cfg.mlflow) if multirun else tracking.usable_store(cfg.mlflow)
     stopped_parent = None  # the parent run of the stopped sweep that this job continues
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
-        stopped_parent = tracking.stopped_sweep_parent(
+        stopped_parent = sweep_run.stopped_sweep_parent(
             mlflow.MlflowClient(), tracking.use_experiment(store, cfg.mlflow.experiment), hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
@@ -244,7 +244,7 @@ def _run_to_continue(resume_from: dict | None, output_dir: Path, stopped_parent)
     where it had not)."""
     if resume_from is not None:
         return resume_from.get(MLFLOW_RUN_ID)
-    return tracking.stopped_job_run_id(stopped_parent, output_dir.resolve())
+    return sweep_run.stopped_job_run_id(stopped_parent, output_dir.resolve())
 
 
 def _already_finished(run) -> float | None:

@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from cifar import checkpoint, outages, owner, tracking
+from cifar import checkpoint, outages, owner, sweep_run, tracking
 from cifar.errors import CheckpointError
 from cifar.interrupts import interrupts_held
 from tests.conftest import all_runs, log_shows, start, sweep_parent_and_children, wait_until
@@ -258,7 +258,7 @@ def test_a_sweep_stopped_while_its_store_is_down_ends_without_mlflow_own_retries
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # MLflow's retries, were they made: at once
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # refused
     monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
-    callback = tracking.SweepCallback()
+    callback = sweep_run.SweepCallback()
     callback.parent_run_id = "0" * 32
     try:
         raise KeyboardInterrupt
@@ -284,7 +284,7 @@ def test_a_sweep_whose_jobs_logged_no_run_under_its_parent_says_where_they_look(
     for _ in range(jobs):
         child = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})
         client.set_terminated(child.info.run_id, "FINISHED")
-    callback = tracking.SweepCallback()
+    callback = sweep_run.SweepCallback()
     callback.parent_run_id = parent.info.run_id
     callback.on_multirun_end(OmegaConf.create({"mlflow": {"register_model": False},
                                                "hydra": {"sweep": {"dir": str(tmp_path)}}}))

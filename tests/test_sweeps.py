@@ -139,7 +139,7 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
 
 
 def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):
-    from cifar.tracking import _make_sweep_dir, _remove_if_empty
+    from cifar.sweep_run import _make_sweep_dir, _remove_if_empty
 
     day = tmp_path / "multirun" / "2026-12-03"
     (day / "09-00-00").mkdir(parents=True)  # an earlier sweep's, with its files
@@ -183,12 +183,12 @@ def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
 
 
 def test_the_best_parameters_tagged_are_those_of_the_latest_best_trial(cli):
-    from cifar import tracking
+    from cifar import sweep_run
 
     client = client_for(cli)
     run_id = client.create_run(client.create_experiment(cli.experiment)).info.run_id
-    tracking._tag_best_params(client, run_id, {"optimizer": "adam", "optimizer.lr": 1e-3})
-    tracking._tag_best_params(client, run_id, {"optimizer.lr": 5e-4})  # a key of the old best not sampled now
+    sweep_run._tag_best_params(client, run_id, {"optimizer": "adam", "optimizer.lr": 1e-3})
+    sweep_run._tag_best_params(client, run_id, {"optimizer.lr": 5e-4})  # a key of the old best not sampled now
     assert best_params_tagged(client.get_run(run_id)) == {"optimizer.lr": "0.0005"}
 
 

@@ -1,0 +1,341 @@
+"""The sweep's MLflow parent run: opened by :class:`SweepCallback` in the process that starts the sweep,
+before the first job, and summarised and ended after the last.
+
+Its id and the swept keys are written to ``<sweep dir>/mlflow_sweep.json`` so that jobs find them from
+any process or machine that sees the sweep directory (the joblib and cluster launchers run jobs
+elsewhere). An Optuna sweep's parent run is its study's (:func:`cifar.study.shared_parent_run`):
+the workers that share a study, and the sweeps that resume it, log under one parent.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from cifar import launchers, owner, parallel, sweeper, tracking, ui
+from cifar.credentials import without_passwords
+from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
+from cifar.files import atomic_write_text
+from cifar.outages import one_request_a_try, store_outage, try_once
+from cifar.tracking import (
+    BEST_RUN_TAG, BEST_VAL_ACC, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG, STUDY_NAME_TAG,
+    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
+)
+
+log = logging.getLogger(__name__)
+
+
+class SweepCallback(Callback):
+    """Opens the multirun's parent run before the first job and closes it with a summary."""
+
+    parent_run_id: str | None = None  # set once the sweep's parent run is open
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
+        try:
+            parallel.check_launcher(config.hydra)
+            launchers.check_cluster_answers(config.hydra)
+            launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
+        except ConfigError as err:
+            raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
+        if optuna_sweep:
+            from cifar import study
+
+            try:
+                sweeper.checked_sweep(config)
+            except ConfigError:
+                return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
+        try:
+            experiment_id = tracking.use_experiment(tracking.usable_store(config.mlflow), config.mlflow.experiment)
+        except UserError as err:
+            raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
+        made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
+        if optuna_sweep:
+            try:
+                study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
+            except ConfigError as err:
+                _remove_if_empty(Path(config.hydra.sweep.dir), made)  # the sweep did not start
+                raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)
+        client = MlflowClient()
+        tracking.close_stale_runs(client, experiment_id)
+        new_run = functools.partial(_new_parent_run, client, experiment_id, config)
+        if optuna_sweep:
+            run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
+                                                                                      experiment_id))
+        elif config.trainer.resume:
+            try:
+                parent = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir)
+                tracking.refuse_running(parent, "the stopped sweep's MLflow parent run")
+            except ConfigError as err:
+                raise AbortRun(err) from err
+            run_id = parent.info.run_id
+            _take_up(client, run_id)
+        else:
+            run_id = new_run()
+        self.parent_run_id = run_id
+        sweep = {"parent_run_id": run_id, "swept_keys": tracking.swept_keys(config)}
+        atomic_write_text(Path(config.hydra.sweep.dir) / SWEEP_FILE, json.dumps(sweep))
+        view = ui.share_sweep_view(client, experiment_id, run_id, sweep["swept_keys"])
+        log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run_id,
+                 ui.address(client.tracking_uri, view))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.
+
+        After Ctrl-C or SIGTERM, the parent and the jobs still running end KILLED; after an outage of the
+        store, the parent alone, where the store answers. A sweep that was stopped sends each request once: where
+        the store does not answer, the next run or sweep of the experiment here ends the parent KILLED.
+        """
+        from mlflow.tracking import MlflowClient
+
+        run_id = self.parent_run_id
+        if run_id is None:
+            return  # the sweep was refused before it started
+        stopped_by = sys.exc_info()[1]  # Hydra calls this in a finally
+        client = MlflowClient()
+        if store_outage(stopped_by):  # the store was waited for already (here or in a job): one try, no summary
+            try_once(client.set_terminated, run_id, "KILLED")
+            return
+        if stopped_by is None:
+            if not _summarise(client, run_id, config, interrupted=False):
+                log.warning("MLflow parent run %s ended FAILED: none of the sweep's jobs logged a run under it. A job "
+                            "reads the parent's id in %s and logs to the sweep's store: where jobs run elsewhere, they "
+                            "need the sweep's directory at the same path, and the same MLflow store", run_id,
+                            Path(config.hydra.sweep.dir) / SWEEP_FILE)
+            return
+        try:  # a request each, where MLflow's own retries would keep a stopped sweep minutes from ending
+            with one_request_a_try():
+                _summarise(client, run_id, config, interrupted=isinstance(stopped_by, KeyboardInterrupt))
+        except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
+            log.warning("MLflow parent run %s not summarised (%s: %s); the next run or sweep of its experiment here "
+                        "ends it KILLED", run_id, type(err).__name__, first_line(err))
+
+
+def _summarise(client: Any, run_id: str, config: DictConfig, interrupted: bool) -> int:
+    """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED after an
+    interrupt (with the jobs still running), else FAILED. Returns how many job runs it has."""
+    status = "FAILED"
+    try:
+        parent = client.get_run(run_id)
+        children = tracking.sweep_jobs(client, parent)
+        if interrupted:
+            for child in children:
+                if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
+                    client.set_terminated(child.info.run_id, "KILLED")
+        best = _best_job(children)
+        metrics = _log_jobs(client, run_id, children, best)
+        if metrics["sweep/jobs_finished"]:
+            status = "FINISHED"
+        if config.mlflow.register_model and not interrupted:
+            _register_best(client, parent, best, config.mlflow.model_name)
+        if sweeper.is_optuna_sweep(config.hydra):
+            _log_study(client, run_id, config.hydra, children)
+    finally:
+        client.set_terminated(run_id, "KILLED" if interrupted else status)
+    return len(children)
+
+
+def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:
+    """The sweep's store URLs, by the setting that gives each."""
+    stores = {tracking.store_setting(): tracking.store_uri(config.mlflow)}
+    if optuna_sweep and config.hydra.sweeper.storage:
+        stores["hydra.sweeper.storage"] = config.hydra.sweeper.storage
+    return stores
+
+
+def _make_sweep_dir(config: DictConfig) -> Path | None:
+    """Make a new sweep's dir before its parent run, which Hydra would fail on only after; a resumed
+    sweep's dir exists, or the resume is refused without making it. Returns the topmost folder made
+    (``multirun/<date>`` for the first sweep of a day), None where the dir was there."""
+    if config.trainer.resume:
+        return None
+    sweep_dir = Path(config.hydra.sweep.dir).absolute()
+    made = next((d for d in reversed([sweep_dir, *sweep_dir.parents]) if not d.exists()), None)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        unwritable = unwritable_output_dir(err)
+        raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
+    return made
+
+
+def _remove_if_empty(sweep_dir: Path, made: Path | None) -> None:
+    """Remove the folders :func:`_make_sweep_dir` made, from ``sweep_dir`` up to ``made``, while empty."""
+    if made is None:
+        return
+    for folder in [sweep_dir.absolute(), *sweep_dir.absolute().parents]:
+        try:
+            folder.rmdir()  # only an empty folder: whatever another process wrote there stays
+        except OSError:
+            return
+        if folder == made:
+            return
+
+
+def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
+    sweep_dir = Path(config.hydra.sweep.dir)
+    study_tags = _study_tags(config.hydra)
+    name = f"sweep {' '.join(tracking.sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}"
+    run = client.create_run(
+        experiment_id,
+        run_name=tracking.truncate(name),
+        tags={
+            **study_tags,
+            SWEEP_DIR_TAG: str(sweep_dir.resolve()),
+            OWNER_TAG: owner.current(),
+            "mlflow.note.content": without_passwords(f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip()),
+            **tracking.git_state(),
+        },
+    )
+    return run.info.run_id
+
+
+def stopped_sweep_parent(client: Any, experiment_id: str, sweep_dir: str) -> Any:
+    """The parent run of the sweep stopped in ``sweep_dir``, which a sweep with ``trainer.resume=true``
+    continues; refused (ConfigError) where this MLflow store and experiment hold none."""
+    stopped = tracking.read_sweep(sweep_dir)
+    if stopped is None:
+        raise ConfigError(
+            f"trainer.resume=true but {sweep_dir} holds no stopped sweep (no {SWEEP_FILE}): set hydra.sweep.dir to "
+            "the stopped sweep's dir (the line printed when it stopped gives it), or drop trainer.resume"
+        )
+    parent = tracking.run_to_take_up(client, stopped["parent_run_id"], "the stopped sweep's MLflow parent run")
+    if parent.info.experiment_id != experiment_id:
+        name = client.get_experiment(parent.info.experiment_id).name
+        raise ConfigError(
+            f"trainer.resume=true but the stopped sweep's MLflow parent run {parent.info.run_id} is in "
+            f"experiment {name!r}: resume with mlflow.experiment={name}"
+        )
+    return parent
+
+
+def stopped_job_run_id(parent: Any, output_dir: Path) -> str | None:
+    """The run of the job in ``output_dir`` of the sweep with parent run ``parent``, where the job had
+    started before the sweep was stopped (without saving an epoch: its last.pt holds the run id
+    otherwise); None where it had not."""
+    from mlflow.tracking import MlflowClient
+
+    jobs = tracking.sweep_jobs(MlflowClient(), parent)
+    return next((job.info.run_id for job in jobs if job.data.tags.get(OUTPUT_DIR_TAG) == str(output_dir)), None)
+
+
+def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:
+    """Take up a study's parent run again (RUNNING, owned by this process), if it is in this experiment."""
+    run = tracking.existing_run(client, run_id)
+    if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
+        return False  # another tracking store or experiment, or deleted
+    _take_up(client, run_id)
+    return True
+
+
+def _take_up(client: Any, run_id: str) -> None:
+    """Mark a stopped sweep's parent run RUNNING again, owned by this process."""
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, OWNER_TAG, owner.current())
+
+
+def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None) -> dict[str, float]:
+    """The jobs' counts by outcome and the best job, on the parent run; returns the counts."""
+    statuses = [child.info.status for child in children]
+    metrics = {
+        "sweep/jobs": len(children),
+        "sweep/jobs_finished": statuses.count("FINISHED"),
+        "sweep/jobs_failed": statuses.count("FAILED"),
+        "sweep/jobs_pruned": sum(c.data.tags.get(PRUNED_TAG) == "true" for c in children),
+    }
+    if best is not None:
+        metrics[BEST_VAL_ACC] = best.data.metrics[BEST_VAL_ACC]
+        client.set_tag(parent_id, BEST_RUN_TAG, best.info.run_id)
+        client.set_tag(parent_id, "best_run_name", best.info.run_name)
+    for key, value in metrics.items():
+        client.log_metric(parent_id, key, value)
+    return metrics
+
+
+def _best_job(children: list[Any]) -> Any | None:
+    """The job with the best val/best_acc, if any job scored."""
+    scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
+    return max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC]) if scored else None
+
+
+def _register_best(client: Any, parent: Any, best: Any | None, name: str) -> None:
+    """Register the model of the sweep's best job under ``name``, unless another worker of the
+    study registered that job's model already."""
+    from cifar import registry
+
+    if best is None:
+        log.warning("No model to register: no job of the sweep has a %s to pick the best by (none finished, or "
+                    "data.val_size=0: register the chosen job's with mlflow.register_model('runs:/<run id>/model', "
+                    "NAME))", BEST_VAL_ACC)
+        return
+    if parent.data.tags.get(REGISTERED_RUN_TAG) == best.info.run_id:
+        return
+    model_uri = registry.logged_model_uri(client, best.info.experiment_id, best.info.run_id)
+    if not model_uri:
+        log.warning("No model to register: the sweep's best job logged none")
+        return
+    version = registry.register(model_uri, name)
+    client.set_tag(parent.info.run_id, "registered_model", f"models:/{name}/{version}")
+    client.set_tag(parent.info.run_id, REGISTERED_RUN_TAG, best.info.run_id)
+
+
+def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
+    """The study name and storage URL of an Optuna sweep (none for other sweeps)."""
+    if not sweeper.is_optuna_sweep(hydra_cfg):
+        return {}
+    return {
+        STUDY_NAME_TAG: sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir),
+        STUDY_STORAGE_TAG: without_passwords(sweeper.storage_url(hydra_cfg.sweeper.storage, hydra_cfg.sweep.dir)),
+    }
+
+
+def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: list[Any]) -> None:
+    """Trial states on the trials' runs (a run left RUNNING by a dead worker ends KILLED); the study's
+    best trial and its plots on the parent run."""
+    from cifar import plots, study
+
+    try:
+        optuna_study, _ = study.load_sweep_study(hydra_cfg)
+    except KeyError:  # optuna.load_study: the sweep failed before it created its study
+        log.warning("Study %s was not created: no study summary on the sweep's parent run",
+                    sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir))
+        return
+    trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
+    for child in children:
+        number = child.data.tags.get(TRIAL_NUMBER_TAG)
+        trial = trials.get(int(number)) if number is not None else None
+        if trial is None:
+            continue
+        client.set_tag(child.info.run_id, TRIAL_STATE_TAG, trial.state.name)
+        if child.info.status == "RUNNING" and trial.user_attrs.get(study.KILLED_ATTR):
+            client.set_terminated(child.info.run_id, "KILLED")  # its sweeper died elsewhere: nothing else ends it
+    summary = study.summary(optuna_study)
+    for state, count in summary["trials"].items():
+        client.log_metric(parent_id, f"study/trials_{state}", count)
+    if "best_value" in summary:
+        client.log_metric(parent_id, "study/best_value", summary["best_value"])
+        client.set_tag(parent_id, "optuna.best_trial", str(summary["best_trial"]))
+        _tag_best_params(client, parent_id, summary["best_params"])
+    for filename, figure in plots.study_figures(optuna_study).items():
+        client.log_figure(parent_id, figure, f"optuna/{filename}")
+        plots.close(figure)
+
+
+def _tag_best_params(client: Any, parent_id: str, best_params: dict[str, Any]) -> None:
+    """The study's best parameters as tags ``best.<key>`` of the parent run: tags, not params, since a
+    resumed study, or another worker's, may find a better trial, and MLflow refuses a changed param."""
+    tags = {f"best.{name}": str(value) for name, value in best_params.items()}
+    for stale in client.get_run(parent_id).data.tags.keys() - tags.keys():
+        if stale.startswith("best."):  # a key the new best trial did not sample
+            client.delete_tag(parent_id, stale)
+    for key, value in tags.items():
+        client.set_tag(parent_id, key, value)
