@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 from cifar import owner, tracking
 from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, first_line
-from cifar.stores import unusable
+from cifar.stores import opened_one_at_a_time, unusable
 from cifar.sweeper import SQLITE, checked_directions, is_optuna_sweep, storage_url, study_name
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,16 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         raise ConfigError(f"hydra.sweeper.storage={url} cannot be used: {reason}")
     engine_kwargs: dict[str, Any] = {}
     try:
-        if url.startswith(SQLITE):
-            path = Path(url.removeprefix(SQLITE))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
-                db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
-            engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
-        with_heartbeats = functools.partial(StudyStorage, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                                            grace_period=SILENT_AFTER_S)
-        with warnings.catch_warnings():  # Optuna calls trial heartbeats experimental (since 2.9)
+        with opened_one_at_a_time(url), warnings.catch_warnings():
+            if url.startswith(SQLITE):
+                path = Path(url.removeprefix(SQLITE))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)) as db:
+                    db.execute("PRAGMA journal_mode=WAL")  # a property of the file: kept for later connections
+                engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+            with_heartbeats = functools.partial(StudyStorage, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                                                grace_period=SILENT_AFTER_S)
+            # Optuna calls trial heartbeats experimental (since 2.9)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return tracking.while_created_elsewhere(with_heartbeats, url, engine_kwargs)
     except (OSError, sqlite3.Error, SQLAlchemyError) as err:

@@ -24,6 +24,7 @@ from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
 from cifar.outages import one_request_a_try, store_outage, try_once
+from cifar.output_dirs import make_output_dir
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG, STUDY_NAME_TAG,
     STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
@@ -153,19 +154,17 @@ def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:
 
 
 def _make_sweep_dir(config: DictConfig) -> Path | None:
-    """Make a new sweep's dir before its parent run, which Hydra would fail on only after; a resumed
-    sweep's dir exists, or the resume is refused without making it. Returns the topmost folder made
-    (``multirun/<date>`` for the first sweep of a day), None where the dir was there."""
+    """Make a new sweep's dir before its parent run, which Hydra would fail on only after: a dir of its own
+    where it is named by the time (:func:`cifar.output_dirs.make_output_dir`). A resumed sweep's dir exists,
+    or the resume is refused without making it. Returns the topmost folder made (``multirun/<date>`` for
+    the first sweep of a day), None where the dir was there."""
     if config.trainer.resume:
         return None
-    sweep_dir = Path(config.hydra.sweep.dir).absolute()
-    made = next((d for d in reversed([sweep_dir, *sweep_dir.parents]) if not d.exists()), None)
     try:
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return make_output_dir(config, "sweep")
     except OSError as err:
         unwritable = unwritable_output_dir(err)
         raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
-    return made
 
 
 def _remove_if_empty(sweep_dir: Path, made: Path | None) -> None:

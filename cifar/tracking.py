@@ -23,7 +23,7 @@ from cifar import owner
 from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, UserError, first_line
 from cifar.outages import Retrying, StoreOutage, try_once
-from cifar.stores import unusable
+from cifar.stores import opened_one_at_a_time, unusable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,7 +106,8 @@ def use_experiment(uri: str, name: str) -> str:
 
     mlflow.set_tracking_uri(uri)
     try:
-        experiment = while_created_elsewhere(mlflow.get_experiment_by_name, name)
+        with opened_one_at_a_time(uri):  # MLflow creates a new store's tables
+            experiment = while_created_elsewhere(mlflow.get_experiment_by_name, name)
         if experiment is None:
             try:
                 mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})

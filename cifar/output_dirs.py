@@ -1,0 +1,62 @@
+"""Output dirs named by the time a run or sweep starts (Hydra's defaults: ``outputs/<date>/<time>`` and
+``multirun/<date>/<time>``), each one made by a single run or sweep.
+
+Two runs or sweeps started in the same second, as a script that starts several at once does, would
+otherwise share one dir and write over each other's checkpoints, logs and sweep file. The second one
+to make the dir takes ``<time>_2``, the third ``<time>_3``, and so on. A dir without the time in its
+name, such as one given on the command line, is used as it is: a resumed run's, or a pipeline stage's
+that writes to the same dir each time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+TIME_RESOLVER = "${now:"
+
+
+class RunDirCallback(Callback):
+    """Makes a single run's time-named dir before Hydra writes to it (``hydra.callbacks.run_dir``)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        make_output_dir(config, "run")
+
+
+def make_output_dir(config: DictConfig, mode: str) -> Path | None:
+    """Make ``hydra.<mode>.dir`` (``mode``: run or sweep) and its parents. A time-named dir is one this
+    process makes itself: where another run or sweep made it first, the first free ``<dir>_2``, ``<dir>_3``,
+    ... is made instead, and the config points there. Returns the topmost folder made, None where none was."""
+    wanted = Path(config.hydra[mode].dir)
+    made = next((d for d in reversed([wanted.absolute(), *wanted.absolute().parents]) if not d.exists()), None)
+    if not is_time_named(config.hydra[mode]):
+        wanted.mkdir(parents=True, exist_ok=True)
+        return made
+    wanted.parent.mkdir(parents=True, exist_ok=True)
+    taken = 1
+    path = wanted
+    while True:
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            taken += 1
+            path = wanted.with_name(f"{wanted.name}_{taken}")
+    if path == wanted:
+        return made
+    log.info("%s was made by another %s started in the same second: this one writes to %s", wanted, mode, path)
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra[mode].dir = str(path)
+        config.hydra.overrides.hydra.append(f"hydra.{mode}.dir={path}")  # the jobs' configs are composed again
+    return made if made is not None and made != wanted.absolute() else path.absolute()
+
+
+def is_time_named(dir_node: DictConfig) -> bool:
+    """Whether ``dir_node.dir`` (``hydra.run`` or ``hydra.sweep``) is named by Hydra's ``now`` resolver."""
+    return TIME_RESOLVER in str(OmegaConf.to_container(dir_node, resolve=False)["dir"])

@@ -1,0 +1,112 @@
+"""Runs and sweeps started at once, as by a script: each gets an output dir of its own, and a new SQLite store
+is set up once for all of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.utils import setup_globals
+from omegaconf import OmegaConf
+
+from cifar.output_dirs import make_output_dir
+from tests.conftest import all_runs
+
+SAME_SECOND = "${now:%Y}"  # a time-named dir that any two runs of a test share
+
+
+def hydra_config(mode: str, template: str):
+    setup_globals()  # Hydra's resolvers, `now` among them
+    return OmegaConf.create({"hydra": {mode: {"dir": template}, "overrides": {"hydra": ["hydra.verbose=false"]}}})
+
+
+def test_a_time_named_dir_made_already_is_left_to_its_maker_and_the_next_free_one_is_taken(tmp_path):
+    template = f"{tmp_path}/multirun/{SAME_SECOND}"
+    first, second, third = (hydra_config("sweep", template) for _ in range(3))
+    assert make_output_dir(first, "sweep") == tmp_path / "multirun"  # the topmost folder made
+    year = first.hydra.sweep.dir.rsplit("/", 1)[1]
+    (tmp_path / "multirun" / year / "mlflow_sweep.json").write_text("{}")  # the first sweep's
+    assert make_output_dir(second, "sweep") == tmp_path / "multirun" / f"{year}_2"
+    assert make_output_dir(third, "sweep") == tmp_path / "multirun" / f"{year}_3"
+    assert [c.hydra.sweep.dir for c in (first, second, third)] == [
+        f"{tmp_path}/multirun/{year}", f"{tmp_path}/multirun/{year}_2", f"{tmp_path}/multirun/{year}_3"]
+    # the jobs' configs, composed again from these overrides, are in the same dir as the sweep's
+    assert third.hydra.overrides.hydra == ["hydra.verbose=false", f"hydra.sweep.dir={tmp_path}/multirun/{year}_3"]
+    assert first.hydra.overrides.hydra == ["hydra.verbose=false"]
+    assert (tmp_path / "multirun" / year / "mlflow_sweep.json").read_text() == "{}"
+
+
+def test_a_dir_without_the_time_in_its_name_is_used_as_it_is(tmp_path):
+    (tmp_path / "results" / "train").mkdir(parents=True)  # a pipeline stage's, written by each of its runs
+    config = hydra_config("run", f"{tmp_path}/results/train")
+    assert make_output_dir(config, "run") is None
+    assert config.hydra.run.dir == f"{tmp_path}/results/train"
+    assert config.hydra.overrides.hydra == ["hydra.verbose=false"]
+
+
+def test_two_runs_of_the_same_second_keep_their_own_checkpoints(cli):
+    run_dir = f"hydra.run.dir={cli.tmp_path}/outputs/{SAME_SECOND}"
+    cli(run_dir, "seed=1", "trainer.epochs=1")
+    second = cli(run_dir, "seed=2", "trainer.epochs=1")
+    runs = sorted(all_runs(cli), key=lambda r: r.data.params["seed"])
+    dirs = [run.data.tags["hydra.output_dir"] for run in runs]
+    assert dirs[1] == f"{dirs[0]}_2"
+    assert f"{dirs[0]} was made by another run started in the same second: this one writes to {dirs[1]}" \
+        in second.stdout + second.stderr
+    for seed, run_dir in zip((1, 2), dirs):
+        overrides = OmegaConf.load(f"{run_dir}/.hydra/overrides.yaml")
+        assert f"seed={seed}" in overrides
+        assert {"best.pt", "last.pt"} <= {p.name for p in Path(run_dir).iterdir()}
+
+
+def test_two_sweeps_of_the_same_second_keep_their_own_jobs_and_parent_runs(cli):
+    sweep_dir = f"hydra.sweep.dir={cli.tmp_path}/multirun/{SAME_SECOND}"
+    cli(sweep_dir, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", multirun=True)
+    cli(sweep_dir, "optimizer.lr=2e-3", "trainer.epochs=1", multirun=True)
+    runs = all_runs(cli)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    first, second = sorted(parents, key=lambda r: r.info.start_time)
+    first_dir, second_dir = first.data.tags["cifar.sweep_dir"], second.data.tags["cifar.sweep_dir"]
+    assert second_dir == f"{first_dir}_2"
+    for parent, sweep_dir, jobs in [(first, first_dir, 2), (second, second_dir, 1)]:
+        assert json.loads(Path(sweep_dir, "mlflow_sweep.json").read_text())["parent_run_id"] == parent.info.run_id
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == jobs and parent.info.status == "FINISHED"
+        assert {c.data.tags["hydra.output_dir"] for c in children} == {f"{sweep_dir}/{n}" for n in range(jobs)}
+
+
+# A process that opens a store as a run (MLflow's) or a sweep (Optuna's) does, once every process of the test
+# is ready to; it prints the experiment's id, or the study storage's tables
+WHEN_ALL_READY = """
+import sys, time
+from pathlib import Path
+import mlflow.store.tracking.sqlalchemy_store, optuna.storages
+from cifar import study, tracking
+ready, go, store, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+if store == "mlflow":
+    print(tracking.use_experiment(url, "started-at-once"))
+else:
+    print(sorted(study.open_storage(url).engine.dialect.get_table_names(study.open_storage(url).engine.connect())))
+"""
+
+
+@pytest.mark.parametrize("store", ["mlflow", "optuna"])
+def test_processes_that_start_at_once_on_a_new_sqlite_store_all_use_it(tmp_path, store):
+    url, go, processes = f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "go", 4
+    started = [subprocess.Popen([sys.executable, "-c", WHEN_ALL_READY, str(tmp_path / f"ready{n}"), str(go), store,
+                                 url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for n in range(processes)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready*"))) < processes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    ended = [process.communicate(timeout=120) for process in started]
+    assert [process.returncode for process in started] == [0] * processes, [err[-300:] for _, err in ended]
+    assert len({out.strip() for out, _ in ended}) == 1  # the same experiment, or tables, for every process
