@@ -10,6 +10,7 @@ that writes to the same dir each time.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,14 +40,12 @@ def make_output_dir(config: DictConfig, mode: str) -> Path | None:
         wanted.mkdir(parents=True, exist_ok=True)
         return made
     wanted.parent.mkdir(parents=True, exist_ok=True)
-    taken = 1
     path = wanted
-    while True:
+    for taken in itertools.count(2):
         try:
             path.mkdir()
             break
         except FileExistsError:
-            taken += 1
             path = wanted.with_name(f"{wanted.name}_{taken}")
     if path == wanted:
         return made
