@@ -10,6 +10,7 @@ that writes to the same dir each time.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from pathlib import Path
@@ -27,7 +28,9 @@ class RunDirCallback(Callback):
     """Makes a single run's time-named dir before Hydra writes to it (``hydra.callbacks.run_dir``)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        make_output_dir(config, "run")
+        if is_time_named(config.hydra.run):
+            with contextlib.suppress(OSError):  # an unwritable place: Hydra's own mkdir fails, said in one line
+                make_output_dir(config, "run")
 
 
 def make_output_dir(config: DictConfig, mode: str) -> Path | None:

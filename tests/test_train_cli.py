@@ -262,12 +262,14 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", ["output dir", "data cache", "sqlite store", "tracking server"])
+@pytest.mark.parametrize("where", ["output dir", "time-named output dir", "data cache", "sqlite store",
+                                   "tracking server"])
 def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cli, where):
     a_file = cli.tmp_path / "a-file"
     a_file.write_text("")
     overrides = {
         "output dir": [f"hydra.run.dir={a_file}/run"],
+        "time-named output dir": [f"hydra.run.dir={a_file}/${{now:%Y}}"],
         "data cache": [f"data.cache_dir={a_file}/cache"],
         "sqlite store": [f"mlflow.tracking_uri=sqlite:///{a_file}/mlflow.db"],
         "tracking server": ["mlflow.tracking_uri=http://me:s3cret@127.0.0.1:9"],  # nothing listens on the discard port
@@ -276,12 +278,13 @@ def test_an_unwritable_output_or_unreachable_tracking_store_fails_in_one_line(cl
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     expected = {"output dir": f"cannot write {a_file}/run (Not a directory): set hydra.run.dir",
+                "time-named output dir": f"cannot write {a_file}/20",
                 "data cache": f"cannot write {a_file}/cache/cifar10-",
                 "sqlite store": "MLflow tracking store sqlite:///",
                 "tracking server": "MLflow tracking store http://me@127.0.0.1:9 cannot be used: nothing answers at "
                                    "127.0.0.1:9 (Connection refused): start its server, or correct the URL"}[where]
     assert lines[0].startswith("cifar.train: error:") and expected in lines[0], lines[0]
-    assert {"output dir": "", "data cache": "set data.cache_dir to a writable directory",
+    assert {"output dir": "", "time-named output dir": "", "data cache": "set data.cache_dir to a writable directory",
             "tracking server": ""}.get(where, "check mlflow.tracking_uri") in lines[0]
     assert "Traceback" not in proc.stderr and "s3cret" not in proc.stderr
     if where == "tracking server":  # found before the data is decoded: no work for a run it cannot record
