@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from cifar.errors import ConfigError, DataError, os_reason
-from cifar.files import atomic_write
+from cifar.files import atomic_write, one_process_at_a_time
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,28 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
         return read_decoded(Path(path))
     source = locate_source(Path(path), download)
     cache_file = Path(cache_dir) / f"cifar10-{fingerprint(source)}.npz"
-    if cache_file.exists():
-        try:
-            return _read_cache(cache_file)
-        except UNREADABLE_CACHE as err:
-            log.warning("Cache %s is unreadable (%s); decoding the source again", cache_file, err)
-    log.info("Decoding %s into %s (once per source)", source, cache_file)
-    decoded = _write_cache(cache_file, *read_source(source), source=source,
-                           fix="free some disk space or set data.cache_dir to a writable directory")
-    _remove_earlier_caches(source, keep=cache_file)
+    if (cached := _cached(cache_file)) is not None:
+        return cached
+    with one_process_at_a_time(cache_file):  # runs started at once decode the source once
+        if (cached := _cached(cache_file, quiet=True)) is not None:
+            return cached  # decoded by another run while this one waited
+        log.info("Decoding %s into %s (once per source)", source, cache_file)
+        decoded = _write_cache(cache_file, *read_source(source), source=source,
+                               fix="free some disk space or set data.cache_dir to a writable directory")
+        _remove_earlier_caches(source, keep=cache_file)
     return decoded
+
+
+def _cached(cache_file: Path, quiet: bool = False) -> Cifar10 | None:
+    """The data in ``cache_file``, None where there is none or it cannot be read (said once, unless ``quiet``)."""
+    if not cache_file.exists():
+        return None
+    try:
+        return _read_cache(cache_file)
+    except UNREADABLE_CACHE as err:
+        if not quiet:
+            log.warning("Cache %s is unreadable (%s); decoding the source again", cache_file, err)
+        return None
 
 
 def _remove_earlier_caches(source: Path, keep: Path) -> None:

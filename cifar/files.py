@@ -1,11 +1,14 @@
-"""Writing files so that a crash never leaves a half-written one in place."""
+"""Writing files so that a crash never leaves a half-written one in place, and processes that start at
+once do not all make the same one."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -25,3 +28,15 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def one_process_at_a_time(path: Path) -> Iterator[None]:
+    """Held by one process of this machine at a time for ``path``: while it makes ``path`` (a cache, a
+    store's tables), the others wait, then find it made. The lock is a file in the temp dir, named by a hash
+    of ``path``, which it leaves there (``filelock``)."""
+    from filelock import FileLock
+
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"cifar-{key}.lock"):
+        yield

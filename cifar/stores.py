@@ -11,17 +11,16 @@ its 7 retries; a database about 100 s): a server that is down, or a wrong port, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import os
 import socket
-import tempfile
 import time
 import urllib.parse
 from pathlib import Path
 from typing import Iterator
 
 from cifar.errors import first_line, os_reason
+from cifar.files import one_process_at_a_time
 
 # How to install a driver, by SQLAlchemy's name for it: the one of the postgres extra (plain postgresql:// URLs)
 INSTALL = {"psycopg": "uv sync --extra postgres, or pip install 'psycopg[binary]'"}
@@ -100,17 +99,14 @@ def opened_one_at_a_time(url: str) -> Iterator[None]:
     """Held while this process first opens the store ``url``, where it is a SQLite file, so that the processes
     of this machine that open a new file at once create its tables one after another. Otherwise each of them
     created and migrated the tables, and all but one, or all, failed ("table _alembic_tmp_params already
-    exists"), the file left half-migrated. The lock is a file in the temp dir, named by the database's path."""
+    exists"), the file left half-migrated."""
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database if is_sqlite(url) else None
     if not database or database == ":memory:":
         yield
         return
-    from filelock import FileLock
-
-    key = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
-    with FileLock(Path(tempfile.gettempdir()) / f"cifar-sqlite-{key}.lock"):
+    with one_process_at_a_time(Path(database)):
         yield
 
 

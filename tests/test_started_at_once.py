@@ -4,6 +4,7 @@ is set up once for all of them."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -79,29 +80,33 @@ def test_two_sweeps_of_the_same_second_keep_their_own_jobs_and_parent_runs(cli):
         assert {c.data.tags["hydra.output_dir"] for c in children} == {f"{sweep_dir}/{n}" for n in range(jobs)}
 
 
-# A process that opens a store as a run (MLflow's) or a sweep (Optuna's) does, once every process of the test
-# is ready to; it prints the experiment's id, or the study storage's tables
+# A process that opens a store as a run (MLflow's) or a sweep (Optuna's) does, or loads the data, once every
+# process of the test is ready to; it prints the experiment's id, the study storage's tables, or the data's size
 WHEN_ALL_READY = """
-import sys, time
+import logging, sys, time
 from pathlib import Path
 import mlflow.store.tracking.sqlalchemy_store, optuna.storages
-from cifar import study, tracking
-ready, go, store, url = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+from cifar import data, study, tracking
+ready, go, what, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+logging.basicConfig(level=logging.INFO)
 ready.touch()
 while not go.exists():
     time.sleep(0.001)
-if store == "mlflow":
-    print(tracking.use_experiment(url, "started-at-once"))
+if what == "mlflow":
+    print(tracking.use_experiment(where, "started-at-once"))
+elif what == "optuna":
+    print(sorted(study.open_storage(where).engine.dialect.get_table_names(study.open_storage(where).engine.connect())))
 else:
-    print(sorted(study.open_storage(url).engine.dialect.get_table_names(study.open_storage(url).engine.connect())))
+    print(len(data.load_cifar10(where, Path(where).parent / "cache", download=False).train_images))
 """
 
 
-@pytest.mark.parametrize("store", ["mlflow", "optuna"])
-def test_processes_that_start_at_once_on_a_new_sqlite_store_all_use_it(tmp_path, store):
-    url, go, processes = f"sqlite:///{tmp_path / 'store.db'}", tmp_path / "go", 4
-    started = [subprocess.Popen([sys.executable, "-c", WHEN_ALL_READY, str(tmp_path / f"ready{n}"), str(go), store,
-                                 url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_at_once(tmp_path: Path, what: str, where: str, processes: int = 4) -> list[tuple[str, str]]:
+    """The stdout and stderr of ``processes`` processes of :data:`WHEN_ALL_READY`, released at the same instant
+    once all of them have imported what they use; each must succeed."""
+    go = tmp_path / "go"
+    started = [subprocess.Popen([sys.executable, "-c", WHEN_ALL_READY, str(tmp_path / f"ready{n}"), str(go), what,
+                                 where], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for n in range(processes)]
     deadline = time.monotonic() + 120
     while len(list(tmp_path.glob("ready*"))) < processes and time.monotonic() < deadline:
@@ -109,4 +114,18 @@ def test_processes_that_start_at_once_on_a_new_sqlite_store_all_use_it(tmp_path,
     go.touch()
     ended = [process.communicate(timeout=120) for process in started]
     assert [process.returncode for process in started] == [0] * processes, [err[-300:] for _, err in ended]
+    return ended
+
+
+@pytest.mark.parametrize("store", ["mlflow", "optuna"])
+def test_processes_that_start_at_once_on_a_new_sqlite_store_all_use_it(tmp_path, store):
+    ended = start_at_once(tmp_path, store, f"sqlite:///{tmp_path / 'store.db'}")
     assert len({out.strip() for out, _ in ended}) == 1  # the same experiment, or tables, for every process
+
+
+def test_runs_that_start_at_once_on_new_data_decode_it_once(tmp_path, official_dir):
+    source = tmp_path / "data"
+    shutil.copytree(official_dir, source)
+    ended = start_at_once(tmp_path, "data", str(source))
+    assert {out.strip() for out, _ in ended} == {"200"}
+    assert sum(err.count("Decoding ") for _, err in ended) == 1  # the others waited, then read its cache
