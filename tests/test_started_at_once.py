@@ -1,5 +1,5 @@
-"""Runs and sweeps started at once, as by a script: each gets an output dir of its own, and a new SQLite store
-is set up once for all of them."""
+"""Runs and sweeps started at once, as by a script: each gets an output dir of its own, a new SQLite store is set
+up once for all of them, and new data is decoded once."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def test_two_sweeps_of_the_same_second_keep_their_own_jobs_and_parent_runs(cli):
 WHEN_ALL_READY = """
 import logging, sys, time
 from pathlib import Path
-import mlflow.store.tracking.sqlalchemy_store, optuna.storages
+import mlflow.store.tracking.sqlalchemy_store, optuna.storages, sqlalchemy
 from cifar import data, study, tracking
 ready, go, what, where = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 logging.basicConfig(level=logging.INFO)
@@ -95,7 +95,7 @@ while not go.exists():
 if what == "mlflow":
     print(tracking.use_experiment(where, "started-at-once"))
 elif what == "optuna":
-    print(sorted(study.open_storage(where).engine.dialect.get_table_names(study.open_storage(where).engine.connect())))
+    print(sorted(sqlalchemy.inspect(study.open_storage(where).engine).get_table_names()))
 else:
     print(len(data.load_cifar10(where, Path(where).parent / "cache", download=False).train_images))
 """
