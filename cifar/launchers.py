@@ -29,6 +29,7 @@ SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmL
 RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, keeping the sweep's SIGTERM handler, directory, store
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
+RAY_SETUP_HOOK = "worker_process_setup_hook"  # in the Ray launcher's init.runtime_env: module.function
 
 
 def ray_gpus_per_trial() -> int:
@@ -72,10 +73,11 @@ def runs_jobs_elsewhere(hydra_cfg: DictConfig) -> bool:
     return bool(head) and not is_loopback(head.host)
 
 
-def check_cluster_answers(hydra_cfg: DictConfig) -> None:
+def check_cluster(hydra_cfg: DictConfig) -> None:
     """Refuse a cluster launcher whose cluster is not there, before the sweep starts: SLURM's where ``srun``
     is not on PATH (submitit's traceback otherwise), Ray's at an address where nothing answers (Ray's own
-    wait otherwise: minutes of warnings)."""
+    wait otherwise: minutes of warnings); and Ray's with a setup hook that names no function, which each
+    job would fail to run."""
     if OmegaConf.select(hydra_cfg, "launcher._target_") == SLURM_LAUNCHER and shutil.which("srun") is None:
         raise ConfigError(f"hydra/launcher={_launcher_name(hydra_cfg)} submits the jobs to SLURM, and its srun is not "
                           "on PATH here: run the sweep on the cluster's login node, or use "
@@ -84,6 +86,11 @@ def check_cluster_answers(hydra_cfg: DictConfig) -> None:
     if head and head.port is not None and (reason := no_answer(head.host, head.port)):
         raise ConfigError(f"{head.setting}={head.address}: no Ray cluster answers at {head.host}:{head.port} "
                           f"({reason}): start its head (ray start --head), or correct the address")
+    if OmegaConf.select(hydra_cfg, "launcher._target_") == RAY_LAUNCHER:
+        hook = OmegaConf.select(hydra_cfg, f"launcher.ray.init.runtime_env.{RAY_SETUP_HOOK}")
+        if hook is not None and not (isinstance(hook, str) and "." in hook.strip(".")):
+            raise ConfigError(f"hydra.launcher.ray.init.runtime_env.{RAY_SETUP_HOOK}={hook!r} is not a function's "
+                              "name: give it as module.function (each job runs it after the launcher's)")
 
 
 class RayHead(NamedTuple):

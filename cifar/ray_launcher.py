@@ -32,7 +32,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import UserError, first_line
-from cifar.launchers import ray_address_given
+from cifar.launchers import RAY_SETUP_HOOK, ray_address_given
 from cifar.tracking import STORE_VAR
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
@@ -72,11 +72,8 @@ class RayLauncher(Launcher):
         started in its working directory with its ``MLFLOW_TRACKING_URI``."""
         init = OmegaConf.to_container(self.hydra_launcher.ray_cfg.init, resolve=True)
         runtime_env = init.setdefault("runtime_env", {})
-        users_hook = runtime_env.get("worker_process_setup_hook")
-        if users_hook is not None and not (isinstance(users_hook, str) and "." in users_hook.strip(".")):
-            raise UserError(f"hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={users_hook!r} is not a "
-                            "function's name: give it as module.function (each job runs it after the launcher's)")
-        runtime_env["worker_process_setup_hook"] = sweep_dir_hook(os.getcwd(), then=users_hook)
+        # the user's hook (checked by launchers.check_cluster before the sweep started) runs after the launcher's
+        runtime_env[RAY_SETUP_HOOK] = sweep_dir_hook(os.getcwd(), then=runtime_env.get(RAY_SETUP_HOOK))
         if store := os.environ.get(STORE_VAR):
             runtime_env.setdefault("env_vars", {}).setdefault(STORE_VAR, store)
         sigterm_handler = signal.getsignal(signal.SIGTERM)

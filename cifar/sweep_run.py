@@ -44,7 +44,7 @@ class SweepCallback(Callback):
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         try:
             parallel.check_launcher(config.hydra)
-            launchers.check_cluster_answers(config.hydra)
+            launchers.check_cluster(config.hydra)
             launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
         except ConfigError as err:
             raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)

@@ -229,15 +229,15 @@ def test_the_ray_jobs_run_the_users_setup_hook_after_the_launchers(monkeypatch, 
 
 
 @pytest.mark.parametrize("hook", ["setup", 3])
-def test_a_ray_setup_hook_that_names_no_function_is_refused_before_joining(monkeypatch, ray_init, hook):
-    from cifar.errors import UserError
-    from cifar.ray_launcher import RayLauncher
-
-    ray_init(lambda **_: pytest.fail("joined the cluster"))
-    init = {"address": "auto", "runtime_env": {"worker_process_setup_hook": hook}}
-    with pytest.raises(UserError, match=rf"^hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={hook!r} "
-                                        r"is not a function's name: give it as module.function"):
-        RayLauncher(OmegaConf.create({"init": init, "remote": {}})).launch([[]], 0)
+def test_a_ray_setup_hook_that_names_no_function_is_refused_before_any_job(cli, hook):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
+    proc = cli("hydra/launcher=ray", f"+hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={hook}",
+               "optimizer.lr=1e-3,5e-4", multirun=True, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"cifar.train: error: hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={hook!r} is not a "
+        "function's name: give it as module.function (each job runs it after the launcher's)")
+    assert not (cli.tmp_path / "sweep").exists() and not all_runs(cli)  # Ray not joined, no parent run
 
 
 def test_the_ray_jobs_setup_hook_needs_no_project_and_keeps_a_directory_its_machine_lacks(tmp_path):
@@ -371,15 +371,15 @@ def test_a_ray_sweep_at_an_address_where_no_cluster_answers_is_refused(monkeypat
     init = {"address": address.format(port=port) if address else None}
     hydra_cfg = OmegaConf.create({"launcher": {**RAY, "ray": {"init": init}}})
     if refused is None:
-        launchers.check_cluster_answers(hydra_cfg)
+        launchers.check_cluster(hydra_cfg)
         return
     with pytest.raises(ConfigError) as refusal:
-        launchers.check_cluster_answers(hydra_cfg)
+        launchers.check_cluster(hydra_cfg)
     host = "127.0.0.1" if address else "localhost"
     assert str(refusal.value).startswith(f"{refused.format(port=port)}: no Ray cluster answers at {host}:{port} (")
     assert str(refusal.value).endswith("): start its head (ray start --head), or correct the address")
     with socket.create_server(("127.0.0.1", port)):  # a head that answers
-        launchers.check_cluster_answers(hydra_cfg)
+        launchers.check_cluster(hydra_cfg)
 
 
 def test_a_slurm_sweep_with_a_store_on_this_machine_only_is_refused_before_any_job(cli, tmp_path):
