@@ -115,7 +115,8 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     from mlflow.tracking import MlflowClient
 
     from cifar.registry import logged_model_uri  # it imports this module
-    from cifar.tracking import OUTPUT_DIR_TAG, existing_run, store_errors, unreadable_store
+    from cifar.tracking import BEST_CHECKPOINT_TAG, OUTPUT_DIR_TAG, existing_run, store_errors, unreadable_store
+    from cifar.versioning import file_md5
 
     try:
         client = MlflowClient(tracking_uri=tracking_uri)
@@ -129,7 +130,13 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)
     output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
-    if output_dir and (Path(output_dir) / checkpoint.BEST).exists():
-        return from_checkpoint(Path(output_dir) / checkpoint.BEST)
-    raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: give the "
-                    "checkpoint path, or train with mlflow.log_model=true")
+    best = Path(output_dir) / checkpoint.BEST if output_dir else None
+    if best is None or not best.exists():
+        raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: give the "
+                        "checkpoint path, or train with mlflow.log_model=true")
+    trained = run.data.tags.get(BEST_CHECKPOINT_TAG)  # absent for a run stopped before it ended
+    if trained is not None and file_md5(best) != trained:
+        raise UserError(f"--model {run_id}: the run logged no model, and {best} is no longer the one it trained "
+                        "(another run into the same dir, or a dvc checkout, wrote over it): train the run again, "
+                        "or with mlflow.log_model=true to keep its model in MLflow")
+    return from_checkpoint(best)

@@ -33,7 +33,7 @@ from cifar.lookahead import Lookahead
 from cifar.outages import Retrying
 from cifar.study import SweepTrial
 from cifar.trainer import EpochMetrics, FitResult, Trainer, make_splits
-from cifar.versioning import dvc_data_hash
+from cifar.versioning import dvc_data_hash, file_md5
 
 log = logging.getLogger("cifar.train")
 
@@ -300,7 +300,10 @@ def _record_results(
     # Time in training steps only (no compiling, validation, testing or data loading): time to accuracy.
     timings = {"train_seconds": sum(m.train_seconds for m in result.history), "warmup_seconds": result.warmup_seconds}
     retrying(mlflow.log_metrics, {**metrics, **timings})
-    retrying(mlflow.set_tag, "stopped_early", str(result.stop_reason == "patience").lower())
+    tags = {"stopped_early": str(result.stop_reason == "patience").lower()}
+    if (best := output_dir / checkpoint.BEST).exists():  # later runs into the same dir write over it
+        tags[tracking.BEST_CHECKPOINT_TAG] = file_md5(best)
+    retrying(mlflow.set_tags, tags)
     if not with_plots:
         return
     figures = {"learning_curves.png": plots.learning_curves([m.as_dict() for m in result.history])}

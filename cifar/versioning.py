@@ -19,14 +19,19 @@ def dvc_data_hash(path: str | Path) -> str | None:
     """The DVC hash of the data at ``path``, or None where DVC does not track it."""
     path = Path(path).resolve()
     if path.is_file():
-        stat = path.stat()
-        return _file_md5(path, stat.st_size, stat.st_mtime_ns)
+        return file_md5(path)
     for tracked in (p for p in (path, *path.parents) if p.name):
         dvc_file = tracked.with_name(tracked.name + ".dvc")
         if dvc_file.is_file():
             outs = yaml.safe_load(dvc_file.read_text()).get("outs") or [{}]
             return outs[0].get("md5")
     return None
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of the file's bytes: DVC's hash of a file."""
+    stat = path.stat()
+    return _file_md5(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.cache

@@ -200,6 +200,24 @@ def test_run_id_and_registered_version_predict_as_the_checkpoint(trained, capsys
     assert version.run_id == trained.run.info.run_id
 
 
+def test_a_run_whose_best_pt_another_run_wrote_over_is_refused_by_run_id(cli, capsys, tmp_path):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)
+    cli("seed=1")
+    cli("seed=2")  # logs no model either (FAST), into the same run dir
+    first, second = sorted(all_runs(cli), key=lambda run: run.info.start_time)
+    best = cli.tmp_path / "run" / "best.pt"
+    code, out, err = _predict(capsys, str(image), "--model", first.info.run_id, "--tracking-uri", cli.tracking_uri)
+    assert code == 2 and out == ""
+    assert err == (f"cifar.predict: error: --model {first.info.run_id}: the run logged no model, and {best} is no "
+                   "longer the one it trained (another run into the same dir, or a dvc checkout, wrote over it): "
+                   "train the run again, or with mlflow.log_model=true to keep its model in MLflow\n")
+    by_checkpoint = _predict(capsys, str(image), "--model", str(best), "--json")
+    assert by_checkpoint[0] == 0
+    assert _predict(capsys, str(image), "--model", second.info.run_id, "--json", "--tracking-uri",
+                    cli.tracking_uri) == by_checkpoint
+
+
 def test_loading_a_logged_model_leaves_no_copy_in_the_temp_dir(trained, tmp_path, monkeypatch):
     from cifar.registry import MODEL_NAME as LOGGED_NAME
 
