@@ -18,7 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifar import checkpoint, inference, parallel, plots, registry, sweep_run, tracking
+from cifar import checkpoint, dvc_exp, inference, parallel, plots, registry, sweep_run, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
@@ -195,6 +195,7 @@ def _run_tags(
     dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
     if dvc_hash is not None:
         tags["dvc.data_hash"] = dvc_hash
+    tags.update(dvc_exp.experiment_tags())
     if trial is not None:
         tags.update({tracking.TRIAL_NUMBER_TAG: str(trial.number), tracking.STUDY_NAME_TAG: trial.study_name})
     return tags

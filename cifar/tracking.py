@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from cifar import owner
+from cifar import dvc_exp, owner
 from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, UserError, first_line
 from cifar.outages import Retrying, StoreOutage, try_once
@@ -111,7 +111,8 @@ def use_experiment(uri: str, name: str) -> str:
             experiment = while_created_elsewhere(mlflow.get_experiment_by_name, name)
         if experiment is None:
             try:
-                mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+                mlflow.create_experiment(name, dvc_exp.artifact_location(uri),
+                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
             except mlflow.exceptions.MlflowException:
                 pass  # created meanwhile by a parallel job
             experiment = mlflow.get_experiment_by_name(name)
@@ -135,12 +136,12 @@ def usable_store(cfg_mlflow: Any) -> str:
 
 def store_uri(cfg_mlflow: Any) -> str:
     """The MLflow store that runs log to: ``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``, else
-    MLflow's default (``sqlite:///mlflow.db`` in the working directory)."""
+    MLflow's default (``sqlite:///mlflow.db`` in the working directory: in a DVC experiment's temp copy
+    of the repo, the repo's own, :mod:`cifar.dvc_exp`)."""
     import mlflow
 
-    if store_setting() == STORE_VAR or not cfg_mlflow.tracking_uri:
-        return mlflow.get_tracking_uri()
-    return cfg_mlflow.tracking_uri
+    mlflows_own = store_setting() == STORE_VAR or not cfg_mlflow.tracking_uri
+    return dvc_exp.store_in_repo(mlflow.get_tracking_uri() if mlflows_own else cfg_mlflow.tracking_uri)
 
 
 def store_setting() -> str:

@@ -120,3 +120,21 @@ def values_of(node, parent: str, key: str):
     elif isinstance(node, list):
         for child in node:
             yield from values_of(child, parent, key)
+
+
+def test_an_experiment_run_in_a_temp_copy_logs_to_the_repos_mlflow_store(project):
+    repo, _, env = project
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow's default store, mlflow.db
+    sh(repo, *DVC, "exp", "run", "--temp", "-n", "in-a-copy", env=env)  # in .dvc/tmp/exps/standalone/tmpXXX
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar")  # made by the run in the copy
+    assert experiment.artifact_location == str(repo / "mlruns")
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["dvc.exp_name"] == "in-a-copy"
+    assert [p.parent.name for p in (repo / "mlruns").glob("*/artifacts")] == [run.info.run_id]
+    assert not list((repo / ".dvc/tmp/exps").rglob("mlflow.db"))  # the copy is gone
+    # the tag names the experiment's best.pt as DVC hashed it
+    sh(repo, *DVC, "exp", "apply", "in-a-copy", env=env)
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    [best] = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "results/train/best.pt"]
+    assert run.data.tags["best_checkpoint.md5"] == best["md5"]

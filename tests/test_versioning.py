@@ -52,3 +52,37 @@ def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files(tmp_p
     (tmp_path / "run.diff").write_text(diff)
     git("apply", "run.diff")
     assert (tmp_path / "train.py").read_text() == "lr = 0.2\n"
+
+
+def test_a_sqlite_store_in_a_dvc_experiments_temp_copy_is_the_repos_own(tmp_path, monkeypatch):
+    import mlflow
+    from omegaconf import OmegaConf
+
+    from cifar import dvc_exp
+    from cifar.tracking import store_uri
+
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc/tmp/exps/standalone/tmpabc123"  # dvc exp run --temp's (a queued one's: exps/tmpXXX)
+    (copy / ".dvc").mkdir(parents=True)
+    (copy / "stage").mkdir()
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(copy)
+    default = OmegaConf.create({"tracking_uri": None})
+    assert mlflow.get_tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"  # MLflow's default: the copy's
+    assert store_uri(default) == f"sqlite:///{repo / 'mlflow.db'}"
+    assert dvc_exp.artifact_location(store_uri(default)) == str(repo / "mlruns")
+    moved = {"sqlite:///runs/mlflow.db": f"sqlite:///{repo / 'runs/mlflow.db'}",
+             f"sqlite:///{copy / 'a.db'}": f"sqlite:///{repo / 'a.db'}",
+             f"sqlite:///{tmp_path / 'shared.db'}": f"sqlite:///{tmp_path / 'shared.db'}",  # not in the copy
+             "sqlite:///:memory:": "sqlite:///:memory:",
+             "postgresql://u@db-host/mlflow": "postgresql://u@db-host/mlflow",
+             "http://tracking:5000": "http://tracking:5000"}
+    assert {url: store_uri(OmegaConf.create({"tracking_uri": url})) for url in moved} == moved
+    assert dvc_exp.artifact_location("http://tracking:5000") is None  # the server says where
+    monkeypatch.chdir(copy / "stage")  # a stage with its own wdir
+    assert store_uri(default) == f"sqlite:///{repo / 'stage/mlflow.db'}"
+    for outside in (repo, tmp_path):  # dvc exp run in the workspace, and no DVC copy at all
+        monkeypatch.chdir(outside)
+        assert store_uri(default) == mlflow.get_tracking_uri() == f"sqlite:///{outside / 'mlflow.db'}"
+        assert dvc_exp.artifact_location(store_uri(default)) is None
