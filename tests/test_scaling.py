@@ -228,16 +228,18 @@ def test_the_ray_jobs_run_the_users_setup_hook_after_the_launchers(monkeypatch, 
     assert users_setup.ran_in == [str(sweep_dir)]  # in the sweep's directory, as a job of a local launcher
 
 
-@pytest.mark.parametrize("hook", ["setup", 3])
-def test_a_ray_setup_hook_that_names_no_function_is_refused_before_any_job(cli, hook):
+def test_a_ray_setup_hook_that_names_no_function_is_refused_before_any_job(cli):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
-    proc = cli("hydra/launcher=ray", f"+hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={hook}",
+    proc = cli("hydra/launcher=ray", "+hydra.launcher.ray.init.runtime_env.worker_process_setup_hook=setup",
                "optimizer.lr=1e-3,5e-4", multirun=True, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"cifar.train: error: hydra.launcher.ray.init.runtime_env.worker_process_setup_hook={hook!r} is not a "
+        "cifar.train: error: hydra.launcher.ray.init.runtime_env.worker_process_setup_hook='setup' is not a "
         "function's name: give it as module.function (each job runs it after the launcher's)")
     assert not (cli.tmp_path / "sweep").exists() and not all_runs(cli)  # Ray not joined, no parent run
+    not_a_name = {"launcher": {**RAY, "ray": {"init": {"runtime_env": {"worker_process_setup_hook": 3}}}}}
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.ray.init.runtime_env.worker_process_setup_hook=3 is not"):
+        launchers.check_cluster(OmegaConf.create(not_a_name))
 
 
 def test_the_ray_jobs_setup_hook_needs_no_project_and_keeps_a_directory_its_machine_lacks(tmp_path):
