@@ -57,10 +57,13 @@ def artifact_location(store_url: str) -> str | None:
     return str(in_repo(Path("mlruns"))) if is_sqlite(store_url) and _temp_copy() is not None else None
 
 
+def experiment_name() -> str | None:
+    """The name of the DVC experiment that this process runs a stage of (``dvc exp run``), if any."""
+    return os.environ.get(EXP_NAME_VAR) or None
+
+
 def experiment_tags() -> dict[str, str]:
-    """The DVC experiment's name, where DVC runs this process as a stage of one."""
-    name = os.environ.get(EXP_NAME_VAR)
-    return {EXP_NAME_TAG: name} if name else {}
+    return {EXP_NAME_TAG: name} if (name := experiment_name()) else {}
 
 
 def _temp_copy() -> tuple[Path, Path] | None:

@@ -107,8 +107,9 @@ def run(cfg: DictConfig) -> float | None:
         f"{model_info['model.parameters']:,}", f"{model_info['model.flops_per_image']:,}",
     )
     sweep = tracking.read_sweep(hydra_cfg.sweep.dir) if multirun else None
-    overrides = list(hydra_cfg.overrides.task)
-    name = tracking.run_name(overrides, sweep["swept_keys"] if sweep else None)
+    # A DVC experiment's overrides are in its params.yaml, not on the run's command line: DVC's name stands for them
+    dvc_name = None if multirun else dvc_exp.experiment_name()
+    name = dvc_name or tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)
     trial = SweepTrial.of_job(hydra_cfg)
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
     params = {**tracking.flatten(cfg), **model_info}

@@ -108,6 +108,13 @@ def test_exp_run_with_a_hydra_override_changes_the_param_and_the_metrics(project
     assert json.loads((repo / METRICS).read_text()) != baseline
     shown = json.loads(sh(repo, *DVC, "exp", "show", "--json", env=env))
     assert {default_lr, 5e-4} <= set(values_of(shown, "optimizer", "lr"))  # both experiments, side by side
+    # each MLflow run is named after its DVC experiment, whose overrides are in params.yaml, not on its command line
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id],
+                              filter_string=f"tags.`hydra.output_dir` = '{repo / 'results/train'}'")
+    names = {run.data.tags["dvc.exp_name"]: run.info.run_name for run in runs}
+    assert len(names) == 2 and all(key == value for key, value in names.items())
+    assert set(names) == set(sh(repo, *DVC, "exp", "list", "--name-only", env=env).split())
 
 
 def values_of(node, parent: str, key: str):
@@ -130,7 +137,7 @@ def test_an_experiment_run_in_a_temp_copy_logs_to_the_repos_mlflow_store(project
     experiment = client.get_experiment_by_name("cifar")  # made by the run in the copy
     assert experiment.artifact_location == str(repo / "mlruns")
     [run] = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["dvc.exp_name"] == "in-a-copy"
+    assert run.info.status == "FINISHED" and run.data.tags["dvc.exp_name"] == run.info.run_name == "in-a-copy"
     assert [p.parent.name for p in (repo / "mlruns").glob("*/artifacts")] == [run.info.run_id]
     assert not list((repo / ".dvc/tmp/exps").rglob("mlflow.db"))  # the copy is gone
     # the tag names the experiment's best.pt as DVC hashed it
