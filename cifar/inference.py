@@ -116,6 +116,7 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
 
     from cifar.registry import logged_model_uri  # it imports this module
     from cifar.tracking import BEST_CHECKPOINT_TAG, OUTPUT_DIR_TAG, existing_run, store_errors, unreadable_store
+    from cifar.dvc_exp import EXP_NAME_TAG
     from cifar.versioning import file_md5
 
     try:
@@ -132,8 +133,10 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
     best = Path(output_dir) / checkpoint.BEST if output_dir else None
     if best is None or not best.exists():
-        raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: give the "
-                        "checkpoint path, or train with mlflow.log_model=true")
+        experiment = run.data.tags.get(EXP_NAME_TAG)  # its output dir may have been a DVC temp copy, since deleted
+        restore = f"restore it with dvc exp apply {experiment} and give its path" if experiment else "give its path"
+        raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: {restore}, "
+                        "or train with mlflow.log_model=true")
     trained = run.data.tags.get(BEST_CHECKPOINT_TAG)  # absent for a run stopped before it ended
     if trained is not None and file_md5(best) != trained:
         raise UserError(f"--model {run_id}: the run logged no model, and {best} is no longer the one it trained "

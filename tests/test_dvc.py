@@ -129,7 +129,11 @@ def values_of(node, parent: str, key: str):
             yield from values_of(child, parent, key)
 
 
-def test_an_experiment_run_in_a_temp_copy_logs_to_the_repos_mlflow_store(project):
+def test_an_experiment_run_in_a_temp_copy_logs_to_the_repos_mlflow_store(project, capsys):
+    from PIL import Image
+
+    from cifar import predict
+
     repo, _, env = project
     env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}  # MLflow's default store, mlflow.db
     sh(repo, *DVC, "exp", "run", "--temp", "-n", "in-a-copy", env=env)  # in .dvc/tmp/exps/standalone/tmpXXX
@@ -140,8 +144,16 @@ def test_an_experiment_run_in_a_temp_copy_logs_to_the_repos_mlflow_store(project
     assert run.info.status == "FINISHED" and run.data.tags["dvc.exp_name"] == run.info.run_name == "in-a-copy"
     assert [p.parent.name for p in (repo / "mlruns").glob("*/artifacts")] == [run.info.run_id]
     assert not list((repo / ".dvc/tmp/exps").rglob("mlflow.db"))  # the copy is gone
-    # the tag names the experiment's best.pt as DVC hashed it
+    # the run logged no model (FAST), and its output dir went with the copy: DVC has its best.pt
+    image = repo / "image.png"
+    Image.new("RGB", (32, 32)).save(image)
+    assert predict.main([str(image), "--model", run.info.run_id, "--tracking-uri", client.tracking_uri]) == 2
+    assert capsys.readouterr().err == (
+        f"cifar.predict: error: --model {run.info.run_id}: the run logged no model and its best.pt is not on this "
+        "machine: restore it with dvc exp apply in-a-copy and give its path, or train with mlflow.log_model=true\n")
     sh(repo, *DVC, "exp", "apply", "in-a-copy", env=env)
+    assert predict.main([str(image), "--model", str(repo / "results/train/best.pt")]) == 0
+    # the tag names the experiment's best.pt as DVC hashed it
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     [best] = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "results/train/best.pt"]
     assert run.data.tags["best_checkpoint.md5"] == best["md5"]
