@@ -8,6 +8,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -124,12 +125,7 @@ def run(cfg: DictConfig) -> float | None:
     tta = TTA(cfg.trainer.tta_flip, cfg.trainer.tta_translate)
     try:
         with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, retrying, run_id=run_id) as run:
-            mlflow.log_params(params)
-            _log_hydra_config(output_dir / ".hydra")
-            mlflow.log_dict(data.stats, "data/stats.json")
-            if diff := tracking.uncommitted_diff():
-                mlflow.log_text(diff, UNCOMMITTED_DIFF)
-            mlflow.log_text(summary.table, "model/summary.txt")
+            retrying(_log_run_inputs, params, output_dir / ".hydra", data.stats, summary.table)
             trainer = Trainer(
                 model=model,
                 optimizer=optimizer,
@@ -202,10 +198,17 @@ def _run_tags(
     return tags
 
 
-def _log_hydra_config(hydra_dir: Path) -> None:
-    """The job's composed config, Hydra's and its overrides (``.hydra/*.yaml``), with no URL's password."""
+def _log_run_inputs(params: dict[str, Any], hydra_dir: Path, data_stats: dict, model_summary: str) -> None:
+    """What the run starts from: its params, the job's composed config, Hydra's and its overrides
+    (``.hydra/*.yaml``, with no URL's password), the data's stats, the uncommitted code and the model's
+    layers. Each call gives the same values again, so that all of it can be tried again in an outage."""
+    mlflow.log_params(params)
     for path in sorted(hydra_dir.glob("*.yaml")):
         mlflow.log_text(without_passwords(path.read_text()), f"hydra/{path.name}")
+    mlflow.log_dict(data_stats, "data/stats.json")
+    if diff := tracking.uncommitted_diff():
+        mlflow.log_text(diff, UNCOMMITTED_DIFF)
+    mlflow.log_text(model_summary, "model/summary.txt")
 
 
 def _ema(model: torch.nn.Module, decay: float | None) -> AveragedModel | None:

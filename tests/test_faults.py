@@ -231,6 +231,36 @@ def test_a_run_ends_when_the_store_fails_to_record_its_end_at_first(tracking_uri
     assert MlflowClient(tracking_uri).get_run(run.info.run_id).info.status == "FINISHED"
 
 
+def test_what_a_run_logs_as_it_starts_is_tried_again_whole_in_an_outage(tracking_uri, monkeypatch, clock, tmp_path):
+    """Before, these calls ran outside ``Retrying``: an outage as a job started held it in MLflow's own retries
+    (about 4 minutes), then failed it with a traceback."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from cifar import task
+
+    mlflow.set_tracking_uri(tracking_uri)
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    log_dict = mlflow.log_dict
+    failures = [OSError("connection refused")]  # after the params and the config are logged
+
+    def flaky(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return log_dict(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_dict", flaky)
+    retrying = outages.Retrying(60, tracking_uri)
+    with tracking.job_run("starts", None, {}, retrying) as run:
+        retrying(task._log_run_inputs, {"optimizer.lr": "0.001"}, tmp_path, {"content_hash": "x"}, "layers")
+    assert clock.sleeps == [1]
+    run = MlflowClient(tracking_uri).get_run(run.info.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"optimizer.lr": "0.001"}
+    logged = {a.path for d in ("hydra", "data", "model") for a in MlflowClient(tracking_uri).list_artifacts(
+        run.info.run_id, d)}
+    assert {"hydra/config.yaml", "data/stats.json", "model/summary.txt"} <= logged
+
+
 def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what_is_reported(
         tracking_uri, monkeypatch, clock):
     import mlflow
