@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cifar.stores import is_sqlite
+from cifar.stores import is_sqlite, sqlite_file
 
 ROOT_VAR = "DVC_ROOT"  # the repo's root, also for an experiment that runs in a temp copy of it
 EXP_NAME_VAR = "DVC_EXP_NAME"  # the experiment's name, as `dvc exp show` lists it
@@ -23,7 +23,7 @@ TEMP_COPIES = Path(".dvc", "tmp", "exps")  # where DVC makes its temp copies of 
 
 def in_repo(path: Path) -> Path:
     """``path`` (relative to the working directory), where it is in the temp copy of the repo that this
-    process runs in, as the same path in the repo itself; else as it is."""
+    process runs in, as the same path in the repo itself (absolute); else ``path`` itself."""
     if (found := _temp_copy()) is None:
         return path
     copy, root = found
@@ -39,22 +39,22 @@ def store_in_repo(store_url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    if not is_sqlite(store_url) or _temp_copy() is None:
-        return store_url
     try:
-        url = make_url(store_url)
+        database = sqlite_file(store_url)
     except ArgumentError:
         return store_url  # left to the store to report
-    if not url.database or url.database == ":memory:":
+    if database is None or (moved := in_repo(database)) == database:
         return store_url
-    return url.set(database=str(in_repo(Path(url.database)))).render_as_string(hide_password=False)
+    return make_url(store_url).set(database=str(moved)).render_as_string(hide_password=False)
 
 
 def artifact_location(store_url: str) -> str | None:
     """Where a new experiment made in the SQLite store ``store_url`` from a temp copy keeps its runs' files:
     in the repo's ``mlruns``, as from the repo itself (MLflow's default, ``./mlruns``, is in the copy);
     None (MLflow's default) elsewhere."""
-    return str(in_repo(Path("mlruns"))) if is_sqlite(store_url) and _temp_copy() is not None else None
+    default = Path("mlruns")
+    moved = in_repo(default)
+    return str(moved) if is_sqlite(store_url) and moved != default else None
 
 
 def experiment_name() -> str | None:

@@ -100,14 +100,20 @@ def opened_one_at_a_time(url: str) -> Iterator[None]:
     of this machine that open a new file at once create its tables one after another. Otherwise each of them
     created and migrated the tables, and all but one, or all, failed ("table _alembic_tmp_params already
     exists"), the file left half-migrated."""
+    if (database := sqlite_file(url)) is None:
+        yield
+        return
+    with one_process_at_a_time(database):
+        yield
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of ``url`` as the URL gives it (a relative path is the working directory's), where
+    it is a SQLite URL with a file; None for another store and for an in-memory database."""
     from sqlalchemy.engine import make_url
 
     database = make_url(url).database if is_sqlite(url) else None
-    if not database or database == ":memory:":
-        yield
-        return
-    with one_process_at_a_time(Path(database)):
-        yield
+    return Path(database) if database and database != ":memory:" else None
 
 
 def is_loopback(host: str) -> bool:
