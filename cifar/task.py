@@ -60,12 +60,12 @@ def run(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     retrying = Retrying(cfg.mlflow.store_wait_s, without_passwords(tracking.store_uri(cfg.mlflow)))
     # A server that does not answer fails before the data is decoded; a sweep's store answered when the sweep
-    # started, so that one that does not answer its job is down, and waited for.
+    # started, so that one that does not answer its job (here or at any later call) is down, and waited for.
     store = retrying(tracking.usable_store, cfg.mlflow) if multirun else tracking.usable_store(cfg.mlflow)
     stopped_parent = None  # the parent run of the stopped sweep that this job continues
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
-        stopped_parent = sweep_run.stopped_sweep_parent(
-            mlflow.MlflowClient(), tracking.use_experiment(store, cfg.mlflow.experiment), hydra_cfg.sweep.dir)
+        experiment_id = tracking.use_experiment(store, cfg.mlflow.experiment, retrying)
+        stopped_parent = sweep_run.stopped_sweep_parent(mlflow.MlflowClient(), experiment_id, hydra_cfg.sweep.dir)
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> float | None:
 
     # a resumed sweep's job configured MLflow before any work, and its stopped sweep is in this experiment
     experiment_id = (stopped_parent.info.experiment_id if stopped_parent
-                     else tracking.use_experiment(store, cfg.mlflow.experiment))
+                     else tracking.use_experiment(store, cfg.mlflow.experiment, retrying if multirun else None))
     if not multirun:  # a sweep does this once, when it starts
         tracking.close_stale_runs(mlflow.MlflowClient(), experiment_id)
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -280,11 +280,11 @@ def _fit(
     except DivergedError:
         if trial is not None:
             trial.prune()
-            mlflow.set_tags({tracking.PRUNED_TAG: "true", "diverged": "true"})
+            retrying(mlflow.set_tags, {tracking.PRUNED_TAG: "true", "diverged": "true"})
         raise
     if result.stop_reason == PRUNED:
         trial.prune()
-        mlflow.set_tag(tracking.PRUNED_TAG, "true")
+        retrying(mlflow.set_tag, tracking.PRUNED_TAG, "true")
     return result
 
 

@@ -100,28 +100,35 @@ def existing_run(client: Any, run_id: str) -> Any | None:
         raise
 
 
-def use_experiment(uri: str, name: str) -> str:
+def use_experiment(uri: str, name: str, retrying: Callable[..., Any] | None = None) -> str:
     """Point MLflow at the store ``uri`` (from :func:`usable_store`) and its experiment ``name``, made
-    if it is new; return the experiment id."""
+    if it is new; return the experiment id. With ``retrying`` (a sweep's job, whose store answered when the
+    sweep started) a store that stops answering is waited for; without, it is refused (UserError)."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     try:
-        with opened_one_at_a_time(uri):  # MLflow creates a new store's tables
-            experiment = while_created_elsewhere(mlflow.get_experiment_by_name, name)
-        if experiment is None:
-            try:
-                mlflow.create_experiment(name, dvc_exp.artifact_location(uri),
-                                         tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
-            except mlflow.exceptions.MlflowException:
-                pass  # created meanwhile by a parallel job
-            experiment = mlflow.get_experiment_by_name(name)
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+        return retrying(_set_experiment, uri, name) if retrying else _set_experiment(uri, name)
     except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
         raise UserError(
             f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: "
             f"{first_line(err)}): check mlflow.tracking_uri or MLFLOW_TRACKING_URI"
         ) from err
+
+
+def _set_experiment(uri: str, name: str) -> str:
+    import mlflow
+
+    with opened_one_at_a_time(uri):  # MLflow creates a new store's tables
+        experiment = while_created_elsewhere(mlflow.get_experiment_by_name, name)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(name, dvc_exp.artifact_location(uri),
+                                     tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except mlflow.exceptions.MlflowException:
+            pass  # created meanwhile by a parallel job
+        experiment = mlflow.get_experiment_by_name(name)
+    mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 
 
@@ -330,7 +337,7 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying
 
     tags = {**tags, OWNER_TAG: owner.current()}
     if run_id is not None:
-        run = mlflow.start_run(run_id=run_id, tags=tags)
+        run = retrying(mlflow.start_run, run_id=run_id, tags=tags)
     else:
         run = mlflow.start_run(run_name=run_name, parent_run_id=parent_id, tags=tags)
     try:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cifar import checkpoint, outages, owner, sweep_run, tracking
-from cifar.errors import CheckpointError
+from cifar.errors import CheckpointError, UserError
 from cifar.interrupts import interrupts_held
 from tests.conftest import all_runs, log_shows, start, sweep_parent_and_children, wait_until
 from tests.servers import free_port, serving_mlflow
@@ -259,6 +259,25 @@ def test_what_a_run_logs_as_it_starts_is_tried_again_whole_in_an_outage(tracking
     logged = {a.path for d in ("hydra", "data", "model") for a in MlflowClient(tracking_uri).list_artifacts(
         run.info.run_id, d)}
     assert {"hydra/config.yaml", "data/stats.json", "model/summary.txt"} <= logged
+
+
+def test_a_sweep_job_that_finds_its_store_down_as_it_starts_waits_for_it_and_then_stops_the_sweep(
+        monkeypatch, caplog, clock):
+    """A job that reaches its first MLflow call after the store stopped answering (its data took a while to
+    load): before, that call ran outside ``Retrying``, in MLflow's own 7 retries (about 4 minutes), and then
+    failed the job with a traceback instead of stopping the sweep to be resumed."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.delenv(outages.MLFLOW_RETRIES_VAR, raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    url = f"http://127.0.0.1:{free_port()}"  # refused
+    with pytest.raises(outages.StoreOutage, match=rf"the MLflow store {url} failed for 10 s "):
+        tracking.use_experiment(url, "sweep", outages.Retrying(10, url))
+    assert clock.sleeps == [1, 2, 4, 3]
+    assert not [r for r in caplog.records if r.getMessage().startswith("Retrying (")]  # urllib3's, before a retry
+    monkeypatch.setenv(outages.MLFLOW_RETRIES_VAR, "0")  # MLflow's retries: not this test's
+    with pytest.raises(UserError, match=rf"^MLflow tracking store {url} cannot be used \(MlflowException: "):
+        tracking.use_experiment(url, "run")  # a single run's store answered as it started: refused, not waited for
 
 
 def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what_is_reported(
