@@ -328,8 +328,9 @@ def close_stale_runs(client: Any, experiment_id: str) -> int:
 @contextlib.contextmanager
 def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying: Retrying,
             run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM, and on
-    a store outage where the store answers again in time to be told.
+    """An MLflow run that always ends: FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (or a
+    SystemExit: a Ray worker's SIGTERM handler raises one where Ray stops the worker of a stopped sweep's
+    job), and on a store outage where the store answers again in time to be told.
 
     With ``run_id``, that run is continued (a resumed training run) instead of a new one started.
     """
@@ -339,14 +340,14 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying
     if run_id is not None:
         run = retrying(mlflow.start_run, run_id=run_id, tags=tags)
     else:
-        run = mlflow.start_run(run_name=run_name, parent_run_id=parent_id, tags=tags)
+        run = retrying(mlflow.start_run, run_name=run_name, parent_run_id=parent_id, tags=tags)
     try:
         yield run
     except StoreOutage:
         try_once(mlflow.end_run, "KILLED")  # waited for already; else the next run here ends it KILLED
         raise
     except BaseException as stopped:
-        _end_stopped_run("KILLED" if isinstance(stopped, KeyboardInterrupt) else "FAILED", retrying)
+        _end_stopped_run("KILLED" if isinstance(stopped, (KeyboardInterrupt, SystemExit)) else "FAILED", retrying)
         raise
     _end_run("FINISHED", retrying)
 

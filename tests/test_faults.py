@@ -280,6 +280,23 @@ def test_a_sweep_job_that_finds_its_store_down_as_it_starts_waits_for_it_and_the
         tracking.use_experiment(url, "run")  # a single run's store answered as it started: refused, not waited for
 
 
+@pytest.mark.parametrize(("stopped_by", "status"), [
+    (KeyboardInterrupt(), "KILLED"),  # Ctrl-C, SIGTERM (cifar.train's handler), a Ray job's ray.cancel
+    (SystemExit("The process receives a SIGTERM."), "KILLED"),  # a Ray worker's SIGTERM handler, as Ray stops it
+    (ValueError("bad value"), "FAILED"),
+])
+def test_a_run_stopped_by_an_interrupt_or_an_exit_ends_killed_and_one_stopped_by_an_error_failed(
+        tracking_uri, stopped_by, status):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with pytest.raises(type(stopped_by)):
+        with tracking.job_run("stopped", None, {}, outages.Retrying(60, tracking_uri)) as run:
+            raise stopped_by
+    assert MlflowClient(tracking_uri).get_run(run.info.run_id).info.status == status
+
+
 def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what_is_reported(
         tracking_uri, monkeypatch, clock):
     import mlflow

@@ -120,7 +120,8 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stop
     assert "cifar.train: interrupted by SIGTERM: finished jobs are kept; continue with: " in stderr
     stopped_parent, stopped_children = sweep_parent_and_children(
         [r for r in all_runs(cli) if r.info.run_id not in first_sweep])
-    assert [r.info.status for r in (stopped_parent, *stopped_children)] == ["KILLED"] * 3
+    job_logs = "\n".join(log.read_text()[-2000:] for log in sorted((cli.tmp_path / "stopped").glob("*/train.log")))
+    assert [r.info.status for r in (stopped_parent, *stopped_children)] == ["KILLED"] * 3, job_logs
 
 
 def test_cluster_launcher_presets_ask_for_one_gpu_per_trial(cli):
