@@ -132,14 +132,16 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
         return _load_logged(model_uri, tracking_uri)
     output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
     best = Path(output_dir) / checkpoint.BEST if output_dir else None
+    experiment = run.data.tags.get(EXP_NAME_TAG)  # a DVC experiment's run: DVC keeps its best.pt
+    restore = f"restore it with dvc exp apply {experiment}" if experiment else None
     if best is None or not best.exists():
-        experiment = run.data.tags.get(EXP_NAME_TAG)  # its output dir may have been a DVC temp copy, since deleted
-        restore = f"restore it with dvc exp apply {experiment} and give its path" if experiment else "give its path"
-        raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: {restore}, "
+        where = f"{restore} (or give its path)" if restore else "give its path"
+        raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: {where}, "
                         "or train with mlflow.log_model=true")
     trained = run.data.tags.get(BEST_CHECKPOINT_TAG)  # absent for a run stopped before it ended
     if trained is not None and file_md5(best) != trained:
         raise UserError(f"--model {run_id}: the run logged no model, and {best} is no longer the one it trained "
-                        "(another run into the same dir, or a dvc checkout, wrote over it): train the run again, "
-                        "or with mlflow.log_model=true to keep its model in MLflow")
+                        f"(another run into the same dir, or a dvc checkout, wrote over it): "
+                        f"{restore or 'train the run again'}, or train with mlflow.log_model=true to keep its "
+                        "model in MLflow")
     return from_checkpoint(best)

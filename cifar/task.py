@@ -185,7 +185,7 @@ def _run_tags(
         "compile": str(runtime.compile).lower(),
         "torch.version": torch.__version__,
         "torch.threads": str(torch.get_num_threads()),
-        tracking.OUTPUT_DIR_TAG: str(output_dir.resolve()),
+        tracking.OUTPUT_DIR_TAG: str(dvc_exp.in_repo(output_dir).resolve()),
     }
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPUs a scheduler gave this job
         tags["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]

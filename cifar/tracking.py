@@ -47,7 +47,9 @@ STUDY_STORAGE_TAG = "optuna.storage"  # on the parent run of an Optuna sweep
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 TRIAL_STATE_TAG = "optuna.trial_state"  # COMPLETE, PRUNED or FAIL, set on each trial when the sweep ends
 PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or that diverged)
-OUTPUT_DIR_TAG = "hydra.output_dir"  # the run's output dir: its checkpoints and logs
+# The run's output dir: its checkpoints and logs. For a DVC experiment run in a temp copy of the repo, the same
+# path in the repo, where `dvc exp apply` puts them (the copy is deleted)
+OUTPUT_DIR_TAG = "hydra.output_dir"
 BEST_CHECKPOINT_TAG = "best_checkpoint.md5"  # of the run's best.pt once trained: it is this run's while unchanged
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
 STOPPED_RUN_WAIT_S = 60  # how long a run stopped by an interrupt or an error waits for its store to record it

@@ -96,7 +96,11 @@ def test_repro_on_a_fresh_clone_gives_the_committed_metrics(project, tmp_path):
     assert sh(clone, "git", "status", "--porcelain") == "", sh(clone, "git", "diff")  # and the same committed files
 
 
-def test_exp_run_with_a_hydra_override_changes_the_param_and_the_metrics(project):
+def test_exp_run_with_a_hydra_override_changes_the_param_and_the_metrics(project, capsys):
+    from PIL import Image
+
+    from cifar import predict
+
     repo, _, env = project
     sh(repo, *DVC, "exp", "run", env=env)
     baseline = json.loads((repo / METRICS).read_text())
@@ -115,6 +119,17 @@ def test_exp_run_with_a_hydra_override_changes_the_param_and_the_metrics(project
     names = {run.data.tags["dvc.exp_name"]: run.info.run_name for run in runs}
     assert len(names) == 2 and all(key == value for key, value in names.items())
     assert set(names) == set(sh(repo, *DVC, "exp", "list", "--name-only", env=env).split())
+    # the first experiment's best.pt, written over by the second's, is refused by run id; DVC brings it back
+    [first] = [run for run in runs if run.data.params["optimizer.lr"] == str(default_lr)]
+    image = repo / "image.png"
+    Image.new("RGB", (32, 32)).save(image)
+    by_id = [str(image), "--model", first.info.run_id, "--tracking-uri", client.tracking_uri]
+    assert predict.main(by_id) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(f"wrote over it): restore it with dvc exp apply {first.info.run_name}, or train with "
+                        "mlflow.log_model=true to keep its model in MLflow\n"), err
+    sh(repo, *DVC, "exp", "apply", first.info.run_name, env=env)
+    assert predict.main(by_id) == 0
 
 
 def values_of(node, parent: str, key: str):
@@ -150,9 +165,13 @@ def test_an_experiment_run_in_a_temp_copy_logs_to_the_repos_mlflow_store(project
     assert predict.main([str(image), "--model", run.info.run_id, "--tracking-uri", client.tracking_uri]) == 2
     assert capsys.readouterr().err == (
         f"cifar.predict: error: --model {run.info.run_id}: the run logged no model and its best.pt is not on this "
-        "machine: restore it with dvc exp apply in-a-copy and give its path, or train with mlflow.log_model=true\n")
-    sh(repo, *DVC, "exp", "apply", "in-a-copy", env=env)
-    assert predict.main([str(image), "--model", str(repo / "results/train/best.pt")]) == 0
+        "machine: restore it with dvc exp apply in-a-copy (or give its path), or train with mlflow.log_model=true\n")
+    sh(repo, *DVC, "exp", "apply", "in-a-copy", env=env)  # where the run's tag says: the copy's path, in the repo
+    assert run.data.tags["hydra.output_dir"] == str(repo / "results/train")
+    assert predict.main([str(image), "--model", str(repo / "results/train/best.pt"), "--json"]) == 0
+    by_path = capsys.readouterr().out
+    assert predict.main([str(image), "--model", run.info.run_id, "--tracking-uri", client.tracking_uri, "--json"]) == 0
+    assert capsys.readouterr().out == by_path
     # the tag names the experiment's best.pt as DVC hashed it
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     [best] = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "results/train/best.pt"]

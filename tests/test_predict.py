@@ -217,7 +217,7 @@ def test_a_run_whose_best_pt_was_written_over_is_refused_by_run_id(cli, capsys, 
     assert code == 2 and out == ""
     assert err == (f"cifar.predict: error: --model {run.info.run_id}: the run logged no model, and {best} is no "
                    "longer the one it trained (another run into the same dir, or a dvc checkout, wrote over it): "
-                   "train the run again, or with mlflow.log_model=true to keep its model in MLflow\n")
+                   "train the run again, or train with mlflow.log_model=true to keep its model in MLflow\n")
 
 
 def test_loading_a_logged_model_leaves_no_copy_in_the_temp_dir(trained, tmp_path, monkeypatch):
