@@ -23,7 +23,7 @@ from cifar import dvc_exp, owner
 from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, UserError, first_line
 from cifar.outages import Retrying, StoreOutage, try_once
-from cifar.stores import opened_one_at_a_time, unusable
+from cifar.stores import opened_one_at_a_time, sqlite_file, unusable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,14 +62,11 @@ def existing_store(uri: str | None) -> str:
     ``sqlite:///mlflow.db``), refused where it is a SQLite file that does not exist: opening it would
     create an empty store, such as a stray mlflow.db in whatever folder the command ran from."""
     import mlflow
-    from sqlalchemy.engine import make_url
 
     uri = uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:"):
-        database = make_url(uri).database
-        if database and database != ":memory:" and not Path(database).exists():
-            raise UserError(f"no MLflow store at {Path(database).resolve()}: run from the folder that holds it, "
-                            "or give --tracking-uri / MLFLOW_TRACKING_URI")
+    if (database := sqlite_file(uri)) is not None and not database.exists():
+        raise UserError(f"no MLflow store at {database.resolve()}: run from the folder that holds it, "
+                        "or give --tracking-uri / MLFLOW_TRACKING_URI")
     if reason := unusable(uri):
         raise UserError(f"the MLflow store {uri} cannot be read: {reason}")
     return uri

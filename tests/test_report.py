@@ -149,10 +149,11 @@ def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
 
 def test_a_store_that_does_not_exist_is_one_line_and_exit_2_and_is_not_created(tmp_path, capsys):
     missing = tmp_path / "elsewhere" / "mlflow.db"
-    assert report.main(["--tracking-uri", f"sqlite:///{missing}"]) == 2
-    assert capsys.readouterr().err == (f"cifar.report: error: no MLflow store at {missing}: run from the folder that "
-                                       "holds it, or give --tracking-uri / MLFLOW_TRACKING_URI\n")
-    assert not missing.parent.exists()
+    for scheme in ("sqlite", "sqlite+pysqlite"):  # the URL with SQLAlchemy's name for the driver, too
+        assert report.main(["--tracking-uri", f"{scheme}:///{missing}"]) == 2
+        assert capsys.readouterr().err == (f"cifar.report: error: no MLflow store at {missing}: run from the folder "
+                                           "that holds it, or give --tracking-uri / MLFLOW_TRACKING_URI\n")
+        assert not missing.parent.exists()
     # MLflow's default store, sqlite:///mlflow.db, in a folder that has none (a process of its own: the
     # default is MLflow's state, which the other tests set)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
