@@ -2,8 +2,10 @@
 
 ``hydra/launcher=submitit_slurm`` and ``hydra/launcher=ray`` keep the plugins' config schemas
 (every key of theirs can be overridden) and take defaults for training: one GPU per trial.
-``hydra/launcher=submitit_local`` is the plugin's own. Registered over the plugins' configs
-when the plugins are installed (``uv sync --extra submitit``, ``--extra ray``).
+``hydra/launcher=submitit_local`` keeps the plugin's defaults. The launchers are the plugins', whose
+jobs resume when submitit requeues them (:mod:`cifar.submitit_launcher`) and whose Ray sweep keeps its
+SIGTERM handler (:mod:`cifar.ray_launcher`). Registered over the plugins' configs when the plugins are
+installed (``uv sync --extra submitit``, ``--extra ray``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 # Each SLURM job trains one trial: one GPU, and CPU cores and memory for its data on the GPU.
 SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "timeout_min": 120}
 RAY_GPUS_RESOLVER = "cifar_ray_gpus_per_trial"
-SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SLURM_LAUNCHER = "cifar.submitit_launcher.SlurmLauncher"  # Hydra's, whose requeued jobs resume
+LOCAL_SUBMITIT_LAUNCHER = "cifar.submitit_launcher.LocalLauncher"
 RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, keeping the sweep's SIGTERM handler, directory, store
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
@@ -40,15 +43,27 @@ def ray_gpus_per_trial() -> int:
     return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
 
 
+def submitit_launchers() -> tuple[type, ...]:
+    """The launchers of the presets ``hydra/launcher=submitit_*`` (:mod:`cifar.submitit_launcher`), to register
+    as Hydra plugins; none where the submitit extra is not installed."""
+    try:
+        from cifar.submitit_launcher import LocalLauncher, SlurmLauncher
+    except ImportError:
+        return ()
+    return LocalLauncher, SlurmLauncher
+
+
 def register_launcher_configs() -> None:
     store = ConfigStore.instance()
     try:
-        from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+        from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
     except ImportError:
         pass  # the submitit extra is not installed
     else:
-        store.store(group="hydra/launcher", name="submitit_slurm", node=SlurmQueueConf(**SLURM_DEFAULTS),
-                    provider="cifar", replace=True)
+        slurm = SlurmQueueConf(_target_=SLURM_LAUNCHER, **SLURM_DEFAULTS)
+        store.store(group="hydra/launcher", name="submitit_slurm", node=slurm, provider="cifar", replace=True)
+        local = LocalQueueConf(_target_=LOCAL_SUBMITIT_LAUNCHER)
+        store.store(group="hydra/launcher", name="submitit_local", node=local, provider="cifar", replace=True)
     try:
         from hydra_plugins.hydra_ray_launcher._config import RayConf, RayLauncherConf
     except ImportError:

@@ -22,12 +22,14 @@ from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
+from cifar.launchers import submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
-Plugins.instance().register(RayLauncher)  # the preset hydra/launcher=ray's
+for launcher in (RayLauncher, *submitit_launchers()):  # the presets hydra/launcher=ray's and submitit_*'s
+    Plugins.instance().register(launcher)
 
 # Targets that configs may instantiate: our callbacks, Hydra's logging handlers, Optuna's
 # samplers and pruners. Hydra 1.4 refuses anything else.

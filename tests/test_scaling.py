@@ -81,6 +81,47 @@ def test_submitit_local_runs_a_two_job_sweep(cli):
 
 
 @pytest.mark.slow
+def test_a_submitit_job_requeued_after_preemption_resumes_from_its_last_epoch_in_the_same_run(cli):
+    """SLURM signals a job that it preempts (or whose time is almost up) with SIGUSR2, as here, and submitit
+    requeues it; a requeued job trained again from epoch 1, in a new MLflow run, its first left KILLED."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    from mlflow.tracking import MlflowClient
+
+    from cifar.tracking import OWNER_TAG
+
+    client = MlflowClient(tracking_uri=cli.tracking_uri)
+    epochs = 30  # about 5 s of training here: the signal comes before the end
+    proc = start_sweep(cli, "hydra/launcher=submitit_local", "optimizer.lr=1e-3", f"trainer.epochs={epochs}",
+                       multirun=True)
+
+    def the_job_logged_2_epochs() -> bool:
+        runs = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
+        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2
+
+    wait_until(proc, the_job_logged_2_epochs, interval=0.1)
+    [job] = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
+    os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGUSR2)  # the job's process
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    parent, [child] = sweep_parent_and_children(all_runs(cli))  # the same run, taken up again
+    assert child.info.run_id == job.info.run_id and child.info.status == parent.info.status == "FINISHED"
+    assert {m.step for m in client.get_metric_history(child.info.run_id, "val/acc")} == set(range(1, epochs + 1))
+    log = (cli.tmp_path / "sweep" / "0" / "train.log").read_text()
+    assert "Resuming after epoch " in log and log.count(f"epoch 1/{epochs} ") == 1  # not trained again from epoch 1
+
+
+def test_a_requeued_submitit_job_resumes_whatever_its_overrides_said_of_resuming():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    from cifar.submitit_launcher import resumed
+
+    assert resumed(["optimizer.lr=0.001", "trainer.epochs=3"]) == ["optimizer.lr=0.001", "trainer.epochs=3",
+                                                                  "trainer.resume=true"]
+    # a job of a resumed sweep, or one requeued before: one value, not one more at each requeue
+    assert resumed(["trainer.resume=true", "optimizer.lr=0.001"]) == ["optimizer.lr=0.001", "trainer.resume=true"]
+    assert resumed(["trainer.resume=false"]) == ["trainer.resume=true"]
+
+
+@pytest.mark.slow
 def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stops_one(cli):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
     ray = str(Path(sys.executable).parent / "ray")
@@ -331,7 +372,7 @@ RAY = {"_target_": launchers.RAY_LAUNCHER, "ray": {"init": {"address": None}}}
 
 @pytest.mark.parametrize(("launcher", "ray_address", "elsewhere"), [
     ({"_target_": launchers.SLURM_LAUNCHER}, None, True),
-    ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}, None, False),
+    ({"_target_": launchers.LOCAL_SUBMITIT_LAUNCHER}, None, False),
     ({"_target_": parallel.JOBLIB_LAUNCHER, "n_jobs": 2}, None, False),
     (RAY, None, False),  # a cluster started here, or a new local one
     ({**RAY, "ray": {"init": {"address": "head-node:6379"}}}, None, True),
