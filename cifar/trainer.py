@@ -161,8 +161,8 @@ class Trainer:
                 result.history.append(metrics)
                 log.info(metrics.summary(epochs))
                 # Reported before last.pt is written: a process killed in between repeats this epoch when
-                # resumed (and reports it again), rather than never reporting it. Ctrl-C or SIGTERM waits
-                # until the epoch's checkpoints are queued, so that the epoch is kept.
+                # resumed (and reports it again), rather than never reporting it. Ctrl-C, SIGTERM or a requeue
+                # (SIGUSR2) waits until the epoch's checkpoints are queued, so that the epoch is kept.
                 with interrupts_held():
                     result.stop_reason = on_epoch(metrics)
                     files = {}

@@ -164,6 +164,20 @@ def test_an_interrupt_ends_the_wait_for_a_store_at_once_even_where_interrupts_ar
     assert clock.sleeps == ([1] if when == "during a pause" else [])  # not the 1800 s of the wait
 
 
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR2])
+def test_a_held_signal_reaches_its_handler_once_the_block_ends(number):
+    """SIGUSR2 is submitit's requeue signal: its handler ends the job, which is requeued."""
+    received = []
+    previous = signal.signal(number, lambda n, _frame: received.append(n))
+    try:
+        with interrupts_held():
+            signal.raise_signal(number)
+            assert received == []  # the call in the block is not cut
+        assert received == [number]
+    finally:
+        signal.signal(number, previous)
+
+
 def test_an_outage_that_stopped_a_job_in_a_process_of_its_own_is_found_in_its_launchers_error():
     submitit = pytest.importorskip("submitit", reason="uv sync --extra submitit")
 
