@@ -16,6 +16,8 @@ from omegaconf import DictConfig
 
 from cifar.sweeper import is_optuna_sweep
 
+RESUME = "trainer.resume"
+
 
 @dataclass(frozen=True)
 class Started:
@@ -42,20 +44,25 @@ def how_to_continue(args: list[str]) -> str:
     if started.kind == "study":
         return f"finished trials are kept; the same command finishes the study: {_command(args)}"
     if started.kind == "sweep":
-        return f"finished jobs are kept; continue with: {_command(_resumed(args, 'hydra.sweep.dir', started))}"
+        return f"finished jobs are kept; continue with: {_command(_in_dir(args, 'hydra.sweep.dir', started))}"
     from cifar.checkpoint import LAST  # torch: imported already once a run has started
 
     if not (Path(started.output_dir) / LAST).exists():
         return "no epoch had finished, so there is no checkpoint to continue from"
     return (f"the last epoch's checkpoint ({LAST}) is kept; continue with: "
-            f"{_command(_resumed(args, 'hydra.run.dir', started))}")
+            f"{_command(_in_dir(args, 'hydra.run.dir', started))}")
 
 
-def _resumed(args: list[str], dir_key: str, started: Started) -> list[str]:
-    """``args`` with ``trainer.resume=true`` and the output dir in place of any they set already."""
-    replaced = ("trainer.resume=", "hydra.run.dir=", "hydra.sweep.dir=")
-    kept = [arg for arg in args if not arg.startswith(replaced)]
-    return [*kept, "trainer.resume=true", f"{dir_key}={started.output_dir}"]
+def resumed(overrides: list[str], dropped: tuple[str, ...] = ()) -> list[str]:
+    """``overrides`` with ``trainer.resume=true`` in place of any value they gave it, and without those of the
+    keys ``dropped``."""
+    replaced = {RESUME, *dropped}
+    return [*(o for o in overrides if o.split("=", 1)[0] not in replaced), f"{RESUME}=true"]
+
+
+def _in_dir(args: list[str], dir_key: str, started: Started) -> list[str]:
+    """``args`` resumed, with the output dir in place of any they set already."""
+    return [*resumed(args, dropped=("hydra.run.dir", "hydra.sweep.dir")), f"{dir_key}={started.output_dir}"]
 
 
 def _command(args: list[str]) -> str:

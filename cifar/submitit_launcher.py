@@ -16,18 +16,13 @@ from typing import Any
 
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
-RESUME = "trainer.resume"
-
-
-def resumed(overrides: list[str]) -> list[str]:
-    """A job's ``overrides`` with ``trainer.resume=true``, in place of any value they gave it (a job of a resumed
-    sweep, or one requeued before)."""
-    return [o for o in overrides if o.split("=", 1)[0] != RESUME] + [f"{RESUME}=true"]
+from cifar.continuation import resumed
 
 
 class _ResumedWhenRequeued:
     def checkpoint(self, sweep_overrides: list[str], *args: Any, **kwargs: Any) -> Any:
-        """The call that submitit requeues: the job's, resumed."""
+        """The call that submitit requeues: the job's, resumed (one ``trainer.resume`` value, also for a job of a
+        resumed sweep, or one requeued before)."""
         import submitit
 
         return submitit.helpers.DelayedSubmission(self, resumed(sweep_overrides), *args, **kwargs)
