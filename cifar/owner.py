@@ -3,7 +3,8 @@
 A run or trial records its owner as ``host:pid:start time``. When a sweep or run starts, the
 RUNNING runs and trials whose owner ran on this machine and no longer runs (killed with -9,
 or the machine's power cut) are closed as KILLED / FAIL. Owners on other machines are left
-alone: their processes cannot be seen from here.
+alone: their processes cannot be seen from here, unless something that knows declares them gone
+(Ray runs a task again only once the process of its first attempt is lost).
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ def current() -> str:
     return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
 
 
+_declared_gone: set[str] = set()
+
+
+def declare_gone(owner: str) -> None:
+    """Have :func:`is_gone` say True of ``owner``, wherever it ran."""
+    _declared_gone.add(owner)
+
+
 def is_gone(owner: str) -> bool:
-    """True when ``owner`` ran on this machine and its process no longer runs (a reused pid included)."""
+    """True when ``owner`` was declared gone, or ran on this machine and its process no longer runs (a reused
+    pid included)."""
+    if owner in _declared_gone:
+        return True
     try:
         host, pid, started = owner.rsplit(":", 2)
         number = int(pid)

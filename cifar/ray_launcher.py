@@ -14,30 +14,44 @@ Ray's jobs run in the directory and environment of their machine's ``ray start``
 relative path (``hydra.sweep.dir``, a SQLite store, the defaults included) led each job elsewhere, its
 output dir and runs apart from the sweep's parent run. So the jobs start in the sweep's directory
 and have its ``MLFLOW_TRACKING_URI``.
+
+Ray runs a task again (``max_retries``, 3 by default) where the process that ran it is lost: killed by
+Ray's memory monitor or by hand, or on a node that left the cluster. The job trained again from epoch 1
+in a new MLflow run, its first left RUNNING. Here it continues from its job dir's ``last.pt`` in the
+same run, as a requeued submitit job does (:mod:`cifar.submitit_launcher`).
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
 import signal
+from pathlib import Path
 from types import ModuleType
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from cifar import owner
+from cifar.continuation import RESUME
 from cifar.errors import UserError, first_line
+from cifar.files import atomic_write_text
 from cifar.launchers import RAY_SETUP_HOOK, ray_address_given
 from cifar.tracking import STORE_VAR
 
 UV_INTEGRATION_VAR = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"  # read by Ray when it is first imported
 RAY_VERSION_MISMATCH = "Version mismatch"  # how ray.init's error begins where the cluster runs another Ray or Python
 MISSING_MODULE = re.compile(r"No module named '[^']+'")  # of a job that a worker could not unpickle
+ATTEMPT_FILE = ".ray_attempt.json"  # in a job's dir: the Ray task that runs the job, and the process of its attempt
+
+log = logging.getLogger(__name__)
 
 
 class RayLauncher(Launcher):
@@ -49,7 +63,8 @@ class RayLauncher(Launcher):
         self.hydra_launcher = HydraRayLauncher(ray)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.hydra_launcher.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.hydra_launcher.setup(hydra_context=hydra_context, task_function=ResumedWhenRetried(task_function),
+                                  config=config)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         os.environ.setdefault(UV_INTEGRATION_VAR, "0")
@@ -105,6 +120,33 @@ def _not_joined(given: tuple[str, str] | None, err: ConnectionError) -> str:
     return (f"hydra/launcher=ray could not join the Ray cluster at {address} ({first_line(err)}): check that its "
             "head runs there, and where it asks for a token (ray start does where it finds ~/.ray/auth_token), set "
             "RAY_AUTH_MODE=token here, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+
+
+class ResumedWhenRetried:
+    """The task function of the jobs, run with ``trainer.resume=true`` where Ray runs the job's task again."""
+
+    def __init__(self, task_function: TaskFunction) -> None:
+        self.task_function = task_function
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        import ray
+
+        job_dir = Path(HydraConfig.get().runtime.output_dir)
+        if (lost := lost_attempt(job_dir, ray.get_runtime_context().get_task_id())) is not None:
+            log.warning("Ray runs this job again, its process %s lost: it continues from its last epoch", lost)
+            owner.declare_gone(lost)  # its MLflow run, left RUNNING where it was killed, is taken up
+            OmegaConf.update(cfg, RESUME, True)
+        return self.task_function(cfg)
+
+
+def lost_attempt(job_dir: Path, task_id: str) -> str | None:
+    """The process (:func:`cifar.owner.current`) of the attempt before this one of Ray task ``task_id`` in
+    ``job_dir`` (Ray gives each attempt the task's id), or None where this is the task's first; records this
+    attempt's."""
+    path = job_dir / ATTEMPT_FILE
+    before = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_text(path, json.dumps({"task_id": task_id, "owner": owner.current()}))
+    return before["owner"] if before.get("task_id") == task_id else None
 
 
 def sweep_dir_hook(sweep_cwd: str, then: str | None = None) -> Callable[[], None]:

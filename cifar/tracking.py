@@ -284,9 +284,9 @@ def run_to_take_up(client: Any, run_id: str, what: str) -> Any:
 
 
 def refuse_running(run: Any, what: str) -> None:
-    """Refuse (ConfigError) to take up ``run`` (``what`` names it) while it is RUNNING: runs left RUNNING
-    by a process gone from this machine were ended KILLED, so another process still runs it."""
-    if run.info.status == "RUNNING":
+    """Refuse (ConfigError) to take up ``run`` (``what`` names it) while it is RUNNING in a process that is
+    not gone (:func:`cifar.owner.is_gone`): another process still runs it."""
+    if run.info.status == "RUNNING" and not owner.is_gone(run.data.tags.get(OWNER_TAG, "")):
         raise ConfigError(
             f"trainer.resume=true but {what} {run.info.run_id} is still RUNNING, in process "
             f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "

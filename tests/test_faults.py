@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cifar import checkpoint, outages, owner, sweep_run, tracking
-from cifar.errors import CheckpointError, UserError
+from cifar.errors import CheckpointError, ConfigError, UserError
 from cifar.interrupts import interrupts_held
 from tests.conftest import all_runs, log_shows, start, sweep_parent_and_children, wait_until
 from tests.servers import free_port, serving_mlflow
@@ -496,6 +496,27 @@ def test_owner_tells_a_live_process_from_a_gone_one():
     assert owner.is_gone(f"{host}:{child.pid}:0.00")  # no such process now (or another one since)
     assert not owner.is_gone(f"another-host:{child.pid}:0.00")  # cannot be seen from here: left alone
     assert not owner.is_gone("")
+
+
+def test_a_run_left_running_by_a_gone_process_is_taken_up_and_one_of_a_live_process_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(owner, "_declared_gone", set())
+
+    def running(by: str) -> SimpleNamespace:
+        return SimpleNamespace(info=SimpleNamespace(status="RUNNING", run_id="r1"),
+                               data=SimpleNamespace(tags={tracking.OWNER_TAG: by}))
+
+    elsewhere = "another-host:1234:1.00"
+    for live in (owner.current(), elsewhere):
+        with pytest.raises(ConfigError, match=r"^trainer.resume=true but MLflow run r1 is still RUNNING, in process "):
+            tracking.refuse_running(running(live), "MLflow run")
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()
+    tracking.refuse_running(running(f"{owner.current().split(':')[0]}:{child.pid}:0.00"), "MLflow run")  # gone
+    owner.declare_gone(elsewhere)  # as a Ray job does of its task's lost attempt, on whatever machine it ran
+    assert owner.is_gone(elsewhere)
+    tracking.refuse_running(running(elsewhere), "MLflow run")
 
 
 @pytest.mark.slow

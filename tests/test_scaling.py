@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -120,48 +121,99 @@ def test_a_requeued_submitit_job_resumes_whatever_its_overrides_said_of_resuming
     assert resumed(["trainer.resume=false"]) == ["trainer.resume=true"]
 
 
-@pytest.mark.slow
-def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stops_one(cli):
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[tuple[str, str]]:
+    """A Ray head started here (``ray start --head`` on loopback, from a directory of its own) for the tests of this
+    module; yields the overrides that send a sweep to it."""
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="uv sync --extra ray")
     ray = str(Path(sys.executable).parent / "ray")
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's sockets live there
     port = servers.free_port()
-    _, env = cli.command()
-    env["RAY_AUTH_MODE"] = "disabled"  # else ray start asks for the token of ~/.ray/auth_token, where there is one
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # else ray start asks for the token of ~/.ray/auth_token
     start = subprocess.run([ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
                            cwd=temp_dir, env=env, capture_output=True, text=True, timeout=180)
-    launcher = ("hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}")
     try:
         assert start.returncode == 0, start.stdout + start.stderr
-        # a relative sweep dir is the sweep's, though Ray's jobs start where `ray start` ran
-        cli(*launcher, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "hydra.sweep.dir=sweep", multirun=True)
-        parent, children = sweep_parent_and_children(all_runs(cli))
-        assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
-        assert sorted(c.data.tags["hydra.output_dir"] for c in children) == [str(cli.tmp_path / "sweep" / job)
-                                                                           for job in ("0", "1")]
-        assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
-        first_sweep = {r.info.run_id for r in (parent, *children)}
-
-        # SIGTERM stops a Ray sweep as Ctrl-C does, though joining the cluster gave Ray its own handler
-        stopped = start_sweep(cli, *launcher, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1000",
-                              f"hydra.sweep.dir={cli.tmp_path / 'stopped'}", multirun=True)
-        wait_until(stopped, lambda: [r.info.status for r in all_runs(cli)].count("RUNNING") == 3, interval=0.5)
-        time.sleep(5)  # the jobs train
-        stopped.send_signal(signal.SIGTERM)
-        _, stderr = stopped.communicate(timeout=120)
-        deadline = time.monotonic() + 60  # the jobs, cancelled by Ray, end their runs on the cluster
-        while "RUNNING" in {r.info.status for r in all_runs(cli)} and time.monotonic() < deadline:
-            time.sleep(0.5)
+        yield "hydra/launcher=ray", f"hydra.launcher.ray.init.address=127.0.0.1:{port}"
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def job_logs(sweep_dir: Path) -> str:
+    """The last lines of the logs of a sweep's jobs, to say what they did where a test fails."""
+    return "\n".join(log.read_text()[-2000:] for log in sorted(sweep_dir.glob("*/train.log")))
+
+
+@pytest.mark.slow
+def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stops_one(cli, ray_cluster):
+    # a relative sweep dir is the sweep's, though Ray's jobs start where `ray start` ran
+    cli(*ray_cluster, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "hydra.sweep.dir=sweep", multirun=True)
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
+    assert sorted(c.data.tags["hydra.output_dir"] for c in children) == [str(cli.tmp_path / "sweep" / job)
+                                                                       for job in ("0", "1")]
+    assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
+    first_sweep = {r.info.run_id for r in (parent, *children)}
+
+    # SIGTERM stops a Ray sweep as Ctrl-C does, though joining the cluster gave Ray its own handler
+    stopped = start_sweep(cli, *ray_cluster, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1000",
+                          f"hydra.sweep.dir={cli.tmp_path / 'stopped'}", multirun=True)
+    wait_until(stopped, lambda: [r.info.status for r in all_runs(cli)].count("RUNNING") == 3, interval=0.5)
+    time.sleep(5)  # the jobs train
+    stopped.send_signal(signal.SIGTERM)
+    _, stderr = stopped.communicate(timeout=120)
+    deadline = time.monotonic() + 60  # the jobs, cancelled by Ray, end their runs on the cluster
+    while "RUNNING" in {r.info.status for r in all_runs(cli)} and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert stopped.returncode == 128 + signal.SIGTERM, stderr
     assert "cifar.train: interrupted by SIGTERM: finished jobs are kept; continue with: " in stderr
     stopped_parent, stopped_children = sweep_parent_and_children(
         [r for r in all_runs(cli) if r.info.run_id not in first_sweep])
-    job_logs = "\n".join(log.read_text()[-2000:] for log in sorted((cli.tmp_path / "stopped").glob("*/train.log")))
-    assert [r.info.status for r in (stopped_parent, *stopped_children)] == ["KILLED"] * 3, job_logs
+    assert [r.info.status for r in (stopped_parent, *stopped_children)] == ["KILLED"] * 3, job_logs(
+        cli.tmp_path / "stopped")
+
+
+@pytest.mark.slow
+def test_a_ray_job_whose_process_is_lost_resumes_from_its_last_epoch_in_the_same_run(cli, ray_cluster):
+    """Ray runs a task again where its process is lost (killed, as here, or on a node that left the cluster); the
+    job trained again from epoch 1 in a new MLflow run, its first left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    from cifar.tracking import OWNER_TAG
+
+    client = MlflowClient(tracking_uri=cli.tracking_uri)
+    epochs = 30  # about 7 s of training here: the kill comes before the end
+    proc = start_sweep(cli, *ray_cluster, "optimizer.lr=1e-3", f"trainer.epochs={epochs}", multirun=True)
+
+    def the_job_logged_2_epochs() -> bool:
+        runs = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
+        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2
+
+    wait_until(proc, the_job_logged_2_epochs, interval=0.1)
+    [job] = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
+    os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)  # the Ray worker that runs the job
+    _, stderr = proc.communicate(timeout=300)
+    logs = job_logs(cli.tmp_path / "sweep")
+    assert proc.returncode == 0, stderr + logs
+    parent, [child] = sweep_parent_and_children(all_runs(cli))  # the same run, taken up again
+    assert child.info.run_id == job.info.run_id and child.info.status == parent.info.status == "FINISHED", logs
+    assert {m.step for m in client.get_metric_history(child.info.run_id, "val/acc")} == set(range(1, epochs + 1))
+    log = (cli.tmp_path / "sweep" / "0" / "train.log").read_text()
+    assert f"Ray runs this job again, its process {job.data.tags[OWNER_TAG]} lost" in log
+    assert "Resuming after epoch " in log and log.count(f"epoch 1/{epochs} ") == 1, log
+
+
+def test_a_ray_job_knows_a_second_attempt_of_its_task_and_the_process_of_the_first(tmp_path):
+    from cifar import owner
+    from cifar.ray_launcher import lost_attempt
+
+    assert lost_attempt(tmp_path, "task-a") is None  # its first attempt
+    first = owner.current()
+    assert lost_attempt(tmp_path, "task-a") == first  # Ray runs task-a again: its first attempt's process
+    assert lost_attempt(tmp_path, "task-b") is None  # a job of a resumed sweep: another task, in the same dir
+    assert lost_attempt(tmp_path, "task-b") == first and lost_attempt(tmp_path / "other", "task-b") is None
 
 
 def test_cluster_launcher_presets_ask_for_one_gpu_per_trial(cli):
