@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import traceback
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -93,10 +94,20 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(128 + number)
     except (StoreOutage, Exception) as err:  # an outage here, or a launcher's report of a job's (submitit's)
+        if not full_error and _flags_refused_by_hydra(err):
+            print(f"cifar.train: error: {err}: python -m cifar.train --help lists the flags", file=sys.stderr)
+            sys.exit(2)
         if full_error or (outage := store_outage(err)) is None:
             raise
         print(f"cifar.train: error: {outage}: {how_to_continue(sys.argv[1:])}", file=sys.stderr)
         sys.exit(EX_TEMPFAIL)
+
+
+def _flags_refused_by_hydra(err: Exception) -> bool:
+    """Whether ``err`` is Hydra's refusal of command-line flags that do not go together (``-m`` with ``--cfg``,
+    ``--resolve`` without ``--cfg``), a ValueError with a traceback."""
+    frames = traceback.extract_tb(err.__traceback__)
+    return isinstance(err, ValueError) and bool(frames) and frames[-1].name == "_run_hydra"
 
 
 _sigterm_taken = False  # whether a SIGTERM was taken

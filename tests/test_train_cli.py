@@ -369,6 +369,20 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
     assert "name: resnet18" in cfg and "nesterov: true" in cfg
 
 
+@pytest.mark.parametrize("flags, refusal", [
+    (("-m", "--cfg", "job"), "Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified"),
+    (("--resolve",), "The --resolve flag can only be used in conjunction with --cfg or --help"),
+])
+def test_flags_that_do_not_go_together_fail_in_one_line(tmp_path, flags, refusal):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cifar.train", *flags], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"cifar.train: error: {refusal}: python -m cifar.train --help lists the flags\n")
+    assert list(tmp_path.iterdir()) == []  # no output dir, no store
+
+
 @pytest.mark.slow
 def test_short_run_on_the_real_jpeg_copy_learns(cli, real_data_cache):
     cli(
