@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import urllib.parse
+from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from cifar.errors import ConfigError
+from cifar.errors import ConfigError, first_line
 from cifar.stores import is_loopback, is_sqlite, loopback_host, no_answer
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, keeping the sweep's 
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
 RAY_SETUP_HOOK = "worker_process_setup_hook"  # in the Ray launcher's init.runtime_env: module.function
+WORKERS_EXIT_CODES = re.compile(r"The exit codes of the workers are (\{.*?\})")  # in joblib's TerminatedWorkerError
 
 
 def ray_gpus_per_trial() -> int:
@@ -51,6 +54,19 @@ def submitit_launchers() -> tuple[type, ...]:
     except ImportError:
         return ()
     return LocalLauncher, SlurmLauncher
+
+
+def lost_worker(err: BaseException | None) -> str | None:
+    """What stopped a sweep whose launcher lost a worker process (joblib's: its pool breaks where a worker is
+    killed, by the system's out-of-memory killer say, or crashes, and it stops the other workers and their jobs
+    with it, as an interrupt does); None where ``err`` is anything else."""
+    if not isinstance(err, BrokenProcessPool):
+        return None
+    codes = WORKERS_EXIT_CODES.search(str(err))
+    if codes and "SIGKILL" in codes[1]:
+        return (f"a worker process of the launcher was killed (exit codes {codes[1]}), as the system kills one where "
+                "it runs out of memory (fewer jobs at once need less: hydra.launcher.n_jobs)")
+    return f"a worker process of the launcher ended abruptly ({f'exit codes {codes[1]}' if codes else first_line(err)})"
 
 
 def register_launcher_configs() -> None:

@@ -92,7 +92,8 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.
 
-        After Ctrl-C or SIGTERM, the parent and the jobs still running end KILLED; after an outage of the
+        After Ctrl-C or SIGTERM, or where the launcher lost a worker process (which stops the others), the
+        parent and the jobs still running end KILLED; after an outage of the
         store, the parent alone, where the store answers. A sweep that was stopped sends each request once: where
         the store does not answer, the next run or sweep of the experiment here ends the parent KILLED.
         """
@@ -115,7 +116,8 @@ class SweepCallback(Callback):
             return
         try:  # a request each, where MLflow's own retries would keep a stopped sweep minutes from ending
             with one_request_a_try():
-                _summarise(client, run_id, config, interrupted=isinstance(stopped_by, KeyboardInterrupt))
+                stopped = isinstance(stopped_by, KeyboardInterrupt) or launchers.lost_worker(stopped_by) is not None
+                _summarise(client, run_id, config, interrupted=stopped)
         except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
             log.warning("MLflow parent run %s not summarised (%s: %s); the next run or sweep of its experiment here "
                         "ends it KILLED", run_id, type(err).__name__, first_line(err))

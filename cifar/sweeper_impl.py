@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 import optuna
@@ -71,7 +72,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         except StudyFull:
             log.info("Study %s has its %s, the last ones run by other workers: this sweep is done",
                      study.study_name, how_many(self.study_trials))
-        except (KeyboardInterrupt, StoreOutage):  # stopped: by a signal, or by the MLflow store's outage
+        except (KeyboardInterrupt, StoreOutage, BrokenProcessPool):  # stopped: by a signal, the MLflow store's
+            # outage, or the loss of a worker process (launchers.lost_worker)
             stopped = studies.fail_killed_trials(study, self.storage, studies.owned_by_this_process)
             log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
                         "to finish the study", stopped, study.study_name)

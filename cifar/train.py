@@ -23,7 +23,7 @@ from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
-from cifar.launchers import submitit_launchers
+from cifar.launchers import lost_worker, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
 
@@ -70,7 +70,8 @@ def main() -> None:
     set it themselves gets the full traceback instead of the one line. SIGTERM is handled as
     Ctrl-C: the MLflow run ends KILLED, the last epoch's checkpoint stays, and the exit status
     is 128 + the signal's number. An MLflow store that stopped answering for ``mlflow.store_wait_s``
-    stops the run (or sweep) the same way, with exit status 75 (EX_TEMPFAIL).
+    stops the run (or sweep) the same way, with exit status 75 (EX_TEMPFAIL), and a launcher that lost a
+    worker process stops a sweep so, with exit status 1.
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -93,14 +94,24 @@ def main() -> None:
         print(f"cifar.train: interrupted by {signal.Signals(number).name}: {how_to_continue(sys.argv[1:])}",
               file=sys.stderr)
         sys.exit(128 + number)
-    except (StoreOutage, Exception) as err:  # an outage here, or a launcher's report of a job's (submitit's)
-        if not full_error and _flags_refused_by_hydra(err):
-            print(f"cifar.train: error: {err}: python -m cifar.train --help lists the flags", file=sys.stderr)
-            sys.exit(2)
-        if full_error or (outage := store_outage(err)) is None:
+    except (StoreOutage, Exception) as err:  # some need no traceback (_known_failure)
+        if full_error or (known := _known_failure(err)) is None:
             raise
-        print(f"cifar.train: error: {outage}: {how_to_continue(sys.argv[1:])}", file=sys.stderr)
-        sys.exit(EX_TEMPFAIL)
+        line, status = known
+        print(f"cifar.train: error: {line}", file=sys.stderr)
+        sys.exit(status)
+
+
+def _known_failure(err: Exception) -> tuple[str, int] | None:
+    """The line and exit status that report ``err``, where it needs no traceback: Hydra's refusal of flags that do
+    not go together, a launcher's lost worker, the store's outage; None for any other error."""
+    if _flags_refused_by_hydra(err):
+        return f"{err}: python -m cifar.train --help lists the flags", 2
+    if (lost := lost_worker(err)) is not None:
+        return f"{lost}: {how_to_continue(sys.argv[1:])}", 1
+    if (outage := store_outage(err)) is not None:
+        return f"{outage}: {how_to_continue(sys.argv[1:])}", EX_TEMPFAIL
+    return None
 
 
 def _flags_refused_by_hydra(err: Exception) -> bool:

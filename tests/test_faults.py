@@ -498,6 +498,33 @@ def test_owner_tells_a_live_process_from_a_gone_one():
     assert not owner.is_gone("")
 
 
+LOKY = ("A worker process managed by the executor was unexpectedly terminated. This could be caused by a segmentation "
+        "fault while calling the function or by an excessive memory usage causing the Operating System to kill the "
+        "worker.\n\nThe exit codes of the workers are {%s}\nDetailed tracebacks of the workers should have been "
+        "printed to stderr in the executor process if faulthandler was not disabled.")  # joblib's, as a sweep got it
+
+
+@pytest.mark.parametrize("codes, said", [
+    ("SIGKILL(-9)", "a worker process of the launcher was killed (exit codes {SIGKILL(-9)}), as the system kills one "
+                    "where it runs out of memory (fewer jobs at once need less: hydra.launcher.n_jobs)"),
+    ("SIGSEGV(-11)", "a worker process of the launcher ended abruptly (exit codes {SIGSEGV(-11)})"),
+    (None, "a worker process of the launcher ended abruptly (A process in the process pool was terminated abruptly "
+           "while the future was running or pending.)"),  # the standard library's pool
+])
+def test_a_launchers_lost_worker_is_said_with_how_it_ended(codes, said):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
+
+    from cifar.launchers import lost_worker
+
+    err = (TerminatedWorkerError(LOKY % codes) if codes else
+           BrokenProcessPool("A process in the process pool was terminated abruptly while the future was running or "
+                             "pending."))
+    assert lost_worker(err) == said
+    assert lost_worker(RuntimeError(LOKY % codes)) is None  # any other error: not a lost worker
+
+
 def test_a_run_left_running_by_a_gone_process_is_taken_up_and_one_of_a_live_process_refused(monkeypatch):
     from types import SimpleNamespace
 

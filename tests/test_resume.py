@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -103,6 +104,38 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     history = client_for(cli).get_metric_history(jobs["60"].info.run_id, "val/acc")
     assert sorted(m.step for m in history) == list(range(1, 61))
     assert parent.data.metrics["sweep/jobs"] == 3 and parent.data.metrics["sweep/jobs_finished"] == 3
+
+
+def test_a_joblib_sweep_that_loses_a_worker_stops_in_one_line_and_continues_with_the_command_it_prints(cli):
+    """The system kills a process where memory runs out (SIGKILL, as here), and joblib then stops the other workers:
+    the sweep ended with joblib's traceback, its parent FAILED, its jobs' runs left RUNNING."""
+    from cifar.tracking import OUTPUT_DIR_TAG, OWNER_TAG
+
+    proc = start(cli, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,5e-4",
+                 "trainer.epochs=40", multirun=True)
+    jobs = [cli.tmp_path / "sweep" / job for job in ("0", "1")]
+    wait_until(proc, lambda: all((job / "last.pt").exists() for job in jobs), interval=0.1)
+    [killed] = [r for r in all_runs(cli) if r.data.tags.get(OUTPUT_DIR_TAG) == str(jobs[0])]
+    os.kill(int(killed.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)  # job 0's worker process
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in stderr and CALLBACK_FAILED.search(stderr) is None, stderr
+    prefix = ("cifar.train: error: a worker process of the launcher was killed (exit codes {SIGKILL(-9)}), as the "
+              "system kills one where it runs out of memory (fewer jobs at once need less: hydra.launcher.n_jobs): "
+              "finished jobs are kept; continue with: ")
+    [line] = [line for line in stderr.splitlines() if line.startswith(prefix)]
+    before = all_runs(cli)
+    assert [r.info.status for r in before] == ["KILLED"] * 3  # the parent and both jobs: none left RUNNING
+
+    command = shlex.split(line.removeprefix(prefix))
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, env=cli.command()[1],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and resumed.stdout.count("Resuming after epoch") == 2, resumed.stderr
+    parent, children = sweep_parent_and_children(all_runs(cli))  # the same runs, taken up again
+    assert {r.info.run_id for r in (parent, *children)} == {r.info.run_id for r in before}
+    assert {r.info.status for r in (parent, *children)} == {"FINISHED"}
+    for child in children:
+        history = client_for(cli).get_metric_history(child.info.run_id, "val/acc")
+        assert {m.step for m in history} == set(range(1, 41))
 
 
 def test_a_job_stopped_before_it_saved_an_epoch_starts_again_in_its_own_mlflow_run(cli):
