@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import urllib.parse
 from concurrent.futures.process import BrokenProcessPool
 from typing import NamedTuple
@@ -36,6 +37,8 @@ RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLaun
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
 RAY_SETUP_HOOK = "worker_process_setup_hook"  # in the Ray launcher's init.runtime_env: module.function
 WORKERS_EXIT_CODES = re.compile(r"The exit codes of the workers are (\{.*?\})")  # in joblib's TerminatedWorkerError
+SUBMITIT_NO_RESULT = re.compile(  # submitit's UncompletedJobError where a job left no result
+    r"Job (\S+) \(task: \d+\) with path (\S+)\s+has not produced any output \(state: ([^)]*)\)")
 
 
 def ray_gpus_per_trial() -> int:
@@ -56,17 +59,33 @@ def submitit_launchers() -> tuple[type, ...]:
     return LocalLauncher, SlurmLauncher
 
 
-def lost_worker(err: BaseException | None) -> str | None:
-    """What stopped a sweep whose launcher lost a worker process (joblib's: its pool breaks where a worker is
-    killed, by the system's out-of-memory killer say, or crashes, and it stops the other workers and their jobs
-    with it, as an interrupt does); None where ``err`` is anything else."""
-    if not isinstance(err, BrokenProcessPool):
-        return None
+def lost_job(err: BaseException | None) -> str | None:
+    """What stopped a sweep whose launcher lost a job's process, killed (by the system where memory runs out, say)
+    or crashed: a joblib worker (joblib then stops the other workers, their jobs with them, as an interrupt does),
+    or a submitit job that ended without a result (SLURM's out-of-memory kill, a cancel); None where ``err`` is
+    anything else (a job's own error included)."""
+    if isinstance(err, BrokenProcessPool):
+        return _lost_worker(err)
+    submitit = sys.modules.get("submitit.core.utils")  # imported where a submitit launcher ran
+    if submitit and isinstance(err, submitit.UncompletedJobError) and not isinstance(err, submitit.FailedJobError):
+        return _lost_submitit_job(err)
+    return None
+
+
+def _lost_worker(err: BrokenProcessPool) -> str:
     codes = WORKERS_EXIT_CODES.search(str(err))
     if codes and "SIGKILL" in codes[1]:
         return (f"a worker process of the launcher was killed (exit codes {codes[1]}), as the system kills one where "
                 "it runs out of memory (fewer jobs at once need less: hydra.launcher.n_jobs)")
     return f"a worker process of the launcher ended abruptly ({f'exit codes {codes[1]}' if codes else first_line(err)})"
+
+
+def _lost_submitit_job(err: Exception) -> str:
+    if not (found := SUBMITIT_NO_RESULT.match(str(err))):
+        return f"a job of the launcher ended without a result ({first_line(err)})"
+    job, result, state = found.groups()
+    return (f"submitit job {job} ended without a result (state: {state}), as a job that is killed (out of memory, "
+            f"say) or cancelled does; its logs are in {os.path.dirname(result)}")
 
 
 def register_launcher_configs() -> None:

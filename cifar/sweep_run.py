@@ -92,10 +92,10 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarise the sweep on its parent run and end it; Hydra calls this after a failed sweep too.
 
-        After Ctrl-C or SIGTERM, or where the launcher lost a worker process (which stops the others), the
-        parent and the jobs still running end KILLED; after an outage of the
-        store, the parent alone, where the store answers. A sweep that was stopped sends each request once: where
-        the store does not answer, the next run or sweep of the experiment here ends the parent KILLED.
+        After Ctrl-C or SIGTERM, or where the launcher lost a job's process, the parent ends KILLED, and the
+        jobs' runs left RUNNING too (:func:`_summarise`); after an outage of the store, the parent alone, where
+        the store answers. A sweep that was stopped sends each request once: where the store does not answer,
+        the next run or sweep of the experiment here ends the parent KILLED.
         """
         from mlflow.tracking import MlflowClient
 
@@ -108,7 +108,7 @@ class SweepCallback(Callback):
             try_once(client.set_terminated, run_id, "KILLED")
             return
         if stopped_by is None:
-            if not _summarise(client, run_id, config, interrupted=False):
+            if not _summarise(client, run_id, config, stopped_by=None):
                 log.warning("MLflow parent run %s ended FAILED: none of the sweep's jobs logged a run under it. A job "
                             "reads the parent's id in %s and logs to the sweep's store: where jobs run elsewhere, they "
                             "need the sweep's directory at the same path, and the same MLflow store", run_id,
@@ -116,34 +116,36 @@ class SweepCallback(Callback):
             return
         try:  # a request each, where MLflow's own retries would keep a stopped sweep minutes from ending
             with one_request_a_try():
-                stopped = isinstance(stopped_by, KeyboardInterrupt) or launchers.lost_worker(stopped_by) is not None
-                _summarise(client, run_id, config, interrupted=stopped)
+                _summarise(client, run_id, config, stopped_by)
         except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
             log.warning("MLflow parent run %s not summarised (%s: %s); the next run or sweep of its experiment here "
                         "ends it KILLED", run_id, type(err).__name__, first_line(err))
 
 
-def _summarise(client: Any, run_id: str, config: DictConfig, interrupted: bool) -> int:
-    """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED after an
-    interrupt (with the jobs still running), else FAILED. Returns how many job runs it has."""
+def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseException | None) -> int:
+    """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED where the sweep
+    was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns how
+    many job runs it has. The jobs' runs left RUNNING end KILLED: after an interrupt, all of them (the jobs of
+    worker processes stopped with the sweep), else those whose process is gone from this machine."""
+    interrupted = isinstance(stopped_by, KeyboardInterrupt)
+    stopped = interrupted or launchers.lost_job(stopped_by) is not None
     status = "FAILED"
     try:
         parent = client.get_run(run_id)
         children = tracking.sweep_jobs(client, parent)
-        if interrupted:
-            for child in children:
-                if child.info.status == "RUNNING":  # a job in a worker process that was stopped with the sweep
-                    client.set_terminated(child.info.run_id, "KILLED")
+        for child in children:
+            if child.info.status == "RUNNING" and (interrupted or owner.is_gone(child.data.tags.get(OWNER_TAG, ""))):
+                client.set_terminated(child.info.run_id, "KILLED")
         best = _best_job(children)
         metrics = _log_jobs(client, run_id, children, best)
         if metrics["sweep/jobs_finished"]:
             status = "FINISHED"
-        if config.mlflow.register_model and not interrupted:
+        if config.mlflow.register_model and not stopped:
             _register_best(client, parent, best, config.mlflow.model_name)
         if sweeper.is_optuna_sweep(config.hydra):
             _log_study(client, run_id, config.hydra, children)
     finally:
-        client.set_terminated(run_id, "KILLED" if interrupted else status)
+        client.set_terminated(run_id, "KILLED" if stopped else status)
     return len(children)
 
 

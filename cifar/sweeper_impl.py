@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable
 
 import optuna
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 
+from cifar import launchers
 from cifar import study as studies
 from cifar.outages import StoreOutage
 from cifar.sweeper import checked_sweep, storage_url, study_name
@@ -72,12 +72,6 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         except StudyFull:
             log.info("Study %s has its %s, the last ones run by other workers: this sweep is done",
                      study.study_name, how_many(self.study_trials))
-        except (KeyboardInterrupt, StoreOutage, BrokenProcessPool):  # stopped: by a signal, the MLflow store's
-            # outage, or the loss of a worker process (launchers.lost_worker)
-            stopped = studies.fail_killed_trials(study, self.storage, studies.owned_by_this_process)
-            log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
-                        "to finish the study", stopped, study.study_name)
-            raise
         except ValueError:
             # The stock loop ends by asking for the best trial, which fails when trials ran but
             # none completed; any other error goes on.
@@ -86,6 +80,14 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             ):
                 raise
             log.warning("No trial of study %s completed (all pruned or failed): no best parameters", self.study_name)
+        except BaseException as err:
+            if not (isinstance(err, (KeyboardInterrupt, StoreOutage)) or launchers.lost_job(err)):
+                raise
+            # stopped: by a signal, the MLflow store's outage, or the loss of a job's process
+            stopped = studies.fail_killed_trials(study, self.storage, studies.owned_by_this_process)
+            log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
+                        "to finish the study", stopped, study.study_name)
+            raise
 
     def _configure_trials(self, trials: list[optuna.Trial], *args: Any) -> list[tuple[str, ...]]:
         study = trials[0].study

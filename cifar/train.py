@@ -23,7 +23,7 @@ from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
-from cifar.launchers import lost_worker, submitit_launchers
+from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
 
@@ -71,7 +71,7 @@ def main() -> None:
     Ctrl-C: the MLflow run ends KILLED, the last epoch's checkpoint stays, and the exit status
     is 128 + the signal's number. An MLflow store that stopped answering for ``mlflow.store_wait_s``
     stops the run (or sweep) the same way, with exit status 75 (EX_TEMPFAIL), and a launcher that lost a
-    worker process stops a sweep so, with exit status 1.
+    job's process stops a sweep so, with exit status 1.
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -104,10 +104,10 @@ def main() -> None:
 
 def _known_failure(err: Exception) -> tuple[str, int] | None:
     """The line and exit status that report ``err``, where it needs no traceback: Hydra's refusal of flags that do
-    not go together, a launcher's lost worker, the store's outage; None for any other error."""
+    not go together, a job's process that the launcher lost, the store's outage; None for any other error."""
     if _flags_refused_by_hydra(err):
         return f"{err}: python -m cifar.train --help lists the flags", 2
-    if (lost := lost_worker(err)) is not None:
+    if (lost := lost_job(err)) is not None:
         return f"{lost}: {how_to_continue(sys.argv[1:])}", 1
     if (outage := store_outage(err)) is not None:
         return f"{outage}: {how_to_continue(sys.argv[1:])}", EX_TEMPFAIL

@@ -504,25 +504,35 @@ LOKY = ("A worker process managed by the executor was unexpectedly terminated. T
         "printed to stderr in the executor process if faulthandler was not disabled.")  # joblib's, as a sweep got it
 
 
-@pytest.mark.parametrize("codes, said", [
-    ("SIGKILL(-9)", "a worker process of the launcher was killed (exit codes {SIGKILL(-9)}), as the system kills one "
-                    "where it runs out of memory (fewer jobs at once need less: hydra.launcher.n_jobs)"),
-    ("SIGSEGV(-11)", "a worker process of the launcher ended abruptly (exit codes {SIGSEGV(-11)})"),
-    (None, "a worker process of the launcher ended abruptly (A process in the process pool was terminated abruptly "
-           "while the future was running or pending.)"),  # the standard library's pool
+SUBMITIT = ("Job 6065 (task: 0) with path /w/sweep/.submitit/6065/6065_0_result.pkl\nhas not produced any output "
+            "(state: OUT_OF_MEMORY)\nNo error stream produced. Look at stdout: /w/sweep/.submitit/6065/6065_0_log.out")
+
+
+@pytest.mark.parametrize("lost, said", [
+    (("loky", "SIGKILL(-9)"), "a worker process of the launcher was killed (exit codes {SIGKILL(-9)}), as the system "
+     "kills one where it runs out of memory (fewer jobs at once need less: hydra.launcher.n_jobs)"),
+    (("loky", "SIGSEGV(-11)"), "a worker process of the launcher ended abruptly (exit codes {SIGSEGV(-11)})"),
+    (("pool", "A process in the process pool was terminated abruptly while the future was running or pending."),
+     "a worker process of the launcher ended abruptly (A process in the process pool was terminated abruptly while "
+     "the future was running or pending.)"),  # the standard library's pool
+    (("submitit", SUBMITIT), "submitit job 6065 ended without a result (state: OUT_OF_MEMORY), as a job that is killed "
+     "(out of memory, say) or cancelled does; its logs are in /w/sweep/.submitit/6065"),
 ])
-def test_a_launchers_lost_worker_is_said_with_how_it_ended(codes, said):
+def test_a_jobs_process_that_the_launcher_lost_is_said_with_how_it_ended(lost, said):
     from concurrent.futures.process import BrokenProcessPool
 
     from joblib.externals.loky.process_executor import TerminatedWorkerError
 
-    from cifar.launchers import lost_worker
+    from cifar.launchers import lost_job
 
-    err = (TerminatedWorkerError(LOKY % codes) if codes else
-           BrokenProcessPool("A process in the process pool was terminated abruptly while the future was running or "
-                             "pending."))
-    assert lost_worker(err) == said
-    assert lost_worker(RuntimeError(LOKY % codes)) is None  # any other error: not a lost worker
+    kind, text = lost
+    if kind == "submitit":
+        submitit = pytest.importorskip("submitit.core.utils", reason="uv sync --extra submitit")
+        assert lost_job(submitit.UncompletedJobError(text)) == said
+        assert lost_job(submitit.FailedJobError(text)) is None  # the job's own error, which it reports itself
+    else:
+        assert lost_job(TerminatedWorkerError(LOKY % text) if kind == "loky" else BrokenProcessPool(text)) == said
+    assert lost_job(RuntimeError(text)) is None  # any other error: not a lost job
 
 
 def test_a_run_left_running_by_a_gone_process_is_taken_up_and_one_of_a_live_process_refused(monkeypatch):

@@ -4,6 +4,8 @@ server, the submitit and Ray launchers, and one GPU per job."""
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from cifar import device, launchers, parallel, stores
@@ -109,6 +112,44 @@ def test_a_submitit_job_requeued_after_preemption_resumes_from_its_last_epoch_in
     assert {m.step for m in client.get_metric_history(child.info.run_id, "val/acc")} == set(range(1, epochs + 1))
     log = (cli.tmp_path / "sweep" / "0" / "train.log").read_text()
     assert "Resuming after epoch " in log and log.count(f"epoch 1/{epochs} ") == 1  # not trained again from epoch 1
+
+
+@pytest.mark.slow
+def test_a_submitit_job_killed_without_a_result_stops_the_sweep_in_one_line_and_it_continues(cli):
+    """A job that the system kills (SLURM's out-of-memory kill; SIGKILL here) leaves submitit no result: the sweep
+    ended with submitit's traceback, the job's run left RUNNING and the sweep's parent FINISHED."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    from cifar.tracking import OUTPUT_DIR_TAG, OWNER_TAG
+
+    client = MlflowClient(tracking_uri=cli.tracking_uri)
+    proc = start_sweep(cli, "hydra/launcher=submitit_local", "trainer.epochs=40,2", multirun=True)
+    job_dir = str(cli.tmp_path / "sweep" / "0")
+
+    def job_0_logged_2_epochs() -> bool:
+        runs = [r for r in all_runs(cli) if r.data.tags.get(OUTPUT_DIR_TAG) == job_dir and "val/acc" in r.data.metrics]
+        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2
+
+    wait_until(proc, job_0_logged_2_epochs, interval=0.1)
+    [job] = [r for r in all_runs(cli) if r.data.tags.get(OUTPUT_DIR_TAG) == job_dir]
+    os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+    said = re.search(r"^cifar.train: error: submitit job \S+ ended without a result \(state: \w+\), as a job that is "
+                     r"killed \(out of memory, say\) or cancelled does; its logs are in \S+/sweep/.submitit/\S+: "
+                     r"finished jobs are kept; continue with: (.*)$", stderr, re.MULTILINE)
+    assert said, stderr
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    epochs = {c.data.params["trainer.epochs"]: c.info.status for c in children}
+    assert parent.info.status == "KILLED" and epochs == {"40": "KILLED", "2": "FINISHED"}, epochs
+
+    resumed = subprocess.run([sys.executable, *shlex.split(said[1])[1:]], cwd=cli.tmp_path, env=cli.command()[1],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    parent, children = sweep_parent_and_children(all_runs(cli))  # the same runs, the killed one taken up again
+    assert {c.info.status for c in (parent, *children)} == {"FINISHED"} and job.info.run_id in {
+        c.info.run_id for c in children}
+    assert {m.step for m in client.get_metric_history(job.info.run_id, "val/acc")} == set(range(1, 41))
+    assert "Resuming after epoch " in (cli.tmp_path / "sweep" / "0" / "train.log").read_text()
 
 
 def test_a_requeued_submitit_job_resumes_whatever_its_overrides_said_of_resuming():
