@@ -62,13 +62,18 @@ def submitit_launchers() -> tuple[type, ...]:
 def lost_job(err: BaseException | None) -> str | None:
     """What stopped a sweep whose launcher lost a job's process, killed (by the system where memory runs out, say)
     or crashed: a joblib worker (joblib then stops the other workers, their jobs with them, as an interrupt does),
-    or a submitit job that ended without a result (SLURM's out-of-memory kill, a cancel); None where ``err`` is
-    anything else (a job's own error included)."""
+    or a submitit job that ended without a result (SLURM's out-of-memory kill, a cancel), or a Ray job lost on its
+    last try (Ray runs it again ``max_retries`` times first); None where ``err`` is anything else (a job's own error
+    included)."""
     if isinstance(err, BrokenProcessPool):
         return _lost_worker(err)
     submitit = sys.modules.get("submitit.core.utils")  # imported where a submitit launcher ran
     if submitit and isinstance(err, submitit.UncompletedJobError) and not isinstance(err, submitit.FailedJobError):
         return _lost_submitit_job(err)
+    ray = sys.modules.get("ray.exceptions")  # imported where the Ray launcher ran
+    if ray and isinstance(err, (ray.WorkerCrashedError, ray.NodeDiedError, ray.OutOfMemoryError)):
+        return (f"Ray lost a job's process, and had tried it as often as it may ({first_line(err)}): "
+                "+hydra.launcher.ray.remote.max_retries=N gives each job N more tries")
     return None
 
 

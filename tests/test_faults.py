@@ -517,6 +517,11 @@ SUBMITIT = ("Job 6065 (task: 0) with path /w/sweep/.submitit/6065/6065_0_result.
      "the future was running or pending.)"),  # the standard library's pool
     (("submitit", SUBMITIT), "submitit job 6065 ended without a result (state: OUT_OF_MEMORY), as a job that is killed "
      "(out of memory, say) or cancelled does; its logs are in /w/sweep/.submitit/6065"),
+    (("ray", "WorkerCrashedError"), "Ray lost a job's process, and had tried it as often as it may (The worker died "
+     "unexpectedly while executing this task. Check python-core-worker-*.log files for more information.): "
+     "+hydra.launcher.ray.remote.max_retries=N gives each job N more tries"),
+    (("ray", "OutOfMemoryError"), "Ray lost a job's process, and had tried it as often as it may (Task was killed due "
+     "to the node running low on memory.): +hydra.launcher.ray.remote.max_retries=N gives each job N more tries"),
 ])
 def test_a_jobs_process_that_the_launcher_lost_is_said_with_how_it_ended(lost, said):
     from concurrent.futures.process import BrokenProcessPool
@@ -526,7 +531,13 @@ def test_a_jobs_process_that_the_launcher_lost_is_said_with_how_it_ended(lost, s
     from cifar.launchers import lost_job
 
     kind, text = lost
-    if kind == "submitit":
+    if kind == "ray":
+        ray = pytest.importorskip("ray.exceptions", reason="uv sync --extra ray")
+        err = (ray.WorkerCrashedError() if text == "WorkerCrashedError" else  # as Ray words them
+               ray.OutOfMemoryError("Task was killed due to the node running low on memory.\nMemory on the node ..."))
+        assert lost_job(err) == said
+        text = str(err)
+    elif kind == "submitit":
         submitit = pytest.importorskip("submitit.core.utils", reason="uv sync --extra submitit")
         assert lost_job(submitit.UncompletedJobError(text)) == said
         assert lost_job(submitit.FailedJobError(text)) is None  # the job's own error, which it reports itself
