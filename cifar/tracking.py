@@ -99,7 +99,7 @@ def existing_run(client: Any, run_id: str) -> Any | None:
         raise
 
 
-def use_experiment(uri: str, name: str, retrying: Callable[..., Any] | None = None) -> str:
+def use_experiment(uri: str, name: str, retrying: Retrying | None = None) -> str:
     """Point MLflow at the store ``uri`` (from :func:`usable_store`) and its experiment ``name``, made
     if it is new; return the experiment id. With ``retrying`` (a sweep's job, whose store answered when the
     sweep started) a store that stops answering is waited for; without, it is refused (UserError)."""
