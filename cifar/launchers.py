@@ -36,6 +36,7 @@ RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, keeping the sweep's 
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one
 RAY_SETUP_HOOK = "worker_process_setup_hook"  # in the Ray launcher's init.runtime_env: module.function
+SUBMITIT_JOB_TAG = "submitit.job_id"  # on the run of a job of a submitit launcher
 WORKERS_EXIT_CODES = re.compile(r"The exit codes of the workers are (\{.*?\})")  # in joblib's TerminatedWorkerError
 SUBMITIT_NO_RESULT = re.compile(  # submitit's UncompletedJobError where a job left no result
     r"Job (\S+) \(task: \d+\) with path (\S+)\s+has not produced any output \(state: ([^)]*)\)")
@@ -91,6 +92,25 @@ def _lost_submitit_job(err: Exception) -> str:
     job, result, state = found.groups()
     return (f"submitit job {job} ended without a result (state: {state}), as a job that is killed (out of memory, "
             f"say) or cancelled does; its logs are in {os.path.dirname(result)}")
+
+
+def lost_submitit_job_id(err: BaseException | None) -> str | None:
+    """The id of the submitit job that :func:`lost_job` says ended without a result, if ``err`` says so."""
+    found = SUBMITIT_NO_RESULT.match(str(err)) if lost_job(err) else None
+    return found[1] if found else None
+
+
+def submitit_job_id() -> str | None:
+    """The id of the submitit job that this process runs (SLURM's, or the local process's), if any: recorded on
+    the job's MLflow run, so that the sweep ends the run of a job that submitit lost, on whatever machine."""
+    if "submitit" not in sys.modules:  # imported by the process that runs a submitit job
+        return None
+    import submitit
+
+    try:
+        return submitit.JobEnvironment().job_id
+    except RuntimeError:  # not in a submitit job
+        return None
 
 
 def register_launcher_configs() -> None:

@@ -126,15 +126,20 @@ def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseExc
     """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED where the sweep
     was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns how
     many job runs it has. The jobs' runs left RUNNING end KILLED: after an interrupt, all of them (the jobs of
-    worker processes stopped with the sweep), else those whose process is gone from this machine."""
+    worker processes stopped with the sweep), else those whose process is gone from this machine, and that of a
+    submitit job that ended without a result, wherever it ran."""
     interrupted = isinstance(stopped_by, KeyboardInterrupt)
     stopped = interrupted or launchers.lost_job(stopped_by) is not None
+    lost_submitit_job = launchers.lost_submitit_job_id(stopped_by)
     status = "FAILED"
     try:
         parent = client.get_run(run_id)
         children = tracking.sweep_jobs(client, parent)
         for child in children:
-            if child.info.status == "RUNNING" and (interrupted or owner.is_gone(child.data.tags.get(OWNER_TAG, ""))):
+            tags = child.data.tags
+            left = interrupted or owner.is_gone(tags.get(OWNER_TAG, "")) or (
+                lost_submitit_job is not None and tags.get(launchers.SUBMITIT_JOB_TAG) == lost_submitit_job)
+            if child.info.status == "RUNNING" and left:
                 client.set_terminated(child.info.run_id, "KILLED")
         best = _best_job(children)
         metrics = _log_jobs(client, run_id, children, best)

@@ -19,7 +19,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from cifar import checkpoint, dvc_exp, inference, parallel, plots, registry, sweep_run, tracking
+from cifar import checkpoint, dvc_exp, inference, launchers, parallel, plots, registry, sweep_run, tracking
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
@@ -189,6 +189,8 @@ def _run_tags(
     }
     if "CUDA_VISIBLE_DEVICES" in os.environ:  # the GPUs a scheduler gave this job
         tags["cuda_visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    if (job_id := launchers.submitit_job_id()) is not None:
+        tags[launchers.SUBMITIT_JOB_TAG] = job_id
     dvc_hash = dvc_data_hash(to_absolute_path(cfg.data.path))
     if dvc_hash is not None:
         tags["dvc.data_hash"] = dvc_hash

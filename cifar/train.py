@@ -104,13 +104,13 @@ def main() -> None:
 
 def _known_failure(err: Exception) -> tuple[str, int] | None:
     """The line and exit status that report ``err``, where it needs no traceback: Hydra's refusal of flags that do
-    not go together, a job's process that the launcher lost, the store's outage; None for any other error."""
+    not go together, the store's outage, a job's process that the launcher lost; None for any other error."""
     if _flags_refused_by_hydra(err):
         return f"{err}: python -m cifar.train --help lists the flags", 2
+    if (outage := store_outage(err)) is not None:  # first: submitit reports a job that an outage stopped as lost
+        return f"{outage}: {how_to_continue(sys.argv[1:])}", EX_TEMPFAIL
     if (lost := lost_job(err)) is not None:
         return f"{lost}: {how_to_continue(sys.argv[1:])}", 1
-    if (outage := store_outage(err)) is not None:
-        return f"{outage}: {how_to_continue(sys.argv[1:])}", EX_TEMPFAIL
     return None
 
 

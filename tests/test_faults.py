@@ -159,8 +159,12 @@ def test_an_interrupt_ends_the_wait_for_a_store_at_once_even_where_interrupts_ar
             signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(clock, "sleep", sleep)
-    with pytest.raises(KeyboardInterrupt), interrupts_held():
-        outages.Retrying(1800, "http://store:5000")(down)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's Ctrl-C, whatever the process had
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts_held():
+            outages.Retrying(1800, "http://store:5000")(down)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert clock.sleeps == ([1] if when == "during a pause" else [])  # not the 1800 s of the wait
 
 
@@ -544,6 +548,43 @@ def test_a_jobs_process_that_the_launcher_lost_is_said_with_how_it_ended(lost, s
     else:
         assert lost_job(TerminatedWorkerError(LOKY % text) if kind == "loky" else BrokenProcessPool(text)) == said
     assert lost_job(RuntimeError(text)) is None  # any other error: not a lost job
+
+
+def test_a_sweep_that_submitit_lost_a_job_of_ends_that_jobs_run_wherever_it_ran(tracking_uri, monkeypatch, tmp_path):
+    """A SLURM job killed out of memory ran on another machine, whose processes cannot be seen from here: its run,
+    left RUNNING, was refused by the job of the continued sweep (still RUNNING, in a process that is gone)."""
+    submitit = pytest.importorskip("submitit.core.utils", reason="uv sync --extra submitit")
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils
+    from omegaconf import OmegaConf
+
+    from cifar.launchers import SUBMITIT_JOB_TAG
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = client.create_experiment(tmp_path.name)
+    parent = client.create_run(experiment_id)
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()
+    gone_here = f"{owner.current().split(':')[0]}:{child.pid}:0.00"
+    jobs = {  # the owner and submitit job of each job's run, and how the sweep leaves it
+        "lost": ("node-17:1234:1.00", "6065", "KILLED"),  # the job that submitit lost
+        "running elsewhere": ("node-18:1234:1.00", "6066", "RUNNING"),  # another job of the batch, on its node
+        "gone from here": (gone_here, "6067", "KILLED"),
+    }
+    runs = {name: client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
+                                                         tracking.OWNER_TAG: by, SUBMITIT_JOB_TAG: job_id})
+            for name, (by, job_id, _) in jobs.items()}
+    callback = sweep_run.SweepCallback()
+    callback.parent_run_id = parent.info.run_id
+    try:
+        raise submitit.UncompletedJobError(SUBMITIT)  # job 6065's
+    except submitit.UncompletedJobError:  # Hydra calls it in a finally
+        callback.on_multirun_end(OmegaConf.create({"mlflow": {"register_model": False}, "hydra": {}}))
+    assert {name: client.get_run(run.info.run_id).info.status for name, run in runs.items()} == {
+        name: status for name, (_, _, status) in jobs.items()}
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
 
 
 def test_a_run_left_running_by_a_gone_process_is_taken_up_and_one_of_a_live_process_refused(monkeypatch):

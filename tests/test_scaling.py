@@ -119,6 +119,7 @@ def test_a_submitit_job_killed_without_a_result_stops_the_sweep_in_one_line_and_
     """A job that the system kills (SLURM's out-of-memory kill; SIGKILL here) leaves submitit no result: the sweep
     ended with submitit's traceback, the job's run left RUNNING and the sweep's parent FINISHED."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
+    from cifar.launchers import SUBMITIT_JOB_TAG
     from cifar.tracking import OUTPUT_DIR_TAG, OWNER_TAG
 
     client = MlflowClient(tracking_uri=cli.tracking_uri)
@@ -134,15 +135,16 @@ def test_a_submitit_job_killed_without_a_result_stops_the_sweep_in_one_line_and_
     os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr
-    said = re.search(r"^cifar.train: error: submitit job \S+ ended without a result \(state: \w+\), as a job that is "
+    said = re.search(r"^cifar.train: error: submitit job (\S+) ended without a result \(state: \w+\), as a job that is "
                      r"killed \(out of memory, say\) or cancelled does; its logs are in \S+/sweep/.submitit/\S+: "
                      r"finished jobs are kept; continue with: (.*)$", stderr, re.MULTILINE)
     assert said, stderr
     parent, children = sweep_parent_and_children(all_runs(cli))
     epochs = {c.data.params["trainer.epochs"]: c.info.status for c in children}
     assert parent.info.status == "KILLED" and epochs == {"40": "KILLED", "2": "FINISHED"}, epochs
+    assert job.data.tags[SUBMITIT_JOB_TAG] == said[1]  # how the sweep finds the job's run, wherever it ran
 
-    resumed = subprocess.run([sys.executable, *shlex.split(said[1])[1:]], cwd=cli.tmp_path, env=cli.command()[1],
+    resumed = subprocess.run([sys.executable, *shlex.split(said[2])[1:]], cwd=cli.tmp_path, env=cli.command()[1],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     parent, children = sweep_parent_and_children(all_runs(cli))  # the same runs, the killed one taken up again
