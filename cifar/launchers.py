@@ -68,8 +68,7 @@ def lost_job(err: BaseException | None) -> str | None:
     included)."""
     if isinstance(err, BrokenProcessPool):
         return _lost_worker(err)
-    submitit = sys.modules.get("submitit.core.utils")  # imported where a submitit launcher ran
-    if submitit and isinstance(err, submitit.UncompletedJobError) and not isinstance(err, submitit.FailedJobError):
+    if _submitit_job_without_result(err):
         return _lost_submitit_job(err)
     ray = sys.modules.get("ray.exceptions")  # imported where the Ray launcher ran
     if ray and isinstance(err, (ray.WorkerCrashedError, ray.NodeDiedError, ray.OutOfMemoryError)):
@@ -86,6 +85,13 @@ def _lost_worker(err: BrokenProcessPool) -> str:
     return f"a worker process of the launcher ended abruptly ({f'exit codes {codes[1]}' if codes else first_line(err)})"
 
 
+def _submitit_job_without_result(err: BaseException | None) -> bool:
+    """Whether ``err`` is submitit's report of a job that ended without a result, not of a job's own error."""
+    submitit = sys.modules.get("submitit.core.utils")  # imported where a submitit launcher ran
+    return bool(submitit) and isinstance(err, submitit.UncompletedJobError) and not isinstance(
+        err, submitit.FailedJobError)
+
+
 def _lost_submitit_job(err: Exception) -> str:
     if not (found := SUBMITIT_NO_RESULT.match(str(err))):
         return f"a job of the launcher ended without a result ({first_line(err)})"
@@ -96,7 +102,7 @@ def _lost_submitit_job(err: Exception) -> str:
 
 def lost_submitit_job_id(err: BaseException | None) -> str | None:
     """The id of the submitit job that :func:`lost_job` says ended without a result, if ``err`` says so."""
-    found = SUBMITIT_NO_RESULT.match(str(err)) if lost_job(err) else None
+    found = SUBMITIT_NO_RESULT.match(str(err)) if _submitit_job_without_result(err) else None
     return found[1] if found else None
 
 

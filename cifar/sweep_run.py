@@ -136,9 +136,8 @@ def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseExc
         parent = client.get_run(run_id)
         children = tracking.sweep_jobs(client, parent)
         for child in children:
-            tags = child.data.tags
-            left = interrupted or owner.is_gone(tags.get(OWNER_TAG, "")) or (
-                lost_submitit_job is not None and tags.get(launchers.SUBMITIT_JOB_TAG) == lost_submitit_job)
+            left = interrupted or tracking.owner_is_gone(child) or (
+                lost_submitit_job is not None and child.data.tags.get(launchers.SUBMITIT_JOB_TAG) == lost_submitit_job)
             if child.info.status == "RUNNING" and left:
                 client.set_terminated(child.info.run_id, "KILLED")
         best = _best_job(children)

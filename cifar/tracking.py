@@ -283,10 +283,15 @@ def run_to_take_up(client: Any, run_id: str, what: str) -> Any:
     return run
 
 
+def owner_is_gone(run: Any) -> bool:
+    """Whether the process that ran ``run`` (its owner tag) is gone (:func:`cifar.owner.is_gone`)."""
+    return owner.is_gone(run.data.tags.get(OWNER_TAG, ""))
+
+
 def refuse_running(run: Any, what: str) -> None:
     """Refuse (ConfigError) to take up ``run`` (``what`` names it) while it is RUNNING in a process that is
-    not gone (:func:`cifar.owner.is_gone`): another process still runs it."""
-    if run.info.status == "RUNNING" and not owner.is_gone(run.data.tags.get(OWNER_TAG, "")):
+    not gone: another process still runs it."""
+    if run.info.status == "RUNNING" and not owner_is_gone(run):
         raise ConfigError(
             f"trainer.resume=true but {what} {run.info.run_id} is still RUNNING, in process "
             f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "
@@ -315,7 +320,7 @@ def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
 def close_stale_runs(client: Any, experiment_id: str) -> int:
     """End KILLED the experiment's RUNNING runs whose process on this machine is gone; return how many."""
     running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
-    stale = [r for r in running if owner.is_gone(r.data.tags.get(OWNER_TAG, ""))]
+    stale = [r for r in running if owner_is_gone(r)]
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")
     if stale:
