@@ -179,6 +179,13 @@ def sweep_parent_and_children(runs: list) -> tuple:
     return parent, children
 
 
+def signal_process_of(run, signum: int) -> None:
+    """Send ``signum`` to the process that runs ``run`` (its owner tag: ``host:pid:start time``)."""
+    from cifar.tracking import OWNER_TAG
+
+    os.kill(int(run.data.tags[OWNER_TAG].split(":")[1]), signum)
+
+
 def start(cli, *overrides: str, multirun: bool = False, **env: str) -> subprocess.Popen:
     """``python -m cifar.train`` started in the background (``env``: variables to set too), its output piped."""
     args, environ = cli.command(*overrides, multirun=multirun)

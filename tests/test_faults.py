@@ -492,13 +492,20 @@ def test_a_locked_mlflow_store_is_retried_and_the_run_finishes(cli, tmp_path):
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 4  # no epoch lost
 
 
-def test_owner_tells_a_live_process_from_a_gone_one():
-    assert not owner.is_gone(owner.current())
+def gone_from_here() -> str:
+    """The owner (:func:`cifar.owner.current`) of a process of this machine that has ended."""
     child = subprocess.Popen(["sleep", "0"])
     child.wait()
     host, _, _ = owner.current().split(":")
-    assert owner.is_gone(f"{host}:{child.pid}:0.00")  # no such process now (or another one since)
-    assert not owner.is_gone(f"another-host:{child.pid}:0.00")  # cannot be seen from here: left alone
+    return f"{host}:{child.pid}:0.00"
+
+
+def test_owner_tells_a_live_process_from_a_gone_one():
+    assert not owner.is_gone(owner.current())
+    gone = gone_from_here()
+    assert owner.is_gone(gone)  # no such process now (or another one since)
+    _, pid, started = gone.split(":")
+    assert not owner.is_gone(f"another-host:{pid}:{started}")  # cannot be seen from here: left alone
     assert not owner.is_gone("")
 
 
@@ -565,13 +572,10 @@ def test_a_sweep_that_submitit_lost_a_job_of_ends_that_jobs_run_wherever_it_ran(
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = client.create_experiment(tmp_path.name)
     parent = client.create_run(experiment_id)
-    child = subprocess.Popen(["sleep", "0"])
-    child.wait()
-    gone_here = f"{owner.current().split(':')[0]}:{child.pid}:0.00"
     jobs = {  # the owner and submitit job of each job's run, and how the sweep leaves it
         "lost": ("node-17:1234:1.00", "6065", "KILLED"),  # the job that submitit lost
         "running elsewhere": ("node-18:1234:1.00", "6066", "RUNNING"),  # another job of the batch, on its node
-        "gone from here": (gone_here, "6067", "KILLED"),
+        "gone from here": (gone_from_here(), "6067", "KILLED"),
     }
     runs = {name: client.create_run(experiment_id, tags={"mlflow.parentRunId": parent.info.run_id,
                                                          tracking.OWNER_TAG: by, SUBMITIT_JOB_TAG: job_id})
@@ -600,9 +604,7 @@ def test_a_run_left_running_by_a_gone_process_is_taken_up_and_one_of_a_live_proc
     for live in (owner.current(), elsewhere):
         with pytest.raises(ConfigError, match=r"^trainer.resume=true but MLflow run r1 is still RUNNING, in process "):
             tracking.refuse_running(running(live), "MLflow run")
-    child = subprocess.Popen(["sleep", "0"])
-    child.wait()
-    tracking.refuse_running(running(f"{owner.current().split(':')[0]}:{child.pid}:0.00"), "MLflow run")  # gone
+    tracking.refuse_running(running(gone_from_here()), "MLflow run")  # gone
     owner.declare_gone(elsewhere)  # as a Ray job does of its task's lost attempt, on whatever machine it ran
     assert owner.is_gone(elsewhere)
     tracking.refuse_running(running(elsewhere), "MLflow run")

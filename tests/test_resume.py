@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import (
-    CALLBACK_FAILED, all_runs, client_for, log_shows, start, sweep_parent_and_children, wait_until,
+    CALLBACK_FAILED, all_runs, client_for, log_shows, signal_process_of, start, sweep_parent_and_children, wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -109,14 +108,14 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
 def test_a_joblib_sweep_that_loses_a_worker_stops_in_one_line_and_continues_with_the_command_it_prints(cli):
     """The system kills a process where memory runs out (SIGKILL, as here), and joblib then stops the other workers:
     the sweep ended with joblib's traceback, its parent FAILED, its jobs' runs left RUNNING."""
-    from cifar.tracking import OUTPUT_DIR_TAG, OWNER_TAG
+    from cifar.tracking import OUTPUT_DIR_TAG
 
     proc = start(cli, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=1e-3,5e-4",
                  "trainer.epochs=40", multirun=True)
     jobs = [cli.tmp_path / "sweep" / job for job in ("0", "1")]
     wait_until(proc, lambda: all((job / "last.pt").exists() for job in jobs), interval=0.1)
     [killed] = [r for r in all_runs(cli) if r.data.tags.get(OUTPUT_DIR_TAG) == str(jobs[0])]
-    os.kill(int(killed.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)  # job 0's worker process
+    signal_process_of(killed, signal.SIGKILL)  # job 0's worker process
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "Traceback" not in stderr and CALLBACK_FAILED.search(stderr) is None, stderr
     prefix = ("cifar.train: error: a worker process of the launcher was killed (exit codes {SIGKILL(-9)}), as the "

@@ -26,7 +26,9 @@ from omegaconf import OmegaConf
 from cifar import device, launchers, parallel, stores
 from cifar.errors import ConfigError, UserError
 from tests import servers
-from tests.conftest import all_runs, run_on_configured_store, sweep_parent_and_children, wait_until
+from tests.conftest import (
+    all_runs, client_for, run_on_configured_store, signal_process_of, sweep_parent_and_children, wait_until,
+)
 from tests.conftest import start as start_sweep
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -38,7 +40,6 @@ PRUNABLE_SEARCH = ("hparams_search=optuna", "hydra/sweeper/pruner=threshold", "h
 @pytest.mark.slow
 def test_two_workers_share_one_study_and_one_parent_run_on_postgresql(cli):
     pytest.importorskip("psycopg", reason="the postgres extra is not installed (uv sync --extra postgres)")
-    from mlflow.tracking import MlflowClient
 
     with servers.postgres(["optuna", "mlflow"]) as urls:
         # A password in the URLs (the server trusts every local connection): never recorded or printed
@@ -89,29 +90,38 @@ def test_a_submitit_job_requeued_after_preemption_resumes_from_its_last_epoch_in
     """SLURM signals a job that it preempts (or whose time is almost up) with SIGUSR2, as here, and submitit
     requeues it; a requeued job trained again from epoch 1, in a new MLflow run, its first left KILLED."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
-    from mlflow.tracking import MlflowClient
-
-    from cifar.tracking import OWNER_TAG
-
-    client = MlflowClient(tracking_uri=cli.tracking_uri)
     epochs = 30  # about 5 s of training here: the signal comes before the end
     proc = start_sweep(cli, "hydra/launcher=submitit_local", "optimizer.lr=1e-3", f"trainer.epochs={epochs}",
                        multirun=True)
-
-    def the_job_logged_2_epochs() -> bool:
-        runs = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
-        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2
-
-    wait_until(proc, the_job_logged_2_epochs, interval=0.1)
-    [job] = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
-    os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGUSR2)  # the job's process
+    wait_until(proc, lambda: job_past_epoch_2(cli) is not None, interval=0.1)
+    job = job_past_epoch_2(cli)
+    signal_process_of(job, signal.SIGUSR2)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
+    assert_resumed_in_its_run(cli, job, epochs)
+
+
+def job_past_epoch_2(cli, job_dir: Path | None = None):
+    """The run of a job of the sweep (the one in ``job_dir``, where given) once it has logged 2 epochs, else None."""
+    from cifar.tracking import OUTPUT_DIR_TAG
+
+    runs = [r for r in all_runs(cli) if "mlflow.parentRunId" in r.data.tags and "val/acc" in r.data.metrics
+            and (job_dir is None or r.data.tags.get(OUTPUT_DIR_TAG) == str(job_dir))]
+    logged = runs and client_for(cli).get_metric_history(runs[0].info.run_id, "val/acc")
+    return runs[0] if logged and len(logged) >= 2 else None
+
+
+def assert_resumed_in_its_run(cli, job, epochs: int) -> str:
+    """Assert that the sweep's one job, stopped as run ``job``, finished in that run with every epoch logged, after
+    training from where it was stopped (not from epoch 1 again); return its log."""
+    logs = job_logs(cli.tmp_path / "sweep")
     parent, [child] = sweep_parent_and_children(all_runs(cli))  # the same run, taken up again
-    assert child.info.run_id == job.info.run_id and child.info.status == parent.info.status == "FINISHED"
-    assert {m.step for m in client.get_metric_history(child.info.run_id, "val/acc")} == set(range(1, epochs + 1))
+    assert child.info.run_id == job.info.run_id and child.info.status == parent.info.status == "FINISHED", logs
+    history = client_for(cli).get_metric_history(child.info.run_id, "val/acc")
+    assert {m.step for m in history} == set(range(1, epochs + 1))
     log = (cli.tmp_path / "sweep" / "0" / "train.log").read_text()
-    assert "Resuming after epoch " in log and log.count(f"epoch 1/{epochs} ") == 1  # not trained again from epoch 1
+    assert "Resuming after epoch " in log and log.count(f"epoch 1/{epochs} ") == 1, log
+    return log
 
 
 @pytest.mark.slow
@@ -120,19 +130,13 @@ def test_a_submitit_job_killed_without_a_result_stops_the_sweep_in_one_line_and_
     ended with submitit's traceback, the job's run left RUNNING and the sweep's parent FINISHED."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
     from cifar.launchers import SUBMITIT_JOB_TAG
-    from cifar.tracking import OUTPUT_DIR_TAG, OWNER_TAG
 
-    client = MlflowClient(tracking_uri=cli.tracking_uri)
+    client = client_for(cli)
     proc = start_sweep(cli, "hydra/launcher=submitit_local", "trainer.epochs=40,2", multirun=True)
-    job_dir = str(cli.tmp_path / "sweep" / "0")
-
-    def job_0_logged_2_epochs() -> bool:
-        runs = [r for r in all_runs(cli) if r.data.tags.get(OUTPUT_DIR_TAG) == job_dir and "val/acc" in r.data.metrics]
-        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2
-
-    wait_until(proc, job_0_logged_2_epochs, interval=0.1)
-    [job] = [r for r in all_runs(cli) if r.data.tags.get(OUTPUT_DIR_TAG) == job_dir]
-    os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)
+    job_dir = cli.tmp_path / "sweep" / "0"
+    wait_until(proc, lambda: job_past_epoch_2(cli, job_dir) is not None, interval=0.1)
+    job = job_past_epoch_2(cli, job_dir)
+    signal_process_of(job, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in stderr, stderr
     said = re.search(r"^cifar.train: error: submitit job (\S+) ended without a result \(state: \w+\), as a job that is "
@@ -222,30 +226,17 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stop
 def test_a_ray_job_whose_process_is_lost_resumes_from_its_last_epoch_in_the_same_run(cli, ray_cluster):
     """Ray runs a task again where its process is lost (killed, as here, or on a node that left the cluster); the
     job trained again from epoch 1 in a new MLflow run, its first left RUNNING."""
-    from mlflow.tracking import MlflowClient
-
     from cifar.tracking import OWNER_TAG
 
-    client = MlflowClient(tracking_uri=cli.tracking_uri)
     epochs = 30  # about 7 s of training here: the kill comes before the end
     proc = start_sweep(cli, *ray_cluster, "optimizer.lr=1e-3", f"trainer.epochs={epochs}", multirun=True)
-
-    def the_job_logged_2_epochs() -> bool:
-        runs = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
-        return bool(runs) and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 2
-
-    wait_until(proc, the_job_logged_2_epochs, interval=0.1)
-    [job] = [r for r in all_runs(cli) if OWNER_TAG in r.data.tags and "val/acc" in r.data.metrics]
-    os.kill(int(job.data.tags[OWNER_TAG].split(":")[1]), signal.SIGKILL)  # the Ray worker that runs the job
+    wait_until(proc, lambda: job_past_epoch_2(cli) is not None, interval=0.1)
+    job = job_past_epoch_2(cli)
+    signal_process_of(job, signal.SIGKILL)  # the Ray worker that runs the job
     _, stderr = proc.communicate(timeout=300)
-    logs = job_logs(cli.tmp_path / "sweep")
-    assert proc.returncode == 0, stderr + logs
-    parent, [child] = sweep_parent_and_children(all_runs(cli))  # the same run, taken up again
-    assert child.info.run_id == job.info.run_id and child.info.status == parent.info.status == "FINISHED", logs
-    assert {m.step for m in client.get_metric_history(child.info.run_id, "val/acc")} == set(range(1, epochs + 1))
-    log = (cli.tmp_path / "sweep" / "0" / "train.log").read_text()
+    assert proc.returncode == 0, stderr + job_logs(cli.tmp_path / "sweep")
+    log = assert_resumed_in_its_run(cli, job, epochs)
     assert f"Ray runs this job again, its process {job.data.tags[OWNER_TAG]} lost" in log
-    assert "Resuming after epoch " in log and log.count(f"epoch 1/{epochs} ") == 1, log
 
 
 def test_a_ray_job_knows_a_second_attempt_of_its_task_and_the_process_of_the_first(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import shlex
 import signal
 import sqlite3
@@ -15,8 +14,8 @@ from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
 from tests.conftest import (
-    CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, load_study, run_without_module, running_trial, start,
-    sweep_parent_and_children, wait_until,
+    CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, load_study, run_without_module, running_trial,
+    signal_process_of, start, sweep_parent_and_children, wait_until,
 )
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -298,14 +297,12 @@ KILLED_SWEEPS = {  # launcher overrides, the signal, and whether it goes to a jo
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher,signum,to_worker", KILLED_SWEEPS.values(), ids=KILLED_SWEEPS)
 def test_a_killed_sweep_finishes_its_study_when_the_same_command_runs_again(cli, launcher, signum, to_worker):
-    from cifar.tracking import OWNER_TAG
-
     overrides = ("hparams_search=optuna", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none",
                  "trainer.epochs=15", *launcher)
     proc = start(cli, *overrides, multirun=True)
     wait_until(proc, lambda: _killable(cli), interval=0.2)
     if to_worker:
-        os.kill(int(_killable(cli).data.tags[OWNER_TAG].split(":")[1]), signum)
+        signal_process_of(_killable(cli), signum)
     else:
         proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
