@@ -13,21 +13,19 @@ checkpoints (the time between two epochs' metrics being logged), then each way's
 from __future__ import annotations
 
 import argparse
-import os
 import runpy
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from time_to_accuracy import train_into_store  # which also puts the repository on sys.path
+
 WAYS = ("background", "in place")
 
 
 def train_in_place(overrides: list[str]) -> None:
     """``cifar.train`` in this process, with each epoch's checkpoints written before the next epoch starts."""
-    sys.path.insert(0, str(REPO))
     from cifar import checkpoint
 
     def submit_in_place(writer: checkpoint.Writer, files: dict) -> None:
@@ -41,16 +39,9 @@ def train_in_place(overrides: list[str]) -> None:
 
 def run_once(way: str, overrides: list[str], workdir: Path, index: int) -> dict[str, float]:
     """Train once ``way``; the run's median epoch images/s and median epoch wall seconds."""
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
     entry = ["-m", "cifar.train"] if way == "background" else [__file__, "--in-place-child"]
-    args = [sys.executable, *entry, *overrides, "mlflow.log_plots=false", "mlflow.log_model=false",
-            "trainer.progress=false", f"hydra.run.dir={workdir / f'run{index}'}"]
-    subprocess.run(args, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True)
-    client = MlflowClient(tracking_uri=uri)
-    run = client.search_runs([client.get_experiment_by_name("cifar").experiment_id],
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    client, experiment = train_into_store(workdir, entry, [*overrides, f"hydra.run.dir={workdir / f'run{index}'}"])
+    run = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0]
     epochs = sorted(client.get_metric_history(run.info.run_id, "train/images_per_s"), key=lambda m: m.step)
     if len(epochs) < 3:
         sys.exit("checkpoint_ab: a run needs 3 epochs or more (trainer.epochs=3): the first one's wall time "

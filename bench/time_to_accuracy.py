@@ -29,28 +29,36 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
-def train_seeds(preset: str | None, seeds: range, data: str, workdir: Path, overrides: list[str]) -> list[dict]:
-    """Run the sweep over seeds; one dict per run: seed, test acc, train and run seconds, images/s, params."""
+# What a timed run leaves out: a download, the plots, the logged model (about 10 s), the progress bar
+QUIET = ["data.download=false", "mlflow.log_plots=false", "mlflow.log_model=false", "trainer.progress=false"]
+
+
+def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> tuple[Any, str]:
+    """Run ``python ENTRY QUIET OVERRIDES`` (``entry``: ``-m cifar.train``, or a script that runs it) in the
+    repository with a fresh MLflow store in ``workdir``; that store's client and its experiment ``cifar``'s id."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    args = [
-        sys.executable, "-m", "cifar.train", "-m", f"seed={','.join(map(str, seeds))}",
-        *([f"experiment={preset}"] if preset else []),
-        f"data.path={data}", "data.download=false", "mlflow.log_plots=false", "mlflow.log_model=false",
-        "trainer.progress=false",
-        f"hydra.sweep.dir={workdir / 'sweep'}", *overrides,
-    ]
-    subprocess.run(args, cwd=REPO, env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True)
+    subprocess.run([sys.executable, *entry, *QUIET, *overrides], cwd=REPO,
+                   env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True)
     client = MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("cifar").experiment_id],
-                              filter_string="tags.mlflow.parentRunId != ''")
+    return client, client.get_experiment_by_name("cifar").experiment_id
+
+
+def train_seeds(preset: str | None, seeds: range, data: str, workdir: Path, overrides: list[str]) -> list[dict]:
+    """Run the sweep over seeds; one dict per run: seed, test acc, train and run seconds, images/s, params."""
+    client, experiment = train_into_store(workdir, ["-m", "cifar.train", "-m"], [
+        f"seed={','.join(map(str, seeds))}", *([f"experiment={preset}"] if preset else []), f"data.path={data}",
+        f"hydra.sweep.dir={workdir / 'sweep'}", *overrides,
+    ])
+    runs = client.search_runs([experiment], filter_string="tags.mlflow.parentRunId != ''")
     rows = []
     for run in runs:
         speeds = [m.value for m in client.get_metric_history(run.info.run_id, "train/images_per_s")]
