@@ -1,12 +1,15 @@
-"""Checkpoints written in the background (the trainer's ``checkpoint.Writer``) against in place, in real
-training runs: ``python -m cifar.train OVERRIDES`` both ways in turn for ``--rounds`` rounds, into one fresh
-MLflow store. In place, ``Writer.submit`` saves the epoch's files before it returns, as the trainer did
-before the writer. For each run it prints the median over its epochs of the training steps' images/s
-(``train/images_per_s``, which leaves the checkpoints out) and of an epoch's wall time with its
-checkpoints (the time between two epochs' metrics being logged), then each way's medians and the ratios.
-``bench/checkpoint_cost.py`` weighs the same choice on the CPU with synthetic Python-bound epochs.
+"""How the checkpoints are written, in real training runs: in the background (the trainer's
+``checkpoint.Writer``), in place, and with ``--every N`` in the background every N epochs
+(``trainer.checkpoint_every=N``). ``python -m cifar.train OVERRIDES`` each way in turn for ``--rounds``
+rounds, into one fresh MLflow store. In place, ``Writer.submit`` saves the epoch's files before it returns,
+as the trainer did before the writer. Epoch 1, which holds the start, is left out. For each run it prints
+the training steps' images/s over its epochs (``train/images_per_s``, which leaves the checkpoints out: the
+images over the sum of the epochs' train seconds) and the mean epoch wall time with its checkpoints (the
+time between two epochs' metrics being logged), then each way's medians and their ratios to the background
+writes of every epoch. ``bench/checkpoint_cost.py`` weighs writing in place or in the background on the
+CPU with synthetic Python-bound epochs.
 
-    python bench/checkpoint_ab.py --rounds 2 experiment=resnet18_onecycle trainer.epochs=10 \\
+    python bench/checkpoint_ab.py --rounds 2 --every 5 experiment=resnet18_onecycle trainer.epochs=10 \\
         data.val_size=0 data.path=data/processed/cifar10.npz          # on a GPU
 """
 
@@ -21,14 +24,15 @@ from pathlib import Path
 
 from time_to_accuracy import train_into_store  # which also puts the repository on sys.path
 
-WAYS = ("background", "in place")
+BACKGROUND = "background"
+IN_PLACE = "in place"
 
 
 def train_in_place(overrides: list[str]) -> None:
     """``cifar.train`` in this process, with each epoch's checkpoints written before the next epoch starts."""
     from cifar import checkpoint
 
-    def submit_in_place(writer: checkpoint.Writer, files: dict) -> None:
+    def submit_in_place(writer: checkpoint.Writer, files: dict, write: bool = True) -> None:
         writer.wait()
         checkpoint._save_all({path: checkpoint.on_host(state) for path, state in files.items()})
 
@@ -37,9 +41,16 @@ def train_in_place(overrides: list[str]) -> None:
     runpy.run_module("cifar.train", run_name="__main__", alter_sys=True)
 
 
-def run_once(way: str, overrides: list[str], workdir: Path, index: int) -> dict[str, float]:
-    """Train once ``way``; the run's median epoch images/s and median epoch wall seconds."""
-    entry = ["-m", "cifar.train"] if way == "background" else [__file__, "--in-place-child"]
+def ways(every: int | None) -> dict[str, tuple[list[str], list[str]]]:
+    """Each way's entry point and the overrides it adds."""
+    found = {BACKGROUND: (["-m", "cifar.train"], []), IN_PLACE: ([__file__, "--in-place-child"], [])}
+    if every is not None:
+        found[f"background, every {every} epochs"] = (["-m", "cifar.train"], [f"trainer.checkpoint_every={every}"])
+    return found
+
+
+def run_once(entry: list[str], overrides: list[str], workdir: Path, index: int) -> dict[str, float]:
+    """Train once; the run's training images/s and mean epoch wall seconds, epoch 1 left out."""
     client, experiment = train_into_store(workdir, entry, [*overrides, f"hydra.run.dir={workdir / f'run{index}'}"])
     run = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0]
     epochs = sorted(client.get_metric_history(run.info.run_id, "train/images_per_s"), key=lambda m: m.step)
@@ -47,34 +58,37 @@ def run_once(way: str, overrides: list[str], workdir: Path, index: int) -> dict[
         sys.exit("checkpoint_ab: a run needs 3 epochs or more (trainer.epochs=3): the first one's wall time "
                  "holds the start")
     walls = [(later.timestamp - earlier.timestamp) / 1000 for earlier, later in zip(epochs, epochs[1:])]
-    return {"images_per_s": statistics.median(m.value for m in epochs), "epoch_seconds": statistics.median(walls)}
+    return {"images_per_s": statistics.harmonic_mean([m.value for m in epochs[1:]]),  # each epoch: as many images
+            "epoch_seconds": statistics.mean(walls)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=2, help="runs each way, alternately")
+    parser.add_argument("--rounds", type=int, default=2, help="runs each way, in turn")
+    parser.add_argument("--every", type=int, help="also write in the background every this many epochs")
     parser.add_argument("--in-place-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="overrides for cifar.train (3 epochs or more)")
     args = parser.parse_args()
     if args.in_place_child:
         train_in_place(args.overrides)
         return
-    results: dict[str, list[dict[str, float]]] = {way: [] for way in WAYS}
+    compared = ways(args.every)
+    results: dict[str, list[dict[str, float]]] = {way: [] for way in compared}
     with tempfile.TemporaryDirectory() as tmp:
-        for index in range(2 * args.rounds):
-            way = WAYS[index % 2]
-            results[way].append(run_once(way, args.overrides, Path(tmp), index))
-    print(f"\n{' '.join(args.overrides)}: {args.rounds} runs each way, alternately\n")
-    print("| checkpoints written | images/s (training steps) | epoch seconds (with checkpoints) |\n|---|---|---|")
-    for way in WAYS:
-        speeds = ", ".join(f"{r['images_per_s']:.0f}" for r in results[way])
-        seconds = ", ".join(f"{r['epoch_seconds']:.3f}" for r in results[way])
-        print(f"| {way} | {speeds} | {seconds} |")
-    medians = {way: {key: statistics.median(r[key] for r in results[way]) for key in results[way][0]} for way in WAYS}
-    background, in_place = medians["background"], medians["in place"]
-    print(f"\nin place / in the background (medians): images/s "
-          f"{in_place['images_per_s'] / background['images_per_s']:.2f}x, epoch seconds "
-          f"{in_place['epoch_seconds'] / background['epoch_seconds']:.2f}x")
+        for index in range(len(compared) * args.rounds):
+            way = list(compared)[index % len(compared)]
+            entry, added = compared[way]
+            results[way].append(run_once(entry, [*args.overrides, *added], Path(tmp), index))
+    print(f"\n{' '.join(args.overrides)}: {args.rounds} runs each way, in turn\n")
+    print("| checkpoints written | images/s (training steps) | epoch seconds (with checkpoints) | "
+          "images/s, epoch seconds: median / background's |\n|---|---|---|---|")
+    medians = {way: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for way, runs in results.items()}
+    for way, runs in results.items():
+        speeds = ", ".join(f"{r['images_per_s']:.0f}" for r in runs)
+        seconds = ", ".join(f"{r['epoch_seconds']:.3f}" for r in runs)
+        ratios = (f"{medians[way]['images_per_s'] / medians[BACKGROUND]['images_per_s']:.2f}x, "
+                  f"{medians[way]['epoch_seconds'] / medians[BACKGROUND]['epoch_seconds']:.2f}x")
+        print(f"| {way} | {speeds} | {seconds} | {ratios} |")
 
 
 if __name__ == "__main__":

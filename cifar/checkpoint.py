@@ -70,14 +70,18 @@ class Writer:
     ``submit`` copies the states' tensors to host memory (milliseconds: a snapshot that training may
     go on changing), then one thread serialises and writes them with ``save``, in order. At most one
     epoch's files are in flight: ``submit`` first waits for the previous epoch's. A failed write
-    raises its CheckpointError at the next ``submit`` or at the end of the ``with`` block. A block
-    left by an exception (an interrupt) still waits for the files in flight, so that the last epoch
-    whose files were submitted is the one on disk.
+    raises its CheckpointError at the next ``submit`` or at the end of the ``with`` block.
+
+    ``submit(files, write=False)`` only keeps the copies (``trainer.checkpoint_every``): the next
+    ``submit`` that writes writes them too, a path submitted again taking its newer state, and so does
+    the end of the block. A block left by an exception (an interrupt) still waits for the files in
+    flight and writes the kept ones, so that the last epoch submitted is the one on disk.
     """
 
     def __init__(self) -> None:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._in_flight: Future[None] | None = None
+        self._kept: dict[Path, dict[str, Any]] = {}
 
     def __enter__(self) -> Writer:
         return self
@@ -85,16 +89,24 @@ class Writer:
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
         try:
             if exc_type is None:
+                self.submit({})
                 self.wait()
-            elif self._in_flight is not None and (error := self._in_flight.exception()) is not None:
-                log.warning("%s", error)  # raising it would hide the exception that ends the block
+            else:
+                try:
+                    self.wait()
+                    _save_all(self._kept)
+                except Exception as error:
+                    log.warning("%s", error)  # raising it would hide the exception that ends the block
         finally:
             self._thread.shutdown()
 
-    def submit(self, files: dict[Path, dict[str, Any]]) -> None:
-        self.wait()
-        snapshot = {path: on_host(state) for path, state in files.items()}
-        self._in_flight = self._thread.submit(_save_all, snapshot)
+    def submit(self, files: dict[Path, dict[str, Any]], write: bool = True) -> None:
+        if write:
+            self.wait()
+        self._kept.update({path: on_host(state) for path, state in files.items()})
+        if write and self._kept:
+            self._in_flight = self._thread.submit(_save_all, self._kept)
+            self._kept = {}
 
     def wait(self) -> None:
         """Return once the files in flight are written; raise the error of a write that failed."""

@@ -129,6 +129,7 @@ class TrainerConfig:
     whiten: bool = MISSING
     whiten_bias_epochs: Optional[int] = MISSING
     resume: bool = MISSING
+    checkpoint_every: int = MISSING
     threads: Optional[int] = MISSING
     progress: Optional[bool] = MISSING
 
@@ -274,6 +275,7 @@ def validate(cfg: Any) -> None:
             "needs data.augment.flip=true",
         ),
         ("trainer.label_smoothing", 0 <= cfg.trainer.label_smoothing < 1, "must be in [0, 1)"),
+        ("trainer.checkpoint_every", cfg.trainer.checkpoint_every >= 1, "must be >= 1"),
         ("trainer.threads", cfg.trainer.threads is None or cfg.trainer.threads >= 1, "must be >= 1 or null (auto)"),
         ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),
         ("mlflow.register_model", cfg.mlflow.log_model or not cfg.mlflow.register_model, "needs mlflow.log_model=true"),

@@ -130,6 +130,7 @@ class Trainer:
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     lookahead: Lookahead | None = None  # synced after every step; the model takes its slow weights at the end
     whiten_bias_epochs: int | None = None  # then the first convolution's bias stays as it is: see _freeze_first_bias
+    checkpoint_every: int = 1  # write the checkpoints every N epochs (and at the end): see fit
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
     _bias_hook: RemovableHandle | None = field(default=None, init=False, repr=False)
@@ -143,6 +144,11 @@ class Trainer:
     ) -> FitResult:
         """Train for ``epochs``, saving ``best.pt`` on each new best val/acc (every epoch where there is
         no validation set) and ``last.pt`` every epoch, in the background (``checkpoint.Writer``).
+
+        With ``checkpoint_every`` N > 1 they are written at every Nth epoch only, and when the fit ends
+        (an interrupt, an early stop, an error); meanwhile the newest epoch's are kept in host memory. A
+        process killed outright (SIGKILL, out of memory) then loses up to N - 1 epochs, which a resumed
+        fit trains (and reports) again.
 
         ``on_epoch`` sees each epoch's metrics and may return a reason to stop now (a pruned trial).
         ``resume_from`` (a ``last.pt``) continues an interrupted fit from the epoch after it, with
@@ -171,7 +177,8 @@ class Trainer:
                         result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
                         files[self.checkpoint_dir / checkpoint.BEST] = self._best_state(epoch, result)
                     files[self.checkpoint_dir / checkpoint.LAST] = self._state(epoch, result)
-                    writer.submit(files)  # written while the next epoch trains
+                    # written while the next epoch trains, or kept until the next write
+                    writer.submit(files, write=epoch % self.checkpoint_every == 0)
                 if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
                     log.info("Stopping early: no better val/acc for %d epochs (best %.4f at epoch %d)",
                              patience, result.best_val_acc, result.best_epoch)

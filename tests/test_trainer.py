@@ -145,7 +145,35 @@ def test_checkpoints_written_in_the_background_are_the_bytes_a_direct_save_write
     assert best["epoch"] == result.best_epoch and best["best_val_acc"] == result.best_val_acc
 
 
-def test_sigterm_while_an_epoch_is_reported_stops_the_fit_once_that_epoch_is_checkpointed(tmp_path):
+def test_checkpoint_every_n_writes_every_nth_epoch_and_the_last_and_trains_the_same(tmp_path, monkeypatch):
+    saved = []  # (dir, file, epoch) of each checkpoint written
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda path, state: (saved.append((path.parent.name, path.name,
+                                                                               state["epoch"])), save(path, state)))
+    trainers = {}
+    for every in (1, 3):
+        trainers[every] = _trainer(tmp_path / str(every), compile=False)
+        trainers[every].checkpoint_every = every
+        trainers[every].fit(7, None, lambda metrics: None)
+
+    def written(every, name):
+        return [epoch for run, file, epoch in saved if (run, file) == (str(every), name)]
+
+    assert written(1, checkpoint.LAST) == [1, 2, 3, 4, 5, 6, 7]
+    assert written(3, checkpoint.LAST) == [3, 6, 7]  # the last epoch too, though not a multiple of 3
+    # best.pt: at each write, the newest best since the write before, if any
+    bests = written(1, checkpoint.BEST)
+    expected = [max(e for e in bests if before < e <= upto) for before, upto in ((0, 3), (3, 6), (6, 7))
+                if any(before < e <= upto for e in bests)]
+    assert written(3, checkpoint.BEST) == expected
+    for name in (checkpoint.BEST, checkpoint.LAST):
+        every_epoch, every_third = (checkpoint.load(tmp_path / str(every) / name) for every in (1, 3))
+        assert every_epoch["epoch"] == every_third["epoch"]
+        assert all(torch.equal(value, every_third["model"][key]) for key, value in every_epoch["model"].items())
+
+
+@pytest.mark.parametrize("every", [1, 5])
+def test_sigterm_while_an_epoch_is_reported_stops_the_fit_once_that_epoch_is_checkpointed(tmp_path, every):
     def interrupt(number, frame):  # as cifar.train handles SIGTERM
         raise KeyboardInterrupt(number)
 
@@ -158,7 +186,9 @@ def test_sigterm_while_an_epoch_is_reported_stops_the_fit_once_that_epoch_is_che
     reported = []
     try:
         with pytest.raises(KeyboardInterrupt):
-            _trainer(tmp_path, compile=False).fit(5, None, report)
+            trainer = _trainer(tmp_path, compile=False)
+            trainer.checkpoint_every = every  # 5: epoch 2 is not due, but kept and written on the interrupt
+            trainer.fit(5, None, report)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert reported == [2] and checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2
