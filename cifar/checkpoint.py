@@ -88,15 +88,12 @@ class Writer:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
         try:
+            self.wait()
+            _save_all(self._kept)
+        except Exception as error:
             if exc_type is None:
-                self.submit({})
-                self.wait()
-            else:
-                try:
-                    self.wait()
-                    _save_all(self._kept)
-                except Exception as error:
-                    log.warning("%s", error)  # raising it would hide the exception that ends the block
+                raise
+            log.warning("%s", error)  # raising it would hide the exception that ends the block
         finally:
             self._thread.shutdown()
 
@@ -104,7 +101,7 @@ class Writer:
         if write:
             self.wait()
         self._kept.update({path: on_host(state) for path, state in files.items()})
-        if write and self._kept:
+        if write:
             self._in_flight = self._thread.submit(_save_all, self._kept)
             self._kept = {}
 

@@ -150,11 +150,10 @@ def test_checkpoint_every_n_writes_every_nth_epoch_and_the_last_and_trains_the_s
     save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save", lambda path, state: (saved.append((path.parent.name, path.name,
                                                                                state["epoch"])), save(path, state)))
-    trainers = {}
     for every in (1, 3):
-        trainers[every] = _trainer(tmp_path / str(every), compile=False)
-        trainers[every].checkpoint_every = every
-        trainers[every].fit(7, None, lambda metrics: None)
+        trainer = _trainer(tmp_path / str(every), compile=False)
+        trainer.checkpoint_every = every
+        trainer.fit(7, None, lambda metrics: None)
 
     def written(every, name):
         return [epoch for run, file, epoch in saved if (run, file) == (str(every), name)]
