@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU goals of README's Speed section in one go: the machine check, the data cache, then
-# bench/time_to_accuracy.py for airbench, airbench95, resnet9_fast and resnet18_onecycle. Each step's output is also
+# bench/time_to_accuracy.py for airbench, airbench_muon, airbench95, resnet9_fast and resnet18_onecycle. Each step's output is also
 # written to LOG_DIR. Extra arguments are overrides for every run (trainer.epochs=16, say).
 # PRESETS picks the recipes, so that each can have a call of its own where commands are time-limited;
 # the data cache is decoded once, and reused where data/processed/cifar10.npz exists.
@@ -22,7 +22,7 @@ python3 -m cifar.env 2>&1 | tee "$logs/env.txt"
 if [[ ! -f data/processed/cifar10.npz ]]; then
     python3 -m cifar.prepare "$archive" data/processed 2>&1 | tee "$logs/prepare.txt"
 fi
-for preset in ${PRESETS:-airbench airbench95 resnet9_fast resnet18_onecycle}; do
+for preset in ${PRESETS:-airbench airbench_muon airbench95 resnet9_fast resnet18_onecycle}; do
     python3 bench/time_to_accuracy.py --preset "$preset" --seeds "$seeds" --data data/processed/cifar10.npz "$@" \
         2>&1 | tee "$logs/$preset.txt"
 done

@@ -48,7 +48,9 @@ class RandomSteps:
 
     def model(self, name: str) -> nn.Module:
         """An option of conf/model, built as its config says, in the runtime's memory format."""
-        model = build_model(compose([f"model={name}"]).model)
+        return self.in_memory_format(build_model(compose([f"model={name}"]).model))
+
+    def in_memory_format(self, model: nn.Module) -> nn.Module:
         return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     def train(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -67,6 +67,14 @@ class SGDConfig(OptimizerConfig):
 
 
 @dataclass
+class MuonConfig(SGDConfig):
+    muon_lr: float = MISSING
+    muon_momentum: float = MISSING
+    ns_steps: int = MISSING
+    normalize_filters: bool = MISSING
+
+
+@dataclass
 class SchedulerConfig:
     name: str = MISSING
 
@@ -170,7 +178,7 @@ class Config:
 GROUP_SCHEMAS = {
     "model": {"simplecnn": SimpleCNNConfig, "resnet18": ResNet18Config, "resnet9": ResNet9Config,
               "airbench": AirbenchConfig},
-    "optimizer": {"adam": AdamConfig, "adamw": AdamConfig, "sgd": SGDConfig},
+    "optimizer": {"adam": AdamConfig, "adamw": AdamConfig, "sgd": SGDConfig, "muon": MuonConfig},
     "scheduler": {"none": SchedulerConfig, "cosine": CosineConfig, "onecycle": OneCycleConfig},
     "data": {"cifar10": DataConfig},
     "diagnostics": {"diagnostics": DiagnosticsConfig},
@@ -306,6 +314,12 @@ def validate(cfg: Any) -> None:
     checks.append(("optimizer.norm_bias_lr_scale", cfg.optimizer.norm_bias_lr_scale > 0, "must be > 0"))
     if "dropout" in cfg.model:
         checks.append(("model.dropout", 0 <= cfg.model.dropout < 1, "must be in [0, 1)"))
+    if "muon_lr" in cfg.optimizer:
+        checks += [
+            ("optimizer.muon_lr", cfg.optimizer.muon_lr > 0, "must be > 0"),
+            ("optimizer.muon_momentum", 0 <= cfg.optimizer.muon_momentum < 1, "must be in [0, 1)"),
+            ("optimizer.ns_steps", cfg.optimizer.ns_steps >= 1, "must be >= 1"),
+        ]
     if "betas" in cfg.optimizer:
         betas = cfg.optimizer.betas
         checks.append(("optimizer.betas", len(betas) == 2 and all(0 <= b < 1 for b in betas),
@@ -318,12 +332,17 @@ def validate(cfg: Any) -> None:
     if "min_lr_ratio" in cfg.scheduler:
         checks.append(("scheduler.min_lr_ratio", 0 <= cfg.scheduler.min_lr_ratio <= 1, "must be in [0, 1]"))
     if "pct_start" in cfg.scheduler:
-        checks.append(("scheduler.pct_start", 0 < cfg.scheduler.pct_start < 1, "must be in (0, 1)"))
+        checks.append(("scheduler.pct_start", 0 <= cfg.scheduler.pct_start < 1,
+                       "must be in [0, 1) (0: no warm-up, the first step at the peak)"))
     if "anneal" in cfg.scheduler:
         checks.append(("scheduler.anneal", cfg.scheduler.anneal in ANNEALS, f"must be one of {ANNEALS}"))
     if "cycle_momentum" in cfg.scheduler:
         checks.append(("scheduler.base_momentum", 0 <= cfg.scheduler.base_momentum <= cfg.scheduler.max_momentum < 1,
                        "must be in [0, scheduler.max_momentum], with scheduler.max_momentum < 1"))
+        if cfg.optimizer.name == "muon":
+            checks.append(("scheduler.cycle_momentum", not cfg.scheduler.cycle_momentum,
+                           "would cycle Muon's momentum too (optimizer.muon_momentum): "
+                           "set scheduler.cycle_momentum=false"))
         if cfg.optimizer.get("momentum") == 0:
             checks.append(("scheduler.cycle_momentum", not cfg.scheduler.cycle_momentum,
                            "would give SGD momentum where optimizer.momentum=0: set scheduler.cycle_momentum=false"))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
+
+from cifar.models import first_conv
+from cifar.muon import Muon
 
 
 FUSED_DEVICES = ("cpu", "cuda")  # one kernel per step instead of one per parameter tensor
@@ -15,6 +18,8 @@ FUSED_DEVICES = ("cpu", "cuda")  # one kernel per step instead of one per parame
 
 def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     fused = device.type in FUSED_DEVICES
+    if cfg.name == "muon":
+        return build_muon(cfg, model)
     params = param_groups(model, cfg.lr, cfg.weight_decay, cfg.norm_bias_lr_scale)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
@@ -27,17 +32,40 @@ def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.o
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float, norm_bias_lr_scale: float) -> list[dict[str, Any]]:
-    """One group of all parameters; with ``norm_bias_lr_scale`` other than 1, the BatchNorm biases in a
-    group of their own whose rate is ``lr`` times it and whose weight decay is divided by it, so
+def build_muon(cfg: Any, model: nn.Module) -> Muon:
+    """Muon at ``muon_lr`` and ``muon_momentum`` for the hidden filters, without weight decay (cifar10-airbench's
+    airbench94_muon); SGD with the other settings for the rest, in the groups of ``param_groups``, first (the
+    run's logged lr is the first group's)."""
+    filters = hidden_filters(model)
+    sgd_groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.norm_bias_lr_scale, leave_out=filters)
+    muon_group = {"params": filters, "lr": cfg.muon_lr, "momentum": cfg.muon_momentum, "weight_decay": 0.0,
+                  "orthogonalize": True}
+    return Muon([*sgd_groups, muon_group], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                weight_decay=cfg.weight_decay, ns_steps=cfg.ns_steps, normalize_filters=cfg.normalize_filters)
+
+
+def hidden_filters(model: nn.Module) -> list[nn.Parameter]:
+    """The trained convolution filters but the first one's, which sees the images: the weights Muon is for."""
+    first = first_conv(model)
+    return [m.weight for m in model.modules()
+            if isinstance(m, nn.Conv2d) and m is not first and m.weight.requires_grad]
+
+
+def param_groups(
+    model: nn.Module, lr: float, weight_decay: float, norm_bias_lr_scale: float, leave_out: Sequence[nn.Parameter] = ()
+) -> list[dict[str, Any]]:
+    """One group of all parameters but ``leave_out``; with ``norm_bias_lr_scale`` other than 1, the BatchNorm
+    biases in a group of their own whose rate is ``lr`` times it and whose weight decay is divided by it, so
     that weight decay takes the same share of them each step (cifar10-airbench's bias scaler).
     """
+    left_out = {id(p) for p in leave_out}
+    params = [p for p in model.parameters() if id(p) not in left_out]
     if norm_bias_lr_scale == 1:
-        return [{"params": list(model.parameters())}]
+        return [{"params": params}]
     norm_biases = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None]
     ids = {id(p) for p in norm_biases}
     return [
-        {"params": [p for p in model.parameters() if id(p) not in ids]},
+        {"params": [p for p in params if id(p) not in ids]},
         {"params": norm_biases, "lr": lr * norm_bias_lr_scale, "weight_decay": weight_decay / norm_bias_lr_scale},
     ]
 

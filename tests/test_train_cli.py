@@ -243,6 +243,9 @@ BAD_INPUT = [
      "optimizer.nesterov=True is out of range: it needs optimizer.momentum > 0: set optimizer.nesterov=false"),
     ("optimizer=sgd optimizer.momentum=0 optimizer.nesterov=false",
      "scheduler.cycle_momentum=True is out of range: it would give SGD momentum where optimizer.momentum=0"),
+    ("optimizer=muon", "scheduler.cycle_momentum=True is out of range: it would cycle Muon's momentum too "
+                       "(optimizer.muon_momentum): set scheduler.cycle_momentum=false"),
+    ("optimizer=muon optimizer.ns_steps=0", "optimizer.ns_steps=0 is out of range: it must be >= 1"),
     ("scheduler.base_momentum=0.97",
      "scheduler.base_momentum=0.97 is out of range: it must be in [0, scheduler.max_momentum]"),
     ("hparams_search=optuna",
@@ -358,7 +361,7 @@ def test_help_lists_the_groups_and_cfg_job_prints_the_config(cli):
     import sys
 
     help_text = subprocess.run([sys.executable, "-m", "cifar.train", "--help"], capture_output=True, text=True).stdout
-    groups = ("model: airbench, resnet18, resnet9, simplecnn", "optimizer: adam, adamw, sgd",
+    groups = ("model: airbench, resnet18, resnet9, simplecnn", "optimizer: adam, adamw, muon, sgd",
               "scheduler: cosine, none, onecycle")
     for line in groups:
         assert line in help_text
