@@ -339,7 +339,7 @@ def validate(cfg: Any) -> None:
     if "cycle_momentum" in cfg.scheduler:
         checks.append(("scheduler.base_momentum", 0 <= cfg.scheduler.base_momentum <= cfg.scheduler.max_momentum < 1,
                        "must be in [0, scheduler.max_momentum], with scheduler.max_momentum < 1"))
-        if cfg.optimizer.name == "muon":
+        if "muon_momentum" in cfg.optimizer:
             checks.append(("scheduler.cycle_momentum", not cfg.scheduler.cycle_momentum,
                            "would cycle Muon's momentum too (optimizer.muon_momentum): "
                            "set scheduler.cycle_momentum=false"))
