@@ -17,9 +17,9 @@ FUSED_DEVICES = ("cpu", "cuda")  # one kernel per step instead of one per parame
 
 
 def build_optimizer(cfg: Any, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type in FUSED_DEVICES
     if cfg.name == "muon":
         return build_muon(cfg, model)
+    fused = device.type in FUSED_DEVICES
     params = param_groups(model, cfg.lr, cfg.weight_decay, cfg.norm_bias_lr_scale)
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
@@ -62,11 +62,11 @@ def param_groups(
     params = [p for p in model.parameters() if id(p) not in left_out]
     if norm_bias_lr_scale == 1:
         return [{"params": params}]
-    norm_biases = [m.bias for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None]
-    ids = {id(p) for p in norm_biases}
+    norm_bias_ids = {id(m.bias) for m in model.modules() if isinstance(m, nn.BatchNorm2d) and m.bias is not None}
     return [
-        {"params": [p for p in params if id(p) not in ids]},
-        {"params": norm_biases, "lr": lr * norm_bias_lr_scale, "weight_decay": weight_decay / norm_bias_lr_scale},
+        {"params": [p for p in params if id(p) not in norm_bias_ids]},
+        {"params": [p for p in params if id(p) in norm_bias_ids], "lr": lr * norm_bias_lr_scale,
+         "weight_decay": weight_decay / norm_bias_lr_scale},
     ]
 
 

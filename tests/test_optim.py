@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar.optim import build_optimizer, build_scheduler
+from cifar.optim import build_optimizer, build_scheduler, param_groups
 
 SGD = {"name": "sgd", "lr": 0.1, "weight_decay": 5e-4, "norm_bias_lr_scale": 1.0, "momentum": 0.9, "nesterov": True}
 ONECYCLE = {"name": "onecycle", "pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4,
@@ -101,3 +101,11 @@ def test_without_a_norm_bias_scale_every_parameter_is_in_one_group():
     model = _with_a_batchnorm()
     [group] = build_optimizer(OmegaConf.create(SGD), model, torch.device("cpu")).param_groups
     assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+
+
+def test_a_left_out_parameter_is_in_no_group_even_a_norm_bias():
+    model = _with_a_batchnorm()
+    left_out = [model[0].weight, model[1].bias]
+    groups = param_groups(model, lr=0.1, weight_decay=5e-4, norm_bias_lr_scale=64.0, leave_out=left_out)
+    grouped = [id(p) for group in groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters() if all(p is not q for q in left_out))
