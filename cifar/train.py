@@ -7,6 +7,7 @@ answer at once; the task itself is in :mod:`cifar.task`.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import traceback
@@ -14,7 +15,7 @@ import traceback
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -137,19 +138,39 @@ def describe(err: BaseException) -> str:
         err = err.__cause__
     if isinstance(err, DivergedError):
         return f"training diverged: {err}. Lower optimizer.lr or add a scheduler warm-up"
-    config_error = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    config_error, config_file = _config_error(err)
     if isinstance(config_error, OmegaConfBaseException) and config_error.msg:
         key = f" (key: {config_error.full_key})" if config_error.full_key else ""
-        return f"{config_error.msg.strip().splitlines()[0]}{key}{_config_fix(config_error)}"
+        where = f"In '{config_file}': " if config_file else ""
+        return f"{where}{config_error.msg.strip().splitlines()[0]}{key}{_config_fix(config_error, config_file)}"
     if isinstance(err, MissingConfigException) and err.options:
         return f"{str(err).strip().splitlines()[0]}. Available options: {', '.join(err.options)}"
     return " ".join(str(err).split())
 
 
-def _config_fix(err: OmegaConfBaseException) -> str:
+def _config_error(err: BaseException) -> tuple[BaseException | None, str | None]:
+    """The OmegaConf error behind ``err``, and the config file it is in where Hydra merging that file raised it
+    (as when a preset sets a key of another option of a config group than the one chosen)."""
+    if isinstance(err, OmegaConfBaseException):
+        return err, None
+    if isinstance(err, ConfigCompositionException) and (merged := _MERGING_FILE.match(str(err))):
+        return err.__context__, merged.group(1)
+    return err.__cause__, None
+
+
+_MERGING_FILE = re.compile(r"In '([^']+)': \w+ raised while composing config")  # Hydra's words, hydra/_internal
+
+
+def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:
     """The fix, which OmegaConf's messages leave out, for an unknown key or a value of the wrong type."""
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
-        return f": fix or drop it; {LISTS_THE_KEYS}"
+        if config_file is None:  # an override's
+            return f": fix or drop it; {LISTS_THE_KEYS}"
+        group, _, key_in_group = (err.full_key or "").partition(".")
+        if not key_in_group:
+            return f": fix {config_file}"
+        return (f": the {group} chosen has no such key: choose the {group} that {config_file} is written for, "
+                f"or fix {config_file}")
     if isinstance(err, ValidationError):
         return f". {FIX_THE_VALUE}"
     return ""

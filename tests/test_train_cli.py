@@ -250,6 +250,10 @@ BAD_INPUT = [
      "scheduler.base_momentum=0.97 is out of range: it must be in [0, scheduler.max_momentum]"),
     ("hparams_search=optuna",
      "hparams_search=optuna is a search, which runs only as a sweep: add -m (python -m cifar.train -m hparams_search"),
+    ("experiment=airbench scheduler=cosine",  # the preset sets onecycle's keys
+     "In 'experiment/airbench': Key 'pct_start' not in 'CosineConfig' (key: scheduler.pct_start): the scheduler "
+     "chosen has no such key: choose the scheduler that experiment/airbench is written for, or fix "
+     "experiment/airbench"),
 ]
 
 
@@ -263,6 +267,23 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert all_runs(cli) == []
     assert not (cli.tmp_path / "run" / "best.pt").exists()
+
+
+OWN_PRESETS = {
+    "optimizer:\n  lr: abc": "In 'experiment/mine': Value 'abc' of type 'str' could not be converted to Float (key: "
+                            "optimizer.lr). Fix the override or the config file.",
+    "trainr:\n  epochs: 3": "In 'experiment/mine': Key 'trainr' not in 'Config'. Did you mean: 'trainer'? (key: "
+                            "trainr): fix experiment/mine",
+}
+
+
+@pytest.mark.parametrize("preset", OWN_PRESETS, ids=["a value of the wrong type", "an unknown key"])
+def test_a_preset_of_ones_own_with_a_bad_key_or_value_is_named_in_one_line(cli, preset):
+    (cli.tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (cli.tmp_path / "conf" / "experiment" / "mine.yaml").write_text(f"# @package _global_\n{preset}\n")
+    proc = cli("--config-dir", str(cli.tmp_path / "conf"), "experiment=mine", check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines == [f"cifar.train: error: {OWN_PRESETS[preset]}"], proc.stderr
 
 
 @pytest.mark.slow
