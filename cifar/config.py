@@ -14,9 +14,10 @@ from typing import Any, Iterator, Optional
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from cifar.errors import ConfigError
+from cifar.errors import AbortRun, ConfigError
 
 
 @dataclass
@@ -226,6 +227,25 @@ def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
         hydra_cfg = cfg.pop("hydra")
     validate(cfg)
     return cfg, hydra_cfg
+
+
+class RunConfigCheck(Callback):
+    """Checks a single run's config before Hydra makes the run's output dir (``hydra.callbacks.config_check``,
+    first), so that a bad value leaves no dir of a run that never started; a sweep's jobs are checked by the
+    task as each starts."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            search = config.hydra.runtime.choices.get("hparams_search")
+            if search:  # it would train one run with the defaults
+                raise ConfigError(f"hparams_search={search} is a search, which runs only as a sweep: add -m "
+                                  f"(python -m cifar.train -m hparams_search={search} ...)")
+            job = config.copy()
+            with open_dict(job):
+                del job["hydra"]
+            validate(job)
+        except ConfigError as err:
+            raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
 
 
 # The fixes that config errors name, here and in cifar.train for OmegaConf's own errors

@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
-from cifar.errors import AbortRun, ConfigError, DivergedError, UserError, unwritable_output_dir
+from cifar.errors import AbortRun, DivergedError, UserError, unwritable_output_dir
 from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
@@ -44,8 +44,7 @@ USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
     try:
-        _check_search_is_swept()
-        validate(cfg)
+        validate(cfg)  # a single run's config was checked already (config.RunConfigCheck); a job's is here
         from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
 
         return run(cfg)
@@ -53,15 +52,6 @@ def train(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.RUN:
             raise AbortRun(err) from err
         raise  # in a sweep Hydra names the failed job's overrides first
-
-
-def _check_search_is_swept() -> None:
-    """An ``hparams_search`` preset without ``-m`` would train one run with the defaults: refuse it."""
-    hydra_cfg = HydraConfig.get()
-    search = hydra_cfg.runtime.choices.get("hparams_search")
-    if search and hydra_cfg.mode == RunMode.RUN:
-        raise ConfigError(f"hparams_search={search} is a search, which runs only as a sweep: add -m "
-                          f"(python -m cifar.train -m hparams_search={search} ...)")
 
 
 def main() -> None:

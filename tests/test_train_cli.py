@@ -269,6 +269,13 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
     assert not (cli.tmp_path / "run" / "best.pt").exists()
 
 
+@pytest.mark.parametrize("override", ["trainer.epochs=0", "hparams_search=optuna"])
+def test_a_run_whose_config_is_refused_leaves_no_output_dir(cli, override):
+    proc = cli(override, "hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}", check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("cifar.train: error:"), proc.stderr
+    assert not (cli.tmp_path / "outputs").exists()
+
+
 OWN_PRESETS = {
     "optimizer:\n  lr: abc": "In 'experiment/mine': Value 'abc' of type 'str' could not be converted to Float (key: "
                             "optimizer.lr). Fix the override or the config file.",
