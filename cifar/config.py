@@ -231,8 +231,8 @@ def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
 
 class RunConfigCheck(Callback):
     """Checks a single run's config before Hydra makes the run's output dir (``hydra.callbacks.config_check``,
-    first), so that a bad value leaves no dir of a run that never started; a sweep's jobs are checked by the
-    task as each starts."""
+    first), so that a bad value leaves no dir of a run that never started. A grid's jobs are checked by
+    ``cifar.sweeper.CheckedBasicSweeper`` before the first starts, an Optuna search's by the task as each starts."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -240,12 +240,17 @@ class RunConfigCheck(Callback):
             if search:  # it would train one run with the defaults
                 raise ConfigError(f"hparams_search={search} is a search, which runs only as a sweep: add -m "
                                   f"(python -m cifar.train -m hparams_search={search} ...)")
-            job = config.copy()
-            with open_dict(job):
-                del job["hydra"]
-            validate(job)
+            validate_job(config)
         except ConfigError as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
+
+
+def validate_job(config: DictConfig) -> None:
+    """:func:`validate` a config that Hydra composed for a run or a job, ``hydra`` node and all."""
+    job = config.copy()
+    with open_dict(job):
+        del job["hydra"]
+    validate(job)
 
 
 # The fixes that config errors name, here and in cifar.train for OmegaConf's own errors

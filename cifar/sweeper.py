@@ -1,6 +1,7 @@
-"""Hydra's Optuna sweeper, with pruning and resumable studies.
+"""Hydra's sweepers: the Optuna sweeper, with pruning and resumable studies, and the basic (grid) sweeper,
+which also checks every job's config before the first job starts (:class:`CheckedBasicSweeper`).
 
-Registered as ``hydra/sweeper=optuna`` in place of the stock plugin, it takes the same config
+The Optuna sweeper, registered as ``hydra/sweeper=optuna`` in place of the stock plugin, takes the same config
 (search-space syntax, samplers, storage, ``n_jobs``, ``max_failure_rate``) plus ``pruner``, a
 group with the options median, successive_halving, hyperband, threshold and none. A null
 ``storage`` means a SQLite file in the sweep dir, since jobs reach their trials through it. It changes
@@ -23,13 +24,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from cifar.config import validate_job
 from cifar.errors import ConfigError
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
@@ -110,6 +113,29 @@ class PruningOptunaSweeper(OptunaSweeper):
         self.sweeper = PruningOptunaSweeperImpl(pruner, **{**stock, "sampler": self.sweeper.sampler})
 
 
+@dataclass
+class CheckedBasicSweeperConf(BasicSweeperConf):
+    _target_: str = "cifar.sweeper.CheckedBasicSweeper"
+
+
+class CheckedBasicSweeper(BasicSweeper):
+    """Hydra's basic sweeper, the default, which composes every job's config of a batch before launching it
+    (all of a grid's by default), and here also checks each as its job will (``cifar.config.validate``):
+    a value out of range in the grid's last job stops the sweep before the first job trains."""
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        from cifar.tracking import override_key, swept_keys
+
+        swept = swept_keys(self.config)
+        for overrides in batch:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            try:
+                validate_job(config)
+            except ConfigError as err:
+                job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
+                raise ConfigError(f"the job {job}: {err}") from err
+
+
 def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:
     return OmegaConf.select(hydra_cfg, "sweeper._target_") == PruningOptunaSweeperConf._target_
 
@@ -160,8 +186,10 @@ def study_name(name: str | None, sweep_dir: str | Path) -> str:
 
 
 def register_sweeper_configs() -> None:
-    """Make ``hydra/sweeper=optuna`` this sweeper's config (stock keys plus ``pruner``)."""
+    """Make ``hydra/sweeper=optuna`` this module's Optuna sweeper's config (stock keys plus ``pruner``), and
+    ``hydra/sweeper=basic`` its basic sweeper's (the stock keys)."""
     store = ConfigStore.instance()
+    store.store(group="hydra/sweeper", name="basic", node=CheckedBasicSweeperConf, provider="cifar", replace=True)
     store.store(group="hydra/sweeper", name="optuna", node=PruningOptunaSweeperConf, provider="cifar", replace=True)
     for name, node in PRUNERS.items():
         store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="cifar", replace=True)

@@ -29,7 +29,8 @@ from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
-Plugins.instance().register(hydra_plugin.PruningOptunaSweeper)
+for sweeper in (hydra_plugin.CheckedBasicSweeper, hydra_plugin.PruningOptunaSweeper):
+    Plugins.instance().register(sweeper)
 for launcher in (RayLauncher, *submitit_launchers()):  # the presets hydra/launcher=ray's and submitit_*'s
     Plugins.instance().register(launcher)
 
@@ -44,7 +45,7 @@ USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
     try:
-        validate(cfg)  # a single run's config was checked already (config.RunConfigCheck); a job's is here
+        validate(cfg)  # checked already in a single run and a grid (config.RunConfigCheck, CheckedBasicSweeper)
         from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
 
         return run(cfg)

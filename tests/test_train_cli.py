@@ -10,7 +10,9 @@ import torch
 
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
-from tests.conftest import REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module
+from tests.conftest import (
+    REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module, sweep_parent_and_children,
+)
 
 
 def metric_history(cli, run_id: str, key: str) -> list[float]:
@@ -274,6 +276,16 @@ def test_a_run_whose_config_is_refused_leaves_no_output_dir(cli, override):
     proc = cli(override, "hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("cifar.train: error:"), proc.stderr
     assert not (cli.tmp_path / "outputs").exists()
+
+
+def test_a_grid_with_a_job_that_its_config_refuses_fails_before_any_job_trains(cli):
+    proc = cli("optimizer=adam,muon", multirun=True, check=False)  # Muon with onecycle's cycled momentum
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("cifar.train: error: the job optimizer=muon: scheduler.cycle_momentum=True is out of range")
+    assert not [path for path in (cli.tmp_path / "sweep").iterdir() if path.is_dir()]  # no job's dir
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    assert children == [] and parent.info.status == "FAILED"
 
 
 OWN_PRESETS = {
