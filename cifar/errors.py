@@ -15,6 +15,15 @@ class ConfigError(UserError):
     """A config value that composes but cannot be used (out of range, inconsistent)."""
 
 
+class JobConfigError(ConfigError):
+    """The config of a sweep's job (or of a trial its search space holds) that does not compose or is refused,
+    raised before the job starts; ``job`` names it ("the job optimizer=muon")."""
+
+    def __init__(self, job: str, cause: BaseException) -> None:
+        super().__init__(f"{job}: {first_line(cause)}")
+        self.job = job
+
+
 class DataError(UserError):
     """Data that is missing, unreadable or not CIFAR-10."""
 

@@ -101,6 +101,7 @@ JOB_ATTR = "hydra_job"  # user attribute of a trial: "<sweep dir>/<trial number>
 OWNER_ATTR = "sweeper"  # user attribute of a trial: the sweeper process that asked for it (cifar.owner)
 KILLED_ATTR = "killed"  # user attribute of a trial failed because its sweep was stopped or killed
 SURPLUS_ATTR = "surplus"  # user attribute of a trial asked for beyond n_trials by racing workers, never run
+REFUSED_ATTR = "refused"  # user attribute of a trial whose config was refused before its job started, never run
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # user attribute of a study: the sweeps' MLflow parent run
 PARENT_RUN_WAIT_S = 60  # how long a worker waits for the study's creator to record the parent run
 
@@ -137,8 +138,8 @@ def shared_parent_run(hydra_cfg: DictConfig, new_run: Callable[[], str], reuse: 
 
 
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial counts toward ``n_trials``: not killed with its sweep, not surplus."""
-    return not (trial.user_attrs.get(KILLED_ATTR) or trial.user_attrs.get(SURPLUS_ATTR))
+    """Whether the trial counts toward ``n_trials``: not killed with its sweep, not surplus, not refused."""
+    return not any(trial.user_attrs.get(attr) for attr in (KILLED_ATTR, SURPLUS_ATTR, REFUSED_ATTR))
 
 
 def counted_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -230,9 +231,10 @@ def assign_job(trial: optuna.Trial, sweep_dir: str | Path) -> None:
     trial.set_user_attr(OWNER_ATTR, owner.current())
 
 
-def mark_surplus(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Fail, tagged surplus, a trial that a worker asked for when the study already had ``n_trials``."""
-    trial.set_user_attr(SURPLUS_ATTR, True)
+def fail_unrun(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
+    """Fail a trial that no job will run, tagged ``why``: SURPLUS_ATTR (a worker asked for it when the study
+    already had ``n_trials``), REFUSED_ATTR (its config was refused) or KILLED_ATTR (the sweep stopped first)."""
+    trial.set_user_attr(why, True)
     study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
 

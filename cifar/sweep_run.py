@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -50,11 +51,16 @@ class SweepCallback(Callback):
             raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
         if optuna_sweep:
             from cifar import study
+            from cifar.sweeper_impl import check_search_space
 
             try:
                 sweeper.checked_sweep(config)
             except ConfigError:
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
+            try:
+                check_search_space(config, GlobalHydra.instance().config_loader())
+            except ConfigError as err:
+                raise AbortRun(err) from err
         try:
             experiment_id = tracking.use_experiment(tracking.usable_store(config.mlflow), config.mlflow.experiment)
         except UserError as err:

@@ -5,7 +5,7 @@ The Optuna sweeper, registered as ``hydra/sweeper=optuna`` in place of the stock
 (search-space syntax, samplers, storage, ``n_jobs``, ``max_failure_rate``) plus ``pruner``, a
 group with the options median, successive_halving, hyperband, threshold and none. A null
 ``storage`` means a SQLite file in the sweep dir, since jobs reach their trials through it. It changes
-four things and leaves the search to Optuna:
+five things and leaves the search to Optuna:
 
 - each trial runs in the job dir ``<sweep dir>/<trial number>`` and is tagged in the study with it,
   so the job finds its trial through the study's storage (:class:`cifar.study.SweepTrial`): it
@@ -17,7 +17,10 @@ four things and leaves the search to Optuna:
   runs only the trials still missing, and several workers on a shared storage (PostgreSQL) run
   the same command and split the trials between them;
 - a seeded sampler is reseeded with the seed plus the number of each batch's first trial, so that
-  a resumed study or a second worker does not replay the samples of the first.
+  a resumed study or a second worker does not replay the samples of the first;
+- the configs of a few trials that take every choice and range end of the search space are checked before the sweep
+  starts (:func:`cifar.sweeper_impl.check_search_space`, from the sweep's callback), and each trial's before
+  its job starts: a refused trial fails, not counted toward ``n_trials``, and stops the sweep.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
+from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cifar.config import validate_job
-from cifar.errors import ConfigError
+from cifar.errors import ConfigError, JobConfigError
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
 SQLITE = "sqlite:///"
@@ -124,16 +130,21 @@ class CheckedBasicSweeper(BasicSweeper):
     a value out of range in the grid's last job stops the sweep before the first job trains."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        from cifar.tracking import override_key, swept_keys
+        from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
 
         swept = swept_keys(self.config)
         for overrides in batch:
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            try:
-                validate_job(config)
-            except ConfigError as err:
-                job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
-                raise ConfigError(f"the job {job}: {err}") from err
+            job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
+            check_job(self.hydra_context.config_loader, self.config, overrides, f"the job {job}")
+
+
+def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: Sequence[str], job: str) -> None:
+    """Compose a sweep job's config as its launcher will and check it as its task will; a config that does not
+    compose or is refused raises :class:`JobConfigError` naming ``job``."""
+    try:
+        validate_job(config_loader.load_sweep_config(sweep_config, list(overrides)))
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
+        raise JobConfigError(job, err) from err
 
 
 def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:

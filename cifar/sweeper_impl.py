@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
 import optuna
+from hydra.core.config_loader import ConfigLoader
+from hydra.errors import HydraException
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 
 from cifar import launchers
 from cifar import study as studies
+from cifar.errors import ConfigError, JobConfigError, first_line
 from cifar.outages import StoreOutage
-from cifar.sweeper import checked_sweep, storage_url, study_name
+from cifar.sweeper import check_job, checked_sweep, storage_url, study_name
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +105,24 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         study.pruner = instantiate(self.pruner_cfg)  # the sampler groups trials by it (hyperband)
         study.sampler = self._reseeded_sampler(trials[0].number)
         overrides = super()._configure_trials(trials, *args)
+        self._check_configs(study, trials, overrides)
         for trial in trials:
             studies.assign_job(trial, self.sweep_dir)
         self.heartbeat.beat_for(trials)
         # The job dir is named by the trial's number (the stock one: by the job's number in this sweep).
         return [(*job, f"hydra.sweep.subdir={trial.number}") for job, trial in zip(overrides, trials)]
+
+    def _check_configs(self, study: optuna.Study, trials: list[optuna.Trial], jobs: Sequence[Sequence[str]]) -> None:
+        """Check each trial's config before its job starts; where one is refused, the batch's trials fail, not
+        counted toward ``n_trials`` (none ran), and the sweep stops naming it."""
+        for trial, job in zip(trials, jobs):
+            try:
+                check_job(self.hydra_context.config_loader, self.config, job,
+                          f"trial {trial.number} ({assignments(trial.params)})")
+            except JobConfigError:
+                for unrun in trials:
+                    studies.fail_unrun(study, unrun, studies.REFUSED_ATTR if unrun is trial else studies.KILLED_ATTR)
+                raise
 
     def _ask_unless_full(self, study: optuna.Study, *args: Any, **kwargs: Any) -> optuna.Trial:
         """``study.ask()``; at a batch's start, first a check that other workers left trials to run
@@ -128,7 +147,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         counted = sorted(t.number for t in studies.counted_trials(study))
         within = [t for t in trials if counted.index(t.number) < self.study_trials]
         for trial in trials[len(within):]:  # the batch's last ones: the stock loop pairs the rest with their jobs
-            studies.mark_surplus(study, trial)
+            studies.fail_unrun(study, trial, studies.SURPLUS_ATTR)
         if not within:
             raise StudyFull
         return within
@@ -144,3 +163,86 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             seed=sampler_cfg.seed + offset,
             _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
         )
+
+
+# A search space as the stock sweeper parses it: the searched parameters' distributions, the fixed parameters'
+# values, and the overrides passed on as they are (deletions)
+SearchSpace = tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]
+GRID_SAMPLER = "optuna.samplers.GridSampler"
+
+
+def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> None:
+    """Check the search space before the sweep starts: that its sampler can draw it, and the configs of a few
+    trials it holds (:func:`probe_trials`), so that a choice or range end that every trial holding it would be
+    refused for stops the sweep at once."""
+    space = search_space(config.hydra.sweeper.params, list(config.hydra.overrides.task))
+    if OmegaConf.select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER:
+        _check_grid(space[0])
+    for searched, overrides in probe_trials(*space):
+        check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
+
+
+def search_space(params: DictConfig | None, arguments: list[str]) -> SearchSpace:
+    """What the stock sweeper searches (``hydra.sweeper.params``, and the command line's ranges, which win), the
+    parameters it fixes and the overrides it passes on; a range that Optuna cannot take raises ConfigError."""
+    distributions: dict[str, BaseDistribution] = {}
+    fixed: dict[str, Any] = {}
+    passed: list[str] = []
+    for override in [f"{key}={value}" for key, value in (params or {}).items()] + arguments:
+        try:
+            searched, fixed_one, passed_one = create_params_from_overrides([override])
+        except (ValueError, AssertionError, HydraException) as err:
+            raise ConfigError(f"{override}: {first_line(err).rstrip('.')}: fix the search range") from err
+        distributions.update(searched)
+        fixed.update(fixed_one)
+        passed += passed_one
+    return {name: d for name, d in distributions.items() if name not in fixed}, fixed, passed
+
+
+def _check_grid(distributions: dict[str, BaseDistribution]) -> None:
+    """The grid sampler draws choices and ranges with a step only (the stock sweeper fails with a traceback)."""
+    continuous = [name for name, d in distributions.items() if isinstance(d, FloatDistribution) and d.step is None]
+    if continuous:
+        raise ConfigError(f"hydra/sweeper/sampler=grid takes choices and ranges with a step, not the intervals of "
+                          f"{', '.join(continuous)}: give each as choice(...) or range(start, stop, step), "
+                          f"or choose another sampler")
+
+
+def probe_trials(distributions: dict[str, BaseDistribution], fixed: dict[str, Any],
+                 passed: list[str]) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """Trials of a :func:`search_space`, as the stock sweeper writes their jobs' overrides, which between them take
+    every choice of each parameter and both ends of each range (each beside the other parameters' values in
+    turn); with each, its searched values."""
+    values = {name: _probe_values(d) for name, d in distributions.items()}
+    probes = []
+    for i in range(max(map(len, values.values()), default=0)):
+        searched = {name: choices[i % len(choices)] for name, choices in values.items()}
+        probes.append((searched, (*(f"{k}={v}" for k, v in {**searched, **fixed}.items()), *passed)))
+    return probes
+
+
+PROBE_INSET = 1e-3  # a float range is probed this share of its width inside each end, where its samplers draw
+
+
+def _probe_values(distribution: BaseDistribution) -> list[Any]:
+    """A search parameter's choices, or the ends of its range (a float range's just inside them)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    low, high = distribution.low, distribution.high
+    if not isinstance(distribution, FloatDistribution) or distribution.step is not None:
+        return [low, high]  # a grid's ends, which its samplers draw
+    return [_inset(distribution, low, high), _inset(distribution, high, low)]
+
+
+def _inset(distribution: FloatDistribution, end: float, other: float) -> float:
+    """The value PROBE_INSET of the range's width (on a log range, its log's) in from ``end`` toward ``other``,
+    to 4 significant digits where that stays inside the range."""
+    scale, unscale = (math.log, math.exp) if distribution.log else (float, float)
+    value = unscale(scale(end) + PROBE_INSET * (scale(other) - scale(end)))
+    rounded = float(f"{value:.4g}")
+    return rounded if distribution.low < rounded < distribution.high else value
+
+
+def assignments(params: dict[str, Any]) -> str:
+    """Parameters as overrides: "optimizer=adam optimizer.lr=0.001"."""
+    return " ".join(f"{key}={value}" for key, value in params.items())

@@ -23,7 +23,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
-from cifar.errors import AbortRun, DivergedError, UserError, unwritable_output_dir
+from cifar.errors import AbortRun, DivergedError, JobConfigError, UserError, unwritable_output_dir
 from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
@@ -45,7 +45,7 @@ USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
     try:
-        validate(cfg)  # checked already in a single run and a grid (config.RunConfigCheck, CheckedBasicSweeper)
+        validate(cfg)  # checked before (config.RunConfigCheck, cifar.sweeper) but in the DVC stage and other sweepers
         from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
 
         return run(cfg)
@@ -129,6 +129,10 @@ def describe(err: BaseException) -> str:
         err = err.__cause__
     if isinstance(err, DivergedError):
         return f"training diverged: {err}. Lower optimizer.lr or add a scheduler warm-up"
+    if isinstance(err, JobConfigError) and err.__cause__ is not None:
+        return f"{err.job}: {describe(err.__cause__)}"
+    if isinstance(err, ConfigCompositionException) and (swept := _HYDRA_KEY_SWEPT.match(str(err))):
+        return _hydra_key_swept(*swept.groups())
     config_error, config_file = _config_error(err)
     if isinstance(config_error, OmegaConfBaseException) and config_error.msg:
         key = f" (key: {config_error.full_key})" if config_error.full_key else ""
@@ -150,6 +154,19 @@ def _config_error(err: BaseException) -> tuple[BaseException | None, str | None]
 
 
 _MERGING_FILE = re.compile(r"In '([^']+)': \w+ raised while composing config")  # Hydra's words, hydra/_internal
+
+
+_HYDRA_KEY_SWEPT = re.compile(r"Sweeping over Hydra's configuration is not supported : '([^=]+)=(.*)'$")  # Hydra's
+SWEEPER_PARAMS = "hydra.sweeper.params."
+
+
+def _hydra_key_swept(key: str, values: str) -> str:
+    """The line for Hydra's refusal to sweep a ``hydra.*`` key. A search range given as
+    ``hydra.sweeper.params.KEY=RANGE`` is one: the Optuna sweeper searches ``KEY=RANGE`` given as such."""
+    line = f"{key}={values}: Hydra's own settings take one value, not a sweep"
+    if (searched := key.removeprefix(SWEEPER_PARAMS)) != key:
+        return f"{line}: give the search range as {searched}='{values}', which replaces the preset's"
+    return f"{line}: give {key} one value, and run a command for each"
 
 
 def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:

@@ -124,6 +124,22 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
      "give a writable sqlite:///PATH or a reachable database URL"),
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
+    ("hydra.sweeper.params.optimizer.lr=interval(1e-3,0.1)",  # a range for the sweeper's params, not a sweep's
+     "hydra.sweeper.params.optimizer.lr=interval(1e-3,0.1): Hydra's own settings take one value, not a sweep: give "
+     "the search range as optimizer.lr='interval(1e-3,0.1)', which replaces the preset's"),
+    ("hydra.job.chdir=true,false", "hydra.job.chdir=true,false: Hydra's own settings take one value, not a sweep: "
+                                   "give hydra.job.chdir one value, and run a command for each"),
+    ("optimizer.lr=tag(log,interval(0,0.1))", "optimizer.lr=tag(log,interval(0,0.1)): `low > 0` must hold for "
+                                              "`log=True`, but got (low=0.0, high=0.1): fix the search range"),
+    ("hydra/sweeper/sampler=grid", "hydra/sweeper/sampler=grid takes choices and ranges with a step, not the "
+                                   "intervals of optimizer.lr, optimizer.weight_decay: give each as choice(...) or "
+                                   "range(start, stop, step), or choose another sampler"),
+    ("experiment=airbench",  # its keys are SGD's: every trial of Adam or AdamW is refused
+     "the search space's trial optimizer=adam optimizer.lr=0.0001007 optimizer.weight_decay=1.009e-06 "
+     "scheduler=none: In 'experiment/airbench': Key 'momentum' not in 'AdamConfig' (key: optimizer.momentum)"),
+    ("optimizer.lr=interval(-1.0,0.1)",  # in place of the preset's range: trials near its low end are refused
+     "the search space's trial optimizer=adam optimizer.lr=-0.9989 optimizer.weight_decay=1.009e-06 scheduler=none: "
+     "optimizer.lr=-0.9989 is out of range: it must be > 0"),
     pytest.param("hydra.sweeper.storage=postgresql://me:s3cret@127.0.0.1:1/optuna",  # nothing listens on port 1
                  "hydra.sweeper.storage=postgresql://me@127.0.0.1:1/optuna cannot be used: nothing answers at "
                  "127.0.0.1:1 (Connection refused): start its server, or correct the URL",
@@ -136,6 +152,47 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
     assert proc.stderr.strip().startswith(f"cifar.train: error: {message}") and proc.stderr.count("\n") == 1
     assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
     assert not (cli.tmp_path / "sweep").exists()  # refused before the sweep dir is made, or removed with it
+
+
+def test_the_probed_trials_take_every_choice_and_each_range_end_from_just_inside():
+    from cifar.sweeper_impl import probe_trials, search_space
+
+    params = OmegaConf.create({"optimizer": "choice(sgd, adamw, muon)", "optimizer.lr": "tag(log, interval(1e-4, 1))",
+                               "optimizer.momentum": "interval(0.8, 1.0)", "data.batch_size": "choice(64, 128)"})
+    probes = probe_trials(*search_space(params, ["data.batch_size=32", "seed=1", "~trainer.threads"]))
+    searched = [values for values, _ in probes]
+    assert [values["optimizer"] for values in searched] == ["sgd", "adamw", "muon"]
+    lows, highs = [searched[i]["optimizer.lr"] for i in (0, 2)], searched[1]["optimizer.lr"]
+    assert lows[0] == lows[1] and 1e-4 < lows[0] < 1.02e-4 and 0.98 < highs < 1  # a 1e-3 inset, on the log scale
+    assert [values["optimizer.momentum"] for values in searched] == [0.8002, 0.9998, 0.8002]  # < 1, as sampled
+    for values, overrides in probes:  # as the stock sweeper writes a trial's job: the command line's key is fixed
+        assert "data.batch_size" not in values
+        assert overrides == (*(f"{k}={v}" for k, v in values.items()), "data.batch_size=32", "seed=1",
+                             "~trainer.threads")
+
+
+@pytest.mark.slow
+def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stops_the_sweep(cli):
+    # Each value passes in a trial of its own (the search space's check), but Nesterov without momentum is refused
+    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
+               "hydra.sweeper.n_jobs=1", "optimizer=sgd", "scheduler=none", "optimizer.nesterov=choice(true,false)",
+               "optimizer.momentum=choice(0.9,0.0)", "mlflow.log_plots=false", multirun=True, check=False)
+    sweep_dir = cli.tmp_path / "sweep"
+    study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    *ran, refused = study.trials
+    assert refused.params == {"optimizer.nesterov": True, "optimizer.momentum": 0.0}
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"cifar.train: error: trial {refused.number} (optimizer.nesterov=True optimizer.momentum=0.0): "
+        "optimizer.nesterov=True is out of range: it needs optimizer.momentum > 0: set optimizer.nesterov=false. "
+        "Fix the override or the config file.")
+    assert [t.state for t in ran] == [COMPLETE] * len(ran)  # the trials before it ran
+    assert refused.state == optuna.trial.TrialState.FAIL and refused.user_attrs["refused"]
+    assert not (sweep_dir / str(refused.number)).exists()  # its job never started
+    from cifar import study as studies
+
+    assert studies.counted_trials(study) == ran  # a rerun with the search fixed runs n_trials trials
+    parent, children = sweep_runs(cli)
+    assert sorted(children) == [t.number for t in ran] and parent.info.status == "FAILED"
 
 
 def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):

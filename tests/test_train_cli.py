@@ -278,11 +278,17 @@ def test_a_run_whose_config_is_refused_leaves_no_output_dir(cli, override):
     assert not (cli.tmp_path / "outputs").exists()
 
 
-def test_a_grid_with_a_job_that_its_config_refuses_fails_before_any_job_trains(cli):
-    proc = cli("optimizer=adam,muon", multirun=True, check=False)  # Muon with onecycle's cycled momentum
+@pytest.mark.parametrize("grid,refused", [
+    ("optimizer=adam,muon",  # Muon with onecycle's cycled momentum
+     "the job optimizer=muon: scheduler.cycle_momentum=True is out of range"),
+    ("experiment=airbench optimizer=sgd,adam",  # the preset sets SGD's keys
+     "the job optimizer=adam: In 'experiment/airbench': Key 'momentum' not in 'AdamConfig' (key: optimizer.momentum)"),
+], ids=["a value out of range", "a key the option has not"])
+def test_a_grid_with_a_job_that_its_config_refuses_fails_before_any_job_trains(cli, grid, refused):
+    proc = cli(*grid.split(), multirun=True, check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert last.startswith("cifar.train: error: the job optimizer=muon: scheduler.cycle_momentum=True is out of range")
+    assert last.startswith(f"cifar.train: error: {refused}")
     assert not [path for path in (cli.tmp_path / "sweep").iterdir() if path.is_dir()]  # no job's dir
     parent, children = sweep_parent_and_children(all_runs(cli))
     assert children == [] and parent.info.status == "FAILED"
