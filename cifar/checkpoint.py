@@ -10,13 +10,19 @@ from typing import Any, BinaryIO
 
 import torch
 
-from cifar.errors import CheckpointError, first_line, os_reason
+from cifar.errors import CheckpointError, ConfigError, first_line, os_reason
 from cifar.files import atomic_write
 
 BEST = "best.pt"
 LAST = "last.pt"
 
 log = logging.getLogger(__name__)
+
+
+def nothing_to_resume(last: Path) -> ConfigError:
+    """The error of ``trainer.resume=true`` where the run's ``last.pt`` does not exist."""
+    return ConfigError(f"trainer.resume=true but {last} does not exist: set hydra.run.dir to the interrupted run's "
+                       "output dir, or drop trainer.resume")
 
 
 def save(path: Path, state: dict[str, Any]) -> None:

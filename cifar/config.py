@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar.errors import AbortRun, ConfigError
+from cifar.output_dirs import is_time_named
 
 
 @dataclass
@@ -241,9 +242,23 @@ class RunConfigCheck(Callback):
             if search:  # it would train one run with the defaults
                 raise ConfigError(f"hparams_search={search} is a search, which runs only as a sweep: add -m "
                                   f"(python -m cifar.train -m hparams_search={search} ...)")
+            if config.trainer.resume:
+                _check_resumable(config.hydra.run)
             validate_job(config)
         except ConfigError as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
+
+
+def _check_resumable(run: DictConfig) -> None:
+    """That ``hydra.run.dir`` holds the interrupted run's ``last.pt``, before the data is loaded (seconds)."""
+    if is_time_named(run):  # a new dir
+        raise ConfigError("trainer.resume=true continues the run in hydra.run.dir, here a new dir named by the time: "
+                          "set hydra.run.dir to the interrupted run's output dir (the line printed on the interrupt "
+                          "gives the command), or drop trainer.resume")
+    from cifar import checkpoint  # torch: which a resumed run imports next
+
+    if not (last := Path(run.dir) / checkpoint.LAST).exists():
+        raise checkpoint.nothing_to_resume(last)
 
 
 def validate_job(config: DictConfig) -> None:

@@ -13,11 +13,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from cifar.errors import AbortRun
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +29,42 @@ TIME_RESOLVER = "${now:"
 
 
 class RunDirCallback(Callback):
-    """Makes a single run's time-named dir before Hydra writes to it (``hydra.callbacks.run_dir``)."""
+    """Makes a single run's time-named dir before Hydra writes to it (``hydra.callbacks.run_dir``), and removes it
+    where the run was refused for the user's input (a data path with no data, no CUDA, too few images) before
+    its MLflow run began: the dir would hold only Hydra's files, the config and the log, of a run that never was."""
+
+    made: Path | None = None  # the topmost folder made for the run (outputs/<date> for a day's first run)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_time_named(config.hydra.run):
             with contextlib.suppress(OSError):  # an unwritable place: Hydra's own mkdir fails, said in one line
-                make_output_dir(config, "run")
+                self.made = make_output_dir(config, "run")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from cifar import tracking
+
+        refused = isinstance(sys.exc_info()[1], AbortRun)  # Hydra calls this in a finally
+        if self.made is None or not refused or tracking.started_a_run():
+            return
+        run_dir = Path(config.hydra.run.dir)
+        hydra_files = {config.hydra.output_subdir, f"{config.hydra.job.name}.log"}  # .hydra/ and train.log
+        with contextlib.suppress(OSError):  # the log still open, where that keeps it (Windows): the dir stays
+            if {path.name for path in run_dir.iterdir()} <= hydra_files:
+                shutil.rmtree(run_dir)
+                remove_made(run_dir.parent, self.made)
+
+
+def remove_made(folder: Path, made: Path | None) -> None:
+    """Remove the folders that :func:`make_output_dir` made, from ``folder`` up to ``made``, while empty."""
+    if made is None:
+        return
+    for parent in [folder.absolute(), *folder.absolute().parents]:
+        try:
+            parent.rmdir()  # only an empty folder: whatever another process wrote there stays
+        except OSError:
+            return
+        if parent == made:
+            return
 
 
 def make_output_dir(config: DictConfig, mode: str) -> Path | None:

@@ -25,7 +25,7 @@ from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
 from cifar.outages import one_request_a_try, store_outage, try_once
-from cifar.output_dirs import make_output_dir
+from cifar.output_dirs import make_output_dir, remove_made
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG, STUDY_NAME_TAG,
     STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
@@ -70,7 +70,7 @@ class SweepCallback(Callback):
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError as err:
-                _remove_if_empty(Path(config.hydra.sweep.dir), made)  # the sweep did not start
+                remove_made(Path(config.hydra.sweep.dir), made)  # the sweep did not start
                 raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)
         client = MlflowClient()
         tracking.close_stale_runs(client, experiment_id)
@@ -179,19 +179,6 @@ def _make_sweep_dir(config: DictConfig) -> Path | None:
     except OSError as err:
         unwritable = unwritable_output_dir(err)
         raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
-
-
-def _remove_if_empty(sweep_dir: Path, made: Path | None) -> None:
-    """Remove the folders :func:`_make_sweep_dir` made, from ``sweep_dir`` up to ``made``, while empty."""
-    if made is None:
-        return
-    for folder in [sweep_dir.absolute(), *sweep_dir.absolute().parents]:
-        try:
-            folder.rmdir()  # only an empty folder: whatever another process wrote there stays
-        except OSError:
-            return
-        if folder == made:
-            return
 
 
 def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:

@@ -240,10 +240,7 @@ def _last_checkpoint(output_dir: Path, stopped_parent) -> dict | None:
     if stopped_parent is not None:
         log.info("No %s in %s: this job of the resumed sweep starts from the beginning", path.name, output_dir)
         return None
-    raise ConfigError(
-        f"trainer.resume=true but {path} does not exist: set hydra.run.dir to the interrupted run's output dir, "
-        "or drop trainer.resume"
-    )
+    raise checkpoint.nothing_to_resume(path)
 
 
 def _run_to_continue(resume_from: dict | None, output_dir: Path, stopped_parent) -> str | None:

@@ -329,6 +329,14 @@ def close_stale_runs(client: Any, experiment_id: str) -> int:
     return len(stale)
 
 
+_started_runs: list[str] = []  # the MLflow runs that job_run started or continued in this process
+
+
+def started_a_run() -> bool:
+    """Whether :func:`job_run` started (or continued) an MLflow run in this process."""
+    return bool(_started_runs)
+
+
 @contextlib.contextmanager
 def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying: Retrying,
             run_id: str | None = None) -> Iterator[Any]:
@@ -345,6 +353,7 @@ def job_run(run_name: str, parent_id: str | None, tags: dict[str, str], retrying
         run = retrying(mlflow.start_run, run_id=run_id, tags=tags)
     else:
         run = retrying(mlflow.start_run, run_name=run_name, parent_run_id=parent_id, tags=tags)
+    _started_runs.append(run.info.run_id)
     try:
         yield run
     except StoreOutage:

@@ -163,7 +163,7 @@ def test_resume_without_a_checkpoint_names_the_fix(cli):
     assert proc.returncode == 2
     assert "trainer.resume=true but" in proc.stderr and "last.pt does not exist" in proc.stderr
     assert "set hydra.run.dir to the interrupted run's output dir" in proc.stderr
-    assert all_runs(cli) == []
+    assert all_runs(cli) == [] and not (cli.tmp_path / "run").exists()  # refused before Hydra made the dir
 
 
 def test_resuming_from_a_damaged_checkpoint_is_refused_in_one_line_and_changes_nothing(cli):

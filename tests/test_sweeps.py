@@ -196,7 +196,8 @@ def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stop
 
 
 def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):
-    from cifar.sweep_run import _make_sweep_dir, _remove_if_empty
+    from cifar.output_dirs import remove_made
+    from cifar.sweep_run import _make_sweep_dir
 
     day = tmp_path / "multirun" / "2026-12-03"
     (day / "09-00-00").mkdir(parents=True)  # an earlier sweep's, with its files
@@ -205,7 +206,7 @@ def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_
     config = OmegaConf.create({"trainer": {"resume": False}, "hydra": {"sweep": {"dir": str(sweep_dir)}}})
     made = _make_sweep_dir(config)
     assert made == day / "10-00-00" and sweep_dir.is_dir()
-    _remove_if_empty(sweep_dir, made)
+    remove_made(sweep_dir, made)
     assert not made.exists() and (day / "09-00-00" / "optuna.db").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow.artifacts
 import pytest
@@ -271,11 +272,28 @@ def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
     assert not (cli.tmp_path / "run" / "best.pt").exists()
 
 
-@pytest.mark.parametrize("override", ["trainer.epochs=0", "hparams_search=optuna"])
-def test_a_run_whose_config_is_refused_leaves_no_output_dir(cli, override):
-    proc = cli(override, "hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}", check=False)
-    assert proc.returncode == 2 and proc.stderr.startswith("cifar.train: error:"), proc.stderr
+TIME_NAMED_RUN_DIR = "hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"  # Hydra's default
+
+
+@pytest.mark.parametrize("override,refused", [
+    ("trainer.epochs=0", "trainer.epochs=0 is out of range"),  # before the dir is made, as those below
+    ("hparams_search=optuna", "hparams_search=optuna is a search"),
+    ("trainer.resume=true", "trainer.resume=true continues the run in hydra.run.dir, here a new dir named by the time"),
+    ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set"),  # the task's: dir removed
+    ("data.path=nowhere data.download=false", "No CIFAR-10 data in "),
+])
+def test_a_run_refused_for_its_input_leaves_no_output_dir(cli, override, refused):
+    proc = cli(*override.split(), TIME_NAMED_RUN_DIR, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"cifar.train: error: {refused}"), proc.stderr
     assert not (cli.tmp_path / "outputs").exists()
+    assert all_runs(cli) == []
+
+
+def test_a_run_that_fails_once_its_mlflow_run_began_keeps_its_output_dir(cli):
+    proc = cli("optimizer=sgd", "optimizer.lr=1e12", "scheduler=none", TIME_NAMED_RUN_DIR, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("cifar.train: error: training diverged"), proc.stderr
+    [run] = all_runs(cli)
+    assert run.info.status == "FAILED" and Path(run.data.tags["hydra.output_dir"]).is_dir()  # its log and config
 
 
 @pytest.mark.parametrize("grid,refused", [
