@@ -137,6 +137,21 @@ def shared_parent_run(hydra_cfg: DictConfig, new_run: Callable[[], str], reuse: 
     return run_id
 
 
+# Optuna's refusal of the grid sampler's Study.stop, which the sampler asks for once its grid's last point is told
+GRID_STOP_REFUSED = "`Study.stop` is supposed to be invoked inside an objective function or a callback."
+
+
+def tell(study: optuna.Study, trial: optuna.Trial | int, **kwargs: Any) -> None:
+    """``Study.tell``, skipping a trial already finished. Where the grid sampler asks to stop the study, as it does
+    once its grid's last point is told, Optuna refuses that outside ``Study.optimize`` (the trial is told first): it
+    is let pass, as the stock sweeper does for a completed trial (the sweep runs ``n_trials``, at most the grid)."""
+    try:
+        type(study).tell(study, trial, skip_if_finished=True, **kwargs)
+    except RuntimeError as err:
+        if GRID_STOP_REFUSED not in str(err):
+            raise
+
+
 def counts(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether the trial counts toward ``n_trials``: not killed with its sweep, not surplus, not refused."""
     return not any(trial.user_attrs.get(attr) for attr in (KILLED_ATTR, SURPLUS_ATTR, REFUSED_ATTR))
@@ -166,7 +181,7 @@ def fail_killed_trials(
             storage.set_trial_user_attr(
                 storage.get_trial_id_from_study_id_trial_number(study_id, trial.number), KILLED_ATTR, True
             )
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            tell(study, trial.number, state=optuna.trial.TrialState.FAIL)
             numbers.append(trial.number)
     return numbers
 
@@ -235,7 +250,7 @@ def fail_unrun(study: optuna.Study, trial: optuna.Trial, why: str) -> None:
     """Fail a trial that no job will run, tagged ``why``: SURPLUS_ATTR (a worker asked for it when the study
     already had ``n_trials``), REFUSED_ATTR (its config was refused) or KILLED_ATTR (the sweep stopped first)."""
     trial.set_user_attr(why, True)
-    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    tell(study, trial, state=optuna.trial.TrialState.FAIL)
 
 
 @dataclass

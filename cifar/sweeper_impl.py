@@ -97,8 +97,9 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
 
     def _configure_trials(self, trials: list[optuna.Trial], *args: Any) -> list[tuple[str, ...]]:
         study = trials[0].study
-        # A pruned job finishes its trial itself; the stock loop then tells it again: skip that.
-        study.tell = functools.partial(type(study).tell, study, skip_if_finished=True)
+        # A pruned job finishes its trial itself; the stock loop then tells it again: skip that (and the grid
+        # sampler's stop, which the stock loop lets pass only for a completed trial).
+        study.tell = functools.partial(studies.tell, study)
         study.ask = functools.partial(self._ask_unless_full, study)  # for the next batches
         self.batch_started = False
         trials = self._within_n_trials(study, trials)

@@ -173,14 +173,17 @@ def test_the_probed_trials_take_every_choice_and_each_range_end_from_just_inside
 
 @pytest.mark.slow
 def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stops_the_sweep(cli):
-    # Each value passes in a trial of its own (the search space's check), but Nesterov without momentum is refused
-    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
-               "hydra.sweeper.n_jobs=1", "optimizer=sgd", "scheduler=none", "optimizer.nesterov=choice(true,false)",
-               "optimizer.momentum=choice(0.9,0.0)", "mlflow.log_plots=false", multirun=True, check=False)
+    # Each value passes in a trial of its own (the search space's check), but Nesterov without momentum is refused.
+    # The grid's seed 3 draws that point last: the three others run first, and its tell ends the grid.
+    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=3",
+               "hydra.sweeper.direction=maximize", "hydra.sweeper.n_jobs=1", "optimizer=sgd", "scheduler=none",
+               "optimizer.nesterov=choice(true,false)", "optimizer.momentum=choice(0.9,0.0)", "mlflow.log_plots=false",
+               multirun=True, check=False)
     sweep_dir = cli.tmp_path / "sweep"
     study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     *ran, refused = study.trials
     assert refused.params == {"optimizer.nesterov": True, "optimizer.momentum": 0.0}
+    assert len(ran) == 3  # else Optuna draws the grid in another order: pick a seed that draws that point last
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
         f"cifar.train: error: trial {refused.number} (optimizer.nesterov=True optimizer.momentum=0.0): "
         "optimizer.nesterov=True is out of range: it needs optimizer.momentum > 0: set optimizer.nesterov=false. "
@@ -192,7 +195,38 @@ def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stop
 
     assert studies.counted_trials(study) == ran  # a rerun with the search fixed runs n_trials trials
     parent, children = sweep_runs(cli)
-    assert sorted(children) == [t.number for t in ran] and parent.info.status == "FAILED"
+    assert sorted(children) == [t.number for t in ran]
+    assert parent.info.status == ("FINISHED" if ran else "FAILED")  # FINISHED where a job finished
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_at_the_grids_last_point_stops_the_sweep_in_one_line(cli):
+    # The grid's seed 1 draws data.val_size=100000 (more than the fake data's training images) second, its last
+    # point: the stock sweeper's tell of the failed trial ended in the error of the grid sampler's stop.
+    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1",
+               "hydra.sweeper.direction=maximize", "hydra.sweeper.n_jobs=1", "data.val_size=choice(50,100000)",
+               multirun=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("cifar.train: error: data.val_size=100000 must be smaller")
+    sweep_dir = cli.tmp_path / "sweep"
+    study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    assert [(t.params["data.val_size"], t.state) for t in study.trials] == [
+        (50, COMPLETE), (100000, optuna.trial.TrialState.FAIL)]
+
+
+def test_a_trial_told_at_the_grids_end_is_told_without_the_stop_that_optuna_refuses_outside_optimize():
+    from cifar import study as studies
+
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler({"x": [1]}))
+    trial = study.ask()
+    trial.suggest_categorical("x", [1])
+    with pytest.raises(RuntimeError, match="Study.stop"):  # Optuna's own tell, the grid's only point told
+        type(study).tell(study, trial, state=optuna.trial.TrialState.FAIL)
+    studies.tell(study, trial, state=optuna.trial.TrialState.FAIL)  # told already: skipped
+    last = study.ask()
+    last.suggest_categorical("x", [1])
+    studies.tell(study, last, state=optuna.trial.TrialState.FAIL)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
 
 
 def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):
