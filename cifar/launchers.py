@@ -23,6 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import ConfigError, first_line
+from cifar.parallel import JOBLIB_LAUNCHER
 from cifar.stores import is_loopback, is_sqlite, loopback_host, no_answer
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,16 @@ def runs_jobs_elsewhere(hydra_cfg: DictConfig) -> bool:
         return True
     head = _ray_head(hydra_cfg)
     return bool(head) and not is_loopback(head.host)
+
+
+# The launchers that run each job on this machine, in the sweep's working directory
+LAUNCHERS_HERE = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", JOBLIB_LAUNCHER, LOCAL_SUBMITIT_LAUNCHER)
+
+
+def runs_jobs_here(hydra_cfg: DictConfig) -> bool:
+    """Whether the launcher surely runs every job on this machine: the basic, joblib and submitit_local ones (Ray's
+    may use other machines that joined its cluster)."""
+    return OmegaConf.select(hydra_cfg, "launcher._target_") in LAUNCHERS_HERE
 
 
 def check_cluster(hydra_cfg: DictConfig) -> None:

@@ -59,7 +59,7 @@ class SweepCallback(Callback):
                 return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
             try:
                 check_search_space(config, GlobalHydra.instance().config_loader())
-            except ConfigError as err:
+            except UserError as err:  # a config or data error
                 raise AbortRun(err) from err
         try:
             experiment_id = tracking.use_experiment(tracking.usable_store(config.mlflow), config.mlflow.experiment)

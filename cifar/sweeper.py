@@ -33,6 +33,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweepe
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
+from hydra.utils import to_absolute_path
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -40,6 +41,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifar.config import validate_job
 from cifar.errors import ConfigError, JobConfigError
+from cifar.launchers import runs_jobs_here
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
 SQLITE = "sqlite:///"
@@ -133,18 +135,33 @@ class CheckedBasicSweeper(BasicSweeper):
         from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
 
         swept = swept_keys(self.config)
+        configs = []
         for overrides in batch:
             job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
-            check_job(self.hydra_context.config_loader, self.config, overrides, f"the job {job}")
+            configs.append(check_job(self.hydra_context.config_loader, self.config, overrides, f"the job {job}"))
+        check_data(configs)
 
 
-def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: Sequence[str], job: str) -> None:
+def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: Sequence[str], job: str) -> DictConfig:
     """Compose a sweep job's config as its launcher will and check it as its task will; a config that does not
-    compose or is refused raises :class:`JobConfigError` naming ``job``."""
+    compose or is refused raises :class:`JobConfigError` naming ``job``. Returns the config."""
     try:
-        validate_job(config_loader.load_sweep_config(sweep_config, list(overrides)))
+        config = config_loader.load_sweep_config(sweep_config, list(overrides))
+        validate_job(config)
     except (ConfigError, HydraException, OmegaConfBaseException) as err:
         raise JobConfigError(job, err) from err
+    return config
+
+
+def check_data(configs: Sequence[DictConfig]) -> None:
+    """Find the data of a sweep's jobs before the first starts, where they run on this machine (downloading it where
+    ``data.download`` allows): a data.path with no data stops the sweep at once, where each job failed on it in turn.
+    Raises :class:`cifar.errors.DataError`."""
+    from cifar.data import locate_source  # numpy: only when sweeping
+
+    for path, download in dict.fromkeys((c.data.path, c.data.download) for c in configs if runs_jobs_here(c.hydra)):
+        if not path.endswith(".npz"):  # a decoded cache, read as it is
+            locate_source(Path(to_absolute_path(path)), download)
 
 
 def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:

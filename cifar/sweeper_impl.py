@@ -19,7 +19,7 @@ from cifar import launchers
 from cifar import study as studies
 from cifar.errors import ConfigError, JobConfigError, first_line
 from cifar.outages import StoreOutage
-from cifar.sweeper import check_job, checked_sweep, storage_url, study_name
+from cifar.sweeper import check_data, check_job, checked_sweep, storage_url, study_name
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,13 @@ GRID_SAMPLER = "optuna.samplers.GridSampler"
 def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> None:
     """Check the search space before the sweep starts: that its sampler can draw it, and the configs of a few
     trials it holds (:func:`probe_trials`), so that a choice or range end that every trial holding it would be
-    refused for stops the sweep at once."""
+    refused for stops the sweep at once; and their data (:func:`cifar.sweeper.check_data`)."""
     space = search_space(config.hydra.sweeper.params, list(config.hydra.overrides.task))
     if OmegaConf.select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER:
         _check_grid(space[0])
-    for searched, overrides in probe_trials(*space):
-        check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
+    configs = [check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
+               for searched, overrides in probe_trials(*space)]
+    check_data(configs or [config])
 
 
 def search_space(params: DictConfig | None, arguments: list[str]) -> SearchSpace:

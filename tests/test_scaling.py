@@ -472,6 +472,20 @@ def test_launchers_that_run_jobs_on_other_machines_are_known(monkeypatch, launch
     assert launchers.runs_jobs_elsewhere(OmegaConf.create({"launcher": launcher})) is elsewhere
 
 
+def test_a_sweeps_data_is_looked_for_before_its_jobs_only_where_they_run_on_this_machine(tmp_path):
+    from cifar.errors import DataError
+    from cifar.sweeper import check_data
+
+    def job(launcher: str):
+        return OmegaConf.create({"data": {"path": str(tmp_path / "nowhere"), "download": False},
+                                 "hydra": {"launcher": {"_target_": launcher}}})
+
+    check_data([job(launchers.SLURM_LAUNCHER), job(launchers.RAY_LAUNCHER)])  # their machines may hold the data
+    for launcher in launchers.LAUNCHERS_HERE:
+        with pytest.raises(DataError, match="No CIFAR-10 data in "):
+            check_data([job(launcher)])
+
+
 def test_a_slurm_sweep_where_slurm_is_not_installed_is_refused_before_any_job(cli):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="uv sync --extra submitit")
     if shutil.which("srun"):

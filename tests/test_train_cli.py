@@ -312,6 +312,20 @@ def test_a_grid_with_a_job_that_its_config_refuses_fails_before_any_job_trains(c
     assert children == [] and parent.info.status == "FAILED"
 
 
+@pytest.mark.parametrize("sweep,runs", [
+    ("optimizer.lr=1e-3,1e-4", ["FAILED"]),  # the grid's parent run, opened before its sweeper checks its jobs
+    ("hparams_search=optuna", []),  # checked with its search space, before any run or study
+], ids=["grid", "Optuna"])
+def test_a_sweep_whose_data_path_holds_no_data_fails_before_any_job_starts(cli, sweep, runs):
+    proc = cli(sweep, "data.path=nowhere", "data.download=false", multirun=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("cifar.train: error: No CIFAR-10 data in ")
+    assert "Error executing job" not in proc.stderr  # Hydra's line before each failed job's error
+    sweep_dir = cli.tmp_path / "sweep"
+    assert not sweep_dir.exists() or not [path for path in sweep_dir.iterdir() if path.is_dir()]  # no job's dir
+    assert [run.info.status for run in all_runs(cli)] == runs
+
+
 OWN_PRESETS = {
     "optimizer:\n  lr: abc": "In 'experiment/mine': Value 'abc' of type 'str' could not be converted to Float (key: "
                             "optimizer.lr). Fix the override or the config file.",
