@@ -128,8 +128,9 @@ class CheckedBasicSweeperConf(BasicSweeperConf):
 
 class CheckedBasicSweeper(BasicSweeper):
     """Hydra's basic sweeper, the default, which composes every job's config of a batch before launching it
-    (all of a grid's by default), and here also checks each as its job will (``cifar.config.validate``):
-    a value out of range in the grid's last job stops the sweep before the first job trains."""
+    (all of a grid's by default), and here also checks each as its job will (``cifar.config.validate``) and finds
+    their data (:func:`check_data`): a value out of range in the grid's last job stops the sweep before the first
+    job trains."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
@@ -155,7 +156,7 @@ def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: 
 
 def check_data(configs: Sequence[DictConfig]) -> None:
     """Find the data of a sweep's jobs before the first starts, where they run on this machine (downloading it where
-    ``data.download`` allows): a data.path with no data stops the sweep at once, where each job failed on it in turn.
+    ``data.download`` allows): a data.path with no data stops the sweep at once, not each of its jobs in turn.
     Raises :class:`cifar.errors.DataError`."""
     from cifar.data import locate_source  # numpy: only when sweeping
 
