@@ -55,11 +55,8 @@ class SweepCallback(Callback):
 
             try:
                 sweeper.checked_sweep(config)
-            except ConfigError:
-                return  # no parent run or study: the sweeper reports the error (Hydra only warns of a callback's)
-            try:
                 check_search_space(config, GlobalHydra.instance().config_loader())
-            except UserError as err:  # a config or data error
+            except UserError as err:  # a config or data error: before any run or study
                 raise AbortRun(err) from err
         try:
             experiment_id = tracking.use_experiment(tracking.usable_store(config.mlflow), config.mlflow.experiment)

@@ -33,14 +33,14 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweepe
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from hydra.utils import to_absolute_path
+from hydra.utils import instantiate, to_absolute_path
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar.config import validate_job
-from cifar.errors import ConfigError, JobConfigError
+from cifar.errors import ConfigError, JobConfigError, first_line
 from cifar.launchers import runs_jobs_here
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
@@ -179,6 +179,9 @@ def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
         value = sweeper_cfg[key]
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"hydra.sweeper.{key}={value} is out of range: it must be an integer >= 1")
+    if not 0 <= (rate := sweeper_cfg.max_failure_rate) <= 1:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate={rate} is out of range: it must be in [0, 1], the share "
+                          "of a batch's trials that may fail before the sweep stops")
     direction = sweeper_cfg.direction
     names = [getattr(d, "name", d) for d in (direction if isinstance(direction, (list, ListConfig)) else [direction])]
     for name in names:
@@ -189,14 +192,27 @@ def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
 
 def checked_sweep(config: DictConfig) -> list[str]:
     """:func:`checked_directions` of an Optuna sweep whose trials have a validation accuracy to report
-    (and no ``trainer.resume``: the study resumes, and each trial runs in a new job dir)."""
+    (and no ``trainer.resume``: the study resumes, and each trial runs in a new job dir), and whose sampler and
+    pruner Optuna takes."""
     if config.trainer.resume:
         raise ConfigError("trainer.resume=true: an Optuna sweep resumes its study when the same command runs again, "
                           "without it: drop trainer.resume")
     if config.data.val_size == 0:
         raise ConfigError("data.val_size=0 leaves the trials no validation accuracy to optimise and prune on: "
                           "set data.val_size > 0 for an Optuna sweep")
-    return checked_directions(config.hydra.sweeper)
+    directions = checked_directions(config.hydra.sweeper)
+    for part, targets in (("sampler", SAMPLER_TARGETS), ("pruner", PRUNER_TARGETS)):
+        try:  # as the sweeper will, where a setting that Optuna refuses raised a traceback
+            instantiate(config.hydra.sweeper[part], _execution_whitelist_=targets)
+        except (ValueError, TypeError, HydraException) as err:
+            raise ConfigError(f"hydra.sweeper.{part}: {first_line(err).rstrip('.')}: fix its settings "
+                              f"(hydra.sweeper.{part}.*)") from err
+    return directions
+
+
+# What the Optuna sweeper instantiates: the stock sweeper's sampler targets, and the pruners
+SAMPLER_TARGETS = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+PRUNER_TARGETS = ("optuna.pruners.*",)
 
 
 def storage_url(storage: str | None, sweep_dir: str | Path) -> str:

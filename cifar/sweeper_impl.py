@@ -19,7 +19,9 @@ from cifar import launchers
 from cifar import study as studies
 from cifar.errors import ConfigError, JobConfigError, first_line
 from cifar.outages import StoreOutage
-from cifar.sweeper import check_data, check_job, checked_sweep, storage_url, study_name
+from cifar.sweeper import (
+    PRUNER_TARGETS, SAMPLER_TARGETS, check_data, check_job, checked_sweep, storage_url, study_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         study.ask = functools.partial(self._ask_unless_full, study)  # for the next batches
         self.batch_started = False
         trials = self._within_n_trials(study, trials)
-        study.pruner = instantiate(self.pruner_cfg)  # the sampler groups trials by it (hyperband)
+        # the sampler groups trials by the pruner (hyperband)
+        study.pruner = instantiate(self.pruner_cfg, _execution_whitelist_=PRUNER_TARGETS)
         study.sampler = self._reseeded_sampler(trials[0].number)
         overrides = super()._configure_trials(trials, *args)
         self._check_configs(study, trials, overrides)
@@ -162,7 +165,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         return instantiate(
             sampler_cfg,
             seed=sampler_cfg.seed + offset,
-            _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"),
+            _execution_whitelist_=SAMPLER_TARGETS,
         )
 
 

@@ -124,6 +124,13 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
      "give a writable sqlite:///PATH or a reachable database URL"),
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
+    ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is out of range: it must be in [0, 1]"),
+    ("hydra.sweeper.pruner.n_startup_trials=-1",  # Optuna's ValueError, raised once the first trial was asked for
+     "hydra.sweeper.pruner: Number of startup trials cannot be negative, but got n_startup_trials=-1: fix its "
+     "settings (hydra.sweeper.pruner.*)"),
+    ("hydra/sweeper/sampler=nsgaii hydra.sweeper.sampler.population_size=1",  # a traceback as the sweeper started
+     "hydra.sweeper.sampler: `population_size` must be greater than or equal to 2: fix its settings "
+     "(hydra.sweeper.sampler.*)"),
     ("hydra.sweeper.params.optimizer.lr=interval(1e-3,0.1)",  # a range for the sweeper's params, not a sweep's
      "hydra.sweeper.params.optimizer.lr=interval(1e-3,0.1): Hydra's own settings take one value, not a sweep: give "
      "the search range as optimizer.lr='interval(1e-3,0.1)', which replaces the preset's"),
@@ -147,7 +154,7 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
                                           reason="the postgres extra is not installed (uv sync --extra postgres)")),
 ])
 def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, message):
-    proc = cli("hparams_search=optuna", override, multirun=True, check=False)
+    proc = cli("hparams_search=optuna", *override.split(), multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith(f"cifar.train: error: {message}") and proc.stderr.count("\n") == 1
     assert all_runs(cli) == [] and not (cli.tmp_path / "optuna.db").exists()
