@@ -1,7 +1,8 @@
 """What checking a sweep's job configs before they start costs, beside what Hydra spends composing them.
 
-A grid sweep's sweeper composes every job's config before the first job starts (Hydra's own work), and
-checks each as its task will (``cifar.sweeper.check_job``: the config's ``validate``). An Optuna search
+A grid sweep composes every job's config before the first job starts (Hydra's own work, here done by the
+sweep's callback in place of the basic sweeper), and checks each as its task will (``cifar.sweeper.check_job``:
+the config's ``validate``). An Optuna search
 composes and checks, before it starts, the few trials of its search space that take every choice and
 range end (``cifar.sweeper_impl.check_search_space``), and each trial's config before its job starts.
 This times, in one process, interleaved and repeated:

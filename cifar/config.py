@@ -232,8 +232,8 @@ def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
 
 class RunConfigCheck(Callback):
     """Checks a single run's config before Hydra makes the run's output dir (``hydra.callbacks.config_check``,
-    first), so that a bad value leaves no dir of a run that never started. A grid's jobs are checked by
-    ``cifar.sweeper.CheckedBasicSweeper`` before the first starts, an Optuna search's by its sweeper as each starts
+    first), so that a bad value leaves no dir of a run that never started. A grid's jobs are checked before the
+    sweep starts (``cifar.sweeper.check_grid``), an Optuna search's by its sweeper as each starts
     (``cifar.sweeper_impl``), after a check of its search space."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -1,6 +1,14 @@
 """Errors caused by the user's input: reported as one line, never as a traceback."""
 
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
 from cifar.credentials import without_passwords
+
+if TYPE_CHECKING:
+    from hydra.errors import OverrideParseException
 
 
 class UserError(Exception):
@@ -57,3 +65,19 @@ def unwritable_output_dir(err: OSError) -> UserError:
 def os_reason(err: OSError) -> str:
     """Why a file operation failed, in a few words ("No space left on device")."""
     return err.strerror or first_line(err)
+
+
+OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+_EXPECTED_TOKENS = re.compile(r" expecting .*$")  # the parser's token names: {<EOF>, ':', BRACKET_OPEN, ...}
+
+
+def unparsed_override(err: OverrideParseException) -> str:
+    """The line for an override that Hydra's grammar refuses, where Hydra's message quotes every override given and
+    the parser's expected tokens."""
+    lines = err.message.splitlines()  # where it is in the list, the parser's reason, the grammar's page
+    reason = _EXPECTED_TOKENS.sub("", lines[-2] if len(lines) > 2 else lines[-1])
+    if "=" not in err.override:
+        return (f"{err.override} is not key=value: quote an override whose value holds spaces, as "
+                f"'data.path=/my data', or drop {err.override}")
+    return (f"{err.override} does not parse ({reason}): check its brackets and commas, and quote a value that "
+            f"holds any of them inside the override, as 'key=\"a,b\"'; the syntax: {OVERRIDE_GRAMMAR}")

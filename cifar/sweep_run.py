@@ -43,27 +43,18 @@ class SweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
-        try:
+        try:  # before any job, run, study or dir (Hydra only warns of a callback's Exception)
             parallel.check_launcher(config.hydra)
             launchers.check_cluster(config.hydra)
             launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
-        except ConfigError as err:
-            raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
-        if optuna_sweep:
-            from cifar import study
-            from cifar.sweeper_impl import check_search_space
-
-            try:
-                sweeper.checked_sweep(config)
-                check_search_space(config, GlobalHydra.instance().config_loader())
-            except UserError as err:  # a config or data error: before any run or study
-                raise AbortRun(err) from err
-        try:
+            _check_jobs(config, optuna_sweep)
             experiment_id = tracking.use_experiment(tracking.usable_store(config.mlflow), config.mlflow.experiment)
         except UserError as err:
-            raise AbortRun(err) from err  # before any job starts (Hydra only warns of a callback's Exception)
+            raise AbortRun(err) from err
         made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
         if optuna_sweep:
+            from cifar import study
+
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
             except ConfigError as err:
@@ -123,6 +114,18 @@ class SweepCallback(Callback):
         except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
             log.warning("MLflow parent run %s not summarised (%s: %s); the next run or sweep of its experiment here "
                         "ends it KILLED", run_id, type(err).__name__, first_line(err))
+
+
+def _check_jobs(config: DictConfig, optuna_sweep: bool) -> None:
+    """Check the configs and data of the sweep's jobs: a grid's, or a few trials of an Optuna search's space."""
+    loader = GlobalHydra.instance().config_loader()
+    if optuna_sweep:
+        from cifar.sweeper_impl import check_search_space  # imports Optuna
+
+        sweeper.checked_sweep(config)
+        check_search_space(config, loader)
+    elif sweeper.is_grid_sweep(config.hydra):
+        sweeper.check_grid(config, loader)
 
 
 def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseException | None) -> int:

@@ -1,5 +1,5 @@
 """Hydra's sweepers: the Optuna sweeper, with pruning and resumable studies, and the basic (grid) sweeper,
-which also checks every job's config before the first job starts (:class:`CheckedBasicSweeper`).
+whose jobs' configs are all checked before the first job starts (:func:`check_grid`).
 
 The Optuna sweeper, registered as ``hydra/sweeper=optuna`` in place of the stock plugin, takes the same config
 (search-space syntax, samplers, storage, ``n_jobs``, ``max_failure_rate``) plus ``pruner``, a
@@ -32,7 +32,8 @@ from typing import Any, Optional, Sequence
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, OverrideParseException
 from hydra.utils import instantiate, to_absolute_path
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
@@ -40,7 +41,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar.config import validate_job
-from cifar.errors import ConfigError, JobConfigError, first_line
+from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
 from cifar.launchers import runs_jobs_here
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
@@ -127,20 +128,50 @@ class CheckedBasicSweeperConf(BasicSweeperConf):
 
 
 class CheckedBasicSweeper(BasicSweeper):
-    """Hydra's basic sweeper, the default, which composes every job's config of a batch before launching it
-    (all of a grid's by default), and here also checks each as its job will (``cifar.config.validate``) and finds
-    their data (:func:`check_data`): a value out of range in the grid's last job stops the sweep before the first
-    job trains."""
+    """Hydra's basic sweeper, the default, whose jobs the sweep's callback checks, all of them, before it makes
+    the sweep's dir or parent run (:func:`check_grid`). The stock sweeper composes each batch's configs again
+    just before launching it, to check that they compose, which the callback's check has covered."""
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
+        """Checked by :func:`check_grid`."""
 
-        swept = swept_keys(self.config)
-        configs = []
-        for overrides in batch:
-            job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
-            configs.append(check_job(self.hydra_context.config_loader, self.config, overrides, f"the job {job}"))
-        check_data(configs)
+
+def is_grid_sweep(hydra_cfg: DictConfig) -> bool:
+    return OmegaConf.select(hydra_cfg, "sweeper._target_") == CheckedBasicSweeperConf._target_
+
+
+def check_grid(config: DictConfig, config_loader: ConfigLoader) -> None:
+    """Check a grid sweep's jobs as the basic sweeper will run them: each job's config as its task will
+    (``cifar.config.validate``), so that a value out of range in the grid's last job stops the sweep before the
+    first trains, and their data (:func:`check_data`)."""
+    from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
+
+    swept = swept_keys(config)
+    configs = []
+    for overrides in grid_jobs(config, config_loader):
+        job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
+        configs.append(check_job(config_loader, config, overrides, f"the job {job}"))
+    check_data(configs)
+
+
+def grid_jobs(config: DictConfig, config_loader: ConfigLoader) -> list[list[str]]:
+    """The overrides of each job of a grid sweep, expanded as the basic sweeper will (``hydra.sweeper.params``,
+    then the command line's); a sweep that it cannot expand raises ConfigError."""
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
+    arguments = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # parsed by Hydra already
+    parser = OverridesParser.create(config_loader=config_loader)
+    overrides = []
+    for override in params + arguments:
+        try:
+            overrides += parser.parse_overrides([override])
+        except OverrideParseException as err:
+            raise ConfigError(f"hydra.sweeper.params: {unparsed_override(err)}") from err
+    for override in overrides:
+        if override.is_interval_sweep():
+            raise ConfigError(f"{override.input_line}: a grid sweep takes values (a,b,c), choice() or range(), not "
+                              f"interval(): list the values, or search the interval with Optuna "
+                              f"(hydra/sweeper=optuna, or a preset: hparams_search=optuna)")
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
 def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: Sequence[str], job: str) -> DictConfig:

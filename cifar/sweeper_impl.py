@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import optuna
 from hydra.core.config_loader import ConfigLoader
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +17,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from cifar import launchers
 from cifar import study as studies
-from cifar.errors import ConfigError, JobConfigError, first_line
+from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
 from cifar.outages import StoreOutage
 from cifar.sweeper import (
     PRUNER_TARGETS, SAMPLER_TARGETS, check_data, check_job, checked_sweep, storage_url, study_name,
@@ -196,6 +196,8 @@ def search_space(params: DictConfig | None, arguments: list[str]) -> SearchSpace
     for override in [f"{key}={value}" for key, value in (params or {}).items()] + arguments:
         try:
             searched, fixed_one, passed_one = create_params_from_overrides([override])
+        except OverrideParseException as err:  # an entry of hydra.sweeper.params: Hydra parsed the command line's
+            raise ConfigError(f"hydra.sweeper.params: {unparsed_override(err)}") from err
         except (ValueError, AssertionError, HydraException) as err:
             raise ConfigError(f"{override}: {first_line(err).rstrip('.')}: fix the search range") from err
         distributions.update(searched)

@@ -15,7 +15,7 @@ import traceback
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
-from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -23,7 +23,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from cifar import hydra_plugin
 from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
-from cifar.errors import AbortRun, DivergedError, JobConfigError, UserError, unwritable_output_dir
+from cifar.errors import (
+    AbortRun, DivergedError, JobConfigError, UserError, unparsed_override, unwritable_output_dir,
+)
 from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
@@ -131,6 +133,8 @@ def describe(err: BaseException) -> str:
         return f"training diverged: {err}. Lower optimizer.lr or add a scheduler warm-up"
     if isinstance(err, JobConfigError) and err.__cause__ is not None:
         return f"{err.job}: {describe(err.__cause__)}"
+    if isinstance(err, OverrideParseException):
+        return unparsed_override(err)
     if isinstance(err, ConfigCompositionException) and (swept := _HYDRA_KEY_SWEPT.match(str(err))):
         return _hydra_key_swept(*swept.groups())
     config_error, config_file = _config_error(err)

@@ -124,6 +124,7 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
      "give a writable sqlite:///PATH or a reachable database URL"),
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
+    ("data.path=nowhere data.download=false", "No CIFAR-10 data in "),
     ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is out of range: it must be in [0, 1]"),
     ("hydra.sweeper.pruner.n_startup_trials=-1",  # Optuna's ValueError, raised once the first trial was asked for
      "hydra.sweeper.pruner: Number of startup trials cannot be negative, but got n_startup_trials=-1: fix its "

@@ -11,9 +11,7 @@ import torch
 
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
-from tests.conftest import (
-    REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module, sweep_parent_and_children,
-)
+from tests.conftest import REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module
 
 
 def metric_history(cli, run_id: str, key: str) -> list[float]:
@@ -221,6 +219,10 @@ BAD_INPUT = [
     ("scheduler.div_factor=0", "scheduler.div_factor=0.0 is out of range: it must be > 0"),
     ("scheduler=cosine scheduler.min_lr_ratio=2", "scheduler.min_lr_ratio=2.0 is out of range: it must be in [0, 1]"),
     ("+extra=1", "extra is not a config key (added with +?): drop it"),
+    ("optimizer.lr=choice(1e-3", "optimizer.lr=choice(1e-3 does not parse (no viable alternative at input "
+                                 "'choice(1e-3'): check its brackets and commas"),
+    ("data.path=/my copy",  # unquoted in the shell: two words
+     "copy is not key=value: quote an override whose value holds spaces, as 'data.path=/my data', or drop copy"),
     ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is out of range: it must be in (0, 1) or null (off)"),
     ("trainer.lookahead_every=0", "trainer.lookahead_every=0 is out of range: it must be >= 1 or null (off)"),
     ("trainer.lookahead_decay=1", "trainer.lookahead_decay=1.0 is out of range: it must be in [0, 1)"),
@@ -301,29 +303,16 @@ def test_a_run_that_fails_once_its_mlflow_run_began_keeps_its_output_dir(cli):
      "the job optimizer=muon: scheduler.cycle_momentum=True is out of range"),
     ("experiment=airbench optimizer=sgd,adam",  # the preset sets SGD's keys
      "the job optimizer=adam: In 'experiment/airbench': Key 'momentum' not in 'AdamConfig' (key: optimizer.momentum)"),
-], ids=["a value out of range", "a key the option has not"])
-def test_a_grid_with_a_job_that_its_config_refuses_fails_before_any_job_trains(cli, grid, refused):
+    ("optimizer.lr=1e-3,1e-4 data.path=nowhere data.download=false", "No CIFAR-10 data in "),
+    ("optimizer.lr=interval(1e-3,0.1)",
+     "optimizer.lr=interval(1e-3,0.1): a grid sweep takes values (a,b,c), choice() or range(), not interval(): list "
+     "the values, or search the interval with Optuna (hydra/sweeper=optuna, or a preset: hparams_search=optuna)"),
+], ids=["a value out of range", "a key the option has not", "no data", "an interval"])
+def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir(cli, grid, refused):
     proc = cli(*grid.split(), multirun=True, check=False)
-    last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert last.startswith(f"cifar.train: error: {refused}")
-    assert not [path for path in (cli.tmp_path / "sweep").iterdir() if path.is_dir()]  # no job's dir
-    parent, children = sweep_parent_and_children(all_runs(cli))
-    assert children == [] and parent.info.status == "FAILED"
-
-
-@pytest.mark.parametrize("sweep,runs", [
-    ("optimizer.lr=1e-3,1e-4", ["FAILED"]),  # the grid's parent run, opened before its sweeper checks its jobs
-    ("hparams_search=optuna", []),  # checked with its search space, before any run or study
-], ids=["grid", "Optuna"])
-def test_a_sweep_whose_data_path_holds_no_data_fails_before_any_job_starts(cli, sweep, runs):
-    proc = cli(sweep, "data.path=nowhere", "data.download=false", multirun=True, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("cifar.train: error: No CIFAR-10 data in ")
-    assert "Error executing job" not in proc.stderr  # Hydra's line before each failed job's error
-    sweep_dir = cli.tmp_path / "sweep"
-    assert not sweep_dir.exists() or not [path for path in sweep_dir.iterdir() if path.is_dir()]  # no job's dir
-    assert [run.info.status for run in all_runs(cli)] == runs
+    assert proc.stderr.strip().startswith(f"cifar.train: error: {refused}") and proc.stderr.count("\n") == 1
+    assert all_runs(cli) == [] and not (cli.tmp_path / "sweep").exists()
 
 
 OWN_PRESETS = {
@@ -341,6 +330,20 @@ def test_a_preset_of_ones_own_with_a_bad_key_or_value_is_named_in_one_line(cli, 
     proc = cli("--config-dir", str(cli.tmp_path / "conf"), "experiment=mine", check=False)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines == [f"cifar.train: error: {OWN_PRESETS[preset]}"], proc.stderr
+
+
+@pytest.mark.parametrize("sweeper", ["basic", "optuna"])
+def test_a_search_preset_of_ones_own_whose_params_do_not_parse_is_named_before_any_run_or_dir(cli, sweeper):
+    preset = cli.tmp_path / "conf" / "hparams_search" / "mine.yaml"
+    preset.parent.mkdir(parents=True)
+    preset.write_text(f"# @package _global_\ndefaults:\n  - override /hydra/sweeper: {sweeper}\n"
+                      "hydra:\n  sweeper:\n    params:\n      optimizer.lr: choice(1e-3, 1e-4\n")
+    proc = cli("--config-dir", str(cli.tmp_path / "conf"), "hparams_search=mine", multirun=True, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("cifar.train: error: hydra.sweeper.params: optimizer.lr=choice(1e-3, 1e-4 does not "
+                               "parse (no viable alternative at input 'choice(1e-3, 1e-4'): check its brackets")
+    assert all_runs(cli) == [] and not (cli.tmp_path / "sweep").exists()
 
 
 @pytest.mark.slow
