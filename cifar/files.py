@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -16,9 +17,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write`` on a temp file beside ``path``, fsync it, then rename it over ``path``. The file gets the
+    permissions that ``open(path, "w")`` gives a new file (the umask's), where ``mkstemp``'s are the owner's only:
+    a data cache, checkpoint or report that other users or an MLflow server read stays readable to them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

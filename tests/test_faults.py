@@ -9,6 +9,7 @@ import resource
 import shlex
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -36,6 +37,19 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monke
         checkpoint.save(path, {"epoch": 2, "weights": torch.zeros(3)})
     assert checkpoint.load(path)["epoch"] == 1  # intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask 022", "umask 077"])
+def test_a_checkpoint_written_whole_gets_the_permissions_of_a_plain_write(tmp_path, umask):
+    """Not the owner-only ones of the temp file it is written to: others may need to read it (a model server)."""
+    before = os.umask(umask)
+    try:
+        checkpoint.save(tmp_path / "best.pt", {"epoch": 1})
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(before)
+    modes = {stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("best.pt", "plain")}
+    assert modes == {0o666 & ~umask}
 
 
 def test_a_disk_that_fills_up_in_the_middle_of_a_checkpoint_is_reported_as_such(tmp_path, monkeypatch):
