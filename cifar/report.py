@@ -13,6 +13,8 @@ line above it sums up the study from its storage: trials by state, best value an
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",
                        help="the sweep's parent run id, or its sweep dir (default: the latest sweep)")
     scope.add_argument("--all", action="store_true", help="every training run of the experiment")
-    parser.add_argument("--output", type=Path, help="also write the table to this file")
+    parser.add_argument("--output", help="also write the table to this file")
     args = parser.parse_args(argv)
 
     from mlflow.tracking import MlflowClient
@@ -205,7 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table, end="")
     if args.output:
         try:
-            atomic_write_text(args.output, table)
+            if args.output.endswith(("/", os.sep)):  # a folder, where Path() would drop the / and write a file
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), args.output)
+            atomic_write_text(Path(args.output), table)
         except OSError as err:
             print(f"cifar.report: error: cannot write --output {args.output} ({os_reason(err)}): "
                   "give a file path in a writable folder", file=sys.stderr)

@@ -59,9 +59,11 @@ def test_latest_sweep_is_reported_best_first(store, capsys, tmp_path):
 
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(store, capsys, tmp_path):
     uri, _, _ = store
-    assert report.main(["--tracking-uri", uri, "--output", str(tmp_path)]) == 2  # a folder, not a file
-    err = capsys.readouterr().err
-    assert err.startswith(f"cifar.report: error: cannot write --output {tmp_path}") and err.count("\n") == 1
+    for folder in (str(tmp_path), f"{tmp_path / 'new'}/"):  # a folder, not a file: one there, or a new one
+        assert report.main(["--tracking-uri", uri, "--output", folder]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cifar.report: error: cannot write --output {folder} (Is a directory)")
+        assert err.count("\n") == 1 and not (tmp_path / "new").exists()  # not a file named as the folder
     assert report.main(["--tracking-uri", uri, "--output", str(tmp_path / "new" / "r.md")]) == 0  # folders made
     assert (tmp_path / "new" / "r.md").read_text() == capsys.readouterr().out
 
