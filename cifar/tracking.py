@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import urlparse
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -67,9 +68,30 @@ def existing_store(uri: str | None) -> str:
     if (database := sqlite_file(uri)) is not None and not database.exists():
         raise UserError(f"no MLflow store at {database.resolve()}: run from the folder that holds it, "
                         "or give --tracking-uri / MLFLOW_TRACKING_URI")
-    if reason := unusable(uri):
+    if reason := unusable_mlflow_store(uri):
         raise UserError(f"the MLflow store {uri} cannot be read: {reason}")
     return uri
+
+
+def unusable_mlflow_store(uri: str) -> str | None:
+    """Why the MLflow store ``uri`` cannot be used and what to do (:func:`cifar.stores.unusable`, or a file store
+    that MLflow refuses), or None where it can be tried."""
+    return refused_file_store(uri) or unusable(uri)
+
+
+NAMED_STORES = frozenset({"databricks", "databricks-uc", "uc"})  # MLflow's store URIs without a scheme
+
+
+def refused_file_store(uri: str) -> str | None:
+    """What to do where ``uri`` is a file store (a folder of runs, as MLflow 2's ``./mlruns``), which MLflow 3
+    refuses with a paragraph unless MLFLOW_ALLOW_FILE_STORE is set; None for any other store."""
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+    if uri in NAMED_STORES or urlparse(uri).scheme not in ("", "file") or MLFLOW_ALLOW_FILE_STORE.get():
+        return None
+    return ("it is a file store (a folder of runs), which MLflow 3 refuses by default: use a database, such as "
+            "sqlite:///mlflow.db (mlflow migrate-filestore --source FOLDER --target sqlite:///mlflow.db copies "
+            "the folder's runs into it), or set MLFLOW_ALLOW_FILE_STORE=true to use the folder")
 
 
 def store_errors() -> tuple[type[Exception], ...]:
@@ -135,7 +157,7 @@ def usable_store(cfg_mlflow: Any) -> str:
     """:func:`store_uri`, refused (UserError) where its database driver is not installed or its server
     does not answer: checked without opening the store, which would create a SQLite file."""
     uri = store_uri(cfg_mlflow)
-    if reason := unusable(uri):
+    if reason := unusable_mlflow_store(uri):
         raise UserError(f"MLflow tracking store {uri} cannot be used: {reason}")
     return uri
 

@@ -107,3 +107,34 @@ def test_a_tracking_server_behind_a_proxy_is_left_to_the_proxy(free_port, no_pro
     monkeypatch.setattr("cifar.stores.ANSWER_WAIT_S", 0)
     reason = unanswered(f"http://mlflow.internal:{free_port}")
     assert reason.startswith(f"nothing answers at mlflow.internal:{free_port} (")
+
+
+@pytest.mark.parametrize("uri", ["./mlruns", "/srv/mlruns", "file:///srv/mlruns", "file:./mlruns"])
+def test_a_file_store_that_mlflow_refuses_is_named_with_the_database_to_use_unless_allowed(uri, monkeypatch):
+    from cifar.tracking import refused_file_store
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    reason = refused_file_store(uri)
+    assert reason.startswith("it is a file store (a folder of runs), which MLflow 3 refuses by default: use a "
+                             "database, such as sqlite:///mlflow.db (mlflow migrate-filestore --source FOLDER")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert refused_file_store(uri) is None
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///mlflow.db", "http://127.0.0.1:5000", "postgresql://db/mlflow",
+                                 "databricks"])
+def test_a_store_that_is_no_file_store_is_not_refused_as_one(uri):
+    from cifar.tracking import refused_file_store
+
+    assert refused_file_store(uri) is None
+
+
+def test_the_report_on_a_file_store_is_one_line_and_creates_nothing(tmp_path, capsys, monkeypatch):
+    from cifar import report
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    assert report.main(["--tracking-uri", str(tmp_path / "mlruns")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifar.report: error: the MLflow store {tmp_path / 'mlruns'} cannot be read: it is a "
+                          "file store") and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
