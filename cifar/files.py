@@ -38,9 +38,10 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 def one_process_at_a_time(path: Path) -> Iterator[None]:
     """Held by one process of this machine at a time for ``path``: while it makes ``path`` (a cache, a
     store's tables), the others wait, then find it made. The lock is a file in the temp dir, named by a hash
-    of ``path``, which it leaves there (``filelock``)."""
+    of ``path``, which it leaves there (``filelock``), writable by every user: another user's process that
+    makes the same ``path`` (a shared data cache) takes it in turn, where filelock's 0644 refused it."""
     from filelock import FileLock
 
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    with FileLock(Path(tempfile.gettempdir()) / f"cifar-{key}.lock"):
+    with FileLock(Path(tempfile.gettempdir()) / f"cifar-{key}.lock", mode=0o666):
         yield

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,3 +131,14 @@ def test_runs_that_start_at_once_on_new_data_decode_it_once(tmp_path, official_d
     ended = start_at_once(tmp_path, "data", str(source))
     assert {out.strip() for out, _ in ended} == {"200"}
     assert sum(err.count("Decoding ") for _, err in ended) == 1  # the others waited, then read its cache
+
+
+def test_the_lock_of_a_file_being_made_can_be_taken_by_any_user(tmp_path, monkeypatch):
+    """Another user's process that makes the same file (a shared data cache) opens the lock file to write."""
+    from cifar.files import one_process_at_a_time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with one_process_at_a_time(tmp_path / "cache.npz"):
+        [lock] = (tmp_path / "tmp").iterdir()
+        assert stat.S_IMODE(lock.stat().st_mode) == 0o666
