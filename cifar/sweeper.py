@@ -25,6 +25,7 @@ five things and leaves the search to Optuna:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -43,6 +44,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cifar.config import validate_job
 from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
 from cifar.launchers import runs_jobs_here
+
+log = logging.getLogger(__name__)
 
 STUDY_FILE = "optuna.db"  # in the sweep dir, when hydra.sweeper.storage is null
 SQLITE = "sqlite:///"
@@ -147,11 +150,17 @@ def check_grid(config: DictConfig, config_loader: ConfigLoader) -> None:
     from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
 
     swept = swept_keys(config)
+    jobs = grid_jobs(config, config_loader)
+    if len(jobs) >= ANNOUNCED_GRID_CHECK:
+        log.info("Checking the configs of the sweep's %d jobs before the first starts", len(jobs))
     configs = []
-    for overrides in grid_jobs(config, config_loader):
+    for overrides in jobs:
         job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
         configs.append(check_job(config_loader, config, overrides, f"the job {job}"))
     check_data(configs)
+
+
+ANNOUNCED_GRID_CHECK = 25  # jobs: their check takes seconds (0.1 to 0.2 s a job), said before it starts
 
 
 def grid_jobs(config: DictConfig, config_loader: ConfigLoader) -> list[list[str]]:

@@ -315,6 +315,15 @@ def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir
     assert all_runs(cli) == [] and not (cli.tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("jobs", [24, 25])
+def test_a_grid_of_25_jobs_or_more_says_that_it_checks_them_first(cli, jobs):
+    proc = cli(f"seed=range(0,{jobs})", "optimizer.lr=-1", multirun=True, check=False)  # refused at the first
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("optimizer.lr=-1.0 is out of range: it must be > 0. "
+                                                                 "Fix the override or the config file.")
+    said = f"Checking the configs of the sweep's {jobs} jobs before the first starts" in proc.stdout + proc.stderr
+    assert said == (jobs >= 25)
+
+
 OWN_PRESETS = {
     "optimizer:\n  lr: abc": "In 'experiment/mine': Value 'abc' of type 'str' could not be converted to Float (key: "
                             "optimizer.lr). Fix the override or the config file.",
