@@ -59,13 +59,13 @@ def main() -> None:
     parser.add_argument("--search", default="hparams_search=optuna", help="the Optuna search's overrides")
     args = parser.parse_args()
 
-    from cifar.sweeper import check_job
+    from cifar.sweeper import check_job, sweeper_arguments
     from cifar.sweeper_impl import check_search_space, probe_trials, search_space
 
     job = args.job.split()
     loader = config_loader()
     grid, search = sweep_config(loader, job), sweep_config(loader, args.search.split())
-    probes = probe_trials(*search_space(search.hydra.sweeper.params, list(search.hydra.overrides.task)))
+    probes = probe_trials(*search_space(sweeper_arguments(search)))
     times: dict[str, list[float]] = {"compose": [], "check": [], "search space": []}
     for _ in range(args.repeats):
         for name, step in (("compose", lambda: loader.load_sweep_config(grid, job)),

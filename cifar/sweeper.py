@@ -166,14 +166,12 @@ ANNOUNCED_GRID_CHECK = 25  # jobs: their check takes seconds (0.1 to 0.2 s a job
 def grid_jobs(config: DictConfig, config_loader: ConfigLoader) -> list[list[str]]:
     """The overrides of each job of a grid sweep, expanded as the basic sweeper will (``hydra.sweeper.params``,
     then the command line's); a sweep that it cannot expand raises ConfigError."""
-    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.params or {}).items()]
-    arguments = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # parsed by Hydra already
     parser = OverridesParser.create(config_loader=config_loader)
     overrides = []
-    for override in params + arguments:
+    for override in sweeper_arguments(config):
         try:
             overrides += parser.parse_overrides([override])
-        except OverrideParseException as err:
+        except OverrideParseException as err:  # an entry of hydra.sweeper.params: Hydra parsed the command line's
             raise ConfigError(f"hydra.sweeper.params: {unparsed_override(err)}") from err
     for override in overrides:
         if override.is_interval_sweep():
@@ -181,6 +179,14 @@ def grid_jobs(config: DictConfig, config_loader: ConfigLoader) -> list[list[str]
                               f"interval(): list the values, or search the interval with Optuna "
                               f"(hydra/sweeper=optuna, or a preset: hparams_search=optuna)")
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def sweeper_arguments(config: DictConfig) -> list[str]:
+    """What a multirun gives its sweeper to sweep, as overrides in Hydra's order: ``hydra.sweeper.params``, then the
+    command line's, which win."""
+    params = config.hydra.sweeper.params or {}
+    arguments = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # "${...}" as typed, as Hydra's
+    return [f"{key}={value}" for key, value in params.items()] + arguments
 
 
 def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: Sequence[str], job: str) -> DictConfig:

@@ -20,7 +20,7 @@ from cifar import study as studies
 from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
 from cifar.outages import StoreOutage
 from cifar.sweeper import (
-    PRUNER_TARGETS, SAMPLER_TARGETS, check_data, check_job, checked_sweep, storage_url, study_name,
+    PRUNER_TARGETS, SAMPLER_TARGETS, check_data, check_job, checked_sweep, storage_url, study_name, sweeper_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> None:
     """Check the search space before the sweep starts: that its sampler can draw it, and the configs of a few
     trials it holds (:func:`probe_trials`), so that a choice or range end that every trial holding it would be
     refused for stops the sweep at once; and their data (:func:`cifar.sweeper.check_data`)."""
-    space = search_space(config.hydra.sweeper.params, list(config.hydra.overrides.task))
+    space = search_space(sweeper_arguments(config))
     if OmegaConf.select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER:
         _check_grid(space[0])
     configs = [check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
@@ -187,13 +187,13 @@ def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> None:
     check_data(configs or [config])
 
 
-def search_space(params: DictConfig | None, arguments: list[str]) -> SearchSpace:
-    """What the stock sweeper searches (``hydra.sweeper.params``, and the command line's ranges, which win), the
+def search_space(arguments: list[str]) -> SearchSpace:
+    """What the stock sweeper searches among its :func:`cifar.sweeper.sweeper_arguments` (a later one wins), the
     parameters it fixes and the overrides it passes on; a range that Optuna cannot take raises ConfigError."""
     distributions: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}
     passed: list[str] = []
-    for override in [f"{key}={value}" for key, value in (params or {}).items()] + arguments:
+    for override in arguments:
         try:
             searched, fixed_one, passed_one = create_params_from_overrides([override])
         except OverrideParseException as err:  # an entry of hydra.sweeper.params: Hydra parsed the command line's

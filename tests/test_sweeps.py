@@ -163,11 +163,14 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
 
 
 def test_the_probed_trials_take_every_choice_and_each_range_end_from_just_inside():
+    from cifar.sweeper import sweeper_arguments
     from cifar.sweeper_impl import probe_trials, search_space
 
-    params = OmegaConf.create({"optimizer": "choice(sgd, adamw, muon)", "optimizer.lr": "tag(log, interval(1e-4, 1))",
-                               "optimizer.momentum": "interval(0.8, 1.0)", "data.batch_size": "choice(64, 128)"})
-    probes = probe_trials(*search_space(params, ["data.batch_size=32", "seed=1", "~trainer.threads"]))
+    params = {"optimizer": "choice(sgd, adamw, muon)", "optimizer.lr": "tag(log, interval(1e-4, 1))",
+              "optimizer.momentum": "interval(0.8, 1.0)", "data.batch_size": "choice(64, 128)"}
+    config = OmegaConf.create({"hydra": {"sweeper": {"params": params},
+                                         "overrides": {"task": ["data.batch_size=32", "seed=1", "~trainer.threads"]}}})
+    probes = probe_trials(*search_space(sweeper_arguments(config)))
     searched = [values for values, _ in probes]
     assert [values["optimizer"] for values in searched] == ["sgd", "adamw", "muon"]
     lows, highs = [searched[i]["optimizer.lr"] for i in (0, 2)], searched[1]["optimizer.lr"]
