@@ -387,21 +387,35 @@ def _decode_images(paths: list[str], blobs: Iterator[bytes]) -> np.ndarray:
 # --- splits ---------------------------------------------------------------------------------
 
 
-def split_indices(n_train: int, n_test: int, val_size: int, limit: int | None, test_limit: int | None,
-                  seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) indices: a seeded validation hold-out from train, then ``limit`` and ``test_limit``.
+def split_indices(n_train: int, n_test: int, cfg_data, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices: a seeded validation hold-out of ``data.val_size`` from train, then
+    ``data.limit`` and ``data.test_limit``; a split :func:`check_split` refuses raises ConfigError.
 
     The test subset is drawn with a fixed seed, so runs with the same ``test_limit`` score the same images.
     """
-    if val_size >= n_train:
-        raise ConfigError(f"data.val_size={val_size} must be smaller than the training set ({n_train} images): "
-                          "lower data.val_size")
+    check_split(cfg_data, n_train)
+    val_size, test_limit = cfg_data.val_size, cfg_data.test_limit
     order = np.random.default_rng(seed).permutation(n_train)
-    val_idx, train_idx = np.sort(order[:val_size]), np.sort(order[val_size:][:limit])
+    val_idx, train_idx = np.sort(order[:val_size]), np.sort(order[val_size:][:cfg_data.limit])
     test_idx = np.arange(n_test)
     if test_limit is not None and test_limit < n_test:
         test_idx = np.sort(np.random.default_rng(TEST_SUBSET_SEED).permutation(n_test)[:test_limit])
     return train_idx, val_idx, test_idx
+
+
+def check_split(cfg_data, n_train: int) -> None:
+    """Refuse a split of ``n_train`` training images that holds every one of them out for validation, or
+    leaves fewer to train on than a batch (ConfigError)."""
+    val_size, limit, batch_size = cfg_data.val_size, cfg_data.limit, cfg_data.batch_size
+    if val_size >= n_train:
+        raise ConfigError(f"data.val_size={val_size} must be smaller than the training set ({n_train} images): "
+                          "lower data.val_size")
+    held_out = n_train - val_size
+    limited = limit is not None and limit < held_out
+    trained = limit if limited else held_out
+    if trained < batch_size:
+        raise ConfigError(f"data.batch_size={batch_size} is larger than the {trained} training images: "
+                          f"lower data.batch_size or {'raise data.limit' if limited else 'data.val_size'}")
 
 
 # --- the cache ------------------------------------------------------------------------------

@@ -29,8 +29,7 @@ GRID_COLUMNS = 10
 
 def split_counts(data: Cifar10, cfg_data, seed: int) -> dict[str, np.ndarray]:
     """Images per class in each split of a run with this data config and seed."""
-    train, val, test = split_indices(len(data.train_labels), len(data.test_labels), cfg_data.val_size,
-                                     cfg_data.limit, cfg_data.test_limit, seed)
+    train, val, test = split_indices(len(data.train_labels), len(data.test_labels), cfg_data, seed)
     return {
         "train": np.bincount(data.train_labels[train], minlength=len(CLASSES)),
         "val": np.bincount(data.train_labels[val], minlength=len(CLASSES)),

@@ -118,15 +118,17 @@ def _cpu_name() -> str:
 
 
 def data_presence(cfg_data) -> list[Check]:
-    """The configured source and its decoded cache; missing data fails only where it will not be downloaded."""
+    """The configured source and its decoded cache, and the run's split of it where it is decoded; missing
+    data fails only where it will not be downloaded."""
     from cifar.data import fingerprint, locate_source
     from cifar.errors import DataError
 
     path = Path(cfg_data.path)
     if path.suffix == ".npz":
-        status = Check("data", OK, f"decoded file {path}") if path.is_file() else Check(
-            "data", FAIL, f"{path} does not exist: run `dvc repro prepare` or point data.path at the raw data")
-        return [status]
+        if not path.is_file():
+            return [Check("data", FAIL, f"{path} does not exist: run `dvc repro prepare` or point data.path at the "
+                                        "raw data")]
+        return [Check("data", OK, f"decoded file {path}"), split(cfg_data)]
     try:
         source = locate_source(path, download=False)
     except DataError as err:
@@ -134,9 +136,24 @@ def data_presence(cfg_data) -> list[Check]:
             return [Check("data", WARN, f"no data in {path}: the first run downloads it (data.download=true)")]
         return [Check("data", FAIL, str(err))]
     cache = Path(cfg_data.cache_dir) / f"cifar10-{fingerprint(source)}.npz"
-    return [Check("data", OK, f"source {source}"),
-            Check("cache", OK if cache.exists() else WARN,
-                  f"{cache}" if cache.exists() else f"{cache} not decoded yet: the first run decodes it once")]
+    if not cache.exists():
+        return [Check("data", OK, f"source {source}"),
+                Check("cache", WARN, f"{cache} not decoded yet: the first run decodes it once")]
+    return [Check("data", OK, f"source {source}"), Check("cache", OK, f"{cache}"), split(cfg_data)]
+
+
+def split(cfg_data) -> Check:
+    """The images that a run trains, validates and tests on, read from the decoded data (called only where it is
+    decoded: decoding is the first run's job); a split that :func:`cifar.data.check_split` refuses fails."""
+    from cifar.data import load_cifar10, split_indices
+    from cifar.errors import UserError
+
+    try:
+        data = load_cifar10(cfg_data.path, cfg_data.cache_dir, download=False)
+        train, val, test = split_indices(len(data.train_labels), len(data.test_labels), cfg_data, seed=0)
+    except UserError as err:
+        return Check("split", FAIL, str(err))
+    return Check("split", OK, f"{len(train):,} train / {len(val):,} validation / {len(test):,} test images")
 
 
 def tracking_store(cfg_mlflow) -> Check:

@@ -47,8 +47,10 @@ class SweepCallback(Callback):
             parallel.check_launcher(config.hydra)
             launchers.check_cluster(config.hydra)
             launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
-            _check_jobs(config, optuna_sweep)
-            experiment_id = tracking.use_experiment(tracking.usable_store(config.mlflow), config.mlflow.experiment)
+            jobs = _checked_jobs(config, optuna_sweep)
+            store = tracking.usable_store(config.mlflow)
+            sweeper.check_data(jobs)  # the last check: it may download and decode the data
+            experiment_id = tracking.use_experiment(store, config.mlflow.experiment)
         except UserError as err:
             raise AbortRun(err) from err
         made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
@@ -116,16 +118,18 @@ class SweepCallback(Callback):
                         "ends it KILLED", run_id, type(err).__name__, first_line(err))
 
 
-def _check_jobs(config: DictConfig, optuna_sweep: bool) -> None:
-    """Check the configs and data of the sweep's jobs: a grid's, or a few trials of an Optuna search's space."""
+def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> list[DictConfig]:
+    """The configs of the sweep's jobs, checked: a grid's, or a few trials of an Optuna search's space (none for
+    another sweeper)."""
     loader = GlobalHydra.instance().config_loader()
     if optuna_sweep:
         from cifar.sweeper_impl import check_search_space  # imports Optuna
 
         sweeper.checked_sweep(config)
-        check_search_space(config, loader)
-    elif sweeper.is_grid_sweep(config.hydra):
-        sweeper.check_grid(config, loader)
+        return check_search_space(config, loader)
+    if sweeper.is_grid_sweep(config.hydra):
+        return sweeper.check_grid(config, loader)
+    return []
 
 
 def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseException | None) -> int:

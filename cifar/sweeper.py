@@ -143,10 +143,10 @@ def is_grid_sweep(hydra_cfg: DictConfig) -> bool:
     return OmegaConf.select(hydra_cfg, "sweeper._target_") == CheckedBasicSweeperConf._target_
 
 
-def check_grid(config: DictConfig, config_loader: ConfigLoader) -> None:
-    """Check a grid sweep's jobs as the basic sweeper will run them: each job's config as its task will
+def check_grid(config: DictConfig, config_loader: ConfigLoader) -> list[DictConfig]:
+    """The configs of a grid sweep's jobs as the basic sweeper will run them, each checked as its task will
     (``cifar.config.validate``), so that a value out of range in the grid's last job stops the sweep before the
-    first trains, and their data (:func:`check_data`)."""
+    first trains. (:func:`check_data` checks their data.)"""
     from cifar.tracking import override_key, swept_keys  # here: every Hydra process imports this module
 
     swept = swept_keys(config)
@@ -157,7 +157,7 @@ def check_grid(config: DictConfig, config_loader: ConfigLoader) -> None:
     for overrides in jobs:
         job = " ".join(o for o in overrides if override_key(o) in swept) or " ".join(overrides)
         configs.append(check_job(config_loader, config, overrides, f"the job {job}"))
-    check_data(configs)
+    return configs
 
 
 ANNOUNCED_GRID_CHECK = 25  # jobs: their check takes seconds (0.1 to 0.2 s a job), said before it starts
@@ -201,14 +201,20 @@ def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: 
 
 
 def check_data(configs: Sequence[DictConfig]) -> None:
-    """Find the data of a sweep's jobs before the first starts, where they run on this machine (downloading it where
-    ``data.download`` allows): a data.path with no data stops the sweep at once, not each of its jobs in turn.
-    Raises :class:`cifar.errors.DataError`."""
-    from cifar.data import locate_source  # numpy: only when sweeping
+    """Load the data of a sweep's jobs before the first starts, where they run on this machine (downloading and
+    decoding it where its first job would), and check each job's split of it (:func:`cifar.data.check_split`): a
+    data.path with no data, or a hold-out or batch that it is too small for, stops the sweep at once, not each of
+    its jobs in turn. Raises :class:`cifar.errors.DataError` or :class:`cifar.errors.ConfigError`."""
+    from cifar.data import check_split, load_cifar10  # numpy: only when sweeping
 
-    for path, download in dict.fromkeys((c.data.path, c.data.download) for c in configs if runs_jobs_here(c.hydra)):
-        if not path.endswith(".npz"):  # a decoded cache, read as it is
-            locate_source(Path(to_absolute_path(path)), download)
+    training_images: dict[tuple[str, str, bool], int] = {}  # by source: read once
+    for config in (c for c in configs if runs_jobs_here(c.hydra)):
+        source = (config.data.path, config.data.cache_dir, config.data.download)
+        if source not in training_images:
+            path, cache_dir, download = source
+            data = load_cifar10(to_absolute_path(path), to_absolute_path(cache_dir), download)
+            training_images[source] = len(data.train_labels)
+        check_split(config.data, training_images[source])
 
 
 def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:

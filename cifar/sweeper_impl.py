@@ -20,7 +20,7 @@ from cifar import study as studies
 from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
 from cifar.outages import StoreOutage
 from cifar.sweeper import (
-    PRUNER_TARGETS, SAMPLER_TARGETS, check_data, check_job, checked_sweep, storage_url, study_name, sweeper_arguments,
+    PRUNER_TARGETS, SAMPLER_TARGETS, check_job, checked_sweep, storage_url, study_name, sweeper_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -175,16 +175,17 @@ SearchSpace = tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 
 
-def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> None:
+def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> list[DictConfig]:
     """Check the search space before the sweep starts: that its sampler can draw it, and the configs of a few
     trials it holds (:func:`probe_trials`), so that a choice or range end that every trial holding it would be
-    refused for stops the sweep at once; and their data (:func:`cifar.sweeper.check_data`)."""
+    refused for stops the sweep at once. Returns those configs, or the sweep's own where it searches nothing.
+    (:func:`cifar.sweeper.check_data` checks their data.)"""
     space = search_space(sweeper_arguments(config))
     if OmegaConf.select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER:
         _check_grid(space[0])
     configs = [check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
                for searched, overrides in probe_trials(*space)]
-    check_data(configs or [config])
+    return configs or [config]
 
 
 def search_space(arguments: list[str]) -> SearchSpace:

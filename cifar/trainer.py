@@ -18,7 +18,6 @@ from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, tr
 from cifar.data import Cifar10, split_indices
 from cifar.device import Runtime
 from cifar.engine import TTA, Evaluation, Pass, evaluate, train_epoch
-from cifar.errors import ConfigError
 from cifar.inference import SPEC
 from cifar.interrupts import interrupts_held
 from cifar.lookahead import Lookahead
@@ -58,13 +57,7 @@ class Splits:
 
 def make_splits(data: Cifar10, cfg_data: Any, seed: int, augment: Augmenter, device: torch.device) -> Splits:
     """Hold out a seeded validation set from train, then apply ``limit`` and ``test_limit``."""
-    train_idx, val_idx, test_idx = split_indices(
-        len(data.train_labels), len(data.test_labels), cfg_data.val_size, cfg_data.limit, cfg_data.test_limit, seed)
-    if len(train_idx) < cfg_data.batch_size:
-        raise ConfigError(
-            f"data.batch_size={cfg_data.batch_size} is larger than the {len(train_idx)} training images: "
-            "lower data.batch_size or raise data.limit"
-        )
+    train_idx, val_idx, test_idx = split_indices(len(data.train_labels), len(data.test_labels), cfg_data, seed)
     train_x, train_y = to_tensors(data.train_images[train_idx], data.train_labels[train_idx], device)
     val_x, val_y = to_tensors(data.train_images[val_idx], data.train_labels[val_idx], device)
     test_x, test_y = to_tensors(data.test_images[test_idx], data.test_labels[test_idx], device)

@@ -477,8 +477,8 @@ def test_a_sweeps_data_is_looked_for_before_its_jobs_only_where_they_run_on_this
     from cifar.sweeper import check_data
 
     def job(launcher: str):
-        return OmegaConf.create({"data": {"path": str(tmp_path / "nowhere"), "download": False},
-                                 "hydra": {"launcher": {"_target_": launcher}}})
+        data = {"path": str(tmp_path / "nowhere"), "cache_dir": str(tmp_path), "download": False}
+        return OmegaConf.create({"data": data, "hydra": {"launcher": {"_target_": launcher}}})
 
     check_data([job(launchers.SLURM_LAUNCHER), job(launchers.RAY_LAUNCHER)])  # their machines may hold the data
     for launcher in launchers.LAUNCHERS_HERE:

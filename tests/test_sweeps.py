@@ -10,6 +10,7 @@ import sqlite3
 
 import optuna
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from cifar.parallel import concurrent_jobs, cpu_cores
@@ -125,6 +126,8 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
     ("data.path=nowhere data.download=false", "No CIFAR-10 data in "),
+    ("data.val_size=choice(40,200)",  # a probed trial holds out all 200 of the fake data's training images
+     "data.val_size=200 must be smaller than the training set (200 images): lower data.val_size"),
     ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is out of range: it must be in [0, 1]"),
     ("hydra.sweeper.pruner.n_startup_trials=-1",  # Optuna's ValueError, raised once the first trial was asked for
      "hydra.sweeper.pruner: Number of startup trials cannot be negative, but got n_startup_trials=-1: fix its "
@@ -212,17 +215,20 @@ def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stop
 
 @pytest.mark.slow
 def test_a_job_that_fails_at_the_grids_last_point_stops_the_sweep_in_one_line(cli):
-    # The grid's seed 1 draws data.val_size=100000 (more than the fake data's training images) second, its last
-    # point: the stock sweeper's tell of the failed trial ended in the error of the grid sampler's stop.
+    # The grid's seed 1 draws trainer.device=mps (which a job finds missing on this machine, as it runs) second, its
+    # last point: the stock sweeper's tell of the failed trial ended in the error of the grid sampler's stop.
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
     proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1",
-               "hydra.sweeper.direction=maximize", "hydra.sweeper.n_jobs=1", "data.val_size=choice(50,100000)",
+               "hydra.sweeper.direction=maximize", "hydra.sweeper.n_jobs=1", "trainer.device=choice(cpu,mps)",
                multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("cifar.train: error: data.val_size=100000 must be smaller")
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "cifar.train: error: trainer.device=mps but MPS is not available here")
     sweep_dir = cli.tmp_path / "sweep"
     study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert [(t.params["data.val_size"], t.state) for t in study.trials] == [
-        (50, COMPLETE), (100000, optuna.trial.TrialState.FAIL)]
+    assert [(t.params["trainer.device"], t.state) for t in study.trials] == [
+        ("cpu", COMPLETE), ("mps", optuna.trial.TrialState.FAIL)]
 
 
 def test_a_trial_told_at_the_grids_end_is_told_without_the_stop_that_optuna_refuses_outside_optimize():

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from cifar import data_summary, env
-from cifar.data import CLASSES
+from cifar.data import CLASSES, load_cifar10
 from tests.conftest import with_overrides
 
 
@@ -82,6 +82,20 @@ def test_env_checks_the_study_storage_of_an_optuna_sweep_only(official_dir, tmp_
     assert line.startswith("FAIL  Optuna storage        postgresql://cifar@db-host/optuna: its database driver is "
                            "not installed (")
     assert "s3cret" not in out
+
+
+def test_env_checks_the_runs_split_of_data_that_is_decoded(official_dir, tmp_path, capsys):
+    data = [f"data.path={official_dir}", f"data.cache_dir={tmp_path}"]
+    load_cifar10(official_dir, tmp_path, download=False)  # decoded: 200 training and 50 test images
+    code, out, _ = _run(env.main, capsys, *data, "data.val_size=40", "data.test_limit=30")
+    assert code == 0 and "  ok  split                 160 train / 40 validation / 30 test images\n" in out
+    code, out, _ = _run(env.main, capsys, *data)  # the default hold-out: 5,000 images
+    assert code == 1 and out.rstrip().endswith("NOT READY: split failed (see above)")
+    assert ("FAIL  split                 data.val_size=5000 must be smaller than the training set (200 images): "
+            "lower data.val_size\n") in out
+    code, out, _ = _run(env.main, capsys, *data, "data.val_size=40", "data.limit=20", "data.batch_size=32")
+    assert code == 1 and ("FAIL  split                 data.batch_size=32 is larger than the 20 training images: "
+                          "lower data.batch_size or raise data.limit\n") in out
 
 
 def test_env_only_warns_about_data_it_will_download(tmp_path, capsys):

@@ -209,7 +209,8 @@ BAD_INPUT = [
      "trainer.patience=2 is out of range: it needs a validation set: set data.val_size > 0, or trainer.patience=null"),
     ("data.val_size=0 diagnostics=all",
      "diagnostics.epochs=[1, 2] is out of range: it needs a validation set (the diagnostics come from its pass)"),
-    ("data.batch_size=500", "data.batch_size=500 is larger than the 160 training images"),
+    ("data.batch_size=500",
+     "data.batch_size=500 is larger than the 160 training images: lower data.batch_size or data.val_size"),
     ("data.limit=-5", "data.limit=-5 is out of range: it must be > 0 or null (all)"),
     ("trainer.device=tpu", "trainer.device=tpu is out of range: it must be one of"),
     ("seed=-1", "seed=-1 is out of range: it must be in [0, 2**32)"),
@@ -304,10 +305,16 @@ def test_a_run_that_fails_once_its_mlflow_run_began_keeps_its_output_dir(cli):
     ("experiment=airbench optimizer=sgd,adam",  # the preset sets SGD's keys
      "the job optimizer=adam: In 'experiment/airbench': Key 'momentum' not in 'AdamConfig' (key: optimizer.momentum)"),
     ("optimizer.lr=1e-3,1e-4 data.path=nowhere data.download=false", "No CIFAR-10 data in "),
+    ("optimizer.lr=1e-3,1e-4 data.path=nowhere.npz", "data.path="),  # a decoded file: read by the jobs, not found
+    ("data.val_size=50,200",  # the fake data's 200 training images: the grid's last job holds them all out
+     "data.val_size=200 must be smaller than the training set (200 images): lower data.val_size"),
+    ("data.limit=100,20 data.batch_size=32",
+     "data.batch_size=32 is larger than the 20 training images: lower data.batch_size or raise data.limit"),
     ("optimizer.lr=interval(1e-3,0.1)",
      "optimizer.lr=interval(1e-3,0.1): a grid sweep takes values (a,b,c), choice() or range(), not interval(): list "
      "the values, or search the interval with Optuna (hydra/sweeper=optuna, or a preset: hparams_search=optuna)"),
-], ids=["a value out of range", "a key the option has not", "no data", "an interval"])
+], ids=["a value out of range", "a key the option has not", "no data", "no decoded file", "a hold-out of every image",
+        "fewer images than a batch", "an interval"])
 def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir(cli, grid, refused):
     proc = cli(*grid.split(), multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
