@@ -200,6 +200,18 @@ def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: 
     return config
 
 
+def check_devices(configs: Sequence[DictConfig]) -> None:
+    """Find the devices that a sweep's jobs name (``trainer.device=cuda``, ``mps``) before the first starts, where
+    they run on this machine: one that it has not stops the sweep at once, not each of its jobs in turn. Raises
+    :class:`cifar.errors.ConfigError`."""
+    named = {c.trainer.device for c in configs if runs_jobs_here(c.hydra)} - {"auto", "cpu"}  # what every machine has
+    if named:
+        from cifar.device import resolve_device  # imports torch: only for a device that a machine may lack
+
+        for device in sorted(named):
+            resolve_device(device)
+
+
 def check_data(configs: Sequence[DictConfig]) -> None:
     """Load the data of a sweep's jobs before the first starts, where they run on this machine (downloading and
     decoding it where its first job would), and check each job's split of it (:func:`cifar.data.check_split`): a

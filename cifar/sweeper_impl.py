@@ -41,6 +41,12 @@ for logger_name, notice in SAID_BY_THE_SWEEP.items():
     logging.getLogger(logger_name).addFilter(_drop_notice(notice))
 
 
+def none_completed(study: optuna.Study) -> bool:
+    """Whether trials of ``study`` finished and none of them completed (all pruned or failed)."""
+    return bool(studies.finished_trials(study)) and not study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
 def how_many(n: int, what: str = "trial") -> str:
     """``n`` and the noun, singular for one: "1 trial", "2 trials"."""
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
@@ -80,22 +86,19 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         except StudyFull:
             log.info("Study %s has its %s, the last ones run by other workers: this sweep is done",
                      study.study_name, how_many(self.study_trials))
-        except ValueError:
-            # The stock loop ends by asking for the best trial, which fails when trials ran but
-            # none completed; any other error goes on.
-            if not studies.finished_trials(study) or study.get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
-            ):
-                raise
-            log.warning("No trial of study %s completed (all pruned or failed): no best parameters", self.study_name)
         except BaseException as err:
-            if not (isinstance(err, (KeyboardInterrupt, StoreOutage)) or launchers.lost_job(err)):
-                raise
-            # stopped: by a signal, the MLflow store's outage, or the loss of a job's process
+            if isinstance(err, ValueError) and none_completed(study):
+                # The stock loop ends by asking for the best trial, which fails when trials ran but none completed
+                log.warning("No trial of study %s completed (all pruned or failed): no best parameters",
+                            self.study_name)
+                return
+            # No job will finish the trials that this process runs: failed, they count no more toward n_trials
             stopped = studies.fail_killed_trials(study, self.storage, studies.owned_by_this_process)
-            log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
-                        "to finish the study", stopped, study.study_name)
-            raise
+            if isinstance(err, (KeyboardInterrupt, StoreOutage)) or launchers.lost_job(err):
+                # stopped: by a signal, the MLflow store's outage, or the loss of a job's process
+                log.warning("Sweep stopped: trials %s of study %s marked failed (killed); run the same command "
+                            "to finish the study", stopped, study.study_name)
+            raise  # else an error, as of a job dir that the launcher cannot make: said in the command's line
 
     def _configure_trials(self, trials: list[optuna.Trial], *args: Any) -> list[tuple[str, ...]]:
         study = trials[0].study

@@ -113,6 +113,17 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs_pruned"] == 1
 
 
+@pytest.mark.slow
+def test_a_search_whose_trials_all_diverged_ends_without_best_parameters_and_leaves_none_running(cli):
+    proc, by_lr = grid_sweep(cli, "optimizer=sgd", "scheduler=none", "optimizer.lr=choice(1e11,1e12)",
+                             "trainer.epochs=1")
+    assert [t.state for t in by_lr.values()] == [PRUNED, PRUNED]
+    said = proc.stdout + proc.stderr
+    assert "No trial of study" in said and "completed (all pruned or failed): no best parameters" in said
+    parent, _ = sweep_runs(cli)
+    assert parent.info.status == "FAILED" and parent.data.metrics["sweep/jobs_pruned"] == 2
+
+
 @pytest.mark.parametrize("override,message", [
     ("hydra.sweeper.direction=sideways",
      "hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"),
@@ -128,6 +139,8 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     ("data.path=nowhere data.download=false", "No CIFAR-10 data in "),
     ("data.val_size=choice(40,200)",  # a probed trial holds out all 200 of the fake data's training images
      "data.val_size=200 must be smaller than the training set (200 images): lower data.val_size"),
+    pytest.param("trainer.device=choice(cpu,mps)", "trainer.device=mps but MPS is not available here",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
     ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is out of range: it must be in [0, 1]"),
     ("hydra.sweeper.pruner.n_startup_trials=-1",  # Optuna's ValueError, raised once the first trial was asked for
      "hydra.sweeper.pruner: Number of startup trials cannot be negative, but got n_startup_trials=-1: fix its "
@@ -215,20 +228,19 @@ def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stop
 
 @pytest.mark.slow
 def test_a_job_that_fails_at_the_grids_last_point_stops_the_sweep_in_one_line(cli):
-    # The grid's seed 1 draws trainer.device=mps (which a job finds missing on this machine, as it runs) second, its
-    # last point: the stock sweeper's tell of the failed trial ended in the error of the grid sampler's stop.
-    if torch.backends.mps.is_available():
-        pytest.skip("this machine has MPS")
-    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1",
-               "hydra.sweeper.direction=maximize", "hydra.sweeper.n_jobs=1", "trainer.device=choice(cpu,mps)",
-               multirun=True, check=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(
-        "cifar.train: error: trainer.device=mps but MPS is not available here")
+    # The grid's second trial, its last point, fails as its job starts (a file stands where its job dir goes): the
+    # stock sweeper's tell of the failed trial ended in the error of the grid sampler's stop, and the trial was
+    # left RUNNING in the study.
     sweep_dir = cli.tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "1").touch()
+    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
+               "hydra.sweeper.n_jobs=1", "optimizer.lr=choice(1e-3,2e-3)", multirun=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"cifar.train: error: cannot write {sweep_dir / '1'} ")
     study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
-    assert [(t.params["trainer.device"], t.state) for t in study.trials] == [
-        ("cpu", COMPLETE), ("mps", optuna.trial.TrialState.FAIL)]
+    assert [(t.number, t.state) for t in study.trials] == [(0, COMPLETE), (1, optuna.trial.TrialState.FAIL)]
+    assert study.trials[1].user_attrs["killed"]  # not left RUNNING, and not counted: the same command runs it again
 
 
 def test_a_trial_told_at_the_grids_end_is_told_without_the_stop_that_optuna_refuses_outside_optimize():

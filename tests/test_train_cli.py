@@ -310,11 +310,13 @@ def test_a_run_that_fails_once_its_mlflow_run_began_keeps_its_output_dir(cli):
      "data.val_size=200 must be smaller than the training set (200 images): lower data.val_size"),
     ("data.limit=100,20 data.batch_size=32",
      "data.batch_size=32 is larger than the 20 training images: lower data.batch_size or raise data.limit"),
+    pytest.param("trainer.device=cpu,mps", "trainer.device=mps but MPS is not available here",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
     ("optimizer.lr=interval(1e-3,0.1)",
      "optimizer.lr=interval(1e-3,0.1): a grid sweep takes values (a,b,c), choice() or range(), not interval(): list "
      "the values, or search the interval with Optuna (hydra/sweeper=optuna, or a preset: hparams_search=optuna)"),
 ], ids=["a value out of range", "a key the option has not", "no data", "no decoded file", "a hold-out of every image",
-        "fewer images than a batch", "an interval"])
+        "fewer images than a batch", "a device this machine has not", "an interval"])
 def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir(cli, grid, refused):
     proc = cli(*grid.split(), multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
