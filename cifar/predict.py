@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -145,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cifar.device import default_eval_batch_size  # torch: imported once the arguments are valid
 
     files, missing = image_files(args.paths)
+    if not sys.stderr.isatty():  # MLflow's bar for a model it downloads: a line per update in a log or a pipe
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         model, device = _load(args.model, args.tracking_uri, args.device)
     except UserError as err:
