@@ -43,6 +43,10 @@ def resolve_device(name: str, job_slot: int = 0, setting: str = "trainer.device"
         raise ConfigError(f"{setting}={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{setting}={name} but CUDA is not available here: use {setting}=auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):
+        shown = "1 GPU, cuda:0" if count == 1 else f"{count} GPUs, cuda:0 to cuda:{count - 1}"
+        raise ConfigError(f"{setting}={name} but this machine shows {shown} (numbered as CUDA_VISIBLE_DEVICES "
+                          f"lists them): use one of those, or {setting}=auto")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{setting}={name} but MPS is not available here: use {setting}=auto or cpu")
     return device

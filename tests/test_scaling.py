@@ -576,6 +576,18 @@ def test_jobs_that_run_at_once_take_a_gpu_each(monkeypatch, n_jobs, job_nums, gp
     assert devices == expected
 
 
+def test_a_gpu_number_beyond_those_the_machine_shows_is_one_line(monkeypatch):
+    from cifar.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError) as refused:
+        device.resolve_device("cuda:2")
+    assert str(refused.value) == ("trainer.device=cuda:2 but this machine shows 2 GPUs, cuda:0 to cuda:1 (numbered "
+                                  "as CUDA_VISIBLE_DEVICES lists them): use one of those, or trainer.device=auto")
+
+
 def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_and_not_run(tmp_path):
     from cifar import study as studies
     from cifar.sweeper_impl import PruningOptunaSweeperImpl, StudyFull
