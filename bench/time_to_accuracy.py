@@ -46,8 +46,10 @@ def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> t
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    subprocess.run([sys.executable, *entry, *QUIET, *overrides], cwd=REPO,
-                   env={**os.environ, "MLFLOW_TRACKING_URI": uri}, check=True)
+    trained = subprocess.run([sys.executable, *entry, *QUIET, *overrides], cwd=REPO,
+                             env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    if trained.returncode:  # the command said why in its own line
+        sys.exit(trained.returncode)
     client = MlflowClient(tracking_uri=uri)
     return client, client.get_experiment_by_name("cifar").experiment_id
 
