@@ -212,14 +212,15 @@ def check_devices(configs: Sequence[DictConfig]) -> None:
             resolve_device(device)
 
 
-def check_data(configs: Sequence[DictConfig]) -> None:
+def check_data(configs: Sequence[DictConfig], training_images: dict[tuple[str, str, bool], int] | None = None) -> None:
     """Load the data of a sweep's jobs before the first starts, where they run on this machine (downloading and
     decoding it where its first job would), and check each job's split of it (:func:`cifar.data.check_split`): a
     data.path with no data, or a hold-out or batch that it is too small for, stops the sweep at once, not each of
-    its jobs in turn. Raises :class:`cifar.errors.DataError` or :class:`cifar.errors.ConfigError`."""
+    its jobs in turn. Raises :class:`cifar.errors.DataError` or :class:`cifar.errors.ConfigError`.
+    ``training_images`` keeps the size of each source read, by source, for later calls."""
     from cifar.data import check_split, load_cifar10  # numpy: only when sweeping
 
-    training_images: dict[tuple[str, str, bool], int] = {}  # by source: read once
+    training_images = {} if training_images is None else training_images
     for config in (c for c in configs if runs_jobs_here(c.hydra)):
         source = (config.data.path, config.data.cache_dir, config.data.download)
         if source not in training_images:

@@ -17,10 +17,11 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from cifar import launchers
 from cifar import study as studies
-from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
+from cifar.errors import ConfigError, JobConfigError, UserError, first_line, unparsed_override
 from cifar.outages import StoreOutage
 from cifar.sweeper import (
-    PRUNER_TARGETS, SAMPLER_TARGETS, check_job, checked_sweep, storage_url, study_name, sweeper_arguments,
+    PRUNER_TARGETS, SAMPLER_TARGETS, check_data, check_job, checked_sweep, storage_url, study_name,
+    sweeper_arguments,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         super().__init__(**stock)
         self.pruner_cfg = pruner
         self.batch_started = False  # a trial was asked for in the current batch
+        self.training_images: dict[tuple[str, str, bool], int] = {}  # by data source, for the trials' splits
 
     def sweep(self, arguments: list[str]) -> None:
         directions = checked_sweep(self.config)
@@ -120,16 +122,19 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
         return [(*job, f"hydra.sweep.subdir={trial.number}") for job, trial in zip(overrides, trials)]
 
     def _check_configs(self, study: optuna.Study, trials: list[optuna.Trial], jobs: Sequence[Sequence[str]]) -> None:
-        """Check each trial's config before its job starts; where one is refused, the batch's trials fail, not
-        counted toward ``n_trials`` (none ran), and the sweep stops naming it."""
+        """Check each trial's config and its split of the data before its job starts; where one is refused, the
+        batch's trials fail, not counted toward ``n_trials`` (none ran), and the sweep stops naming it."""
         for trial, job in zip(trials, jobs):
+            name = f"trial {trial.number} ({assignments(trial.params)})"
             try:
-                check_job(self.hydra_context.config_loader, self.config, job,
-                          f"trial {trial.number} ({assignments(trial.params)})")
-            except JobConfigError:
+                config = check_job(self.hydra_context.config_loader, self.config, job, name)
+                check_data([config], self.training_images)
+            except UserError as err:  # the config (JobConfigError, naming the trial), or its split of the data
                 for unrun in trials:
                     studies.fail_unrun(study, unrun, studies.REFUSED_ATTR if unrun is trial else studies.KILLED_ATTR)
-                raise
+                if isinstance(err, JobConfigError):
+                    raise
+                raise JobConfigError(name, err) from err
 
     def _ask_unless_full(self, study: optuna.Study, *args: Any, **kwargs: Any) -> optuna.Trial:
         """``study.ask()``; at a batch's start, first a check that other workers left trials to run

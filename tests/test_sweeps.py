@@ -227,6 +227,25 @@ def test_a_trial_whose_config_is_refused_fails_uncounted_before_its_job_and_stop
 
 
 @pytest.mark.slow
+def test_a_trial_whose_split_of_the_data_is_refused_fails_uncounted_before_its_job(cli):
+    # Each value passes in a trial of its own (the probes: limit 100 with batch 32, limit 20 with batch 16), but a
+    # batch of 32 is larger than 20 training images: the job refused that pair as it started.
+    proc = cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize",
+               "hydra.sweeper.n_jobs=1", "data.limit=choice(100,20)", "data.batch_size=choice(32,16)",
+               "trainer.epochs=1", "mlflow.log_plots=false", multirun=True, check=False)
+    sweep_dir = cli.tmp_path / "sweep"
+    study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    *ran, refused = study.trials
+    assert refused.params == {"data.limit": 20, "data.batch_size": 32}
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"cifar.train: error: trial {refused.number} (data.limit=20 data.batch_size=32): data.batch_size=32 is larger "
+        "than the 20 training images: lower data.batch_size or raise data.limit")
+    assert [t.state for t in ran] == [COMPLETE] * len(ran)
+    assert refused.state == optuna.trial.TrialState.FAIL and refused.user_attrs["refused"]
+    assert not (sweep_dir / str(refused.number)).exists()  # its job never started
+
+
+@pytest.mark.slow
 def test_a_job_that_fails_at_the_grids_last_point_stops_the_sweep_in_one_line(cli):
     # The grid's second trial, its last point, fails as its job starts (a file stands where its job dir goes): the
     # stock sweeper's tell of the failed trial ended in the error of the grid sampler's stop, and the trial was
