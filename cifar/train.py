@@ -137,6 +137,10 @@ def describe(err: BaseException) -> str:
         return unparsed_override(err)
     if isinstance(err, ConfigCompositionException) and (swept := _HYDRA_KEY_SWEPT.match(str(err))):
         return _hydra_key_swept(*swept.groups())
+    if isinstance(err, ConfigCompositionException) and (added := _GROUP_ADDED_AGAIN.match(str(err))):
+        group, choice = added.groups()
+        return (f"+{group}={choice}: {group} is in the config's defaults already, so it takes no +: "
+                f"give {group}={choice}")
     config_error, config_file = _config_error(err)
     if isinstance(config_error, OmegaConfBaseException) and config_error.msg:
         key = f" (key: {config_error.full_key})" if config_error.full_key else ""
@@ -162,6 +166,9 @@ _MERGING_FILE = re.compile(r"In '([^']+)': \w+ raised while composing config")  
 
 _HYDRA_KEY_SWEPT = re.compile(r"Sweeping over Hydra's configuration is not supported : '([^=]+)=(.*)'$")  # Hydra's
 SWEEPER_PARAMS = "hydra.sweeper.params."
+# Hydra's words for a config group added (+group=option) on the command line where the defaults list has it
+_GROUP_ADDED_AGAIN = re.compile(
+    r"Multiple values for (\S+)\.[^\n]*\nConflicting choices: .*'([^']*)' from 'command line'")
 
 
 def _hydra_key_swept(key: str, values: str) -> str:

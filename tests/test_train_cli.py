@@ -220,6 +220,10 @@ BAD_INPUT = [
     ("scheduler.div_factor=0", "scheduler.div_factor=0.0 is out of range: it must be > 0"),
     ("scheduler=cosine scheduler.min_lr_ratio=2", "scheduler.min_lr_ratio=2.0 is out of range: it must be in [0, 1]"),
     ("+extra=1", "extra is not a config key (added with +?): drop it"),
+    ("+experiment=fast", "+experiment=fast: experiment is in the config's defaults already, so it takes no +: "
+                         "give experiment=fast"),  # where Hydra's line said to write `override experiment: fast`
+    ("+model=resnet18", "+model=resnet18: model is in the config's defaults already, so it takes no +: give "
+                        "model=resnet18"),
     ("optimizer.lr=choice(1e-3", "optimizer.lr=choice(1e-3 does not parse (no viable alternative at input "
                                  "'choice(1e-3'): check its brackets and commas"),
     ("data.path=/my copy",  # unquoted in the shell: two words
