@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from cifar.files import atomic_write_text
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG,
-    existing_run, existing_store, read_sweep, store_errors, sweep_jobs, unreadable_store,
+    BEST_RUN_TAG, BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE,
+    TRIAL_NUMBER_TAG, existing_run, existing_store, read_sweep, store_errors, sweep_jobs, unreadable_store,
 )
 
 
@@ -74,10 +75,16 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
         title = f"Sweep {parent.info.run_name!r} ({parent.info.run_id})"
     if not runs:
         raise NothingToReport(f"{title} has no runs")
-    rows = [_row(r) for r in runs]
-    rows.sort(key=lambda row: -1.0 if row.val_acc is None else row.val_acc, reverse=True)
+    best_run_id = None if every_run else parent.data.tags.get(BEST_RUN_TAG)
+    runs = sorted(runs, key=functools.partial(_best_first, best_run_id))
     study = None if every_run else _study_line(parent.data.tags)
-    return Report(title, rows, study)
+    return Report(title, [_row(r) for r in runs], study)
+
+
+def _best_first(best_run_id: str | None, run) -> tuple[float, bool, int]:
+    """The order of the report's rows: best val/best_acc first; of those that tie, the sweep's best job (its
+    parent run's pick), then the first started."""
+    return -run.data.metrics.get(BEST_VAL_ACC, -1.0), run.info.run_id != best_run_id, run.info.start_time
 
 
 def _study_line(tags: dict[str, str]) -> str | None:

@@ -297,9 +297,14 @@ def summary(study: optuna.Study) -> dict[str, Any]:
     for trial in study.get_trials(deepcopy=False):
         counts[trial.state.name.lower()] += 1
     result: dict[str, Any] = {"trials": {k: v for k, v in counts.items() if v}}
-    completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                 if t.value is not None and not math.isnan(t.value)]
-    if completed and len(study.directions) == 1:
-        best = study.best_trial
+    if (best := best_trial(study)) is not None:
         result.update(best_value=best.value, best_params=best.params, best_trial=best.number)
     return result
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """Optuna's best trial of a single-objective study, where Optuna breaks ties; None before a trial completed
+    with a value."""
+    completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                 if t.value is not None and not math.isnan(t.value)]
+    return study.best_trial if completed and len(study.directions) == 1 else None

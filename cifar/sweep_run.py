@@ -151,14 +151,15 @@ def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseExc
                 lost_submitit_job is not None and child.data.tags.get(launchers.SUBMITIT_JOB_TAG) == lost_submitit_job)
             if child.info.status == "RUNNING" and left:
                 client.set_terminated(child.info.run_id, "KILLED")
-        best = _best_job(children)
+        optuna_study = _sweep_study(config.hydra) if sweeper.is_optuna_sweep(config.hydra) else None
+        best = _best_job(children, optuna_study)
         metrics = _log_jobs(client, run_id, children, best)
         if metrics["sweep/jobs_finished"]:
             status = "FINISHED"
         if config.mlflow.register_model and not stopped:
             _register_best(client, parent, best, config.mlflow.model_name)
-        if sweeper.is_optuna_sweep(config.hydra):
-            _log_study(client, run_id, config.hydra, children)
+        if optuna_study is not None:
+            _log_study(client, run_id, optuna_study, children)
     finally:
         client.set_terminated(run_id, "KILLED" if stopped else status)
     return len(children)
@@ -266,10 +267,20 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None
     return metrics
 
 
-def _best_job(children: list[Any]) -> Any | None:
-    """The job with the best val/best_acc, if any job scored."""
+def _best_job(children: list[Any], optuna_study: Any | None = None) -> Any | None:
+    """The job with the best val/best_acc, the first started of those that tie (None if no job scored). In an
+    Optuna sweep, the study's best trial's, the one that the sweep's "Best parameters" line and the study name
+    (None before a trial completed): a pruned trial may have scored more before it was stopped, and Optuna breaks
+    ties in its own order."""
+    if optuna_study is not None:
+        from cifar import study
+
+        best_trial = study.best_trial(optuna_study)
+        if best_trial is None:
+            return None
+        return next((c for c in children if c.data.tags.get(TRIAL_NUMBER_TAG) == str(best_trial.number)), None)
     scored = [c for c in children if BEST_VAL_ACC in c.data.metrics]
-    return max(scored, key=lambda c: c.data.metrics[BEST_VAL_ACC]) if scored else None
+    return min(scored, key=lambda c: (-c.data.metrics[BEST_VAL_ACC], c.info.start_time)) if scored else None
 
 
 def _register_best(client: Any, parent: Any, best: Any | None, name: str) -> None:
@@ -303,17 +314,23 @@ def _study_tags(hydra_cfg: DictConfig) -> dict[str, str]:
     }
 
 
-def _log_study(client: Any, parent_id: str, hydra_cfg: DictConfig, children: list[Any]) -> None:
+def _sweep_study(hydra_cfg: DictConfig) -> Any | None:
+    """The Optuna sweep's study; None, said in a warning, where the sweep failed before it created it."""
+    from cifar import study
+
+    try:
+        return study.load_sweep_study(hydra_cfg)[0]
+    except KeyError:  # optuna.load_study
+        log.warning("Study %s was not created: no study summary on the sweep's parent run",
+                    sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir))
+        return None
+
+
+def _log_study(client: Any, parent_id: str, optuna_study: Any, children: list[Any]) -> None:
     """Trial states on the trials' runs (a run left RUNNING by a dead worker ends KILLED); the study's
     best trial and its plots on the parent run."""
     from cifar import plots, study
 
-    try:
-        optuna_study, _ = study.load_sweep_study(hydra_cfg)
-    except KeyError:  # optuna.load_study: the sweep failed before it created its study
-        log.warning("Study %s was not created: no study summary on the sweep's parent run",
-                    sweeper.study_name(hydra_cfg.sweeper.study_name, hydra_cfg.sweep.dir))
-        return
     trials = {t.number: t for t in optuna_study.get_trials(deepcopy=False)}
     for child in children:
         number = child.data.tags.get(TRIAL_NUMBER_TAG)

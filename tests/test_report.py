@@ -202,3 +202,23 @@ def test_an_optuna_sweep_reports_trials_states_and_its_study(tmp_path, capsys):
     assert [(r[0], r[1], r[5]) for r in rows] == [
         ("0", "run0", "finished"), ("1", "run1", "pruned"), ("2", "run2", "failed")
     ]
+
+
+def _job(run_id: str, val_acc: float | None, start_time: int):
+    from types import SimpleNamespace
+
+    metrics = {} if val_acc is None else {"val/best_acc": val_acc}
+    return SimpleNamespace(info=SimpleNamespace(run_id=run_id, start_time=start_time),
+                           data=SimpleNamespace(metrics=metrics, tags={}))
+
+
+def test_of_jobs_that_tie_the_sweeps_best_is_the_first_started_and_the_report_lists_it_first():
+    from cifar.sweep_run import _best_job
+
+    jobs = [_job("third", 0.5, 3000), _job("unscored", None, 2500), _job("second", 0.5, 2000),
+            _job("first", 0.5, 1000), _job("worse", 0.4, 500)]  # newest first, as MLflow's search returns them
+    assert _best_job(jobs).info.run_id == "first"
+    assert [j.info.run_id for j in sorted(jobs, key=lambda j: report._best_first(None, j))] == [
+        "first", "second", "third", "worse", "unscored"]
+    assert [j.info.run_id for j in sorted(jobs, key=lambda j: report._best_first("third", j))][:3] == [
+        "third", "first", "second"]  # the parent run's pick first: in an Optuna sweep, the study's best trial

@@ -13,6 +13,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cifar import report
 from cifar.parallel import concurrent_jobs, cpu_cores
 from tests.conftest import (
     CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, load_study, run_without_module, running_trial,
@@ -70,6 +71,22 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     assert best_params_tagged(parent) == {key: str(value) for key, value in best.params.items()}
     artifacts = {a.path for a in client_for(cli).list_artifacts(parent.info.run_id, "optuna")}
     assert artifacts == {"optuna/optimization_history.png", "optuna/param_importances.png"}
+
+
+@pytest.mark.slow
+def test_of_trials_that_tie_the_parent_run_and_the_report_pick_the_studys_best_trial(cli):
+    # mlflow.log_plots changes no metric: every trial scores the same
+    cli("hydra/sweeper=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.direction=maximize",
+        "hydra/sweeper/pruner=none", "hydra.sweeper.n_trials=3", "mlflow.log_plots=choice(true,false)",
+        "trainer.epochs=1", "mlflow.log_model=false", multirun=True)
+    sweep_dir = cli.tmp_path / "sweep"
+    study = optuna.load_study(study_name=str(sweep_dir), storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
+    parent, children = sweep_runs(cli)
+    assert len(children) == 3 and len({c.data.metrics["val/best_acc"] for c in children.values()}) == 1
+    best = study.best_trial.number
+    assert parent.data.tags["best_run_id"] == children[best].info.run_id  # was the last trial's run
+    assert parent.data.tags["optuna.best_trial"] == str(best)
+    assert report.collect(client_for(cli), cli.experiment, None, False).rows[0].trial == best
 
 
 @pytest.mark.slow
