@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -64,6 +65,9 @@ class _KeepingWriteErrors:
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """The state saved at ``path``; a file that torch cannot read (damaged in a copy, say, or no
     checkpoint at all) is a CheckpointError, which callers complete with their fix."""
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.load's words for it: its unpickler's
+        raise CheckpointError(f"{path} is not a readable checkpoint (not the zip archive that torch.save writes: "
+                              "another kind of file, or a copy cut short)")
     try:
         return torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # torch.load fails on such a file with many error types

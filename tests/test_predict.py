@@ -148,6 +148,13 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
                                   "--tracking-uri", trained.tracking_uri)
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {source}")
+    for content in (trained.images[0].read_bytes(), trained.checkpoint.read_bytes()[:5000]):  # an image, a cut copy
+        path = tmp_path / "model.pt"
+        path.write_bytes(content)
+        code, out, err = _predict(capsys, str(trained.images[0]), "--model", str(path))
+        assert code == 2 and err == (f"cifar.predict: error: --model {path} is not a readable checkpoint (not the zip "
+                                     "archive that torch.save writes: another kind of file, or a copy cut short): "
+                                     "give a best.pt or last.pt\n")  # where an image's said "A load persistent id..."
     missing = tmp_path / "elsewhere" / "mlflow.db"  # a store that does not exist is not created
     for source in ("0" * 32, f"models:/{MODEL_NAME}/1"):
         code, out, err = _predict(capsys, str(trained.images[0]), "--model", source, "--tracking-uri",
