@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import importlib.util
-import os
 import platform
 import sys
 import time
@@ -89,14 +88,21 @@ def bytecode() -> Check:
     return Check("bytecode", OK, "not cached yet: Python writes it on the first run")
 
 
-def devices() -> list[Check]:
+def devices(threads: int | None) -> list[Check]:
+    """The CPU, with the run's ``trainer.threads`` (failed where a run would refuse them), and the accelerators."""
     import torch
 
     from cifar.device import cpu_has_native_bf16
+    from cifar.errors import ConfigError
+    from cifar.parallel import check_threads, cpu_cores
 
-    threads = f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (amp off by default)"
-    checks = [Check("CPU", OK, f"{_cpu_name()}: {threads}, {bf16}")]
+    cpu = f"{_cpu_name()}: {cpu_cores()} cores, {threads or torch.get_num_threads()} torch threads, {bf16}"
+    try:
+        check_threads(threads)
+        checks = [Check("CPU", OK, cpu)]
+    except ConfigError as err:
+        checks = [Check("CPU", FAIL, f"{cpu}: {err}")]
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
@@ -252,8 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from cifar.device import resolve_device
 
-    more = [torchvision_ops(), bytecode(), *devices(), *data_presence(cfg.data), tracking_store(cfg.mlflow),
-            *study_storage(hydra_cfg)]
+    more = [torchvision_ops(), bytecode(), *devices(cfg.trainer.threads), *data_presence(cfg.data),
+            tracking_store(cfg.mlflow), *study_storage(hydra_cfg)]
     try:
         device = resolve_device(cfg.trainer.device)
     except UserError as err:

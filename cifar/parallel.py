@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
@@ -44,6 +48,31 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
     cores = cpu_cores()
     jobs = concurrent_jobs(hydra_cfg, cores)
     return None if jobs == 1 else max(1, cores // jobs)
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a ``trainer.threads`` above the CPU cores that this process may use, where each training step
+    waits on threads that take turns on the cores: on 2 cores, simplecnn's steps took 4.0x as long with 4 threads
+    as with 2, and 36x with 64 (``bench/threads.py``)."""
+    cores = cpu_cores()
+    if threads is not None and threads > cores:
+        raise ConfigError(f"trainer.threads={threads} is more than the {cores} CPU cores that this process may use "
+                          f"(threads that take turns on the cores slow each step: 4x for 4 threads on 2 cores): set "
+                          f"trainer.threads to {cores} or less, or null (all of them)")
+
+
+def warn_shared_threads(configs: Sequence[DictConfig]) -> None:
+    """Warn where the jobs that a sweep runs at once here take more threads between them (``trainer.threads``
+    each) than this machine's cores: 2 joblib workers of 2 threads each on 2 cores trained simplecnn's
+    epochs 1.6x to 7x slower than with 1 each, as ``trainer.threads=null`` shares the cores out."""
+    cores = cpu_cores()
+    for config in configs:
+        jobs, threads = concurrent_jobs(config.hydra, cores), config.trainer.threads
+        if threads is not None and jobs * threads > cores:
+            log.warning("trainer.threads=%d in each of the %d jobs that run at once takes %d threads on the %d CPU "
+                        "cores here, which slow each other's steps: set trainer.threads=%d, or null (the cores shared "
+                        "out between the jobs)", threads, jobs, jobs * threads, cores, max(1, cores // jobs))
+            return
 
 
 def job_slot(hydra_cfg: DictConfig) -> int:

@@ -48,7 +48,7 @@ class SweepCallback(Callback):
             launchers.check_cluster(config.hydra)
             launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
             jobs = _checked_jobs(config, optuna_sweep)
-            sweeper.check_devices(jobs)
+            sweeper.check_machine(jobs)
             store = tracking.usable_store(config.mlflow)
             sweeper.check_data(jobs)  # the last check: it may download and decode the data
             experiment_id = tracking.use_experiment(store, config.mlflow.experiment)

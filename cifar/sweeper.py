@@ -44,6 +44,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cifar.config import validate_job
 from cifar.errors import ConfigError, JobConfigError, first_line, unparsed_override
 from cifar.launchers import runs_jobs_here
+from cifar.parallel import check_threads, warn_shared_threads
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,16 @@ def check_job(config_loader: ConfigLoader, sweep_config: DictConfig, overrides: 
     return config
 
 
-def check_devices(configs: Sequence[DictConfig]) -> None:
-    """Find the devices that a sweep's jobs name (``trainer.device=cuda``, ``mps``) before the first starts, where
-    they run on this machine: one that it has not stops the sweep at once, not each of its jobs in turn. Raises
-    :class:`cifar.errors.ConfigError`."""
-    named = {c.trainer.device for c in configs if runs_jobs_here(c.hydra)} - {"auto", "cpu"}  # what every machine has
+def check_machine(configs: Sequence[DictConfig]) -> None:
+    """Find the devices that a sweep's jobs name (``trainer.device=cuda``, ``mps``) and the CPU cores for their
+    ``trainer.threads`` before the first starts, where they run on this machine: what it has not stops the sweep
+    at once, not each of its jobs in turn (jobs that run at once here and take more threads between them than
+    its cores are warned of). Raises :class:`cifar.errors.ConfigError`."""
+    here = [c for c in configs if runs_jobs_here(c.hydra)]
+    for threads in {c.trainer.threads for c in here}:
+        check_threads(threads)
+    warn_shared_threads(here)
+    named = {c.trainer.device for c in here} - {"auto", "cpu"}  # what every machine has
     if named:
         from cifar.device import resolve_device  # imports torch: only for a device that a machine may lack
 

@@ -66,6 +66,7 @@ def run(cfg: DictConfig) -> float | None:
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
         experiment_id = tracking.use_experiment(store, cfg.mlflow.experiment, retrying)
         stopped_parent = sweep_run.stopped_sweep_parent(mlflow.MlflowClient(), experiment_id, hydra_cfg.sweep.dir)
+    parallel.check_threads(cfg.trainer.threads)  # where the job runs
     threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,

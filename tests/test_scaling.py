@@ -588,6 +588,42 @@ def test_a_gpu_number_beyond_those_the_machine_shows_is_one_line(monkeypatch):
                                   "as CUDA_VISIBLE_DEVICES lists them): use one of those, or trainer.device=auto")
 
 
+@pytest.mark.parametrize(("n_jobs", "threads", "warned"), [
+    (2, "cores", True),  # two joblib workers, each with every core: twice the threads
+    (2, "half", False),  # each with its share
+    (None, "cores", False),  # one job at a time (basic launcher)
+    (2, None, False),  # trainer.threads=null: the cores shared out (threads_per_job)
+])
+def test_jobs_that_run_at_once_with_more_threads_between_them_than_cores_are_warned_of(caplog, n_jobs, threads,
+                                                                                        warned):
+    cores = parallel.cpu_cores()
+    if cores < 2 and threads == "half":
+        pytest.skip("one core: no share of it")
+    launcher = ({"_target_": parallel.JOBLIB_LAUNCHER, "n_jobs": n_jobs} if n_jobs
+                else {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
+    count = {"cores": cores, "half": cores // 2, None: None}[threads]
+    config = OmegaConf.create({"hydra": {"launcher": launcher, "sweeper": {}}, "trainer": {"threads": count}})
+    with caplog.at_level("WARNING", logger="cifar.parallel"):
+        parallel.warn_shared_threads([config, config])
+    expected = (f"trainer.threads={cores} in each of the 2 jobs that run at once takes {2 * cores} threads on the "
+                f"{cores} CPU cores here, which slow each other's steps: set trainer.threads={max(1, cores // 2)}, "
+                f"or null (the cores shared out between the jobs)")
+    assert [r.getMessage() for r in caplog.records] == ([expected] if warned else [])  # once for the sweep
+
+
+def test_more_threads_than_cores_are_refused_in_one_line():
+    from cifar.errors import ConfigError
+
+    cores = parallel.cpu_cores()
+    parallel.check_threads(cores)
+    parallel.check_threads(None)
+    with pytest.raises(ConfigError) as refused:
+        parallel.check_threads(cores + 1)
+    assert str(refused.value).startswith(f"trainer.threads={cores + 1} is more than the {cores} CPU cores that this "
+                                         f"process may use (")
+    assert str(refused.value).endswith(f"): set trainer.threads to {cores} or less, or null (all of them)")
+
+
 def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_and_not_run(tmp_path):
     from cifar import study as studies
     from cifar.sweeper_impl import PruningOptunaSweeperImpl, StudyFull

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cifar import data_summary, env
 from cifar.data import CLASSES, load_cifar10
+from cifar.parallel import cpu_cores
 from tests.conftest import with_overrides
 
 
@@ -96,6 +97,17 @@ def test_env_checks_the_runs_split_of_data_that_is_decoded(official_dir, tmp_pat
     code, out, _ = _run(env.main, capsys, *data, "data.val_size=40", "data.limit=20", "data.batch_size=32")
     assert code == 1 and ("FAIL  split                 data.batch_size=32 is larger than the 20 training images: "
                           "lower data.batch_size or raise data.limit\n") in out
+
+
+def test_env_fails_its_cpu_line_where_a_run_would_refuse_its_threads(official_dir, capsys):
+    cores = cpu_cores()
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}", f"trainer.threads={cores}")
+    assert f" cores, {cores} torch threads, " in out and _statuses(out)["CPU"] == "ok"
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}", f"trainer.threads={cores + 1}")
+    assert code == 1 and out.rstrip().endswith("NOT READY: CPU failed (see above)")
+    [line] = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert f": {cores} cores, {cores + 1} torch threads, " in line
+    assert f"trainer.threads={cores + 1} is more than the {cores} CPU cores that this process may use (" in line
 
 
 def test_env_only_warns_about_data_it_will_download(tmp_path, capsys):
