@@ -52,12 +52,12 @@ def threads_per_job(hydra_cfg: DictConfig) -> int | None:
 
 def check_threads(threads: int | None) -> None:
     """Refuse a ``trainer.threads`` above the CPU cores that this process may use, where each training step
-    waits on threads that take turns on the cores: on 2 cores, simplecnn's steps took 4.0x as long with 4 threads
-    as with 2, and 36x with 64 (``bench/threads.py``)."""
+    waits on threads that take turns on the cores: on 2 cores, simplecnn's steps took 5.0x as long with 4 threads
+    as with 2, and 37.5x with 64 (``bench/threads.py``, medians of 3 runs)."""
     cores = cpu_cores()
     if threads is not None and threads > cores:
         raise ConfigError(f"trainer.threads={threads} is more than the {cores} CPU cores that this process may use "
-                          f"(threads that take turns on the cores slow each step: 4x for 4 threads on 2 cores): set "
+                          f"(threads that take turns on the cores slow each step: 5x for 4 threads on 2 cores): set "
                           f"trainer.threads to {cores} or less, or null (all of them)")
 
 
