@@ -56,6 +56,7 @@ OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to clo
 STOPPED_RUN_WAIT_S = 60  # how long a run stopped by an interrupt or an error waits for its store to record it
 STORE_SETUP_ATTEMPTS = 5  # first contacts with a database store whose tables another worker is creating
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = Path(__file__).resolve().parent.name  # the code that a run runs, in PROJECT_ROOT
 
 
 def existing_store(uri: str | None) -> str:
@@ -210,7 +211,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 
 @functools.cache
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The commit of the code that runs, and whether tracked files differ from it: a non-empty
+    """The commit of the code that runs, and whether the code differs from it: a non-empty
     :func:`uncommitted_diff` (once per process)."""
     try:
         commit = _git(root, "rev-parse", "HEAD").strip()
@@ -221,18 +222,24 @@ def git_state(root: Path = PROJECT_ROOT) -> dict[str, str]:
 
 @functools.cache
 def uncommitted_diff(root: Path = PROJECT_ROOT) -> str:
-    """How the tracked files differ from ``git.commit`` (``git diff HEAD``, a patch for ``git apply``):
-    with the commit, the exact code of a run whose ``git.dirty`` is true. Empty where there is no
-    difference, or no git checkout."""
+    """How the code differs from ``git.commit``, as a patch for ``git apply``: the tracked files' changes
+    (``git diff HEAD``) and the package's files that git does not track yet (a new module), as new files. With
+    the commit, the exact code of a run whose ``git.dirty`` is true. Empty where there is no difference, or no
+    git checkout. Other untracked files (notes, outputs) are not the run's code."""
     try:
-        return _git(root, "diff", "HEAD", "--binary")
+        untracked = _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--", PACKAGE).split("\0")
+        return _git(root, "diff", "HEAD", "--binary") + "".join(
+            _git(root, "diff", "--no-index", "--binary", "/dev/null", path, differs=True) for path in untracked if path)
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
-def _git(root: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, errors="replace", timeout=10,
-                          check=True).stdout
+def _git(root: Path, *args: str, differs: bool = False) -> str:
+    """git's output; ``differs``: a ``git diff --no-index`` that exits with 1 for files that differ."""
+    done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, errors="replace", timeout=10)
+    if done.returncode not in ((0, 1) if differs else (0,)):
+        raise subprocess.CalledProcessError(done.returncode, done.args, done.stdout, done.stderr)
+    return done.stdout
 
 
 def override_key(override: str) -> str:

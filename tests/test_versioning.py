@@ -23,7 +23,7 @@ def test_a_file_takes_the_md5_of_its_content_as_dvc_does(tmp_path):
     assert dvc_data_hash(decoded) == hashlib.md5(b"changed").hexdigest()
 
 
-def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files(tmp_path):
+def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files_and_new_modules(tmp_path):
     def git(*args: str) -> None:
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
                        capture_output=True)
@@ -52,6 +52,21 @@ def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files(tmp_p
     (tmp_path / "run.diff").write_text(diff)
     git("apply", "run.diff")
     assert (tmp_path / "train.py").read_text() == "lr = 0.2\n"
+
+    git("checkout", "-q", "train.py")
+    module = tmp_path / "cifar" / "layers.py"  # a module of the package that git does not track yet
+    module.parent.mkdir()
+    module.write_text("width = 64\n")
+    (tmp_path / "cifar" / "__pycache__").mkdir()
+    (tmp_path / ".gitignore").write_text("__pycache__/\nrun.diff\n")
+    (tmp_path / "cifar" / "__pycache__" / "layers.pyc").write_bytes(b"\0")  # ignored: not the code
+    assert now(git_state) == {**state, "git.dirty": "true"}  # where it said false: the run's code not in git
+    diff = now(uncommitted_diff)
+    assert "+++ b/cifar/layers.py\n" in diff and "notes.txt" not in diff and "pyc" not in diff
+    module.unlink()
+    (tmp_path / "run.diff").write_text(diff)
+    git("apply", "run.diff")
+    assert module.read_text() == "width = 64\n"
 
 
 def test_a_sqlite_store_in_a_dvc_experiments_temp_copy_is_the_repos_own(tmp_path, monkeypatch):
