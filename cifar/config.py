@@ -329,6 +329,9 @@ def validate(cfg: Any) -> None:
         ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),
         ("mlflow.register_model", cfg.mlflow.log_model or not cfg.mlflow.register_model, "needs mlflow.log_model=true"),
         ("mlflow.model_name", bool(cfg.mlflow.model_name.strip()), "must not be empty"),
+        ("mlflow.model_name", not cfg.mlflow.register_model or _registrable(cfg.mlflow.model_name),
+         "is a name that MLflow's model registry refuses (one with '/' or ':', or '.' or one led by '..'; the default "
+         "is named after mlflow.experiment): set mlflow.model_name to another"),
         ("mlflow.store_wait_s", cfg.mlflow.store_wait_s >= 0, "must be >= 0 (0: stop at the first failure)"),
         ("diagnostics.epochs", all(1 <= e <= cfg.trainer.epochs for e in cfg.diagnostics.epochs),
          "must list epochs between 1 and trainer.epochs"),
@@ -405,6 +408,12 @@ def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
             yield from _unknown_keys(child, f"{prefix}{key}.")
+
+
+def _registrable(name: str) -> bool:
+    """Whether MLflow's model registry takes ``name`` (mlflow.utils.validation's rules, in a module that does not
+    import MLflow): no '/' or ':', no '.', nothing led by '..'."""
+    return not set(name) & {"/", ":"} and name != "." and not name.startswith("..")
 
 
 def _device_kind(device: str) -> str:

@@ -245,6 +245,12 @@ BAD_INPUT = [
      "diagnostics.epochs=[1, 9] is out of range: it must list epochs between 1 and trainer.epochs"),
     ("mlflow.log_model=false mlflow.register_model=true",
      "mlflow.register_model=True is out of range: it needs mlflow.log_model=true"),
+    # where it trained, then raised MLflow's traceback
+    ("mlflow.log_model=true mlflow.register_model=true mlflow.model_name=team/cnn",
+     "mlflow.model_name=team/cnn is out of range: it is a name that MLflow's model registry refuses"),
+    # a valid experiment name, and the default model name made of it is not
+    ("mlflow.log_model=true mlflow.register_model=true mlflow.experiment=team/cifar",
+     "mlflow.model_name=team/cifar-simplecnn is out of range: it is a name that MLflow's model registry refuses"),
     ("model=resnet9 model.channels=[64,128,256]",
      "model.channels=[64, 128, 256] is out of range: it must be 4 widths > 0: the prep layer's and the three stages'"),
     ("model=airbench model.widths=[64,256]",
