@@ -15,7 +15,7 @@ import re
 import time
 from typing import Any, Callable, Iterator, TypeVar
 
-from cifar.errors import first_line
+from cifar.errors import UserError, first_line
 from cifar.interrupts import interrupts_held, interrupts_let_through
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ def store_outage(err: BaseException | None) -> StoreOutage | None:
 class Retrying:
     """Calls ``call(*args, **kwargs)`` and, while it fails for want of the store, again after 1, 2, 4, ... s
     (60 s at most) until ``wait_s`` have passed; then raises :class:`StoreOutage`. An error that is the
-    request's, which the store refused (an MlflowException with a 4xx status), is raised at once.
+    request's, which the store refused (an MlflowException with a 4xx status), or the user's (a UserError, as of
+    an experiment that was deleted), is raised at once.
 
     A try can take longer than its pause: a request to a server that accepts and never answers
     waits ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s) first.
@@ -74,7 +75,7 @@ class Retrying:
                 with interrupts_held(), one_request_a_try():  # an interrupt lands between calls, not in SQLAlchemy
                     return call(*args, **kwargs)
             except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS, boto)
-                if refused_request(err):
+                if refused_request(err) or isinstance(err, UserError):
                     raise
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -131,6 +131,8 @@ def use_experiment(uri: str, name: str, retrying: Retrying | None = None) -> str
     mlflow.set_tracking_uri(uri)
     try:
         return retrying(_set_experiment, uri, name) if retrying else _set_experiment(uri, name)
+    except UserError:
+        raise
     except Exception as err:  # stores fail with many error types (sqlalchemy, requests, OS)
         raise UserError(
             f"MLflow tracking store {uri} cannot be used ({type(err).__name__}: "
@@ -150,6 +152,10 @@ def _set_experiment(uri: str, name: str) -> str:
         except mlflow.exceptions.MlflowException:
             pass  # created meanwhile by a parallel job
         experiment = mlflow.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == "deleted":  # which MLflow neither uses nor makes again under its name
+        raise ConfigError(f"mlflow.experiment={name} was deleted from {uri}: restore it with "
+                          f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`, or choose another "
+                          f"mlflow.experiment")
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
 

@@ -452,6 +452,20 @@ def test_a_tracking_store_without_its_driver_fails_in_one_line_and_a_sweep_befor
         assert "Launching" not in proc.stdout and not (cli.tmp_path / "cache").exists()  # no job, no data decoded
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_experiment_that_was_deleted_is_refused_in_one_line_naming_the_restore(cli, multirun):
+    client = client_for(cli)
+    experiment_id = client.create_experiment(cli.experiment)
+    client.delete_experiment(experiment_id)
+    sweep = ["optimizer.lr=0.001,0.002"] if multirun else []
+    proc = cli(*sweep, multirun=multirun, check=False)
+    assert proc.returncode == 2  # where it said the store could not be used: check mlflow.tracking_uri
+    assert proc.stderr == (f"cifar.train: error: mlflow.experiment={cli.experiment} was deleted from "
+                           f"{cli.tracking_uri}: restore it with `mlflow experiments restore --experiment-id "
+                           f"{experiment_id}`, or choose another mlflow.experiment\n")
+    assert client.search_runs([experiment_id]) == [] and not (cli.tmp_path / "sweep").exists()
+
+
 def test_missing_data_fails_with_one_line(cli):
     proc = cli(data=cli.tmp_path / "missing", check=False)
     assert proc.returncode == 2
