@@ -57,9 +57,12 @@ class Report:
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
     """The report's title, study summary and rows, best validation accuracy first."""
     experiment = client.get_experiment_by_name(experiment_name)
+    store = without_passwords(client.tracking_uri)
     if experiment is None:
-        store = without_passwords(client.tracking_uri)
         raise NothingToReport(f"no MLflow experiment named {experiment_name!r} in {store}")
+    if experiment.lifecycle_stage == "deleted":  # its runs with it: none to report
+        raise NothingToReport(f"experiment {experiment_name!r} was deleted from {store}: restore it with `mlflow "
+                              f"experiments restore --experiment-id {experiment.experiment_id}`")
     ids = [experiment.experiment_id]
     if every_run:
         runs = [r for r in client.search_runs(ids) if SWEEP_DIR_TAG not in r.data.tags]

@@ -144,9 +144,14 @@ def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
     MlflowClient(tracking_uri=uri).search_experiments()  # an empty store
     assert report.main(["--tracking-uri", uri]) == 1
     assert "nothing to report: no MLflow experiment named 'cifar'" in capsys.readouterr().err
-    MlflowClient(tracking_uri=uri).create_experiment("cifar")
+    experiment_id = MlflowClient(tracking_uri=uri).create_experiment("cifar")
     assert report.main(["--tracking-uri", uri]) == 1
     assert "has no sweep yet" in capsys.readouterr().err
+    MlflowClient(tracking_uri=uri).delete_experiment(experiment_id)
+    assert report.main(["--tracking-uri", uri, "--all"]) == 1  # where it said that the experiment has no runs
+    assert capsys.readouterr().err == (
+        f"cifar.report: nothing to report: experiment 'cifar' was deleted from {uri}: restore it with `mlflow "
+        f"experiments restore --experiment-id {experiment_id}`\n")
 
 
 def test_a_store_that_does_not_exist_is_one_line_and_exit_2_and_is_not_created(tmp_path, capsys):
