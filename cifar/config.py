@@ -238,6 +238,7 @@ class RunConfigCheck(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
+            check_working_dir(config.hydra)
             search = config.hydra.runtime.choices.get("hparams_search")
             if search:  # it would train one run with the defaults
                 raise ConfigError(f"hparams_search={search} is a search, which runs only as a sweep: add -m "
@@ -247,6 +248,16 @@ class RunConfigCheck(Callback):
             validate_job(config)
         except ConfigError as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
+
+
+def check_working_dir(hydra_cfg: DictConfig) -> None:
+    """Refuse ``hydra.job.chdir=true``: a job that ran in its output dir logged to an MLflow store of its own there
+    (MLflow's default, ``mlflow.db`` in the working directory), and a sweep's jobs did not find their parent run
+    (``mlflow_sweep.json`` in the sweep dir, a relative path)."""
+    if hydra_cfg.job.chdir:
+        raise ConfigError("hydra.job.chdir=true is not supported: runs find data.path, the MLflow store and their "
+                          "sweep's files from the directory they start in, and write their checkpoints and logs to "
+                          "their output dir all the same: drop hydra.job.chdir")
 
 
 def _check_resumable(run: DictConfig) -> None:

@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from cifar import launchers, owner, parallel, sweeper, tracking, ui
+from cifar.config import check_working_dir
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
 from cifar.files import atomic_write_text
@@ -44,6 +45,7 @@ class SweepCallback(Callback):
 
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         try:  # before any job, run, study or dir (Hydra only warns of a callback's Exception)
+            check_working_dir(config.hydra)
             parallel.check_launcher(config.hydra)
             launchers.check_cluster(config.hydra)
             launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))

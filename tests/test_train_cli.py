@@ -214,6 +214,9 @@ BAD_INPUT = [
     ("data.limit=-5", "data.limit=-5 is out of range: it must be > 0 or null (all)"),
     ("trainer.device=tpu", "trainer.device=tpu is out of range: it must be one of"),
     ("seed=-1", "seed=-1 is out of range: it must be in [0, 2**32)"),
+    ("hydra.job.chdir=true",  # where the run logged to an MLflow store of its own, in its output dir
+     "hydra.job.chdir=true is not supported: runs find data.path, the MLflow store and their sweep's files from the "
+     "directory they start in"),
     ("trainer.threads=4096", "trainer.threads=4096 is more than the "),  # the CPU cores: where it trained 4x slower
     ("model.channels=[0,64,128]", "model.channels=[0, 64, 128] is out of range: it must be 1 to 5 widths > 0"),
     ("model.hidden=0", "model.hidden=0 is out of range: it must be > 0"),
@@ -324,11 +327,13 @@ def test_a_run_that_fails_once_its_mlflow_run_began_keeps_its_output_dir(cli):
     pytest.param("trainer.device=cpu,mps", "trainer.device=mps but MPS is not available here",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")),
     ("trainer.threads=1,4096", "trainer.threads=4096 is more than the "),
+    ("seed=0,1 hydra.job.chdir=true", "hydra.job.chdir=true is not supported"),  # the jobs missed their parent run
     ("optimizer.lr=interval(1e-3,0.1)",
      "optimizer.lr=interval(1e-3,0.1): a grid sweep takes values (a,b,c), choice() or range(), not interval(): list "
      "the values, or search the interval with Optuna (hydra/sweeper=optuna, or a preset: hparams_search=optuna)"),
 ], ids=["a value out of range", "a key the option has not", "no data", "no decoded file", "a hold-out of every image",
-        "fewer images than a batch", "a device this machine has not", "more threads than cores", "an interval"])
+        "fewer images than a batch", "a device this machine has not", "more threads than cores",
+        "jobs in their own dirs", "an interval"])
 def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir(cli, grid, refused):
     proc = cli(*grid.split(), multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
