@@ -271,9 +271,9 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None
 
 def _best_job(children: list[Any], optuna_study: Any | None = None) -> Any | None:
     """The job with the best val/best_acc, the first started of those that tie (None if no job scored). In an
-    Optuna sweep, the study's best trial's, the one that the sweep's "Best parameters" line and the study name
-    (None before a trial completed): a pruned trial may have scored more before it was stopped, and Optuna breaks
-    ties in its own order."""
+    Optuna sweep, the job of the study's best trial, which the sweep's "Best parameters" line names (None before a
+    trial completed): a pruned trial may have scored more before it was stopped, and Optuna breaks ties in its own
+    order."""
     if optuna_study is not None:
         from cifar import study
 
