@@ -29,6 +29,7 @@ import optuna
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from cifar import owner, tracking
 from cifar.credentials import without_passwords
@@ -58,6 +59,40 @@ def load_sweep_study(hydra_cfg: DictConfig, **kwargs: Any) -> tuple[optuna.Study
     """The study of an Optuna sweep and its storage, from the sweep's Hydra config."""
     storage, name = sweep_storage(hydra_cfg)
     return optuna.load_study(study_name=name, storage=storage, **kwargs), storage
+
+
+def check_search_space_fits(hydra_cfg: DictConfig, distributions: dict[str, BaseDistribution]) -> None:
+    """Refuse a search space that the sweep's study, where it exists, cannot take: Optuna keeps a parameter's
+    choices, and a range's kind and log scale, for the study's life, and refuses another at the first trial (a
+    traceback, with the trial left RUNNING)."""
+    storage, name = sweep_storage(hydra_cfg)
+    try:
+        existing = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # a new study
+        return
+    earlier: dict[str, BaseDistribution] = {}  # as Optuna checks it: against the first trial's that has the param
+    for trial in existing.get_trials(deepcopy=False):
+        for param, distribution in trial.distributions.items():
+            earlier.setdefault(param, distribution)
+    for param, distribution in distributions.items():
+        if param not in earlier:
+            continue
+        try:
+            optuna.distributions.check_distribution_compatibility(earlier[param], distribution)
+        except ValueError as err:
+            raise ConfigError(
+                f"{param}={_described(distribution)} does not fit study {name}, whose trials searched it as "
+                f"{_described(earlier[param])}: Optuna keeps a parameter's choices (and a range's log scale) for a "
+                f"study's life: search it as before, or start another study (hydra.sweeper.study_name=NAME)"
+            ) from err
+
+
+def _described(distribution: BaseDistribution) -> str:
+    """A search parameter's distribution in the sweeper's override syntax."""
+    if isinstance(distribution, CategoricalDistribution):
+        return f"choice({', '.join(map(str, distribution.choices))})"
+    span = f"interval({distribution.low}, {distribution.high})"
+    return f"tag(log, {span})" if distribution.log else span
 
 
 class StudyStorage(optuna.storages.RDBStorage):
@@ -241,9 +276,14 @@ def job_dir(sweep_dir: str | Path, trial_number: int) -> str:
     return str(Path(sweep_dir).resolve() / str(trial_number))
 
 
+def claim(trial: optuna.Trial) -> None:
+    """Record this process as the sweeper of a trial that it asked for, first of all: a trial left RUNNING by
+    an error before its job is assigned is then this process's to fail, and a dead sweeper's to fail after."""
+    trial.set_user_attr(OWNER_ATTR, owner.current())
+
+
 def assign_job(trial: optuna.Trial, sweep_dir: str | Path) -> None:
     trial.set_user_attr(JOB_ATTR, job_dir(sweep_dir, trial.number))
-    trial.set_user_attr(OWNER_ATTR, owner.current())
 
 
 def fail_unrun(study: optuna.Study, trial: optuna.Trial, why: str) -> None:

@@ -59,9 +59,11 @@ class SweepCallback(Callback):
         made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
         if optuna_sweep:
             from cifar import study
+            from cifar.sweeper_impl import search_space
 
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
+                study.check_search_space_fits(config.hydra, search_space(sweeper.sweeper_arguments(config))[0])
             except ConfigError as err:
                 remove_made(Path(config.hydra.sweep.dir), made)  # the sweep did not start
                 raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)

@@ -103,6 +103,8 @@ class PruningOptunaSweeperImpl(OptunaSweeperImpl):
             raise  # else an error, as of a job dir that the launcher cannot make: said in the command's line
 
     def _configure_trials(self, trials: list[optuna.Trial], *args: Any) -> list[tuple[str, ...]]:
+        for trial in trials:
+            studies.claim(trial)
         study = trials[0].study
         # A pruned job finishes its trial itself; the stock loop then tells it again: skip that (and the grid
         # sampler's stop, which the stock loop lets pass only for a completed trial).

@@ -624,6 +624,31 @@ def test_more_threads_than_cores_are_refused_in_one_line():
     assert str(refused.value).endswith(f"): set trainer.threads to {cores} or less, or null (all of them)")
 
 
+def test_trials_that_an_error_stops_before_their_jobs_are_assigned_are_failed_by_their_sweeper(tmp_path, monkeypatch):
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    from cifar import study as studies
+    from cifar.sweeper_impl import PruningOptunaSweeperImpl
+
+    storage = studies.open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage)
+    sweeper = PruningOptunaSweeperImpl.__new__(PruningOptunaSweeperImpl)  # only its batch set-up
+    sweeper.study_trials, sweeper.batch_started, sweeper.storage = 2, False, storage
+    sweeper.pruner_cfg = OmegaConf.create({"_target_": "optuna.pruners.NopPruner"})
+    sweeper.config = OmegaConf.create({"hydra": {"sweeper": {"sampler": {"seed": None}}}})
+    sweeper.sampler = optuna.samplers.RandomSampler()
+
+    def refused(*args):  # as Optuna refused a choice that changed, in the stock loop's suggestions
+        raise ValueError("CategoricalDistribution does not support dynamic value space.")
+
+    monkeypatch.setattr(OptunaSweeperImpl, "_configure_trials", refused)
+    trials = [study.ask() for _ in range(2)]
+    with pytest.raises(ValueError):
+        sweeper._configure_trials(trials, {}, {})
+    # what the sweep's error handler fails: where the trials had no sweeper yet, and stayed RUNNING for good
+    assert studies.fail_killed_trials(study, storage, studies.owned_by_this_process) == [0, 1]
+
+
 def test_trials_that_racing_workers_ask_beyond_n_trials_are_failed_as_surplus_and_not_run(tmp_path):
     from cifar import study as studies
     from cifar.sweeper_impl import PruningOptunaSweeperImpl, StudyFull

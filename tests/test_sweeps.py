@@ -195,6 +195,49 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
     assert not (cli.tmp_path / "sweep").exists()  # refused before the sweep dir is made, or removed with it
 
 
+def test_a_search_space_that_the_studys_earlier_trials_do_not_fit_is_refused_naming_both(tmp_path):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from cifar import study as studies
+    from cifar.errors import ConfigError
+
+    hydra_cfg = OmegaConf.create({"sweeper": {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study_name": "s"},
+                                  "sweep": {"dir": str(tmp_path / "sweep")}})
+    batch = CategoricalDistribution((64, 128))
+    lr = FloatDistribution(1e-4, 1e-1, log=True)
+    studies.check_search_space_fits(hydra_cfg, {"data.batch_size": batch})  # no study yet
+    study = optuna.create_study(study_name="s", storage=studies.sweep_storage(hydra_cfg)[0])
+    study.add_trial(optuna.trial.create_trial(params={"data.batch_size": 64, "optimizer.lr": 1e-3},
+                                              distributions={"data.batch_size": batch, "optimizer.lr": lr}, value=0.5))
+    fits = {"data.batch_size": batch, "optimizer.lr": FloatDistribution(1e-5, 1.0, log=True),  # a wider range fits
+            "optimizer.weight_decay": FloatDistribution(0.0, 0.1)}  # a new parameter too
+    studies.check_search_space_fits(hydra_cfg, fits)
+    for param, distribution, message in [
+        ("data.batch_size", CategoricalDistribution((16, 32)),
+         "data.batch_size=choice(16, 32) does not fit study s, whose trials searched it as choice(64, 128)"),
+        ("optimizer.lr", FloatDistribution(1e-4, 1e-1),
+         "optimizer.lr=interval(0.0001, 0.1) does not fit study s, whose trials searched it as tag(log, "
+         "interval(0.0001, 0.1))"),
+    ]:
+        with pytest.raises(ConfigError) as refused:  # where the sweep's first trial raised Optuna's traceback
+            studies.check_search_space_fits(hydra_cfg, {**fits, param: distribution})
+        assert str(refused.value) == (f"{message}: Optuna keeps a parameter's choices (and a range's log scale) for a "
+                                      "study's life: search it as before, or start another study "
+                                      "(hydra.sweeper.study_name=NAME)")
+
+
+@pytest.mark.slow
+def test_a_search_space_that_its_study_does_not_fit_stops_the_sweep_before_any_run_or_trial(cli):
+    cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", "data.batch_size=choice(16,32)",
+        multirun=True)
+    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1", "data.batch_size=choice(8,16)",
+               multirun=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("cifar.train: error: data.batch_size=choice(8, 16) does not fit study ")
+    assert [t.state for t in load_study(cli).trials] == [COMPLETE]  # where a trial was left RUNNING, for good
+    assert len(all_runs(cli)) == 2  # the first sweep's parent run and trial
+
+
 def test_the_probed_trials_take_every_choice_and_each_range_end_from_just_inside():
     from cifar.sweeper import sweeper_arguments
     from cifar.sweeper_impl import probe_trials, search_space
