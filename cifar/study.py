@@ -65,9 +65,8 @@ def check_search_space_fits(hydra_cfg: DictConfig, distributions: dict[str, Base
     """Refuse a search space that the sweep's study, where it exists, cannot take: Optuna keeps a parameter's
     choices, and a range's kind and log scale, for the study's life, and refuses another at the first trial (a
     traceback, with the trial left RUNNING)."""
-    storage, name = sweep_storage(hydra_cfg)
     try:
-        existing = optuna.load_study(study_name=name, storage=storage)
+        existing, _ = load_sweep_study(hydra_cfg)
     except KeyError:  # a new study
         return
     earlier: dict[str, BaseDistribution] = {}  # as Optuna checks it: against the first trial's that has the param
@@ -81,9 +80,9 @@ def check_search_space_fits(hydra_cfg: DictConfig, distributions: dict[str, Base
             optuna.distributions.check_distribution_compatibility(earlier[param], distribution)
         except ValueError as err:
             raise ConfigError(
-                f"{param}={_described(distribution)} does not fit study {name}, whose trials searched it as "
-                f"{_described(earlier[param])}: Optuna keeps a parameter's choices (and a range's log scale) for a "
-                f"study's life: search it as before, or start another study (hydra.sweeper.study_name=NAME)"
+                f"{param}={_described(distribution)} does not fit study {existing.study_name}, whose trials searched "
+                f"it as {_described(earlier[param])}: Optuna keeps a parameter's choices (and a range's log scale) for "
+                f"a study's life: search it as before, or start another study (hydra.sweeper.study_name=NAME)"
             ) from err
 
 
