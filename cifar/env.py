@@ -162,12 +162,39 @@ def split(cfg_data) -> Check:
     return Check("split", OK, f"{len(train):,} train / {len(val):,} validation / {len(test):,} test images")
 
 
-def tracking_store(cfg_mlflow) -> Check:
-    """The MLflow store that runs log to, with its driver and whether its server answers; the store is
-    not opened (that would create a SQLite file)."""
+def tracking_store(cfg_mlflow) -> list[Check]:
+    """The MLflow store that runs log to, with its driver and whether its server answers, and where it is a
+    SQLite file that exists, the run's experiment in it. A new SQLite file is not opened (that would create it),
+    nor a server's store (that would need its credentials)."""
+    from cifar.stores import sqlite_file
     from cifar.tracking import store_uri
 
-    return _store("MLflow store", store_uri(cfg_mlflow))
+    uri = store_uri(cfg_mlflow)
+    store = _store("MLflow store", uri)
+    database = sqlite_file(uri)
+    if store.status == FAIL or database is None or not database.exists():
+        return [store]
+    return [store, experiment(uri, cfg_mlflow.experiment)]
+
+
+def experiment(uri: str, name: str) -> Check:
+    """The experiment ``name`` in the store ``uri``: failed where a run would refuse it (deleted) or could not
+    read it (a database that MLflow must upgrade first, say)."""
+    from mlflow.tracking import MlflowClient
+
+    from cifar.errors import ConfigError, first_line
+    from cifar.tracking import refuse_deleted
+
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(name)
+        if found is None:
+            return Check("experiment", OK, f"{name}: new, made by the first run")
+        refuse_deleted(found, uri)
+    except ConfigError as err:
+        return Check("experiment", FAIL, str(err))
+    except Exception as err:  # stores fail with many error types (sqlalchemy, MLflow, OS)
+        return Check("experiment", FAIL, f"{name} cannot be read from {uri} ({type(err).__name__}: {first_line(err)})")
+    return Check("experiment", OK, f"{name} (id {found.experiment_id})")
 
 
 def study_storage(hydra_cfg) -> list[Check]:
@@ -259,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cifar.device import resolve_device
 
     more = [torchvision_ops(), bytecode(), *devices(cfg.trainer.threads), *data_presence(cfg.data),
-            tracking_store(cfg.mlflow), *study_storage(hydra_cfg)]
+            *tracking_store(cfg.mlflow), *study_storage(hydra_cfg)]
     try:
         device = resolve_device(cfg.trainer.device)
     except UserError as err:

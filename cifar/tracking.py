@@ -152,12 +152,18 @@ def _set_experiment(uri: str, name: str) -> str:
         except mlflow.exceptions.MlflowException:
             pass  # created meanwhile by a parallel job
         experiment = mlflow.get_experiment_by_name(name)
-    if experiment.lifecycle_stage == "deleted":  # which MLflow neither uses nor makes again under its name
-        raise ConfigError(f"mlflow.experiment={name} was deleted from {uri}: restore it with "
-                          f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`, or choose another "
-                          f"mlflow.experiment")
+    refuse_deleted(experiment, uri)
     mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return experiment.experiment_id
+
+
+def refuse_deleted(experiment: Any, uri: str) -> None:
+    """Refuse (ConfigError) an experiment that was deleted, which MLflow neither uses nor makes again under its
+    name, with the command that restores it."""
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(f"mlflow.experiment={experiment.name} was deleted from {without_passwords(uri)}: restore "
+                          f"it with `mlflow experiments restore --experiment-id {experiment.experiment_id}`, or choose "
+                          "another mlflow.experiment")
 
 
 def usable_store(cfg_mlflow: Any) -> str:

@@ -110,6 +110,29 @@ def test_env_fails_its_cpu_line_where_a_run_would_refuse_its_threads(official_di
     assert f"trainer.threads={cores + 1} is more than the {cores} CPU cores that this process may use (" in line
 
 
+def test_env_fails_on_a_deleted_experiment_in_an_existing_sqlite_store_and_makes_none(official_dir, tmp_path, capsys,
+                                                                                      monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over mlflow.tracking_uri
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = [f"data.path={official_dir}", f"mlflow.tracking_uri={uri}"]
+    code, out, _ = _run(env.main, capsys, *store)
+    assert code == 0 and "experiment" not in _statuses(out) and not (tmp_path / "mlflow.db").exists()
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("kept")
+    code, out, _ = _run(env.main, capsys, *store, "mlflow.experiment=kept")
+    assert code == 0 and f"  ok  experiment            kept (id {experiment_id})\n" in out
+    code, out, _ = _run(env.main, capsys, *store, "mlflow.experiment=fresh")
+    assert code == 0 and "  ok  experiment            fresh: new, made by the first run\n" in out
+    client.delete_experiment(experiment_id)
+    code, out, _ = _run(env.main, capsys, *store, "mlflow.experiment=kept")
+    assert code == 1 and out.rstrip().endswith("NOT READY: experiment failed (see above)")
+    assert (f"FAIL  experiment            mlflow.experiment=kept was deleted from {uri}: restore it with `mlflow "
+            f"experiments restore --experiment-id {experiment_id}`, or choose another mlflow.experiment\n") in out
+    assert client.get_experiment_by_name("fresh") is None  # looked up, not made
+
+
 def test_env_only_warns_about_data_it_will_download(tmp_path, capsys):
     code, out, _ = _run(env.main, capsys, f"data.path={tmp_path / 'empty'}", "data.download=true")
     assert code == 0 and _statuses(out)["data"] == "warn"
