@@ -27,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cifar.errors import ConfigError, DataError, os_reason
+from cifar.errors import ConfigError, DataError, first_line, os_reason
 from cifar.files import atomic_write, one_process_at_a_time
 
 log = logging.getLogger(__name__)
@@ -134,33 +134,33 @@ def _remove_earlier_caches(source: Path, keep: Path) -> None:
 # --- finding the source ---------------------------------------------------------------------
 
 
-def locate_source(path: Path, download: bool) -> Path:
-    """Return the directory or archive to read, downloading the official archive if allowed."""
+def locate_source(path: Path, download: bool, setting: str = "data.path") -> Path:
+    """Return the directory or archive to read, downloading the official archive if allowed; ``setting`` is the
+    option that gave ``path``, which errors name."""
     if path.is_symlink() and not path.exists():
-        raise DataError(f"data.path={path} is a broken link (to {os.readlink(path)}): point it at your copy of the "
+        raise DataError(f"{setting}={path} is a broken link (to {os.readlink(path)}): point it at your copy of the "
                         "data")
     if path.is_file():
         if not path.name.endswith(ARCHIVE_SUFFIXES):
             raise DataError(
-                f"data.path={path} is a file but not a .tar.gz/.tar archive: point it at a directory or archive"
+                f"{setting}={path} is a file but not a .tar.gz/.tar archive: point it at a directory or archive"
             )
         return path
     if path.is_dir():
-        found = _find_in_directory(path)
+        found = _find_in_directory(path, setting)
         if found is not None:
             return found
     if path.name.endswith(ARCHIVE_SUFFIXES):
-        raise DataError(f"data.path={path} does not exist: check the path, or set data.path to a directory")
+        raise DataError(f"{setting}={path} does not exist: check the path, or set {setting} to a directory")
     if not download:
-        raise DataError(
-            f"No CIFAR-10 data in {path}: put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there, "
-            "set data.path to your copy, or set data.download=true"
-        )
+        or_download = ", or set data.download=true" if setting == "data.path" else ""  # a run's setting
+        raise DataError(f"No CIFAR-10 data in {path}: put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there, "
+                        f"or set {setting} to your copy{or_download}")
     _download(path)
     return path
 
 
-def _find_in_directory(path: Path) -> Path | None:
+def _find_in_directory(path: Path, setting: str) -> Path | None:
     """The directory itself if it holds a readable layout, else an archive inside it."""
     if _looks_like_layout(path):
         return path
@@ -170,7 +170,7 @@ def _find_in_directory(path: Path) -> Path | None:
         return (preferred or archives)[0]
     if archives:
         names = ", ".join(p.name for p in archives)
-        raise DataError(f"{path} holds several archives ({names}): set data.path to one of them")
+        raise DataError(f"{path} holds several archives ({names}): set {setting} to one of them")
     return None
 
 
@@ -254,9 +254,8 @@ class _ArchiveTree:
             with tarfile.open(archive, "r:*") as tar:
                 self.files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-            raise DataError(
-                f"{archive} is truncated or not a tar archive ({err}): re-download or re-create it"
-            ) from err
+            reason = first_line(err).rstrip(":")  # tarfile's own goes on with a line per compression it tried
+            raise DataError(f"{archive} is truncated or not a tar archive ({reason}): re-download or re-create it") from err
         self.names = list(self.files)
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:
@@ -435,9 +434,10 @@ def read_decoded(path: Path) -> Cifar10:
         ) from err
 
 
-def write_decoded(path: Path, source: Path) -> Cifar10:
-    """Decode ``source`` into the ``.npz`` at ``path`` (written to a temp file, then renamed)."""
-    return _write_cache(path, *read_source(locate_source(source, download=False)),
+def write_decoded(path: Path, source: Path, setting: str) -> Cifar10:
+    """Decode ``source`` (given by ``setting``, to name in errors) into the ``.npz`` at ``path`` (written to a temp
+    file, then renamed)."""
+    return _write_cache(path, *read_source(locate_source(source, download=False, setting=setting)),
                         fix="free some disk space or give a writable output directory")
 
 

@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        data = write_decoded(args.out_dir / DECODED, args.raw)
+        data = write_decoded(args.out_dir / DECODED, args.raw, setting="RAW")
     except DataError as err:
         print(f"cifar.prepare: error: {err}", file=sys.stderr)
         return 2

@@ -290,9 +290,17 @@ def test_prepare_writes_the_decoded_npz_and_stats_that_training_reads(official_d
     assert not (tmp_path / "unused-cache").exists()  # a decoded .npz is read as it is
     stats = json.loads((tmp_path / "processed/stats.json").read_text())
     assert stats == json.loads(json.dumps(direct.stats))
-    assert prepare.main([str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
-    assert "cifar.prepare: error: No CIFAR-10 data in" in capsys.readouterr().err
+    nowhere = tmp_path / "nowhere"  # the stage's RAW argument: no data.path nor data.download to set
+    assert prepare.main([str(nowhere), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"cifar.prepare: error: No CIFAR-10 data in {nowhere}: put "
+                                       "cifar-10-python.tar.gz or train/<class>/ image folders there, or set RAW to "
+                                       "your copy\n")
     assert not (tmp_path / "out").exists()
+    not_an_archive = tmp_path / "data.tar.gz"
+    not_an_archive.write_text("hello")
+    assert prepare.main([str(not_an_archive), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (f"cifar.prepare: error: {not_an_archive} is truncated or not a tar archive "
+                                       "(file could not be opened successfully): re-download or re-create it\n")
     a_file = tmp_path / "processed/stats.json"  # an output dir that cannot be made
     assert prepare.main([str(official_dir), str(a_file / "out")]) == 2
     assert capsys.readouterr().err == (f"cifar.prepare: error: cannot write {a_file / 'out/cifar10.npz'} (Not a "
