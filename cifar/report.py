@@ -32,6 +32,9 @@ from cifar.tracking import (
 )
 
 
+DEFAULT_EXPERIMENT = "cifar"  # the config's mlflow.experiment (conf/config.yaml)
+
+
 class NothingToReport(Exception):
     pass
 
@@ -190,7 +193,8 @@ def to_markdown(report: Report) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="cifar", help="MLflow experiment (default: cifar)")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
+                        help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",

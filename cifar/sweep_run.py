@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cifar import launchers, owner, parallel, sweeper, tracking, ui
+from cifar import launchers, owner, parallel, report, sweeper, tracking, ui
 from cifar.config import check_working_dir
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
@@ -39,6 +40,7 @@ class SweepCallback(Callback):
     """Opens the multirun's parent run before the first job and closes it with a summary."""
 
     parent_run_id: str | None = None  # set once the sweep's parent run is open
+    report_options: list[str] = []  # those with which cifar.report reads the sweep's store and experiment
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -52,6 +54,7 @@ class SweepCallback(Callback):
             jobs = _checked_jobs(config, optuna_sweep)
             sweeper.check_machine(jobs)
             store = tracking.usable_store(config.mlflow)
+            self.report_options = _report_options(store, config.mlflow.experiment)
             sweeper.check_data(jobs)  # the last check: it may download and decode the data
             experiment_id = tracking.use_experiment(store, config.mlflow.experiment)
         except UserError as err:
@@ -109,7 +112,10 @@ class SweepCallback(Callback):
             try_once(client.set_terminated, run_id, "KILLED")
             return
         if stopped_by is None:
-            if not _summarise(client, run_id, config, stopped_by=None):
+            counts, best = _summarise(client, run_id, config, stopped_by=None)
+            if counts["sweep/jobs"]:
+                log.info(_closing_line(counts, best, [*self.report_options, "--sweep", run_id]))
+            else:
                 log.warning("MLflow parent run %s ended FAILED: none of the sweep's jobs logged a run under it. A job "
                             "reads the parent's id in %s and logs to the sweep's store: where jobs run elsewhere, they "
                             "need the sweep's directory at the same path, and the same MLflow store", run_id,
@@ -137,10 +143,11 @@ def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> list[DictConfig]:
     return []
 
 
-def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseException | None) -> int:
+def _summarise(client: Any, run_id: str, config: DictConfig,
+               stopped_by: BaseException | None) -> tuple[dict[str, float], Any | None]:
     """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED where the sweep
-    was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns how
-    many job runs it has. The jobs' runs left RUNNING end KILLED: after an interrupt, all of them (the jobs of
+    was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns the
+    jobs' counts by outcome (:func:`_log_jobs`) and the best job's run (None where none scored). The jobs' runs left RUNNING end KILLED: after an interrupt, all of them (the jobs of
     worker processes stopped with the sweep), else those whose process is gone from this machine, and that of a
     submitit job that ended without a result, wherever it ran."""
     interrupted = isinstance(stopped_by, KeyboardInterrupt)
@@ -166,7 +173,29 @@ def _summarise(client: Any, run_id: str, config: DictConfig, stopped_by: BaseExc
             _log_study(client, run_id, optuna_study, children)
     finally:
         client.set_terminated(run_id, "KILLED" if stopped else status)
-    return len(children)
+    return metrics, best
+
+
+def _closing_line(counts: dict[str, float], best: Any | None, report_options: list[str]) -> str:
+    """What the sweep came to, for the console: its jobs by outcome, the best job, and the report that tables
+    them all."""
+    outcomes = ", ".join(f"{int(counts[f'sweep/jobs_{state}'])} {state}" for state in ("finished", "failed", "pruned"))
+    jobs = int(counts["sweep/jobs"])
+    line = f"Sweep ended: {jobs} job{'s' * (jobs != 1)} ({outcomes})"
+    if best is not None:
+        line += (f"; best {BEST_VAL_ACC} {best.data.metrics[BEST_VAL_ACC]:.4f}: {best.info.run_name} "
+                 f"(MLflow run {best.info.run_id})")
+    return f"{line}. All of them: {shlex.join(['python', '-m', 'cifar.report', *report_options])}"
+
+
+def _report_options(store: str, experiment: str) -> list[str]:
+    """The options with which ``cifar.report`` reads ``store`` and ``experiment``, where its defaults would not:
+    called before the sweep's first ``mlflow.set_tracking_uri``, which sets MLFLOW_TRACKING_URI in this process
+    (the report's default store is that variable's, else MLflow's default)."""
+    import mlflow
+
+    options = [] if store == mlflow.get_tracking_uri() else ["--tracking-uri", without_passwords(store)]
+    return options if experiment == report.DEFAULT_EXPERIMENT else [*options, "--experiment", experiment]
 
 
 def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:

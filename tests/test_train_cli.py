@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import shlex
 from pathlib import Path
 
 import mlflow.artifacts
 import pytest
 import torch
 
+from cifar import report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
 from tests.conftest import REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module
@@ -126,8 +128,8 @@ def test_training_learns_the_fake_classes(cli):
     assert run.data.metrics["val/best_acc"] >= 0.5  # chance is 0.1
 
 
-def test_multirun_nests_four_jobs_under_one_parent(cli):
-    cli("optimizer.lr=1e-3,5e-4", "data.batch_size=16,32", "trainer.epochs=1", multirun=True)
+def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
+    proc = cli("optimizer.lr=1e-3,5e-4", "data.batch_size=16,32", "trainer.epochs=1", multirun=True)
     runs = all_runs(cli)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -144,6 +146,33 @@ def test_multirun_nests_four_jobs_under_one_parent(cli):
     assert parent.data.metrics["val/best_acc"] == max(c.data.metrics["val/best_acc"] for c in children)
     best = max(children, key=lambda c: c.data.metrics["val/best_acc"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
+    # the sweep's last line: its outcome, its best job, and the report of it, which works as printed
+    [line] = [line for line in proc.stdout.splitlines() if "Sweep ended:" in line]
+    best_acc = best.data.metrics["val/best_acc"]
+    report_command = f"python -m cifar.report --experiment {cli.experiment} --sweep {parent.info.run_id}"
+    assert line.endswith(f"Sweep ended: 4 jobs (4 finished, 0 failed, 0 pruned); best val/best_acc {best_acc:.4f}: "
+                         f"{best.info.run_name} (MLflow run {best.info.run_id}). All of them: {report_command}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cli.tracking_uri)  # as the sweep's shell had it
+    capsys.readouterr()
+    assert report.main(shlex.split(report_command)[3:]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith(f"### Sweep {parent.info.run_name!r} ({parent.info.run_id})")
+    assert all(f"| {child.info.run_name} |" in table for child in children)
+
+
+def test_the_sweeps_report_command_names_the_store_and_experiment_only_where_the_reports_defaults_miss_them(
+        monkeypatch, tmp_path):
+    from cifar.sweep_run import _report_options
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's: mlflow.db in the working directory
+    assert _report_options(default, "cifar") == []
+    assert _report_options(default, "my exp") == ["--experiment", "my exp"]
+    server = "postgresql://cifar:s3cret@db-host/mlflow"
+    assert _report_options(server, "cifar") == ["--tracking-uri", "postgresql://cifar@db-host/mlflow"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # the report reads it too
+    assert _report_options(server, "cifar") == []
 
 
 def test_run_names_round_numbers_of_many_digits_and_leave_the_rest_as_typed():
