@@ -6,6 +6,13 @@ and prints each count's median time a step and its ratio to the step with as man
 
     uv run python bench/threads.py
     uv run python bench/threads.py --model resnet18 --batch 64 --threads 2 4 16 64
+
+Under a CPU quota, as in a container limited to 1 CPU (here a cgroup v1 group, bound where a container sees its own;
+as root, on a machine with cgroup v1 mounted):
+
+    mkdir /sys/fs/cgroup/cpu/bench && echo 100000 > /sys/fs/cgroup/cpu/bench/cpu.cfs_quota_us
+    bash -c 'echo $$ > /sys/fs/cgroup/cpu/bench/cgroup.procs; exec unshare --cgroup --mount bash -c \
+        "mount --bind /sys/fs/cgroup/cpu/bench /sys/fs/cgroup/cpu && uv run python bench/threads.py --threads 1 2 8"'
 """
 
 from __future__ import annotations

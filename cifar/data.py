@@ -255,7 +255,8 @@ class _ArchiveTree:
                 self.files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
         except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             reason = first_line(err).rstrip(":")  # tarfile's own goes on with a line per compression it tried
-            raise DataError(f"{archive} is truncated or not a tar archive ({reason}): re-download or re-create it") from err
+            raise DataError(f"{archive} is truncated or not a tar archive ({reason}): re-download or re-create "
+                            "it") from err
         self.names = list(self.files)
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from dataclasses import dataclass
 
@@ -92,13 +93,22 @@ def default_eval_batch_size(device: torch.device) -> int:
     return 128 if device.type == "cpu" else 1024
 
 
+@functools.cache
+def torch_default_threads() -> int:
+    """The threads that torch takes unless told (OMP_NUM_THREADS, else the cores of the affinity), as it had them
+    before :func:`make_runtime` first set them in this process: each job of a sweep run here sets its own."""
+    return torch.get_num_threads()
+
+
 def make_runtime(
     device_name: str, amp: bool | None, channels_last: bool | None, compile: bool | None, threads: int | None,
     job_slot: int = 0,
 ) -> Runtime:
-    """The device and its speed settings; each ``None`` setting takes the device's default."""
+    """The device and its speed settings; each ``None`` setting takes the device's default (``threads``: torch's
+    threads as they are)."""
     device = resolve_device(device_name, job_slot)
     if threads is not None:
+        torch_default_threads()  # read before it is set
         torch.set_num_threads(threads)
     return Runtime(
         device=device,

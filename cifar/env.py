@@ -88,16 +88,19 @@ def bytecode() -> Check:
     return Check("bytecode", OK, "not cached yet: Python writes it on the first run")
 
 
-def devices(threads: int | None) -> list[Check]:
-    """The CPU, with the run's ``trainer.threads`` (failed where a run would refuse them), and the accelerators."""
+def devices(threads: int | None, hydra_cfg) -> list[Check]:
+    """The CPU, with the torch threads of a run with ``trainer.threads=threads`` (failed where a run would refuse
+    them), and the accelerators."""
     import torch
 
-    from cifar.device import cpu_has_native_bf16
+    from cifar.device import cpu_has_native_bf16, torch_default_threads
     from cifar.errors import ConfigError
-    from cifar.parallel import check_threads, cpu_cores
+    from cifar.parallel import check_threads, cpu_cores, threads_per_job
 
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16 (amp off by default)"
-    cpu = f"{_cpu_name()}: {cpu_cores()} cores, {threads or torch.get_num_threads()} torch threads, {bf16}"
+    run_threads = threads or threads_per_job(hydra_cfg, torch_default_threads())
+    cores = cpu_cores()
+    cpu = f"{_cpu_name()}: {cores} core{'s' * (cores != 1)}, {run_threads} torch threads, {bf16}"
     try:
         check_threads(threads)
         checks = [Check("CPU", OK, cpu)]
@@ -285,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from cifar.device import resolve_device
 
-    more = [torchvision_ops(), bytecode(), *devices(cfg.trainer.threads), *data_presence(cfg.data),
+    more = [torchvision_ops(), bytecode(), *devices(cfg.trainer.threads, hydra_cfg), *data_presence(cfg.data),
             *tracking_store(cfg.mlflow), *study_storage(hydra_cfg)]
     try:
         device = resolve_device(cfg.trainer.device)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +15,11 @@ JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLau
 
 
 def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPU cores that this process may use: those of its affinity, capped by a CPU quota (a container's cgroup
+    limit), which torch's own thread count does not see (``joblib.cpu_count``)."""
+    import joblib
+
+    return joblib.cpu_count()
 
 
 def _uses_joblib(hydra_cfg: DictConfig) -> bool:
@@ -42,12 +45,15 @@ def concurrent_jobs(hydra_cfg: DictConfig, cores: int) -> int:
     return max(1, min(workers, batch) if batch else workers)
 
 
-def threads_per_job(hydra_cfg: DictConfig) -> int | None:
-    """Torch threads for a job whose ``trainer.threads`` is unset: None (torch's default, all cores)
-    when it runs alone, else the cores divided among the jobs running at once (at least 1)."""
+def threads_per_job(hydra_cfg: DictConfig, torch_default: int) -> int:
+    """Torch threads for a job whose ``trainer.threads`` is unset: where it runs alone, torch's default
+    (OMP_NUM_THREADS, else the cores of the affinity) capped by :func:`cpu_cores`, else the cores divided among the
+    jobs running at once (at least 1). Under a quota of 1 CPU on 2 cores, simplecnn's steps took 1.2x as long with 2 threads (torch's
+    default there) as with 1, and 16.7x with 8, its default on an 8-core host (``bench/threads.py``, medians of 3
+    runs)."""
     cores = cpu_cores()
     jobs = concurrent_jobs(hydra_cfg, cores)
-    return None if jobs == 1 else max(1, cores // jobs)
+    return min(torch_default, cores) if jobs == 1 else max(1, cores // jobs)
 
 
 def check_threads(threads: int | None) -> None:

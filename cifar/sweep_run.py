@@ -147,9 +147,10 @@ def _summarise(client: Any, run_id: str, config: DictConfig,
                stopped_by: BaseException | None) -> tuple[dict[str, float], Any | None]:
     """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED where the sweep
     was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns the
-    jobs' counts by outcome (:func:`_log_jobs`) and the best job's run (None where none scored). The jobs' runs left RUNNING end KILLED: after an interrupt, all of them (the jobs of
-    worker processes stopped with the sweep), else those whose process is gone from this machine, and that of a
-    submitit job that ended without a result, wherever it ran."""
+    jobs' counts by outcome (:func:`_log_jobs`) and the best job's run (None where none scored). The jobs' runs left
+    RUNNING end KILLED: after an interrupt, all of them (the jobs of worker processes stopped with the sweep), else
+    those whose process is gone from this machine, and that of a submitit job that ended without a result, wherever
+    it ran."""
     interrupted = isinstance(stopped_by, KeyboardInterrupt)
     stopped = interrupted or launchers.lost_job(stopped_by) is not None
     lost_submitit_job = launchers.lost_submitit_job_id(stopped_by)

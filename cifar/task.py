@@ -23,7 +23,7 @@ from cifar import checkpoint, dvc_exp, inference, launchers, parallel, plots, re
 from cifar.batches import Augmenter, Normalizer, steps_per_epoch
 from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
-from cifar.device import Runtime, default_eval_batch_size, make_runtime
+from cifar.device import Runtime, default_eval_batch_size, make_runtime, torch_default_threads
 from cifar.diagnostics import Diagnostics
 from cifar.models import build_model, first_conv, summarize, whiten_first_conv
 from cifar.optim import build_optimizer, build_scheduler
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> float | None:
         experiment_id = tracking.use_experiment(store, cfg.mlflow.experiment, retrying)
         stopped_parent = sweep_run.stopped_sweep_parent(mlflow.MlflowClient(), experiment_id, hydra_cfg.sweep.dir)
     parallel.check_threads(cfg.trainer.threads)  # where the job runs
-    threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg)
+    threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg, torch_default_threads())
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
         parallel.job_slot(hydra_cfg),

@@ -611,6 +611,24 @@ def test_jobs_that_run_at_once_with_more_threads_between_them_than_cores_are_war
     assert [r.getMessage() for r in caplog.records] == ([expected] if warned else [])  # once for the sweep
 
 
+@pytest.mark.parametrize(("quota", "torch_default", "n_jobs", "expected"), [
+    (None, 2, None, 2),  # alone: torch's default
+    (1, 2, None, 1),  # under a quota of 1 CPU that torch does not see: capped
+    (None, 1, None, 1),  # OMP_NUM_THREADS=1, say: kept
+    (4, 4, 2, 2),  # two joblib workers: the cores shared out
+])
+def test_a_job_without_trainer_threads_takes_torchs_default_capped_by_a_cpu_quota(monkeypatch, quota, torch_default,
+                                                                                n_jobs, expected):
+    import joblib
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda: quota or torch_default)  # joblib reads the quota (cgroup)
+    assert parallel.cpu_cores() == (quota or torch_default)
+    launcher = ({"_target_": parallel.JOBLIB_LAUNCHER, "n_jobs": n_jobs} if n_jobs
+                else {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
+    hydra_cfg = OmegaConf.create({"launcher": launcher, "sweeper": {}})
+    assert parallel.threads_per_job(hydra_cfg, torch_default) == expected
+
+
 def test_more_threads_than_cores_are_refused_in_one_line():
     from cifar.errors import ConfigError
 

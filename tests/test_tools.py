@@ -7,6 +7,7 @@ import importlib.metadata
 import subprocess
 import sys
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_env_checks_the_runs_split_of_data_that_is_decoded(official_dir, tmp_pat
                           "lower data.batch_size or raise data.limit\n") in out
 
 
-def test_env_fails_its_cpu_line_where_a_run_would_refuse_its_threads(official_dir, capsys):
+def test_env_fails_its_cpu_line_where_a_run_would_refuse_its_threads(official_dir, capsys, monkeypatch):
     cores = cpu_cores()
     code, out, _ = _run(env.main, capsys, f"data.path={official_dir}", f"trainer.threads={cores}")
     assert f" cores, {cores} torch threads, " in out and _statuses(out)["CPU"] == "ok"
@@ -108,6 +109,9 @@ def test_env_fails_its_cpu_line_where_a_run_would_refuse_its_threads(official_di
     [line] = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert f": {cores} cores, {cores + 1} torch threads, " in line
     assert f"trainer.threads={cores + 1} is more than the {cores} CPU cores that this process may use (" in line
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 1)  # a quota of 1 CPU, as joblib reads it from the cgroup
+    code, out, _ = _run(env.main, capsys, f"data.path={official_dir}")
+    assert code == 0 and ": 1 core, 1 torch threads, " in out  # torch's default capped, as a run's
 
 
 def test_env_fails_on_a_deleted_experiment_in_an_existing_sqlite_store_and_makes_none(official_dir, tmp_path, capsys,

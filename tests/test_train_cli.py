@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow.artifacts
@@ -13,7 +15,9 @@ import torch
 from cifar import report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
-from tests.conftest import REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module
+from tests.conftest import (
+    REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module, sweep_parent_and_children,
+)
 
 
 def metric_history(cli, run_id: str, key: str) -> list[float]:
@@ -173,6 +177,17 @@ def test_the_sweeps_report_command_names_the_store_and_experiment_only_where_the
     assert _report_options(server, "cifar") == ["--tracking-uri", "postgresql://cifar@db-host/mlflow"]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # the report reads it too
     assert _report_options(server, "cifar") == []
+
+
+def test_a_sweeps_job_without_trainer_threads_takes_torchs_default_not_the_job_befores(cli):
+    from cifar.parallel import cpu_cores
+
+    cli("trainer.threads=1,null", "trainer.epochs=1", "mlflow.log_model=false", multirun=True)
+    _, children = sweep_parent_and_children(all_runs(cli))
+    threads = {c.data.params["trainer.threads"]: c.data.tags["torch.threads"] for c in children}
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # a fresh process's
+    assert threads == {"1": "1", "None": str(min(int(default), cpu_cores()))}
 
 
 def test_run_names_round_numbers_of_many_digits_and_leave_the_rest_as_typed():
