@@ -48,9 +48,9 @@ def concurrent_jobs(hydra_cfg: DictConfig, cores: int) -> int:
 def threads_per_job(hydra_cfg: DictConfig, torch_default: int) -> int:
     """Torch threads for a job whose ``trainer.threads`` is unset: where it runs alone, torch's default
     (OMP_NUM_THREADS, else the cores of the affinity) capped by :func:`cpu_cores`, else the cores divided among the
-    jobs running at once (at least 1). Under a quota of 1 CPU on 2 cores, simplecnn's steps took 1.2x as long with 2 threads (torch's
-    default there) as with 1, and 16.7x with 8, its default on an 8-core host (``bench/threads.py``, medians of 3
-    runs)."""
+    jobs running at once (at least 1). Under a quota of 1 CPU on 2 cores, simplecnn's steps took 1.2x as long with 2
+    threads (torch's default there) as with 1, and 16.7x with 8, its default on an 8-core host (``bench/threads.py``,
+    medians of 3 runs)."""
     cores = cpu_cores()
     jobs = concurrent_jobs(hydra_cfg, cores)
     return min(torch_default, cores) if jobs == 1 else max(1, cores // jobs)
