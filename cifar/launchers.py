@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from cifar.errors import ConfigError, first_line
-from cifar.parallel import JOBLIB_LAUNCHER
+from cifar.parallel import JOBLIB_LAUNCHER, LOCAL_SUBMITIT_LAUNCHER
 from cifar.stores import is_loopback, is_sqlite, loopback_host, no_answer
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 SLURM_DEFAULTS = {"gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "timeout_min": 120}
 RAY_GPUS_RESOLVER = "cifar_ray_gpus_per_trial"
 SLURM_LAUNCHER = "cifar.submitit_launcher.SlurmLauncher"  # Hydra's, whose requeued jobs resume
-LOCAL_SUBMITIT_LAUNCHER = "cifar.submitit_launcher.LocalLauncher"
 RAY_LAUNCHER = "cifar.ray_launcher.RayLauncher"  # Hydra's, keeping the sweep's SIGTERM handler, directory, store
 RAY_AWS_LAUNCHER = "hydra_plugins.hydra_ray_launcher.ray_aws_launcher.RayAWSLauncher"
 RAY_THIS_MACHINE = ("auto", "local")  # Ray's addresses for a cluster started here, or a new local one

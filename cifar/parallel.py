@@ -12,6 +12,7 @@ from cifar.errors import ConfigError
 log = logging.getLogger(__name__)
 
 JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+LOCAL_SUBMITIT_LAUNCHER = "cifar.submitit_launcher.LocalLauncher"  # a process here for each job of a batch
 
 
 def cpu_cores() -> int:
@@ -34,25 +35,29 @@ def check_launcher(hydra_cfg: DictConfig) -> None:
                           "joblib (-1: all cores, -2: all but one, ...)")
 
 
-def concurrent_jobs(hydra_cfg: DictConfig, cores: int) -> int:
-    """How many jobs run at once here: the joblib launcher's workers, capped by the sweeper's batch."""
+def concurrent_jobs(hydra_cfg: DictConfig, cores: int, sweep_jobs: int | None = None) -> int:
+    """How many jobs run at once here: the joblib launcher's workers, capped by the sweeper's batch; every job of a
+    batch for the submitit_local launcher, which starts each as a process of its own (a sweep of ``sweep_jobs`` is
+    one batch where its sweeper sets no size, as a grid's without ``hydra.sweeper.max_batch_size``)."""
+    batch = OmegaConf.select(hydra_cfg, "sweeper.n_jobs") or OmegaConf.select(hydra_cfg, "sweeper.max_batch_size")
+    if OmegaConf.select(hydra_cfg, "launcher._target_") == LOCAL_SUBMITIT_LAUNCHER:
+        return max(1, batch or sweep_jobs or 1)
     if not _uses_joblib(hydra_cfg):
         return 1  # the basic launcher runs jobs one after the other; others run them elsewhere
     workers = hydra_cfg.launcher.n_jobs
     if workers < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
         workers = cores + 1 + workers
-    batch = OmegaConf.select(hydra_cfg, "sweeper.n_jobs") or OmegaConf.select(hydra_cfg, "sweeper.max_batch_size")
     return max(1, min(workers, batch) if batch else workers)
 
 
-def threads_per_job(hydra_cfg: DictConfig, torch_default: int) -> int:
+def threads_per_job(hydra_cfg: DictConfig, torch_default: int, sweep_jobs: int | None = None) -> int:
     """Torch threads for a job whose ``trainer.threads`` is unset: where it runs alone, torch's default
     (OMP_NUM_THREADS, else the cores of the affinity) capped by :func:`cpu_cores`, else the cores divided among the
     jobs running at once (at least 1). Under a quota of 1 CPU on 2 cores, simplecnn's steps took 1.2x as long with 2
     threads (torch's default there) as with 1, and 16.7x with 8, its default on an 8-core host (``bench/threads.py``,
     medians of 3 runs)."""
     cores = cpu_cores()
-    jobs = concurrent_jobs(hydra_cfg, cores)
+    jobs = concurrent_jobs(hydra_cfg, cores, sweep_jobs)
     return min(torch_default, cores) if jobs == 1 else max(1, cores // jobs)
 
 
@@ -70,10 +75,11 @@ def check_threads(threads: int | None) -> None:
 def warn_shared_threads(configs: Sequence[DictConfig]) -> None:
     """Warn where the jobs that a sweep runs at once here take more threads between them (``trainer.threads``
     each) than this machine's cores: 2 joblib workers of 2 threads each on 2 cores trained simplecnn's
-    epochs 1.6x to 7x slower than with 1 each, as ``trainer.threads=null`` shares the cores out."""
+    epochs 1.6x to 7x slower than with 1 each, as ``trainer.threads=null`` shares the cores out. ``configs``: the
+    sweep's jobs (a grid's, all of them)."""
     cores = cpu_cores()
     for config in configs:
-        jobs, threads = concurrent_jobs(config.hydra, cores), config.trainer.threads
+        jobs, threads = concurrent_jobs(config.hydra, cores, len(configs)), config.trainer.threads
         if threads is not None and jobs * threads > cores:
             log.warning("trainer.threads=%d in each of the %d jobs that run at once takes %d threads on the %d CPU "
                         "cores here, which slow each other's steps: set trainer.threads=%d, or null (the cores shared "

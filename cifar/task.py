@@ -66,8 +66,10 @@ def run(cfg: DictConfig) -> float | None:
     if multirun and cfg.trainer.resume:  # the sweep's start refused the resume already if this fails
         experiment_id = tracking.use_experiment(store, cfg.mlflow.experiment, retrying)
         stopped_parent = sweep_run.stopped_sweep_parent(mlflow.MlflowClient(), experiment_id, hydra_cfg.sweep.dir)
+    sweep = tracking.read_sweep(hydra_cfg.sweep.dir) if multirun else None
     parallel.check_threads(cfg.trainer.threads)  # where the job runs
-    threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg, torch_default_threads())
+    threads = cfg.trainer.threads or parallel.threads_per_job(hydra_cfg, torch_default_threads(),
+                                                              sweep.get("grid_jobs") if sweep else None)
     runtime = make_runtime(
         cfg.trainer.device, cfg.trainer.amp, cfg.trainer.channels_last, cfg.trainer.compile, threads,
         parallel.job_slot(hydra_cfg),
@@ -108,7 +110,6 @@ def run(cfg: DictConfig) -> float | None:
         len(splits.val_labels), len(splits.test_labels),
         f"{model_info['model.parameters']:,}", f"{model_info['model.flops_per_image']:,}",
     )
-    sweep = tracking.read_sweep(hydra_cfg.sweep.dir) if multirun else None
     # A DVC experiment's overrides are in its params.yaml, not on the run's command line: DVC's name stands for them
     dvc_name = None if multirun else dvc_exp.experiment_name()
     name = dvc_name or tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)

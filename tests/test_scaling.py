@@ -83,6 +83,8 @@ def test_submitit_local_runs_a_two_job_sweep(cli):
     assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.0005", "0.001"]
     assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
     assert len(list((cli.tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit ran both
+    # which ran at once, each a process here: the cores shared out between them, not all of them each
+    assert {c.data.tags["torch.threads"] for c in children} == {str(max(1, parallel.cpu_cores() // 2))}
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cifar import report
-from cifar.parallel import concurrent_jobs, cpu_cores
+from cifar.parallel import LOCAL_SUBMITIT_LAUNCHER, concurrent_jobs, cpu_cores
 from tests.conftest import (
     CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, load_study, run_without_module, running_trial,
     signal_process_of, start, sweep_parent_and_children, wait_until,
@@ -479,11 +479,15 @@ def test_two_joblib_workers_run_eight_trials_without_losing_any(cli):
          {"n_jobs": 2}, 8, 2),
         ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4},
          {"max_batch_size": None}, 8, 4),
+        # submitit_local: a process for each job of a batch, a grid's whole sweep where no batch size is set
+        ({"_target_": LOCAL_SUBMITIT_LAUNCHER}, {"max_batch_size": None}, 8, 6),
+        ({"_target_": LOCAL_SUBMITIT_LAUNCHER}, {"max_batch_size": 2}, 8, 2),
+        ({"_target_": LOCAL_SUBMITIT_LAUNCHER}, {"n_jobs": 3}, 8, 3),
     ],
 )
 def test_concurrent_jobs_counts_the_workers_that_share_the_machine(launcher, sweeper, cores, expected):
     hydra_cfg = OmegaConf.create({"launcher": launcher, "sweeper": sweeper})
-    assert concurrent_jobs(hydra_cfg, cores) == expected
+    assert concurrent_jobs(hydra_cfg, cores, sweep_jobs=6) == expected
 
 
 JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
