@@ -168,14 +168,13 @@ def test_the_sweeps_report_command_names_the_store_and_experiment_only_where_the
         monkeypatch, tmp_path):
     from cifar.sweep_run import _report_options
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    default = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's: mlflow.db in the working directory
+    default = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's, as the report finds it: mlflow.db in its folder
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: default)
     assert _report_options(default, "cifar") == []
     assert _report_options(default, "my exp") == ["--experiment", "my exp"]
     server = "postgresql://cifar:s3cret@db-host/mlflow"
     assert _report_options(server, "cifar") == ["--tracking-uri", "postgresql://cifar@db-host/mlflow"]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # the report reads it too
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: server)  # MLFLOW_TRACKING_URI, which the report reads
     assert _report_options(server, "cifar") == []
 
 
