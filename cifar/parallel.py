@@ -67,9 +67,13 @@ def check_threads(threads: int | None) -> None:
     as with 2, and 37.5x with 64 (``bench/threads.py``, medians of 3 runs)."""
     cores = cpu_cores()
     if threads is not None and threads > cores:
-        raise ConfigError(f"trainer.threads={threads} is more than the {cores} CPU cores that this process may use "
+        raise ConfigError(f"trainer.threads={threads} is more than the {_cpu_cores(cores)} that this process may use "
                           f"(threads that take turns on the cores slow each step: 5x for 4 threads on 2 cores): set "
                           f"trainer.threads to {cores} or less, or null (all of them)")
+
+
+def _cpu_cores(count: int) -> str:
+    return f"{count} CPU core{'s' * (count != 1)}"
 
 
 def warn_shared_threads(configs: Sequence[DictConfig]) -> None:
@@ -81,9 +85,9 @@ def warn_shared_threads(configs: Sequence[DictConfig]) -> None:
     for config in configs:
         jobs, threads = concurrent_jobs(config.hydra, cores, len(configs)), config.trainer.threads
         if threads is not None and jobs * threads > cores:
-            log.warning("trainer.threads=%d in each of the %d jobs that run at once takes %d threads on the %d CPU "
-                        "cores here, which slow each other's steps: set trainer.threads=%d, or null (the cores shared "
-                        "out between the jobs)", threads, jobs, jobs * threads, cores, max(1, cores // jobs))
+            log.warning("trainer.threads=%d in each of the %d jobs that run at once takes %d threads on the %s here, "
+                        "which slow each other's steps: set trainer.threads=%d, or null (the cores shared out between "
+                        "the jobs)", threads, jobs, jobs * threads, _cpu_cores(cores), max(1, cores // jobs))
             return
 
 

@@ -629,6 +629,9 @@ def test_a_job_without_trainer_threads_takes_torchs_default_capped_by_a_cpu_quot
                 else {"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
     hydra_cfg = OmegaConf.create({"launcher": launcher, "sweeper": {}})
     assert parallel.threads_per_job(hydra_cfg, torch_default) == expected
+    if quota == 1:  # and the refusal says so in the singular
+        with pytest.raises(ConfigError, match=r"^trainer.threads=2 is more than the 1 CPU core that this process "):
+            parallel.check_threads(2)
 
 
 def test_more_threads_than_cores_are_refused_in_one_line():
