@@ -162,10 +162,16 @@ def _row(run) -> Row:
         val_acc=metrics.get(BEST_VAL_ACC),
         test_acc=metrics.get("test/acc"),
         epochs=int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
-        state="pruned" if tags.get(PRUNED_TAG) == "true" else info.status.lower(),
+        state=run_state(run),
         seconds=(info.end_time - info.start_time) / 1000 if info.end_time else None,
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
     )
+
+
+def run_state(run) -> str:
+    """A job's state as the report gives it: pruned (by its pruner, or diverged), else its MLflow status (finished,
+    failed, killed, running)."""
+    return "pruned" if run.data.tags.get(PRUNED_TAG) == "true" else run.info.status.lower()
 
 
 def to_markdown(report: Report) -> str:

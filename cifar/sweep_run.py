@@ -9,6 +9,7 @@ the workers that share a study, and the sweeps that resume it, log under one par
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import logging
@@ -113,9 +114,9 @@ class SweepCallback(Callback):
             try_once(client.set_terminated, run_id, "KILLED")
             return
         if stopped_by is None:
-            counts, best = _summarise(client, run_id, config, stopped_by=None)
-            if counts["sweep/jobs"]:
-                log.info(_closing_line(counts, best, [*self.report_options, "--sweep", run_id]))
+            children, best = _summarise(client, run_id, config, stopped_by=None)
+            if children:
+                log.info(_closing_line(children, best, [*self.report_options, "--sweep", run_id]))
             else:
                 log.warning("MLflow parent run %s ended FAILED: none of the sweep's jobs logged a run under it. A job "
                             "reads the parent's id in %s and logs to the sweep's store: where jobs run elsewhere, they "
@@ -145,13 +146,12 @@ def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> list[DictConfig]:
 
 
 def _summarise(client: Any, run_id: str, config: DictConfig,
-               stopped_by: BaseException | None) -> tuple[dict[str, float], Any | None]:
+               stopped_by: BaseException | None) -> tuple[list[Any], Any | None]:
     """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED where the sweep
     was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns the
-    jobs' counts by outcome (:func:`_log_jobs`) and the best job's run (None where none scored). The jobs' runs left
-    RUNNING end KILLED: after an interrupt, all of them (the jobs of worker processes stopped with the sweep), else
-    those whose process is gone from this machine, and that of a submitit job that ended without a result, wherever
-    it ran."""
+    jobs' runs and the best job's (None where none scored). The jobs' runs left RUNNING end KILLED: after an
+    interrupt, all of them (the jobs of worker processes stopped with the sweep), else those whose process is gone
+    from this machine, and that of a submitit job that ended without a result, wherever it ran."""
     interrupted = isinstance(stopped_by, KeyboardInterrupt)
     stopped = interrupted or launchers.lost_job(stopped_by) is not None
     lost_submitit_job = launchers.lost_submitit_job_id(stopped_by)
@@ -159,11 +159,14 @@ def _summarise(client: Any, run_id: str, config: DictConfig,
     try:
         parent = client.get_run(run_id)
         children = tracking.sweep_jobs(client, parent)
-        for child in children:
-            left = interrupted or tracking.owner_is_gone(child) or (
-                lost_submitit_job is not None and child.data.tags.get(launchers.SUBMITIT_JOB_TAG) == lost_submitit_job)
-            if child.info.status == "RUNNING" and left:
-                client.set_terminated(child.info.run_id, "KILLED")
+        lost = lost_submitit_job is not None
+        left = [child for child in children if child.info.status == "RUNNING" and (
+            interrupted or tracking.owner_is_gone(child)
+            or (lost and child.data.tags.get(launchers.SUBMITIT_JOB_TAG) == lost_submitit_job))]
+        for child in left:
+            client.set_terminated(child.info.run_id, "KILLED")
+        if left:
+            children = tracking.sweep_jobs(client, parent)  # as they are now
         optuna_study = _sweep_study(config.hydra) if sweeper.is_optuna_sweep(config.hydra) else None
         best = _best_job(children, optuna_study)
         metrics = _log_jobs(client, run_id, children, best)
@@ -175,15 +178,19 @@ def _summarise(client: Any, run_id: str, config: DictConfig,
             _log_study(client, run_id, optuna_study, children)
     finally:
         client.set_terminated(run_id, "KILLED" if stopped else status)
-    return metrics, best
+    return children, best
 
 
-def _closing_line(counts: dict[str, float], best: Any | None, report_options: list[str]) -> str:
-    """What the sweep came to, for the console: its jobs by outcome, the best job, and the report that tables
-    them all."""
-    outcomes = ", ".join(f"{int(counts[f'sweep/jobs_{state}'])} {state}" for state in ("finished", "failed", "pruned"))
-    jobs = int(counts["sweep/jobs"])
-    line = f"Sweep ended: {jobs} job{'s' * (jobs != 1)} ({outcomes})"
+_STATE_ORDER = {state: rank for rank, state in enumerate(("finished", "pruned", "failed", "killed", "running",
+                                                          "scheduled"))}  # report.run_state's, done first
+
+
+def _closing_line(children: list[Any], best: Any | None, report_options: list[str]) -> str:
+    """What the sweep came to, for the console: its jobs by state as the report gives them, the best job, and the
+    report that tables them all."""
+    states = collections.Counter(report.run_state(child) for child in children)
+    outcomes = ", ".join(f"{states[state]} {state}" for state in sorted(states, key=_STATE_ORDER.get))
+    line = f"Sweep ended: {len(children)} job{'s' * (len(children) != 1)} ({outcomes})"
     if best is not None:
         line += (f"; best {BEST_VAL_ACC} {best.data.metrics[BEST_VAL_ACC]:.4f}: {best.info.run_name} "
                  f"(MLflow run {best.info.run_id})")

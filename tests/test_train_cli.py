@@ -154,7 +154,7 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     [line] = [line for line in proc.stdout.splitlines() if "Sweep ended:" in line]
     best_acc = best.data.metrics["val/best_acc"]
     report_command = f"python -m cifar.report --experiment {cli.experiment} --sweep {parent.info.run_id}"
-    assert line.endswith(f"Sweep ended: 4 jobs (4 finished, 0 failed, 0 pruned); best val/best_acc {best_acc:.4f}: "
+    assert line.endswith(f"Sweep ended: 4 jobs (4 finished); best val/best_acc {best_acc:.4f}: "
                          f"{best.info.run_name} (MLflow run {best.info.run_id}). All of them: {report_command}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cli.tracking_uri)  # as the sweep's shell had it
     capsys.readouterr()
