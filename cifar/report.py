@@ -84,7 +84,7 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
     best_run_id = None if every_run else parent.data.tags.get(BEST_RUN_TAG)
     runs = sorted(runs, key=functools.partial(_best_first, best_run_id))
     study = None if every_run else _study_line(parent.data.tags)
-    return Report(title, [_row(r) for r in runs], study)
+    return Report(title, [_row(client, r) for r in runs], study)
 
 
 def _best_first(best_run_id: str | None, run) -> tuple[float, bool, int]:
@@ -155,17 +155,28 @@ def _parent_run_of_dir(sweep_dir: str) -> str:
     return recorded["parent_run_id"]
 
 
-def _row(run) -> Row:
+def _row(client, run) -> Row:
     metrics, info, tags = run.data.metrics, run.info, run.data.tags
+    val_acc, epochs = metrics.get(BEST_VAL_ACC), int(metrics["epochs_run"]) if "epochs_run" in metrics else None
+    if info.status == "RUNNING" and epochs is None:
+        val_acc, epochs = _so_far(client, info.run_id)
     return Row(
         name=info.run_name or info.run_id,
-        val_acc=metrics.get(BEST_VAL_ACC),
+        val_acc=val_acc,
         test_acc=metrics.get("test/acc"),
-        epochs=int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
+        epochs=epochs,
         state=run_state(run),
         seconds=(info.end_time - info.start_time) / 1000 if info.end_time else None,
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
     )
+
+
+def _so_far(client, run_id: str) -> tuple[float | None, int | None]:
+    """The best validation accuracy and the epochs of a job still running, from its per-epoch metrics (its
+    val/best_acc and epochs_run are logged when it ends)."""
+    val_acc = [m.value for m in client.get_metric_history(run_id, "val/acc")]
+    epochs = {m.step for m in client.get_metric_history(run_id, "train/loss")}  # an epoch's step is its number
+    return max(val_acc, default=None), len(epochs) or None
 
 
 def run_state(run) -> str:

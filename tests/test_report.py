@@ -57,6 +57,19 @@ def test_latest_sweep_is_reported_best_first(store, capsys, tmp_path):
     assert (tmp_path / "r.md").read_text() == out
 
 
+def test_a_job_still_running_shows_its_best_validation_accuracy_and_epochs_so_far(store, capsys):
+    uri, new, _ = store
+    client = MlflowClient(tracking_uri=uri)
+    running = client.create_run(client.get_experiment_by_name("cifar").experiment_id, run_name="optimizer.lr=0.002",
+                                tags={"mlflow.parentRunId": new}, start_time=3004)
+    for epoch, (loss, acc) in enumerate([(2.0, 0.41), (1.5, 0.66), (1.2, 0.63)], start=1):
+        client.log_metric(running.info.run_id, "train/loss", loss, step=epoch)
+        client.log_metric(running.info.run_id, "val/acc", acc, step=epoch)
+    assert report.main(["--tracking-uri", uri]) == 0
+    rows = {row[0]: row for row in table_rows(capsys.readouterr().out)}
+    assert rows["optimizer.lr=0.002"] == ["optimizer.lr=0.002", "66.00%", "", "3", "running", ""]
+
+
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(store, capsys, tmp_path):
     uri, _, _ = store
     for folder in (str(tmp_path), f"{tmp_path / 'new'}/"):  # a folder, not a file: one there, or a new one
