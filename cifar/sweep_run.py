@@ -181,15 +181,15 @@ def _summarise(client: Any, run_id: str, config: DictConfig,
     return children, best
 
 
-_STATE_ORDER = {state: rank for rank, state in enumerate(("finished", "pruned", "failed", "killed", "running",
-                                                          "scheduled"))}  # report.run_state's, done first
+_STATE_ORDER = ("finished", "pruned", "failed", "killed", "running")  # report.run_state's, done first
 
 
 def _closing_line(children: list[Any], best: Any | None, report_options: list[str]) -> str:
     """What the sweep came to, for the console: its jobs by state as the report gives them, the best job, and the
     report that tables them all."""
     states = collections.Counter(report.run_state(child) for child in children)
-    outcomes = ", ".join(f"{states[state]} {state}" for state in sorted(states, key=_STATE_ORDER.get))
+    order = sorted(states, key=lambda state: _STATE_ORDER.index(state) if state in _STATE_ORDER else len(_STATE_ORDER))
+    outcomes = ", ".join(f"{states[state]} {state}" for state in order)
     line = f"Sweep ended: {len(children)} job{'s' * (len(children) != 1)} ({outcomes})"
     if best is not None:
         line += (f"; best {BEST_VAL_ACC} {best.data.metrics[BEST_VAL_ACC]:.4f}: {best.info.run_name} "
