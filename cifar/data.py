@@ -153,9 +153,10 @@ def locate_source(path: Path, download: bool, setting: str = "data.path") -> Pat
     if path.name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"{setting}={path} does not exist: check the path, or set {setting} to a directory")
     if not download:
-        or_download = ", or set data.download=true" if setting == "data.path" else ""  # a run's setting
-        raise DataError(f"No CIFAR-10 data in {path}: put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there, "
-                        f"or set {setting} to your copy{or_download}")
+        fixes = [f"put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there", f"set {setting} to your copy"]
+        if setting == "data.path":
+            fixes.append("set data.download=true")  # a run's setting
+        raise DataError(f"No CIFAR-10 data in {path}: {', '.join(fixes[:-1])}, or {fixes[-1]}")
     _download(path)
     return path
 

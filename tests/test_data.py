@@ -121,8 +121,11 @@ def test_a_failed_cache_write_leaves_no_file(official_dir, tmp_path, monkeypatch
 
 
 def test_missing_data_without_download_names_the_fix(tmp_path):
-    with pytest.raises(DataError, match="data.download=true"):
+    with pytest.raises(DataError) as missing:
         load_cifar10(tmp_path / "nowhere", tmp_path / "cache", download=False)
+    assert str(missing.value) == (f"No CIFAR-10 data in {tmp_path / 'nowhere'}: put cifar-10-python.tar.gz or "
+                                  "train/<class>/ image folders there, set data.path to your copy, or set "
+                                  "data.download=true")
 
 
 def test_a_broken_link_as_the_data_path_is_named_without_a_download(tmp_path, monkeypatch):
