@@ -178,6 +178,7 @@ def test_the_sweeps_report_command_names_the_store_and_experiment_only_where_the
     assert _report_options(server, "cifar") == []
 
 
+@pytest.mark.slow
 def test_a_sweeps_job_without_trainer_threads_takes_torchs_default_not_the_job_befores(cli):
     from cifar.parallel import cpu_cores
 
