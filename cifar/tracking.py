@@ -161,9 +161,9 @@ def refuse_deleted(experiment: Any, uri: str) -> None:
     """Refuse (ConfigError) an experiment that was deleted, which MLflow neither uses nor makes again under its
     name, with the command that restores it."""
     if experiment.lifecycle_stage == "deleted":
-        raise ConfigError(f"mlflow.experiment={experiment.name} was deleted from {without_passwords(uri)}: restore "
-                          f"it with `mlflow experiments restore --experiment-id {experiment.experiment_id}`, or choose "
-                          "another mlflow.experiment")
+        raise ConfigError(f"mlflow.experiment={experiment.name} was deleted from {uri}: restore it with "
+                          f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`, or choose another "
+                          "mlflow.experiment")  # the URL's password left out, as in every UserError
 
 
 def usable_store(cfg_mlflow: Any) -> str:
