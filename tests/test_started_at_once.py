@@ -51,6 +51,7 @@ def test_a_dir_without_the_time_in_its_name_is_used_as_it_is(tmp_path):
     assert config.hydra.overrides.hydra == ["hydra.verbose=false"]
 
 
+@pytest.mark.slow
 def test_two_runs_of_the_same_second_keep_their_own_checkpoints(cli):
     run_dir = f"hydra.run.dir={cli.tmp_path}/outputs/{SAME_SECOND}"
     cli(run_dir, "seed=1", "trainer.epochs=1")
@@ -66,6 +67,7 @@ def test_two_runs_of_the_same_second_keep_their_own_checkpoints(cli):
         assert {"best.pt", "last.pt"} <= {p.name for p in Path(run_dir).iterdir()}
 
 
+@pytest.mark.slow
 def test_two_sweeps_of_the_same_second_keep_their_own_jobs_and_parent_runs(cli):
     sweep_dir = f"hydra.sweep.dir={cli.tmp_path}/multirun/{SAME_SECOND}"
     cli(sweep_dir, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", multirun=True)
