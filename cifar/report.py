@@ -27,7 +27,7 @@ from cifar.files import atomic_write_text
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_RUN_TAG, BEST_VAL_ACC, PRUNED_TAG, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE,
+    BEST_RUN_TAG, BEST_VAL_ACC, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE,
     TRIAL_NUMBER_TAG, existing_run, existing_store, read_sweep, store_errors, sweep_jobs, unreadable_store,
 )
 
@@ -166,9 +166,18 @@ def _row(client, run) -> Row:
         test_acc=metrics.get("test/acc"),
         epochs=epochs,
         state=run_state(run),
-        seconds=(info.end_time - info.start_time) / 1000 if info.end_time else None,
+        seconds=wall_seconds(run),
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
     )
+
+
+def wall_seconds(run) -> float | None:
+    """The wall time of a run, over its processes where it was stopped and resumed (its MLflow run spans the
+    time between them too); up to its last epoch for a run still running, or stopped and not resumed. A run of
+    code before run_seconds was logged: its MLflow run's span, once ended."""
+    if RUN_SECONDS in run.data.metrics:
+        return run.data.metrics[RUN_SECONDS]
+    return (run.info.end_time - run.info.start_time) / 1000 if run.info.end_time else None
 
 
 def _so_far(client, run_id: str) -> tuple[float | None, int | None]:

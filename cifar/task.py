@@ -155,6 +155,7 @@ def run(cfg: DictConfig) -> float | None:
             result = _fit(trainer, cfg.trainer, trial, diagnostics, retrying, resume_from)
             if result.stop_reason == PRUNED:
                 _record_results(output_dir, result, None, None, cfg.mlflow.log_plots, retrying)
+                _log_run_seconds(trainer, result, retrying)
                 log.info("Trial %d pruned after epoch %d (val/acc %.4f); MLflow run %s",
                          trial.number, len(result.history), result.history[-1].val.acc, run.info.run_id)
                 return result.best_val_acc
@@ -163,6 +164,7 @@ def run(cfg: DictConfig) -> float | None:
             if cfg.mlflow.log_model:  # a sweep registers its best job's model when it ends
                 registered_name = cfg.mlflow.model_name if cfg.mlflow.register_model and not multirun else None
                 retrying(registry.log_model, output_dir / checkpoint.BEST, data.test_images, registered_name)
+            _log_run_seconds(trainer, result, retrying)
             scored = ("no validation set; last epoch" if result.best_val_acc is None
                       else f"best val/acc {result.best_val_acc:.4f} at epoch")
             log.info("%s %d: test/acc %.4f (loss %.4f); MLflow run %s", scored, result.best_epoch, test.acc, test.loss,
@@ -271,7 +273,8 @@ def _fit(
     A trial that the pruner stops, or whose loss diverges, is finished as PRUNED in the study here.
     """
     def on_epoch(metrics: EpochMetrics) -> str | None:
-        retrying(mlflow.log_metrics, metrics.as_dict(), step=metrics.epoch)
+        retrying(mlflow.log_metrics, {**metrics.as_dict(), tracking.RUN_SECONDS: trainer.run_seconds()},
+                 step=metrics.epoch)
         diagnostics.log(metrics.epoch, trainer.model, metrics.val)
         if trial is not None and trial.should_prune(metrics.epoch, metrics.val.acc):
             return PRUNED
@@ -290,12 +293,18 @@ def _fit(
     return result
 
 
+def _log_run_seconds(trainer: Trainer, result: FitResult, retrying: Retrying) -> None:
+    """The run's wall time once it has ended its work, at its last epoch's step: an MLflow metric's latest
+    value is the one of its highest step, and each epoch logged the time so far."""
+    retrying(mlflow.log_metric, tracking.RUN_SECONDS, trainer.run_seconds(), step=result.history[-1].epoch)
+
+
 def _record_results(
     output_dir: Path, result: FitResult, test: Evaluation | None, test_labels: np.ndarray | None, with_plots: bool,
     retrying: Retrying,
 ) -> None:
     """The run's final metrics (with the test scores unless it was pruned), to MLflow and (but
-    the timing) to ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
+    the timings) to ``metrics.json``; its per-epoch curves to ``epochs.csv`` (both in the output dir, for DVC);
     with ``with_plots``, its learning curves and (with test scores) confusion matrix as PNGs."""
     metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history)}
     if result.best_val_acc is not None:

@@ -40,6 +40,7 @@ NOT_IN_RUN_NAMES_PREFIXES = ("mlflow.", "diagnostics")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
 BEST_VAL_ACC = "val/best_acc"
+RUN_SECONDS = "run_seconds"  # each epoch and at the end: the wall time of a run, over its processes where resumed
 SWEEP_DIR_TAG = "cifar.sweep_dir"  # set on sweep parent runs only
 BEST_RUN_TAG = "best_run_id"  # on a sweep's parent run: its best job's run
 REGISTERED_RUN_TAG = "registered_run_id"  # on a sweep's parent run: the job whose model it registered

@@ -26,6 +26,8 @@ from cifar.progress import Progress
 
 log = logging.getLogger(__name__)
 
+RUN_SECONDS = "run_seconds"  # in last.pt: the run's wall time up to it (see Trainer.run_seconds)
+
 
 @dataclass
 class Splits:
@@ -127,6 +129,13 @@ class Trainer:
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
     _bias_hook: RemovableHandle | None = field(default=None, init=False, repr=False)
+    _started: float = field(default_factory=time.perf_counter, init=False, repr=False)
+    _seconds_before: float = field(default=0.0, init=False, repr=False)  # a resumed run's, up to its last.pt
+
+    def run_seconds(self) -> float:
+        """The run's wall time so far: since this trainer was made and, where it resumed, in the processes
+        before, up to the ``last.pt`` it resumed from (not the time they were stopped)."""
+        return self._seconds_before + time.perf_counter() - self._started
 
     def fit(
         self,
@@ -296,6 +305,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),  # dropout draws from it on the CPU
             "device_rng": _device_rng_state(self.runtime.device),  # and on a GPU from the GPU's own
+            RUN_SECONDS: self.run_seconds(),
         }
 
     def _restore(self, state: dict[str, Any], result: FitResult) -> int:
@@ -314,6 +324,7 @@ class Trainer:
             torch.get_device_module(self.runtime.device).set_rng_state(state["device_rng"], self.runtime.device)
         result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
         result.history.extend(state["history"])
+        self._seconds_before = state.get(RUN_SECONDS, 0.0)  # none in a last.pt of code before it was kept
         if result.best_val_acc is None:
             log.info("Resuming after epoch %d", state["epoch"])
         else:

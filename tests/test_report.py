@@ -65,9 +65,27 @@ def test_a_job_still_running_shows_its_best_validation_accuracy_and_epochs_so_fa
     for epoch, (loss, acc) in enumerate([(2.0, 0.41), (1.5, 0.66), (1.2, 0.63)], start=1):
         client.log_metric(running.info.run_id, "train/loss", loss, step=epoch)
         client.log_metric(running.info.run_id, "val/acc", acc, step=epoch)
+        client.log_metric(running.info.run_id, "run_seconds", 30.0 * epoch, step=epoch)
     assert report.main(["--tracking-uri", uri]) == 0
     rows = {row[0]: row for row in table_rows(capsys.readouterr().out)}
-    assert rows["optimizer.lr=0.002"] == ["optimizer.lr=0.002", "66.00%", "", "3", "running", ""]
+    assert rows["optimizer.lr=0.002"] == ["optimizer.lr=0.002", "66.00%", "", "3", "running", "90 s"]
+
+
+def test_the_wall_time_of_a_resumed_job_leaves_out_the_time_it_was_stopped(store, capsys):
+    # its MLflow run spans both processes and the night between them; each process logged run_seconds, the
+    # last epoch's step holding the time over both
+    uri, new, _ = store
+    client = MlflowClient(tracking_uri=uri)
+    resumed = client.create_run(client.get_experiment_by_name("cifar").experiment_id, run_name="optimizer.lr=0.003",
+                                tags={"mlflow.parentRunId": new}, start_time=3005)
+    for step, seconds in ((1, 20.0), (2, 41.0), (2, 47.0), (3, 66.0), (3, 71.0)):  # epoch 2 again after a kill
+        client.log_metric(resumed.info.run_id, "run_seconds", seconds, step=step)
+    client.log_metric(resumed.info.run_id, "epochs_run", 3)
+    client.set_terminated(resumed.info.run_id, "FINISHED", end_time=3005 + 9 * 3600 * 1000)
+    assert report.main(["--tracking-uri", uri]) == 0
+    rows = {row[0]: row for row in table_rows(capsys.readouterr().out)}
+    assert rows["optimizer.lr=0.003"][-1] == "71 s"
+    assert rows["optimizer.lr=0.001"][-1] == "42 s"  # a run without run_seconds (older code): its MLflow run's span
 
 
 def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(store, capsys, tmp_path):

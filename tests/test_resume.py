@@ -7,6 +7,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,19 +62,29 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
     every_2 = "trainer.checkpoint_every=2"  # the epochs after the last written one are trained again
     proc = start_and_signal(cli, run_dir, "epoch 3/12", signal.SIGKILL, "trainer.epochs=12", every_2, *TRICKS)
     assert proc.returncode == -signal.SIGKILL and not (run_dir / "metrics.json").exists()
-    killed_at = torch.load(run_dir / "last.pt", weights_only=False)["epoch"]
+    killed = torch.load(run_dir / "last.pt", weights_only=False)
+    killed_at = killed["epoch"]
     assert 2 <= killed_at < 12 and killed_at % 2 == 0
 
+    stopped_s = time.time()
     changed = cli("trainer.epochs=13", f"hydra.run.dir={run_dir}", "trainer.resume=true", every_2, *TRICKS,
                   check=False)
     assert changed.returncode == 2 and "differs from the interrupted run's (trainer.epochs: 12 -> 13)" in changed.stderr
+    stopped_s = time.time() - stopped_s  # between the processes: the refused one above ran in it
     resumed = cli("trainer.epochs=12", f"hydra.run.dir={run_dir}", "trainer.resume=true", every_2, *TRICKS)
     assert f"Resuming after epoch {killed_at}" in resumed.stdout + resumed.stderr
     assert json.loads((run_dir / "metrics.json").read_text()) == whole  # CPU, seeded: identical
     runs = {r.data.tags["hydra.output_dir"]: r for r in all_runs(cli)}
     assert len(runs) == 2 and runs[str(run_dir)].info.status == "FINISHED"
-    history = client_for(cli).get_metric_history(runs[str(run_dir)].info.run_id, "val/acc")
+    client, run = client_for(cli), runs[str(run_dir)]
+    history = client.get_metric_history(run.info.run_id, "val/acc")
     assert {m.step for m in history} == set(range(1, 13))  # one run holds every epoch
+    # the run's wall time: the killed process's up to its last.pt, then the resumed one's; not the time between
+    epoch_seconds = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"),
+                                                       key=lambda m: m.timestamp)}  # the resumed process's last
+    resumed_s = sum(seconds for epoch, seconds in epoch_seconds.items() if epoch > killed_at)
+    assert killed["run_seconds"] + resumed_s < run.data.metrics["run_seconds"]
+    assert run.data.metrics["run_seconds"] < (run.info.end_time - run.info.start_time) / 1000 - stopped_s
 
 
 def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):

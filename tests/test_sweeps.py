@@ -188,8 +188,9 @@ def test_a_search_whose_trials_all_diverged_ends_without_best_parameters_and_lea
     pytest.param("hydra.sweeper.storage=postgresql://me:s3cret@127.0.0.1:1/optuna",  # nothing listens on port 1
                  "hydra.sweeper.storage=postgresql://me@127.0.0.1:1/optuna cannot be used: nothing answers at "
                  "127.0.0.1:1 (Connection refused): start its server, or correct the URL",
-                 marks=pytest.mark.skipif(importlib.util.find_spec("psycopg") is None,
-                                          reason="the postgres extra is not installed (uv sync --extra postgres)")),
+                 marks=[pytest.mark.slow,  # 13 s: the server is tried for stores.ANSWER_WAIT_S (test_stores: at once)
+                        pytest.mark.skipif(importlib.util.find_spec("psycopg") is None,
+                                           reason="the postgres extra is not installed (uv sync --extra postgres)")]),
 ])
 def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, message):
     proc = cli("hparams_search=optuna", *override.split(), multirun=True, check=False)

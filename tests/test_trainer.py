@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 import torch
@@ -75,6 +76,22 @@ def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resum
     assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
     assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
     assert resumed.test_best().images == 32
+
+
+def test_a_resumed_fit_counts_the_run_seconds_on_from_its_last_pt(tmp_path):
+    def timed_fit(epochs, resume_from=None) -> float:
+        start = time.perf_counter()
+        trainer = _trainer(tmp_path, compile=False)
+        trainer.fit(epochs, None, lambda metrics: None, resume_from=resume_from)
+        assert trainer.run_seconds() <= (resume_from or {}).get("run_seconds", 0) + time.perf_counter() - start
+        return time.perf_counter() - start
+
+    first_s = timed_fit(1)
+    last = checkpoint.load(tmp_path / checkpoint.LAST)
+    assert 0 < last["run_seconds"] <= first_s
+    last["run_seconds"] = 1000.0  # the processes before it took long
+    resumed_s = timed_fit(2, resume_from=last)
+    assert 1000 < checkpoint.load(tmp_path / checkpoint.LAST)["run_seconds"] <= 1000 + resumed_s
 
 
 @pytest.mark.parametrize("in_validation", [True, False])
