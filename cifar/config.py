@@ -294,6 +294,7 @@ def validate(cfg: Any) -> None:
     """Check the keys and ranges that types cannot express; raise ConfigError naming the key and the fix."""
     for key in _unknown_keys(cfg):
         raise ConfigError(f"{key} is not a config key (added with +?): drop it; {LISTS_THE_KEYS}")
+    _check_group_names(cfg)
     checks = [
         ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
@@ -407,6 +408,24 @@ def validate(cfg: Any) -> None:
         if not ok:
             value = _lookup(cfg, key)
             raise ConfigError(f"{key}={value} is out of range: it {rule}. {FIX_THE_VALUE}")
+
+
+NAMED_GROUPS = ("model", "optimizer", "scheduler", "data")  # each option's name says what is built
+
+
+def _check_group_names(cfg: Any) -> None:
+    """A group's ``name`` says what is built (the model, optimizer, ...) and its schema which settings it has: refuse
+    a name of no option (it failed with a traceback, or trained on, ``data.name=cifar100`` on CIFAR-10) and one whose
+    settings the group's schema does not hold (``model.name=resnet18`` beside simplecnn's settings trained a
+    ResNet-18, its params logging simplecnn's widths and dropout)."""
+    for group in NAMED_GROUPS:
+        options, name, schema = GROUP_SCHEMAS[group], cfg[group].name, OmegaConf.get_type(cfg[group])
+        if name not in options:
+            raise ConfigError(f"{group}.name={name} is not one of the {group} options ({', '.join(options)}): "
+                              f"choose one with {group}=NAME, which sets its name and settings")
+        if dataclasses.is_dataclass(schema) and schema is not options[name]:
+            raise ConfigError(f"{group}.name={name} does not match the {group}'s settings, another {group}'s: "
+                              f"choose it with {group}={name}, which sets its name and settings together")
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:

@@ -671,6 +671,27 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
     assert isinstance(build_model(cfg.model), torch.nn.Module)
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.name=foo"], "model.name=foo is not one of the model options (simplecnn, resnet18, resnet9, airbench): "
+                         "choose one with model=NAME"),  # a traceback where the model was built
+    (["data.name=cifar100"], "data.name=cifar100 is not one of the data options (cifar10)"),  # trained on CIFAR-10
+    (["model.name=resnet18"], "model.name=resnet18 does not match the model's settings, another model's: "
+                              "choose it with model=resnet18"),  # trained a ResNet-18, logging simplecnn's params
+    (["scheduler=cosine", "scheduler.name=onecycle"], "scheduler.name=onecycle does not match the scheduler's"),
+    (["optimizer=muon", "scheduler=none", "optimizer.name=sgd"], "optimizer.name=sgd does not match"),
+])
+def test_a_group_name_of_no_option_or_of_other_settings_is_refused(overrides, message):
+    from cifar.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        compose(overrides)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_group_name_of_an_option_with_the_same_settings_is_taken():
+    assert compose(["optimizer.name=adamw"]).optimizer.name == "adamw"  # adam's settings are adamw's
+
+
 @pytest.mark.parametrize("preset", [None, *sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))])
 def test_the_smoke_run_shortens_any_preset_to_one_epoch_of_images_its_batch_fits_logged_apart(preset):
     chosen = [f"experiment={preset}"] if preset else []
