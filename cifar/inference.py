@@ -107,7 +107,8 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (*store_errors(), OSError) as err:
         raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} "
-                        f"({first_line(err)}): check the name and version, or --tracking-uri") from err
+                        f"({first_line(err)}): check the {'run id' if uri.startswith(RUNS_URI) else 'name and version'}"
+                        ", or --tracking-uri") from err
 
 
 def _load_run(run_id: str, tracking_uri: str) -> nn.Module:

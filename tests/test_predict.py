@@ -148,6 +148,11 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
                                   "--tracking-uri", trained.tracking_uri)
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {source}")
+    for source, fix in ((f"runs:/{'0' * 32}/model", "check the run id"), ("models:/nope/1", "check the name and")):
+        code, _, err = _predict(capsys, str(trained.images[0]), "--model", source, "--tracking-uri",
+                                trained.tracking_uri)
+        assert code == 2 and err.startswith(f"cifar.predict: error: --model {source} cannot be loaded from ")
+        assert f"): {fix}" in err, err
     for content in (trained.images[0].read_bytes(), trained.checkpoint.read_bytes()[:5000]):  # an image, a cut copy
         path = tmp_path / "model.pt"
         path.write_bytes(content)
