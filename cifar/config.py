@@ -414,17 +414,21 @@ NAMED_GROUPS = ("model", "optimizer", "scheduler", "data")  # each option's name
 
 
 def _check_group_names(cfg: Any) -> None:
-    """A group's ``name`` says what is built (the model, optimizer, ...) and its schema which settings it has: refuse
-    a name of no option (it failed with a traceback, or trained on, ``data.name=cifar100`` on CIFAR-10) and one whose
-    settings the group's schema does not hold (``model.name=resnet18`` beside simplecnn's settings trained a
-    ResNet-18, its params logging simplecnn's widths and dropout)."""
+    """A group's ``name`` says what is built (the model, optimizer, ...), its other keys how: refuse a name of no
+    option (it failed with a traceback, or trained on: ``data.name=cifar100`` on CIFAR-10) and keys that are not
+    the named option's (``model.name=resnet18`` beside simplecnn's settings trained a ResNet-18, its params logging
+    simplecnn's widths and dropout). Keys, not schemas: a DVC run's params.yaml holds the config untyped."""
     for group in NAMED_GROUPS:
-        options, name, schema = GROUP_SCHEMAS[group], cfg[group].name, OmegaConf.get_type(cfg[group])
+        options, name, keys = GROUP_SCHEMAS[group], cfg[group].name, list(cfg[group])
         if name not in options:
             raise ConfigError(f"{group}.name={name} is not one of the {group} options ({', '.join(options)}): "
                               f"choose one with {group}=NAME, which sets its name and settings")
-        if dataclasses.is_dataclass(schema) and schema is not options[name]:
-            raise ConfigError(f"{group}.name={name} does not match the {group}'s settings, another {group}'s: "
+        fields = [f.name for f in dataclasses.fields(options[name])]
+        extra, missing = [k for k in keys if k not in fields], [k for k in fields if k not in keys]
+        if extra or missing:
+            differences = "; ".join([f"{name} has no {', '.join(extra)}"] * bool(extra)
+                                    + [f"{name} needs {', '.join(missing)}"] * bool(missing))
+            raise ConfigError(f"{group}.name={name} does not match the {group}'s other settings ({differences}): "
                               f"choose it with {group}={name}, which sets its name and settings together")
 
 

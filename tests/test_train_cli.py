@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow.artifacts
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from cifar import report
 from cifar.config import CONF_DIR, compose
@@ -675,16 +676,29 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
     (["model.name=foo"], "model.name=foo is not one of the model options (simplecnn, resnet18, resnet9, airbench): "
                          "choose one with model=NAME"),  # a traceback where the model was built
     (["data.name=cifar100"], "data.name=cifar100 is not one of the data options (cifar10)"),  # trained on CIFAR-10
-    (["model.name=resnet18"], "model.name=resnet18 does not match the model's settings, another model's: "
-                              "choose it with model=resnet18"),  # trained a ResNet-18, logging simplecnn's params
-    (["scheduler=cosine", "scheduler.name=onecycle"], "scheduler.name=onecycle does not match the scheduler's"),
-    (["optimizer=muon", "scheduler=none", "optimizer.name=sgd"], "optimizer.name=sgd does not match"),
+    (["model.name=resnet18"], "model.name=resnet18 does not match the model's other settings (resnet18 has no "
+                              "channels, hidden, dropout, batch_norm): choose it with model=resnet18"),  # trained it
+    (["model=resnet18", "model.name=resnet9"], "model.name=resnet9 does not match the model's other settings "
+                                               "(resnet9 needs channels)"),
+    (["scheduler=cosine", "scheduler.name=onecycle"], "scheduler.name=onecycle does not match the scheduler's other "
+                                                      "settings (onecycle has no warmup_epochs, min_lr_ratio; "
+                                                      "onecycle needs pct_start"),
+    (["optimizer=muon", "scheduler=none", "optimizer.name=sgd"], "optimizer.name=sgd does not match the optimizer's "
+                                                                 "other settings (sgd has no muon_lr"),
 ])
-def test_a_group_name_of_no_option_or_of_other_settings_is_refused(overrides, message):
+@pytest.mark.parametrize("typed", [True, False], ids=["composed", "params.yaml"])
+def test_a_group_name_of_no_option_or_of_other_settings_is_refused(overrides, message, typed):
+    from cifar.config import validate
     from cifar.errors import ConfigError
 
+    choices = [o for o in overrides if "." not in o.split("=")[0]]
     with pytest.raises(ConfigError) as refused:
-        compose(overrides)
+        if typed:
+            compose(overrides)
+        else:  # as a DVC run's params.yaml holds it: composed, then written without its schemas
+            untyped = OmegaConf.create(OmegaConf.to_container(compose(choices)))
+            untyped.merge_with_dotlist([o for o in overrides if o not in choices])
+            validate(untyped)
     assert str(refused.value).startswith(message)
 
 
