@@ -86,6 +86,7 @@ class SweepCallback(Callback):
             run_id = parent.info.run_id
             _take_up(client, run_id)
         else:
+            _warn_of_an_earlier_sweep(config.hydra.sweep.dir)
             run_id = new_run()
         self.parent_run_id = run_id
         sweep = {"parent_run_id": run_id, "swept_keys": tracking.swept_keys(config),
@@ -227,6 +228,17 @@ def _make_sweep_dir(config: DictConfig) -> Path | None:
     except OSError as err:
         unwritable = unwritable_output_dir(err)
         raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
+
+
+def _warn_of_an_earlier_sweep(sweep_dir: str) -> None:
+    """Say that a new grid sweep writes over the job dirs of the earlier one in ``sweep_dir`` (a dir named on the
+    command line, run again), and how to continue that one instead; an Optuna sweep there continues its study."""
+    earlier = tracking.read_sweep(sweep_dir)
+    if earlier is not None:
+        log.warning("hydra.sweep.dir=%s holds the sweep of MLflow parent run %s: this sweep's jobs write over its "
+                    "jobs' dirs and checkpoints (their MLflow runs and logged models stay). To keep them, stop this "
+                    "sweep and give it another hydra.sweep.dir; where that sweep was stopped, continue it with "
+                    "trainer.resume=true", sweep_dir, earlier["parent_run_id"])
 
 
 def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:

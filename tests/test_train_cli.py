@@ -191,6 +191,17 @@ def test_a_sweeps_job_without_trainer_threads_takes_torchs_default_not_the_job_b
     assert threads == {"1": "1", "None": str(min(int(default), cpu_cores()))}
 
 
+@pytest.mark.slow
+def test_a_grid_sweep_run_again_in_its_dir_says_it_writes_over_the_earlier_ones_jobs(cli):
+    grid = ("seed=1,2", "trainer.epochs=1", "mlflow.log_model=false", "mlflow.log_plots=false")
+    first = cli(*grid, multirun=True)
+    parent, _ = sweep_parent_and_children(all_runs(cli))
+    second = cli(*grid, multirun=True)
+    assert "holds the sweep" not in first.stdout + first.stderr
+    assert (f"hydra.sweep.dir={cli.tmp_path / 'sweep'} holds the sweep of MLflow parent run {parent.info.run_id}: "
+            "this sweep's jobs write over its jobs' dirs and checkpoints") in second.stdout + second.stderr
+
+
 def test_run_names_round_numbers_of_many_digits_and_leave_the_rest_as_typed():
     from cifar.tracking import run_name
 
