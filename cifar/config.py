@@ -425,11 +425,15 @@ def _check_group_names(cfg: Any) -> None:
                               f"choose one with {group}=NAME, which sets its name and settings")
         fields = [f.name for f in dataclasses.fields(options[name])]
         extra, missing = [k for k in keys if k not in fields], [k for k in fields if k not in keys]
-        if extra or missing:
-            differences = "; ".join([f"{name} has no {', '.join(extra)}"] * bool(extra)
-                                    + [f"{name} needs {', '.join(missing)}"] * bool(missing))
-            raise ConfigError(f"{group}.name={name} does not match the {group}'s other settings ({differences}): "
-                              f"choose it with {group}={name}, which sets its name and settings together")
+        differences = []
+        if extra:
+            differences.append(f"{name} has no {', '.join(extra)}")
+        if missing:
+            differences.append(f"{name} needs {', '.join(missing)}")
+        if differences:
+            raise ConfigError(f"{group}.name={name} does not match the {group}'s other settings "
+                              f"({'; '.join(differences)}): choose it with {group}={name}, which sets its name and "
+                              "settings together")
 
 
 def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
