@@ -69,15 +69,34 @@ def os_reason(err: OSError) -> str:
 
 OVERRIDE_GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 _EXPECTED_TOKENS = re.compile(r" expecting .*$")  # the parser's token names: {<EOF>, ':', BRACKET_OPEN, ...}
+_LEXER_ERROR = "LexerNoViableAltException: "  # then the override, and a line with a caret under what it refused
 
 
 def unparsed_override(err: OverrideParseException) -> str:
     """The line for an override that Hydra's grammar refuses, where Hydra's message quotes every override given and
-    the parser's expected tokens."""
+    the parser's expected tokens (or, for a character it takes only quoted, a line with a caret under it)."""
     lines = err.message.splitlines()  # where it is in the list, the parser's reason, the grammar's page
     reason = _EXPECTED_TOKENS.sub("", lines[-2] if len(lines) > 2 else lines[-1])
     if "=" not in err.override:
         return (f"{err.override} is not key=value: quote an override whose value holds spaces, as "
                 f"'data.path=/my data', or drop {err.override}")
+    if (character := _unquoted_character(lines, err.override)) is not None:
+        key, value = err.override.split("=", 1)
+        if value.startswith("~"):
+            fix = "for your home folder, write $HOME, which the shell expands (it leaves a ~ after key= as it is)"
+        elif any(bracket in value for bracket in "[{("):
+            fix = "quote the item that holds it, inside the brackets"
+        else:
+            fix = f"quote the value, as '{key}=\"{value}\"'"
+        return f"{err.override} does not parse: {character!r} is taken only in a quoted value: {fix}"
     return (f"{err.override} does not parse ({reason}): check its brackets and commas, and quote a value that "
             f"holds any of them inside the override, as 'key=\"a,b\"'; the syntax: {OVERRIDE_GRAMMAR}")
+
+
+def _unquoted_character(lines: list[str], override: str) -> str | None:
+    """The character of ``override`` that Hydra's lexer refused (``~``, ``#``, ``;``, ...), from its message's
+    ``lines``; None for another error."""
+    if len(lines) < 3 or lines[1] != _LEXER_ERROR + override or "^" not in lines[2]:
+        return None
+    position = lines[2].index("^") - len(_LEXER_ERROR)
+    return override[position] if 0 <= position < len(override) else None

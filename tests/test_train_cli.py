@@ -286,6 +286,8 @@ BAD_INPUT = [
                         "model=resnet18"),
     ("optimizer.lr=choice(1e-3", "optimizer.lr=choice(1e-3 does not parse (no viable alternative at input "
                                  "'choice(1e-3'): check its brackets and commas"),
+    ("data.path=~/cifar",  # a ~ after key= that the shell left as it is: Hydra's lexer refuses it
+     "data.path=~/cifar does not parse: '~' is taken only in a quoted value: for your home folder, write $HOME"),
     ("data.path=/my copy",  # unquoted in the shell: two words
      "copy is not key=value: quote an override whose value holds spaces, as 'data.path=/my data', or drop copy"),
     ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is out of range: it must be in (0, 1) or null (off)"),
@@ -681,6 +683,25 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
 
     cfg = compose([f"experiment={preset}"])
     assert isinstance(build_model(cfg.model), torch.nn.Module)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.path=a#b", "data.path=a#b does not parse: '#' is taken only in a quoted value: quote the value, as "
+                      "'data.path=\"a#b\"'"),  # where the line said "(                 ^)", the caret of Hydra's
+    ("data.path=a~b", "data.path=a~b does not parse: '~' is taken only in a quoted value: quote the value, as "
+                      "'data.path=\"a~b\"'"),
+    ("x=[a,b;c]", "x=[a,b;c] does not parse: ';' is taken only in a quoted value: quote the item that holds it, "
+                  "inside the brackets"),
+])
+def test_a_character_that_hydra_takes_only_quoted_is_named_with_the_quoting(override, message):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from cifar.errors import unparsed_override
+
+    with pytest.raises(OverrideParseException) as refused:
+        OverridesParser.create().parse_overrides(["seed=1", override])
+    assert unparsed_override(refused.value) == message
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
