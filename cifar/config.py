@@ -284,6 +284,9 @@ def validate_job(config: DictConfig) -> None:
 LISTS_THE_KEYS = "`--cfg job` lists the keys"
 FIX_THE_VALUE = "Fix the override or the config file."
 
+# A path's ~ is expanded by the shell only: here it would be a folder named ~ in the working directory
+NO_TILDE = ("must not start with ~, which nothing expands here: give the full path, or $HOME/... on the command line "
+            "(the shell expands it), ${oc.env:HOME}/... in a config file")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PAD_MODES = ("reflect", "zeros")
 ANNEALS = ("cos", "linear")
@@ -301,6 +304,8 @@ def validate(cfg: Any) -> None:
         ("data.path", bool(cfg.data.path.strip()),
          "must not be empty (an unset shell variable?): give your copy's folder or archive, or . for this folder"),
         ("data.cache_dir", bool(cfg.data.cache_dir.strip()), "must not be empty: give a folder, or . for this folder"),
+        *((key, not path.startswith("~"), NO_TILDE) for key, path in (("data.path", cfg.data.path),
+                                                                       ("data.cache_dir", cfg.data.cache_dir))),
         ("data.batch_size", cfg.data.batch_size > 0, "must be > 0"),
         ("data.eval_batch_size", cfg.data.eval_batch_size is None or cfg.data.eval_batch_size > 0,
          "must be > 0 or null (the device's default)"),

@@ -685,6 +685,16 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
     assert isinstance(build_model(cfg.model), torch.nn.Module)
 
 
+@pytest.mark.parametrize("key", ["data.path", "data.cache_dir"])
+def test_a_path_led_by_a_tilde_is_refused_naming_what_expands_it(key):
+    from cifar.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:  # quoted for Hydra: the shell left it as it is, and so would Python
+        compose([f'{key}="~/cifar"'])
+    assert str(refused.value).startswith(f"{key}=~/cifar is out of range: it must not start with ~, which nothing "
+                                         "expands here: give the full path, or $HOME/... on the command line")
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("data.path=a#b", "data.path=a#b does not parse: '#' is taken only in a quoted value: quote the value, as "
                       "'data.path=\"a#b\"'"),  # where the line said "(                 ^)", the caret of Hydra's
