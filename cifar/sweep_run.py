@@ -232,7 +232,8 @@ def _make_sweep_dir(config: DictConfig) -> Path | None:
 
 def _warn_of_an_earlier_sweep(sweep_dir: str) -> None:
     """Say that a new grid sweep writes over the job dirs of the earlier one in ``sweep_dir`` (a dir named on the
-    command line, run again), and how to continue that one instead; an Optuna sweep there continues its study."""
+    command line, run again), and how to keep them or continue that sweep; an Optuna sweep there continues its
+    study."""
     earlier = tracking.read_sweep(sweep_dir)
     if earlier is not None:
         log.warning("hydra.sweep.dir=%s holds the sweep of MLflow parent run %s: this sweep's jobs write over its "
