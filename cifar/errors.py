@@ -76,7 +76,6 @@ def unparsed_override(err: OverrideParseException) -> str:
     """The line for an override that Hydra's grammar refuses, where Hydra's message quotes every override given and
     the parser's expected tokens (or, for a character it takes only quoted, a line with a caret under it)."""
     lines = err.message.splitlines()  # where it is in the list, the parser's reason, the grammar's page
-    reason = _EXPECTED_TOKENS.sub("", lines[-2] if len(lines) > 2 else lines[-1])
     if "=" not in err.override:
         return (f"{err.override} is not key=value: quote an override whose value holds spaces, as "
                 f"'data.path=/my data', or drop {err.override}")
@@ -89,6 +88,7 @@ def unparsed_override(err: OverrideParseException) -> str:
         else:
             fix = f"quote the value, as '{key}=\"{value}\"'"
         return f"{err.override} does not parse: {character!r} is taken only in a quoted value: {fix}"
+    reason = _EXPECTED_TOKENS.sub("", lines[-2] if len(lines) > 2 else lines[-1])
     return (f"{err.override} does not parse ({reason}): check its brackets and commas, and quote a value that "
             f"holds any of them inside the override, as 'key=\"a,b\"'; the syntax: {OVERRIDE_GRAMMAR}")
 
