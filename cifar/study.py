@@ -23,12 +23,12 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import optuna
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from cifar import owner, tracking
@@ -61,10 +61,23 @@ def load_sweep_study(hydra_cfg: DictConfig, **kwargs: Any) -> tuple[optuna.Study
     return optuna.load_study(study_name=name, storage=storage, **kwargs), storage
 
 
-def check_search_space_fits(hydra_cfg: DictConfig, distributions: dict[str, BaseDistribution]) -> None:
-    """Refuse a search space that the sweep's study, where it exists, cannot take: Optuna keeps a parameter's
-    choices, and a range's kind and log scale, for the study's life, and refuses another at the first trial (a
-    traceback, with the trial left RUNNING)."""
+def trial_settings(job_config: DictConfig, searched: Iterable[str]) -> dict[str, str]:
+    """The settings that a sweep's trials share and that change what they measure: a trial's config as MLflow
+    params, less the searched parameters (a searched group: all its keys) and what says where or how a trial runs or
+    what it records (:func:`cifar.tracking.names_the_training`)."""
+    searched = tuple(searched)
+    in_searched_group = tuple(f"{key}." for key in searched)
+    task = OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"])
+    return {key: value for key, value in tracking.flatten(task).items()
+            if tracking.names_the_training(key) and key not in searched and not key.startswith(in_searched_group)}
+
+
+def check_study_fits(hydra_cfg: DictConfig, distributions: dict[str, BaseDistribution],
+                     settings: dict[str, str]) -> None:
+    """Refuse a sweep that the sweep's study, where it exists, cannot take: a search space with another choice of a
+    parameter, or another kind or log scale of a range (Optuna keeps them for the study's life, and refuses another at
+    the first trial: a traceback, with the trial left RUNNING), or other :func:`trial_settings` than its trials'
+    (its sampler and pruner would compare trials trained otherwise)."""
     try:
         existing, _ = load_sweep_study(hydra_cfg)
     except KeyError:  # a new study
@@ -84,6 +97,24 @@ def check_search_space_fits(hydra_cfg: DictConfig, distributions: dict[str, Base
                 f"it as {_described(earlier[param])}: Optuna keeps a parameter's choices (and a range's log scale) for "
                 f"a study's life: search it as before, or start another study (hydra.sweeper.study_name=NAME)"
             ) from err
+    recorded = existing.user_attrs.get(SETTINGS_ATTR) if counted_trials(existing) else None
+    changed = [key for key, value in (recorded or {}).items() if key in settings and settings[key] != value]
+    if changed:
+        shown, more = changed[:SETTINGS_SHOWN], len(changed) - SETTINGS_SHOWN
+        raise ConfigError(
+            f"{' '.join(f'{key}={settings[key]}' for key in shown)}{f' (and {more} more)' if more > 0 else ''} does "
+            f"not fit study {existing.study_name}, whose trials ran with "
+            f"{' '.join(f'{key}={recorded[key]}' for key in shown)}: its sampler and pruner compare its trials, which "
+            f"must be trained alike but for the searched parameters: run it with its settings, or start another "
+            f"study (hydra.sweeper.study_name=NAME)")
+
+
+def record_trial_settings(hydra_cfg: DictConfig, settings: dict[str, str]) -> None:
+    """Record :func:`trial_settings` on the sweep's study, which exists, where none of its trials counts yet (none
+    ran, or those that did were stopped or refused): the settings of its first trials hold for its life."""
+    study, _ = load_sweep_study(hydra_cfg)
+    if SETTINGS_ATTR not in study.user_attrs or not counted_trials(study):
+        study.set_user_attr(SETTINGS_ATTR, settings)
 
 
 def _described(distribution: BaseDistribution) -> str:
@@ -138,6 +169,8 @@ SURPLUS_ATTR = "surplus"  # user attribute of a trial asked for beyond n_trials 
 REFUSED_ATTR = "refused"  # user attribute of a trial whose config was refused before its job started, never run
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # user attribute of a study: the sweeps' MLflow parent run
 PARENT_RUN_WAIT_S = 60  # how long a worker waits for the study's creator to record the parent run
+SETTINGS_ATTR = "trial_settings"  # user attribute of a study: its trials' settings (trial_settings)
+SETTINGS_SHOWN = 4  # the most settings that a refusal names
 
 
 def shared_parent_run(hydra_cfg: DictConfig, new_run: Callable[[], str], reuse: Callable[[str], bool]) -> str:

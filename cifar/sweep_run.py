@@ -65,9 +65,11 @@ class SweepCallback(Callback):
             from cifar import study
             from cifar.sweeper_impl import search_space
 
+            distributions = search_space(sweeper.sweeper_arguments(config))[0]
+            settings = study.trial_settings(jobs[0], distributions)
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
-                study.check_search_space_fits(config.hydra, search_space(sweeper.sweeper_arguments(config))[0])
+                study.check_study_fits(config.hydra, distributions, settings)
             except ConfigError as err:
                 remove_made(Path(config.hydra.sweep.dir), made)  # the sweep did not start
                 raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)
@@ -77,6 +79,7 @@ class SweepCallback(Callback):
         if optuna_sweep:
             run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
                                                                                       experiment_id))
+            study.record_trial_settings(config.hydra, settings)
         elif config.trainer.resume:
             try:
                 parent = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir)

@@ -31,10 +31,11 @@ T = TypeVar("T")
 
 SWEEP_FILE = "mlflow_sweep.json"
 STORE_VAR = "MLFLOW_TRACKING_URI"
-# Overrides that say where or how a job runs or what it records, not what it trains: left out of run names.
+# Overrides that say where or how a job runs or what it records, not what it trains: left out of run names, and
+# free to differ between the sweeps of an Optuna study (cifar.study.trial_settings).
 NOT_IN_RUN_NAMES = frozenset({
     "data.path", "data.cache_dir", "data.download", "data.eval_batch_size", "trainer.device", "trainer.progress",
-    "trainer.threads",
+    "trainer.threads", "trainer.resume", "trainer.checkpoint_every",
 })
 NOT_IN_RUN_NAMES_PREFIXES = ("mlflow.", "diagnostics")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -262,7 +263,7 @@ def override_key(override: str) -> str:
 def run_name(overrides: list[str], only: list[str] | None = None) -> str:
     """The job's overrides that change what it trains (only the swept ones, in a sweep), with their
     numbers shortened for reading (the params keep every digit)."""
-    kept = [o for o in overrides if _names_the_training(override_key(o)) and (only is None or override_key(o) in only)]
+    kept = [o for o in overrides if names_the_training(override_key(o)) and (only is None or override_key(o) in only)]
     return truncate(",".join(sorted(_short_number(o) for o in kept))) or "defaults"
 
 
@@ -278,7 +279,7 @@ def _short_number(override: str) -> str:
     return f"{key}={short}" if float(short) != number and len(short) < len(value) else override
 
 
-def _names_the_training(key: str) -> bool:
+def names_the_training(key: str) -> bool:
     return key not in NOT_IN_RUN_NAMES and not key.startswith(NOT_IN_RUN_NAMES_PREFIXES)
 
 

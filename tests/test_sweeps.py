@@ -210,13 +210,13 @@ def test_a_search_space_that_the_studys_earlier_trials_do_not_fit_is_refused_nam
                                   "sweep": {"dir": str(tmp_path / "sweep")}})
     batch = CategoricalDistribution((64, 128))
     lr = FloatDistribution(1e-4, 1e-1, log=True)
-    studies.check_search_space_fits(hydra_cfg, {"data.batch_size": batch})  # no study yet
+    studies.check_study_fits(hydra_cfg, {"data.batch_size": batch}, {})  # no study yet
     study = optuna.create_study(study_name="s", storage=studies.sweep_storage(hydra_cfg)[0])
     study.add_trial(optuna.trial.create_trial(params={"data.batch_size": 64, "optimizer.lr": 1e-3},
                                               distributions={"data.batch_size": batch, "optimizer.lr": lr}, value=0.5))
     fits = {"data.batch_size": batch, "optimizer.lr": FloatDistribution(1e-5, 1.0, log=True),  # a wider range fits
             "optimizer.weight_decay": FloatDistribution(0.0, 0.1)}  # a new parameter too
-    studies.check_search_space_fits(hydra_cfg, fits)
+    studies.check_study_fits(hydra_cfg, fits, {})
     for param, distribution, message in [
         ("data.batch_size", CategoricalDistribution((16, 32)),
          "data.batch_size=choice(16, 32) does not fit study s, whose trials searched it as choice(64, 128)"),
@@ -225,14 +225,55 @@ def test_a_search_space_that_the_studys_earlier_trials_do_not_fit_is_refused_nam
          "interval(0.0001, 0.1))"),
     ]:
         with pytest.raises(ConfigError) as refused:  # where the sweep's first trial raised Optuna's traceback
-            studies.check_search_space_fits(hydra_cfg, {**fits, param: distribution})
+            studies.check_study_fits(hydra_cfg, {**fits, param: distribution}, {})
         assert str(refused.value) == (f"{message}: Optuna keeps a parameter's choices (and a range's log scale) for a "
                                       "study's life: search it as before, or start another study "
                                       "(hydra.sweeper.study_name=NAME)")
 
 
+def test_a_trials_settings_leave_out_the_searched_ones_and_where_or_how_it_runs():
+    from cifar import study as studies
+    from cifar.config import compose
+
+    config = compose(["trainer.threads=2", "trainer.resume=true", "data.path=elsewhere", "mlflow.experiment=e",
+                      "diagnostics=all", "trainer.epochs=3"])
+    settings = studies.trial_settings(config, ["optimizer", "data.batch_size"])
+    assert settings["trainer.epochs"] == "3" and settings["model.name"] == "simplecnn" and settings["seed"] == "0"
+    assert settings["model.channels"] == "[32, 64, 128]" and settings["data.augment.flip"] == "True"
+    assert not [key for key in settings if key.startswith(("optimizer.", "mlflow.", "diagnostics.", "hydra"))]
+    assert not {"data.batch_size", "data.path", "trainer.threads", "trainer.resume"} & settings.keys()
+    assert "scheduler.name" in settings  # not searched
+
+
+def test_a_sweep_whose_settings_differ_from_its_studys_trials_is_refused_naming_both(tmp_path):
+    from cifar import study as studies
+    from cifar.errors import ConfigError
+
+    hydra_cfg = OmegaConf.create({"sweeper": {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study_name": "s"},
+                                  "sweep": {"dir": str(tmp_path / "sweep")}})
+    first = {"model.name": "simplecnn", "trainer.epochs": "2", "data.val_size": "200"}
+    study = optuna.create_study(study_name="s", storage=studies.sweep_storage(hydra_cfg)[0])
+    studies.record_trial_settings(hydra_cfg, first)
+    studies.fail_unrun(study, study.ask(), studies.REFUSED_ATTR)  # a trial refused: it does not count, nor do they
+    fixed = {**first, "trainer.epochs": "3"}
+    studies.check_study_fits(hydra_cfg, {}, fixed)  # no trial ran with the first settings
+    studies.record_trial_settings(hydra_cfg, fixed)  # the rerun's hold
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    studies.record_trial_settings(hydra_cfg, first)  # kept from here on: a trial ran with them
+    assert studies.load_sweep_study(hydra_cfg)[0].user_attrs[studies.SETTINGS_ATTR] == fixed
+    studies.check_study_fits(hydra_cfg, {}, fixed)
+    studies.check_study_fits(hydra_cfg, {}, {"model.name": "simplecnn", "trainer.epochs": "3"})  # newly searched
+    studies.check_study_fits(hydra_cfg, {}, {**fixed, "trainer.whiten": "True"})  # a key of newer code
+    with pytest.raises(ConfigError) as err:
+        studies.check_study_fits(hydra_cfg, {}, {**first, "model.name": "resnet9"})
+    assert str(err.value) == (
+        "model.name=resnet9 trainer.epochs=2 does not fit study s, whose trials ran with model.name=simplecnn "
+        "trainer.epochs=3: its sampler and pruner compare its trials, which must be trained alike but for the searched "
+        "parameters: run it with its settings, or start another study (hydra.sweeper.study_name=NAME)")
+
+
 @pytest.mark.slow
-def test_a_search_space_that_its_study_does_not_fit_stops_the_sweep_before_any_run_or_trial(cli):
+def test_a_sweep_that_its_study_does_not_fit_stops_before_any_run_or_trial(cli):
     cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", "data.batch_size=choice(16,32)",
         multirun=True)
     proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=1", "data.batch_size=choice(8,16)",
@@ -240,6 +281,11 @@ def test_a_search_space_that_its_study_does_not_fit_stops_the_sweep_before_any_r
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("cifar.train: error: data.batch_size=choice(8, 16) does not fit study ")
     assert [t.state for t in load_study(cli).trials] == [COMPLETE]  # where a trial was left RUNNING, for good
+    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.epochs=2", "data.batch_size=choice(16,32)",
+               multirun=True, check=False)  # where the study took a 2-epoch trial beside the 1-epoch one
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("cifar.train: error: trainer.epochs=2 does not fit study ")
+    assert [t.state for t in load_study(cli).trials] == [COMPLETE]
     assert len(all_runs(cli)) == 2  # the first sweep's parent run and trial
 
 
