@@ -154,8 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cifar.predict: error: {err}", file=sys.stderr)
         return 2
     width = max((len(str(f)) for f in files), default=4)
-    if files and not args.json:
-        print(f"{'path':<{width}}  {'label':<10}  confidence")
+    header = None if args.json else f"{'path':<{width}}  {'label':<10}  confidence"  # above the first row, if any
     failed = 0
     batch_size = args.batch_size or default_eval_batch_size(device)
     for result in itertools.chain(missing, classify(model, files, batch_size, args.top_k, device)):
@@ -165,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.json:
             print(json.dumps(result.as_dict()))
         else:
+            if header:
+                print(header)
+                header = None
             print(table_row(result, width))
     if not files and not failed:
         print(f"cifar.predict: no image files in {' '.join(args.paths)}", file=sys.stderr)

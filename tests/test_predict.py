@@ -139,6 +139,8 @@ def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path
     skipped = sorted(line.split(": ")[1].removeprefix("skipped ") for line in err.splitlines())
     assert skipped == sorted(str(tmp_path / n) for n in ("cut.png", "missing.jpg", "notes.png"))
     assert "readme.txt" not in err
+    code, out, err = _predict(capsys, str(tmp_path / "notes.png"), "--model", str(trained.checkpoint))
+    assert (code, out) == (1, "") and err.startswith("cifar.predict: skipped ")  # no table without a row
 
 
 def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
