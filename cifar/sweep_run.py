@@ -20,7 +20,7 @@ from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar import launchers, owner, parallel, report, sweeper, tracking, ui
 from cifar.config import check_working_dir
@@ -84,6 +84,7 @@ class SweepCallback(Callback):
             try:
                 parent = stopped_sweep_parent(client, experiment_id, config.hydra.sweep.dir)
                 tracking.refuse_running(parent, "the stopped sweep's MLflow parent run")
+                check_jobs_keep_their_dirs(config, jobs)
             except ConfigError as err:
                 raise AbortRun(err) from err
             run_id = parent.info.run_id
@@ -280,6 +281,36 @@ def stopped_sweep_parent(client: Any, experiment_id: str, sweep_dir: str) -> Any
             f"experiment {name!r}: resume with mlflow.experiment={name}"
         )
     return parent
+
+
+def check_jobs_keep_their_dirs(config: DictConfig, jobs: list[DictConfig]) -> None:
+    """Refuse (ConfigError) a resumed grid sweep whose jobs would continue the dirs of other jobs of the stopped
+    sweep. A job's dir is named by its number in the grid (Hydra's default ``hydra.sweep.subdir``), so a value put
+    before the stopped sweep's shifts the jobs after it: each would be refused on its own after reading the data, its
+    dir's config written over, and the job whose dir it had taken run again from the start in another dir."""
+    if OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir") != JOB_NUMBER_SUBDIR:
+        return
+    swept = tracking.swept_keys(config)
+    for number, job in enumerate(jobs):
+        saved = Path(config.hydra.sweep.dir) / str(number) / ".hydra" / "config.yaml"
+        if not saved.exists():  # a job that had not started, or new to the grid
+            continue
+        ran = OmegaConf.load(saved)
+        if any(OmegaConf.select(ran, key) != OmegaConf.select(job, key) for key in swept):
+            raise ConfigError(
+                f"trainer.resume=true but the job {_swept_values(job, swept)} would continue {saved.parent.parent}, "
+                f"where the stopped sweep ran {_swept_values(ran, swept)}: resume with the stopped sweep's grid, its "
+                f"values in their order (values added after those of its first key run in new jobs), or drop "
+                f"trainer.resume to start a new sweep")
+
+
+JOB_NUMBER_SUBDIR = "${hydra.job.num}"  # Hydra's default hydra.sweep.subdir
+
+
+def _swept_values(config: DictConfig, swept: list[str]) -> str:
+    """A job's swept values as overrides: a group's by its option's name (``model=resnet9``)."""
+    values = {key: OmegaConf.select(config, key) for key in swept}
+    return " ".join(f"{key}={value.name if isinstance(value, DictConfig) else value}" for key, value in values.items())
 
 
 def stopped_job_run_id(parent: Any, output_dir: Path) -> str | None:

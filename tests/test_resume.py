@@ -206,6 +206,21 @@ def test_resuming_a_run_that_a_live_process_still_runs_is_refused_and_leaves_it_
     assert client.get_run(run.info.run_id).info.status == "RUNNING" and len(all_runs(cli)) == 1
 
 
+def test_a_resumed_grid_whose_jobs_would_continue_other_jobs_dirs_is_refused_before_any_job(cli):
+    cli("trainer.epochs=1,2", multirun=True)
+    sweep_dir, before = cli.tmp_path / "sweep", all_runs(cli)
+    proc = cli("trainer.epochs=3,1,2", "trainer.resume=true", f"hydra.sweep.dir={sweep_dir}", multirun=True,
+               check=False)  # 3 put first: job 0 would continue epochs=1's dir, job 1 epochs=2's
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Error executing job" not in proc.stderr
+    assert proc.stderr.startswith(f"cifar.train: error: trainer.resume=true but the job trainer.epochs=3 would "
+                                  f"continue {sweep_dir / '0'}, where the stopped sweep ran trainer.epochs=1: ")
+    assert "- trainer.epochs=1" in (sweep_dir / "0" / ".hydra" / "overrides.yaml").read_text()  # not written over
+    assert [r.info.run_id for r in all_runs(cli)] == [r.info.run_id for r in before]
+    cli("trainer.epochs=1,2,3", "trainer.resume=true", f"hydra.sweep.dir={sweep_dir}", multirun=True)  # 3 after
+    _, children = sweep_parent_and_children(all_runs(cli))
+    assert sorted(r.data.params["trainer.epochs"] for r in children) == ["1", "2", "3"]
+
+
 def test_resuming_a_sweep_where_none_was_stopped_is_refused_before_any_run_starts(cli):
     proc = cli("trainer.epochs=2,3", "trainer.resume=true", multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
