@@ -99,6 +99,8 @@ def check_study_fits(hydra_cfg: DictConfig, distributions: dict[str, BaseDistrib
             ) from err
     recorded = existing.user_attrs.get(SETTINGS_ATTR) if counted_trials(existing) else None
     changed = [key for key, value in (recorded or {}).items() if key in settings and settings[key] != value]
+    swapped = tuple(f"{key.removesuffix('.name')}." for key in changed if key.endswith(".name"))  # another option
+    changed = [key for key in changed if key.endswith(".name") or not key.startswith(swapped)]  # named by its name
     if changed:
         shown, more = changed[:SETTINGS_SHOWN], len(changed) - SETTINGS_SHOWN
         raise ConfigError(

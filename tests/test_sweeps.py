@@ -251,7 +251,7 @@ def test_a_sweep_whose_settings_differ_from_its_studys_trials_is_refused_naming_
 
     hydra_cfg = OmegaConf.create({"sweeper": {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study_name": "s"},
                                   "sweep": {"dir": str(tmp_path / "sweep")}})
-    first = {"model.name": "simplecnn", "trainer.epochs": "2", "data.val_size": "200"}
+    first = {"model.name": "simplecnn", "model.hidden": "256", "trainer.epochs": "2", "data.val_size": "200"}
     study = optuna.create_study(study_name="s", storage=studies.sweep_storage(hydra_cfg)[0])
     studies.record_trial_settings(hydra_cfg, first)
     studies.fail_unrun(study, study.ask(), studies.REFUSED_ATTR)  # a trial refused: it does not count, nor do they
@@ -265,7 +265,7 @@ def test_a_sweep_whose_settings_differ_from_its_studys_trials_is_refused_naming_
     studies.check_study_fits(hydra_cfg, {}, {"model.name": "simplecnn", "trainer.epochs": "3"})  # newly searched
     studies.check_study_fits(hydra_cfg, {}, {**fixed, "trainer.whiten": "True"})  # a key of newer code
     with pytest.raises(ConfigError) as err:
-        studies.check_study_fits(hydra_cfg, {}, {**first, "model.name": "resnet9"})
+        studies.check_study_fits(hydra_cfg, {}, {**first, "model.name": "resnet9", "model.hidden": "512"})
     assert str(err.value) == (
         "model.name=resnet9 trainer.epochs=2 does not fit study s, whose trials ran with model.name=simplecnn "
         "trainer.epochs=3: its sampler and pruner compare its trials, which must be trained alike but for the searched "
