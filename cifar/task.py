@@ -127,7 +127,8 @@ def run(cfg: DictConfig) -> float | None:
     tta = TTA(cfg.trainer.tta_flip, cfg.trainer.tta_translate)
     try:
         with tracking.job_run(name, sweep and sweep["parent_run_id"], tags, retrying, run_id=run_id) as run:
-            retrying(_log_run_inputs, params, output_dir / ".hydra", data.stats, summary.table)
+            dataset = tracking.dataset_input(cfg.data.name, to_absolute_path(cfg.data.path), data.content_hash)
+            retrying(_log_run_inputs, params, dataset, output_dir / ".hydra", data.stats, summary.table)
             trainer = Trainer(
                 model=model,
                 optimizer=optimizer,
@@ -205,11 +206,14 @@ def _run_tags(
     return tags
 
 
-def _log_run_inputs(params: dict[str, Any], hydra_dir: Path, data_stats: dict, model_summary: str) -> None:
-    """What the run starts from: its params, the job's composed config, Hydra's and its overrides
-    (``.hydra/*.yaml``, with no URL's password), the data's stats, the uncommitted code and the model's
-    layers. Each call gives the same values again, so that all of it can be tried again in an outage."""
+def _log_run_inputs(params: dict[str, Any], dataset: Any, hydra_dir: Path, data_stats: dict,
+                    model_summary: str) -> None:
+    """What the run starts from: its params, its data (:func:`cifar.tracking.dataset_input`), the job's composed
+    config, Hydra's and its overrides (``.hydra/*.yaml``, with no URL's password), the data's stats, the uncommitted
+    code and the model's layers. Each call gives the same values again, so that all of it can be tried again in an
+    outage (and a resumed run logs them again as they were)."""
     mlflow.log_params(params)
+    mlflow.log_input(dataset, context="training")
     for path in sorted(hydra_dir.glob("*.yaml")):
         mlflow.log_text(without_passwords(path.read_text()), f"hydra/{path.name}")
     mlflow.log_dict(data_stats, "data/stats.json")

@@ -13,6 +13,7 @@ import logging
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urlparse
@@ -221,6 +222,22 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
+
+
+DATASET_DIGEST_CHARS = 12  # of the data's content hash: the digest that the MLflow UI shows beside its name
+
+
+def dataset_input(name: str, path: str, content_hash: str) -> Any:
+    """The data a run trains on as an MLflow dataset, for ``mlflow.log_input``: its name, where it was read and a
+    digest of its decoded images and labels, which the runs table's Dataset column shows and runs are searched by
+    (``dataset.digest = '...'``). Metadata only: the data stays where it is."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow's local source is registered twice (paths, file: URIs) and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(path)
+    return MetaDataset(source, name=name, digest=content_hash[:DATASET_DIGEST_CHARS])
 
 
 @functools.cache

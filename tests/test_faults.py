@@ -284,10 +284,12 @@ def test_what_a_run_logs_as_it_starts_is_tried_again_whole_in_an_outage(tracking
     monkeypatch.setattr(mlflow, "log_dict", flaky)
     retrying = outages.Retrying(60, tracking_uri)
     with tracking.job_run("starts", None, {}, retrying) as run:
-        retrying(task._log_run_inputs, {"optimizer.lr": "0.001"}, tmp_path, {"content_hash": "x"}, "layers")
+        dataset = tracking.dataset_input("cifar10", str(tmp_path), "f" * 64)
+        retrying(task._log_run_inputs, {"optimizer.lr": "0.001"}, dataset, tmp_path, {"content_hash": "x"}, "layers")
     assert clock.sleeps == [1]
     run = MlflowClient(tracking_uri).get_run(run.info.run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"optimizer.lr": "0.001"}
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs] == ["f" * 12]  # logged once, though twice sent
     logged = {a.path for d in ("hydra", "data", "model") for a in MlflowClient(tracking_uri).list_artifacts(
         run.info.run_id, d)}
     assert {"hydra/config.yaml", "data/stats.json", "model/summary.txt"} <= logged

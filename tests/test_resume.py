@@ -79,6 +79,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
     client, run = client_for(cli), runs[str(run_dir)]
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert {m.step for m in history} == set(range(1, 13))  # one run holds every epoch
+    assert len(run.inputs.dataset_inputs) == 1  # its data, logged again by the resumed process
     # the run's wall time: the killed process's up to its last.pt, then the resumed one's; not the time between
     epoch_seconds = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"),
                                                        key=lambda m: m.timestamp)}  # the resumed process's last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import subprocess
@@ -49,6 +50,13 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert tags["git.dirty"] in ("true", "false", "unknown")
     assert len(tags["data.hash"]) == 64 and tags["device"] == "cpu" and tags["torch.version"]
     assert tags["compile"] == "false"
+    [data_input] = run.inputs.dataset_inputs  # the runs table's Dataset column: name and digest
+    dataset = data_input.dataset
+    assert (dataset.name, dataset.digest, dataset.source_type) == ("cifar10", tags["data.hash"][:12], "local")
+    assert json.loads(dataset.source) == {"uri": params["data.path"]}
+    assert [(tag.key, tag.value) for tag in data_input.tags] == [("mlflow.data.context", "training")]
+    found = client_for(cli).search_runs([run.info.experiment_id], f"dataset.digest = '{dataset.digest}'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]
     experiment = client_for(cli).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
