@@ -296,7 +296,7 @@ def check_jobs_keep_their_dirs(config: DictConfig, jobs: list[DictConfig]) -> No
         if not saved.exists():  # a job that had not started, or new to the grid
             continue
         ran = OmegaConf.load(saved)
-        if any(OmegaConf.select(ran, key) != OmegaConf.select(job, key) for key in swept):
+        if any(_selected(ran, key) != _selected(job, key) for key in swept):
             raise ConfigError(
                 f"trainer.resume=true but the job {_swept_values(job, swept)} would continue {saved.parent.parent}, "
                 f"where the stopped sweep ran {_swept_values(ran, swept)}: resume with the stopped sweep's grid, its "
@@ -307,9 +307,14 @@ def check_jobs_keep_their_dirs(config: DictConfig, jobs: list[DictConfig]) -> No
 JOB_NUMBER_SUBDIR = "${hydra.job.num}"  # Hydra's default hydra.sweep.subdir
 
 
+def _selected(config: DictConfig, key: str) -> Any:
+    """A job's value at ``key``; None where it has none, or one that does not resolve here."""
+    return OmegaConf.select(config, key, throw_on_resolution_failure=False)
+
+
 def _swept_values(config: DictConfig, swept: list[str]) -> str:
     """A job's swept values as overrides: a group's by its option's name (``model=resnet9``)."""
-    values = {key: OmegaConf.select(config, key) for key in swept}
+    values = {key: _selected(config, key) for key in swept}
     return " ".join(f"{key}={value.name if isinstance(value, DictConfig) else value}" for key, value in values.items())
 
 
