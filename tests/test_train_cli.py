@@ -90,6 +90,7 @@ def test_ema_weights_are_the_ones_scored_and_kept_as_best(cli):
     assert last["ema"]["n_averaged"] == 5  # one update per step
 
 
+@pytest.mark.slow
 def test_lookahead_syncs_every_n_steps_and_the_run_ends_on_its_slow_weights(cli):
     cli("trainer.lookahead_every=2", "trainer.epochs=1")
     run_dir = cli.tmp_path / "run"
@@ -112,6 +113,7 @@ def test_whiten_fixes_the_first_convolution_to_whitening_filters_for_the_whole_r
     assert not torch.equal(first_conv[0], first_conv[1])
 
 
+@pytest.mark.slow
 def test_without_tta_in_validation_validation_scores_the_plain_images_and_the_test_the_views(cli):
     cli("trainer.tta_flip=false,true", "trainer.tta_translate=true", "trainer.tta_in_validation=false",
         "mlflow.log_plots=false", multirun=True)
