@@ -27,8 +27,9 @@ from cifar.files import atomic_write_text
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_RUN_TAG, BEST_VAL_ACC, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE,
-    TRIAL_NUMBER_TAG, existing_run, existing_store, read_sweep, store_errors, sweep_jobs, unreadable_store,
+    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
+    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, existing_run, existing_store, read_sweep,
+    store_errors, sweep_jobs, unreadable_store,
 )
 
 
@@ -48,6 +49,7 @@ class Row:
     state: str
     seconds: float | None
     trial: int | None = None
+    data: str | None = None  # the digest of the data it trained on
 
 
 @dataclass
@@ -168,6 +170,7 @@ def _row(client, run) -> Row:
         state=run_state(run),
         seconds=wall_seconds(run),
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
+        data=tags.get(DATA_HASH_TAG, "")[:DATASET_DIGEST_CHARS] or None,
     )
 
 
@@ -199,20 +202,22 @@ def to_markdown(report: Report) -> str:
         return "" if value is None else f"{value:.2%}"
 
     trials = any(row.trial is not None for row in report.rows)
+    data = len({row.data for row in report.rows}) > 1  # runs of other data stand out
     lines = [f"### {report.title}", ""]
     if report.study:
         lines += [report.study, ""]
     lines += [
-        f"| {'trial | ' if trials else ''}run | best val acc | test acc | epochs | state | wall time |",
-        f"|{'---:|' if trials else ''}---|---:|---:|---:|---|---:|",
+        f"| {'trial | ' if trials else ''}run | {'data | ' if data else ''}best val acc | test acc | epochs | state | "
+        "wall time |",
+        f"|{'---:|' if trials else ''}---|{'---|' if data else ''}---:|---:|---:|---|---:|",
     ]
     for row in report.rows:
         trial = ("" if row.trial is None else str(row.trial)) + " | " if trials else ""
+        digest = (row.data or "") + " | " if data else ""
         wall = "" if row.seconds is None else f"{row.seconds:.0f} s"
         epochs = "" if row.epochs is None else str(row.epochs)
-        lines.append(
-            f"| {trial}{row.name} | {pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} | {wall} |"
-        )
+        lines.append(f"| {trial}{row.name} | {digest}{pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} "
+                     f"| {wall} |")
     return "\n".join(lines) + "\n"
 
 

@@ -185,7 +185,7 @@ def _run_tags(
     """What ties a run to its code, data, machine and (in an Optuna sweep) trial."""
     tags = {
         **tracking.git_state(),
-        "data.hash": content_hash,
+        tracking.DATA_HASH_TAG: content_hash,
         "device": str(runtime.device),
         "amp": str(runtime.amp).lower(),
         "compile": str(runtime.compile).lower(),

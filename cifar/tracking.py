@@ -224,7 +224,8 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-DATASET_DIGEST_CHARS = 12  # of the data's content hash: the digest that the MLflow UI shows beside its name
+DATA_HASH_TAG = "data.hash"  # on each run: the hash of its decoded images and labels
+DATASET_DIGEST_CHARS = 12  # of the data's hash: the digest that the MLflow UI shows beside its name, and the report
 
 
 def dataset_input(name: str, path: str, content_hash: str) -> Any:

@@ -108,6 +108,26 @@ def test_a_chosen_sweep_and_all_runs(store, capsys):
     assert names == ["seed=0", "optimizer.lr=0.0005", "optimizer.lr=0.001", "lonely", "optimizer.lr=10"]
 
 
+def test_runs_of_other_data_are_told_apart_by_a_data_column(store, capsys):
+    uri, new, _ = store
+    client = MlflowClient(uri)
+    jobs = {r.info.run_name: r.info.run_id for r in client.search_runs([client.get_experiment_by_name("cifar")
+                                                                       .experiment_id])}
+    for name in ("optimizer.lr=0.001", "optimizer.lr=0.0005", "optimizer.lr=10"):
+        client.set_tag(jobs[name], "data.hash", "e00b28a47d65" + "0" * 52)
+    report.main(["--tracking-uri", uri, "--sweep", new])
+    assert "data" not in capsys.readouterr().out  # one data version: no column
+    client.set_tag(jobs["optimizer.lr=10"], "data.hash", "85549d1b2c02" + "0" * 52)
+    report.main(["--tracking-uri", uri, "--sweep", new])
+    out = capsys.readouterr().out
+    assert "| run | data | best val acc |" in out
+    assert [r[:2] for r in table_rows(out)] == [["optimizer.lr=0.0005", "e00b28a47d65"],
+                                                ["optimizer.lr=0.001", "e00b28a47d65"],
+                                                ["optimizer.lr=10", "85549d1b2c02"]]
+    report.main(["--tracking-uri", uri, "--all"])  # the runs of older code, with no hash: an empty cell
+    assert [r[1] for r in table_rows(capsys.readouterr().out)][-2:] == ["", "85549d1b2c02"]
+
+
 def test_a_sweep_id_that_names_no_sweep_is_one_line_and_exit_2_naming_the_fix(store, capsys):
     uri, new, _ = store
     assert report.main(["--tracking-uri", uri, "--sweep", "0" * 32]) == 2
