@@ -274,10 +274,16 @@ def _check_resumable(run: DictConfig) -> None:
 
 def validate_job(config: DictConfig) -> None:
     """:func:`validate` a config that Hydra composed for a run or a job, ``hydra`` node and all."""
-    job = config.copy()
-    with open_dict(job):
-        del job["hydra"]
-    validate(job)
+    validate(task_config(config))
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """A copy of a config that Hydra composed for a run or a job, without its ``hydra`` node (where it has one): what
+    the task gets."""
+    task = config.copy()
+    with open_dict(task):
+        task.pop("hydra", None)
+    return task
 
 
 # The fixes that config errors name, here and in cifar.train for OmegaConf's own errors

@@ -28,10 +28,11 @@ from typing import Any, Callable, Iterable
 import optuna
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution
 
 from cifar import owner, tracking
+from cifar.config import task_config
 from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, first_line
 from cifar.stores import opened_one_at_a_time, unusable
@@ -67,8 +68,7 @@ def trial_settings(job_config: DictConfig, searched: Iterable[str]) -> dict[str,
     what it records (:func:`cifar.tracking.names_the_training`)."""
     searched = tuple(searched)
     in_searched_group = tuple(f"{key}." for key in searched)
-    task = OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"])
-    return {key: value for key, value in tracking.flatten(task).items()
+    return {key: value for key, value in tracking.flatten(task_config(job_config)).items()
             if tracking.names_the_training(key) and key not in searched and not key.startswith(in_searched_group)}
 
 
