@@ -42,6 +42,9 @@ def resolve_device(name: str, job_slot: int = 0, setting: str = "trainer.device"
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{setting}={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu" and device.index is not None:  # torch takes it, then cannot load what it saved
+        raise ConfigError(f"{setting}={name} numbers the CPU, which torch sees as one device of all its cores "
+                          f"(checkpoints saved on {name} would not load): use {setting}=cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{setting}={name} but CUDA is not available here: use {setting}=auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= (count := torch.cuda.device_count()):

@@ -590,6 +590,17 @@ def test_a_gpu_number_beyond_those_the_machine_shows_is_one_line(monkeypatch):
                                   "as CUDA_VISIBLE_DEVICES lists them): use one of those, or trainer.device=auto")
 
 
+@pytest.mark.parametrize("name", ["cpu:0", "cpu:1"])
+def test_a_numbered_cpu_is_refused_before_training_as_its_checkpoints_would_not_load(name):
+    from cifar.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        device.resolve_device(name)
+    assert str(refused.value) == (f"trainer.device={name} numbers the CPU, which torch sees as one device of all its "
+                                  f"cores (checkpoints saved on {name} would not load): use trainer.device=cpu")
+    assert device.resolve_device("cpu") == torch.device("cpu")
+
+
 @pytest.mark.parametrize(("n_jobs", "threads", "warned"), [
     (2, "cores", True),  # two joblib workers, each with every core: twice the threads
     (2, "half", False),  # each with its share
