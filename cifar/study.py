@@ -98,10 +98,7 @@ def check_study_fits(hydra_cfg: DictConfig, distributions: dict[str, BaseDistrib
                 f"a study's life: search it as before, or start another study (hydra.sweeper.study_name=NAME)"
             ) from err
     recorded = existing.user_attrs.get(SETTINGS_ATTR) if counted_trials(existing) else None
-    changed = [key for key, value in (recorded or {}).items() if key in settings and settings[key] != value]
-    swapped = tuple(f"{key.removesuffix('.name')}." for key in changed if key.endswith(".name"))  # another option
-    changed = [key for key in changed if key.endswith(".name") or not key.startswith(swapped)]  # named by its name
-    if changed:
+    if changed := tracking.changed_settings(recorded or {}, settings):
         shown, more = changed[:SETTINGS_SHOWN], len(changed) - SETTINGS_SHOWN
         raise ConfigError(
             f"{' '.join(f'{key}={settings[key]}' for key in shown)}{f' (and {more} more)' if more > 0 else ''} does "

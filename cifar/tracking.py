@@ -39,6 +39,7 @@ NOT_IN_RUN_NAMES = frozenset({
     "trainer.threads", "trainer.resume", "trainer.checkpoint_every",
 })
 NOT_IN_RUN_NAMES_PREFIXES = ("mlflow.", "diagnostics")
+MODEL_SIZE_PARAMS = ("model.parameters", "model.flops_per_image")  # logged with the config's params
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
 BEST_VAL_ACC = "val/best_acc"
@@ -360,6 +361,17 @@ def refuse_running(run: Any, what: str) -> None:
         )
 
 
+def changed_settings(before: dict[str, str], after: dict[str, Any]) -> list[str]:
+    """The keys of both whose values differ (``after``'s as MLflow logs them: strings), sorted, as one names the
+    change: a config group switched to another option by its ``name`` alone, not each of its keys, and the model's
+    size (``MODEL_SIZE_PARAMS``, which follows from its config) only where nothing else changed."""
+    changed = sorted(key for key, value in after.items() if key in before and before[key] != str(value))
+    swapped = tuple(f"{key.removesuffix('.name')}." for key in changed if key.endswith(".name"))
+    changed = [key for key in changed if key.endswith(".name") or not key.startswith(swapped)]
+    configured = [key for key in changed if key not in MODEL_SIZE_PARAMS]
+    return configured or changed
+
+
 def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
     """MLflow run ``run_id``, refused (ConfigError) where the store does not hold it or ``params`` differ
     from those it logged."""
@@ -368,8 +380,7 @@ def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
     run = run_to_take_up(MlflowClient(), run_id, "the interrupted run's MLflow run")
     refuse_running(run, "MLflow run")
     logged = run.data.params
-    changed = sorted(key for key, value in params.items() if key in logged and logged[key] != str(value))
-    if changed:
+    if changed := changed_settings(logged, params):
         diffs = ", ".join(f"{key}: {logged[key]} -> {params[key]}" for key in changed)
         raise ConfigError(
             f"trainer.resume=true with a config that differs from the interrupted run's ({diffs}): "

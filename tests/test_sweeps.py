@@ -245,6 +245,19 @@ def test_a_trials_settings_leave_out_the_searched_ones_and_where_or_how_it_runs(
     assert "scheduler.name" in settings  # not searched
 
 
+def test_a_changed_config_is_named_by_a_switched_groups_name_and_by_the_model_size_only_where_alone():
+    from cifar.tracking import changed_settings
+
+    before = {"model.name": "simplecnn", "model.hidden": "256", "model.parameters": "620586",
+              "model.flops_per_image": "21698964", "optimizer.lr": "0.003", "trainer.epochs": "2"}
+    assert changed_settings(before, {**before, "trainer.whiten": "True"}) == []  # a key of newer code
+    switched = {**before, "model.name": "resnet9", "model.hidden": "512", "model.parameters": 6573120,
+                "model.flops_per_image": 758532864, "optimizer.lr": 5e-4}
+    assert changed_settings(before, switched) == ["model.name", "optimizer.lr"]
+    assert changed_settings(before, {**before, "model.hidden": 512, "model.parameters": 700000}) == ["model.hidden"]
+    assert changed_settings(before, {**before, "model.parameters": 700000}) == ["model.parameters"]  # the code's
+
+
 def test_a_sweep_whose_settings_differ_from_its_studys_trials_is_refused_naming_both(tmp_path):
     from cifar import study as studies
     from cifar.errors import ConfigError
