@@ -115,7 +115,7 @@ def run(cfg: DictConfig) -> float | None:
     name = dvc_name or tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)
     trial = SweepTrial.of_job(hydra_cfg)
     tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
-    params = {**tracking.flatten(cfg), **model_info}
+    params = {**tracking.flatten(cfg), **tracking.preset_choices(hydra_cfg), **model_info}
     for key in NOT_PARAMS:
         del params[key]
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None

@@ -40,6 +40,8 @@ NOT_IN_RUN_NAMES = frozenset({
 })
 NOT_IN_RUN_NAMES_PREFIXES = ("mlflow.", "diagnostics")
 MODEL_SIZE_PARAMS = ("model.parameters", "model.flops_per_image")  # logged with the config's params
+# Config groups whose options set keys across the config and carry no name: a run logs its choice as a param
+PRESET_GROUPS = ("experiment", "hparams_search", "debug", "diagnostics")
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training-runs table
 BEST_VAL_ACC = "val/best_acc"
@@ -296,6 +298,13 @@ def _short_number(override: str) -> str:
         return override
     short = f"{number:.4g}"
     return f"{key}={short}" if float(short) != number and len(short) < len(value) else override
+
+
+def preset_choices(hydra_cfg: DictConfig) -> dict[str, str]:
+    """The options chosen of the ``PRESET_GROUPS``, as params named after their group (``experiment: fast``): the
+    config holds the keys they set, not which preset set them (as ``model.name`` says which model)."""
+    choices = hydra_cfg.runtime.choices
+    return {group: choices[group] for group in PRESET_GROUPS if choices.get(group) is not None}
 
 
 def names_the_training(key: str) -> bool:

@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from cifar.credentials import without_passwords
+from cifar.tracking import PRESET_GROUPS
 
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # the UI's experiment tags for shared table views
 VIEW_TAG = "cifar.mlflow_ui"  # on a sweep's parent run: the path of its view in the UI
@@ -33,7 +34,8 @@ def sweep_view(swept_keys: list[str]) -> dict[str, Any]:
     Rows stay in the UI's default order (newest first): sorted by a metric, the table lists the
     jobs beside their parent instead of under it.
     """
-    params = [key if "." in key else f"{key}.name" for key in swept_keys]  # a swept group: model -> model.name
+    # a swept group: model -> model.name; a preset (experiment) is a param of its own
+    params = [key if "." in key or key in PRESET_GROUPS else f"{key}.name" for key in swept_keys]
     return {
         "searchFilter": "",
         "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in SWEEP_METRICS],

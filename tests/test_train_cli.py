@@ -128,6 +128,7 @@ def test_airbench_preset_trains_norm_biases_fast_and_keeps_the_batchnorm_scales_
     cli("experiment=airbench", "model.widths=[8,16,16]", "data.batch_size=32", "trainer.epochs=2")
     [run] = all_runs(cli)
     assert run.info.status == "FINISHED" and run.data.params["optimizer.norm_bias_lr_scale"] == "64.0"
+    assert run.data.params["experiment"] == "airbench"  # the preset, which the config's keys do not name
     state = torch.load(cli.tmp_path / "run/last.pt", weights_only=False)
     weights = state["model"]
     assert torch.equal(weights["0.weight"][12:], -weights["0.weight"][:12])
@@ -693,6 +694,23 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
 
     cfg = compose([f"experiment={preset}"])
     assert isinstance(build_model(cfg.model), torch.nn.Module)
+
+
+def test_each_groups_options_name_themselves_but_the_presets_whose_choice_is_a_param_and_a_sweeps_column():
+    from cifar import tracking, ui
+    from cifar.config import compose_with_hydra
+
+    for group in sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir()):
+        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+            beside = ["scheduler=cosine"] if option == "muon" else []  # the default onecycle's momentum cycle is refused
+            cfg, hydra_cfg = compose_with_hydra([f"{group}={option}", *beside])
+            if group in tracking.PRESET_GROUPS:
+                assert tracking.preset_choices(hydra_cfg)[group] == option
+                assert "name" not in cfg.get(group, {}), group
+            else:
+                assert cfg[group].name == option and group not in tracking.preset_choices(hydra_cfg)
+    columns = ui.sweep_view(["experiment", "model", "optimizer.lr"])["selectedColumns"]
+    assert columns[:3] == ["params.`experiment`", "params.`model.name`", "params.`optimizer.lr`"]
 
 
 @pytest.mark.parametrize("key", ["data.path", "data.cache_dir"])
