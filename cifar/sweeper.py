@@ -179,7 +179,13 @@ def grid_jobs(config: DictConfig, config_loader: ConfigLoader) -> list[list[str]
             raise ConfigError(f"{override.input_line}: a grid sweep takes values (a,b,c), choice() or range(), not "
                               f"interval(): list the values, or search the interval with Optuna "
                               f"(hydra/sweeper=optuna, or a preset: hparams_search=optuna)")
-    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    jobs = [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    if not jobs:  # a sweep of no values (range(3,3), a glob() that matches no option): one per key, the last wins
+        last = {override.get_key_element(): override for override in overrides}
+        empty = next(o for o in last.values() if o.is_sweep_override() and not list(o.sweep_string_iterator()))
+        raise ConfigError(f"{empty.input_line} gives no value, so the sweep would run no job: give it one value "
+                          "or more")
+    return jobs
 
 
 def sweeper_arguments(config: DictConfig) -> list[str]:

@@ -400,9 +400,11 @@ def test_a_run_that_fails_once_its_mlflow_run_began_keeps_its_output_dir(cli):
     ("optimizer.lr=interval(1e-3,0.1)",
      "optimizer.lr=interval(1e-3,0.1): a grid sweep takes values (a,b,c), choice() or range(), not interval(): list "
      "the values, or search the interval with Optuna (hydra/sweeper=optuna, or a preset: hparams_search=optuna)"),
+    ("seed=range(2,2) optimizer.lr=1e-3,2e-3",  # was a parent run ended FAILED, said to have lost its jobs, and exit 0
+     "seed=range(2,2) gives no value, so the sweep would run no job: give it one value or more"),
 ], ids=["a value out of range", "a key the option has not", "no data", "no decoded file", "a hold-out of every image",
         "fewer images than a batch", "a device this machine has not", "more threads than cores",
-        "jobs in their own dirs", "an interval"])
+        "jobs in their own dirs", "an interval", "no value"])
 def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir(cli, grid, refused):
     proc = cli(*grid.split(), multirun=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
