@@ -246,12 +246,10 @@ def is_optuna_sweep(hydra_cfg: DictConfig) -> bool:
     return OmegaConf.select(hydra_cfg, "sweeper._target_") == PruningOptunaSweeperConf._target_
 
 
-DIRECTIONS = ("minimize", "maximize")
-
-
 def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
-    """The sweeper's ``direction`` as Optuna's list of directions; its other settings that Optuna
-    would reject with a traceback are checked too."""
+    """The sweeper's ``direction`` as Optuna's list of directions: ``maximize``, the one the trials' value, their
+    validation accuracy, takes (a second one failed every trial with a traceback; ``minimize`` searched for the
+    worst). Its other settings that Optuna would reject with a traceback are checked too."""
     for key in ("n_trials", "n_jobs"):
         value = sweeper_cfg[key]
         if not isinstance(value, int) or value < 1:
@@ -259,12 +257,16 @@ def checked_directions(sweeper_cfg: DictConfig) -> list[str]:
     if not 0 <= (rate := sweeper_cfg.max_failure_rate) <= 1:
         raise ConfigError(f"hydra.sweeper.max_failure_rate={rate} is out of range: it must be in [0, 1], the share "
                           "of a batch's trials that may fail before the sweep stops")
+    from cifar.tracking import BEST_VAL_ACC  # here: every Hydra process imports this module
+
     direction = sweeper_cfg.direction
-    names = [getattr(d, "name", d) for d in (direction if isinstance(direction, (list, ListConfig)) else [direction])]
-    for name in names:
-        if str(name).lower() not in DIRECTIONS:
-            raise ConfigError(f"hydra.sweeper.direction={name} is not a direction: use one of {DIRECTIONS}")
-    return [str(name).lower() for name in names]
+    names = [str(getattr(d, "name", d)).lower()
+             for d in (direction if isinstance(direction, (list, ListConfig)) else [direction])]
+    if names != ["maximize"]:
+        shown = names[0] if len(names) == 1 else f"[{','.join(names)}]"
+        raise ConfigError(f"hydra.sweeper.direction={shown}: a trial's value is one number, its {BEST_VAL_ACC}, which "
+                          "the search maximizes: drop hydra.sweeper.direction, or set it to maximize")
+    return names
 
 
 def checked_sweep(config: DictConfig) -> list[str]:

@@ -146,8 +146,11 @@ def test_a_search_whose_trials_all_diverged_ends_without_best_parameters_and_lea
 
 
 @pytest.mark.parametrize("override,message", [
-    ("hydra.sweeper.direction=sideways",
-     "hydra.sweeper.direction=sideways is not a direction: use one of ('minimize', 'maximize')"),
+    ("hydra.sweeper.direction=minimize",  # searched for the worst trials (and sideways is refused alike)
+     "hydra.sweeper.direction=minimize: a trial's value is one number, its val/best_acc, which the search maximizes: "
+     "drop hydra.sweeper.direction, or set it to maximize"),
+    ("hydra.sweeper.direction=[maximize,maximize]",  # failed each trial with a traceback
+     "hydra.sweeper.direction=[maximize,maximize]: a trial's value is one number, its val/best_acc, "),
     ("data.val_size=0", "data.val_size=0 leaves the trials no validation accuracy to optimise and prune on: "
                         "set data.val_size > 0 for an Optuna sweep"),
     ("trainer.resume=true", "trainer.resume=true: an Optuna sweep resumes its study when the same command runs "
