@@ -77,20 +77,32 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     """The classifier at ``source``: a checkpoint path, an MLflow run id, or a ``models:/``/``runs:/`` URI.
 
     A run id gives the model the run logged, or, for a run that logged none, the ``best.pt`` in its
-    output dir. MLflow sources come from ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then
-    ``sqlite:///mlflow.db``).
+    output dir. A sweep, by its dir or its parent run's id, gives its best job's. MLflow sources come from
+    ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``).
     """
     path = Path(source)
-    if path.exists():
+    sweep = _sweep_in(path)
+    if path.exists() and sweep is None:
         return from_checkpoint(path)
-    run_id = RUN_ID.fullmatch(source)
+    run_id = sweep["parent_run_id"] if sweep else source if RUN_ID.fullmatch(source) else None
     if not (run_id or source.startswith((MODELS_URI, RUNS_URI))):
         raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION "
                         "URI: check the path or id")
     from cifar.tracking import existing_store  # Hydra and the Optuna sweeper: for MLflow sources only
 
     tracking_uri = existing_store(tracking_uri)
-    return _load_run(source, tracking_uri) if run_id else _load_logged(source, tracking_uri)
+    if run_id is None:
+        return _load_logged(source, tracking_uri)
+    return _load_run(run_id, tracking_uri, f"{source} (the sweep of MLflow parent run {run_id})" if sweep else run_id)
+
+
+def _sweep_in(path: Path) -> dict | None:
+    """The sweep whose dir ``path`` is (:func:`cifar.tracking.read_sweep`), None for any other path."""
+    if not path.is_dir() or (path / checkpoint.BEST).exists():
+        return None
+    from cifar.tracking import read_sweep
+
+    return read_sweep(path)
 
 
 def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
@@ -111,12 +123,15 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
                         ", or --tracking-uri") from err
 
 
-def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
-    """The model logged by run ``run_id``, else the best.pt in its output dir."""
+def _load_run(run_id: str, tracking_uri: str, named: str) -> nn.Module:
+    """The model logged by run ``run_id``, else the best.pt in its output dir; a sweep's parent run's best job's.
+    ``named``: the run as the user gave it, in errors."""
     from mlflow.tracking import MlflowClient
 
     from cifar.registry import logged_model_uri  # it imports this module
-    from cifar.tracking import BEST_CHECKPOINT_TAG, OUTPUT_DIR_TAG, existing_run, store_errors, unreadable_store
+    from cifar.tracking import (
+        BEST_CHECKPOINT_TAG, BEST_RUN_TAG, OUTPUT_DIR_TAG, SWEEP_DIR_TAG, existing_run, store_errors, unreadable_store,
+    )
     from cifar.dvc_exp import EXP_NAME_TAG
     from cifar.versioning import file_md5
 
@@ -124,10 +139,15 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
         client = MlflowClient(tracking_uri=tracking_uri)
         run = existing_run(client, run_id)
     except store_errors() as err:
-        raise UserError(f"--model {run_id}: {unreadable_store(tracking_uri, err)}") from err
+        raise UserError(f"--model {named}: {unreadable_store(tracking_uri, err)}") from err
     if run is None:
-        raise UserError(f"--model {run_id}: no such MLflow run in {tracking_uri}: check the id, "
+        raise UserError(f"--model {named}: no such MLflow run in {tracking_uri}: check the id, "
                         "or --tracking-uri / MLFLOW_TRACKING_URI")
+    if SWEEP_DIR_TAG in run.data.tags:  # a sweep's parent run
+        if (best_job := run.data.tags.get(BEST_RUN_TAG)) is None:
+            raise UserError(f"--model {named}: the sweep has no best job (it still runs, or none of its jobs "
+                            "finished): give one of its jobs' run ids")
+        return _load_run(best_job, tracking_uri, best_job)
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)
@@ -137,11 +157,11 @@ def _load_run(run_id: str, tracking_uri: str) -> nn.Module:
     restore = f"restore it with dvc exp apply {experiment}" if experiment else None
     if best is None or not best.exists():
         where = f"{restore} (or give its path)" if restore else "give its path"
-        raise UserError(f"--model {run_id}: the run logged no model and its best.pt is not on this machine: {where}, "
+        raise UserError(f"--model {named}: the run logged no model and its best.pt is not on this machine: {where}, "
                         "or train with mlflow.log_model=true")
     trained = run.data.tags.get(BEST_CHECKPOINT_TAG)  # absent for a run stopped before it ended
     if trained is not None and file_md5(best) != trained:
-        raise UserError(f"--model {run_id}: the run logged no model, and {best} is no longer the one it trained "
+        raise UserError(f"--model {named}: the run logged no model, and {best} is no longer the one it trained "
                         f"(another run into the same dir, or a dvc checkout, wrote over it): "
                         f"{restore or 'train the run again'}, or train with mlflow.log_model=true to keep its "
                         "model in MLflow")

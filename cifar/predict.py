@@ -3,6 +3,7 @@
     python -m cifar.predict photo.jpg photos/ --model outputs/2026-11-23/10-00-00/best.pt
     python -m cifar.predict photos/ --model 0123456789abcdef0123456789abcdef --top-k 3
     python -m cifar.predict photos/ --model models:/cifar-simplecnn/1 --json
+    python -m cifar.predict photos/ --model multirun/2026-11-23/10-00-00   # a sweep: its best job's model
 
 Images of any size and colour mode are resized to 32x32 RGB (the whole image, its aspect ratio
 not kept) and normalised as in training. Folders are searched recursively for image files
@@ -129,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--model", required=True, metavar="SOURCE",
-                        help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, "
-                             "or a models:/NAME/VERSION URI")
+                        help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, a sweep's "
+                             "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI")
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also print the next K-1 classes")
     parser.add_argument("--json", action="store_true", help="one JSON object per image, per line")
     parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, "

@@ -215,6 +215,27 @@ def test_run_id_and_registered_version_predict_as_the_checkpoint(trained, capsys
     assert version.run_id == trained.run.info.run_id
 
 
+def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(trained, capsys, tmp_path):
+    from cifar.tracking import BEST_RUN_TAG, SWEEP_DIR_TAG, SWEEP_FILE
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    experiment_id = trained.client.create_experiment(f"predict-sweep-{tmp_path.name}")
+    parent = trained.client.create_run(experiment_id, tags={SWEEP_DIR_TAG: str(sweep_dir)}).info.run_id
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "swept_keys": ["optimizer.lr"]}))
+    image = str(trained.images[0])
+    code, out, err = _predict(capsys, image, "--model", str(sweep_dir), "--tracking-uri", trained.tracking_uri)
+    assert code == 2 and out == "" and err == (
+        f"cifar.predict: error: --model {sweep_dir} (the sweep of MLflow parent run {parent}): the sweep has no best "
+        "job (it still runs, or none of its jobs finished): give one of its jobs' run ids\n")
+    trained.client.set_tag(parent, BEST_RUN_TAG, trained.run.info.run_id)  # as the sweep's end tags it
+    by_job = _predict(capsys, image, "--model", trained.run.info.run_id, "--json", "--tracking-uri",
+                      trained.tracking_uri)
+    assert by_job[0] == 0
+    for source in (str(sweep_dir), parent):
+        assert _predict(capsys, image, "--model", source, "--json", "--tracking-uri", trained.tracking_uri) == by_job
+
+
 def test_a_run_whose_best_pt_was_written_over_is_refused_by_run_id(cli, capsys, tmp_path):
     image = tmp_path / "image.png"
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)
@@ -279,7 +300,7 @@ def test_mlflow_models_predict_serves_the_registered_model(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_registers_the_model_of_its_best_job_only(cli):
+def test_a_sweep_registers_the_model_of_its_best_job_only(cli, capsys):
     name = f"sweep-best-{cli.experiment}"
     cli("optimizer.lr=1e-3,1e-2", "trainer.epochs=1", "mlflow.log_model=true", "mlflow.register_model=true",
         f"mlflow.model_name={name}", multirun=True)
@@ -288,6 +309,11 @@ def test_a_sweep_registers_the_model_of_its_best_job_only(cli):
     versions = client_for(cli).search_model_versions(f"name = '{name}'")
     assert [v.run_id for v in versions] == [best.info.run_id]
     assert parent.data.tags["registered_model"] == f"models:/{name}/1"
+    image = cli.tmp_path / "image.png"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)
+    by_job, by_sweep = (_predict(capsys, str(image), "--model", source, "--json", "--tracking-uri", cli.tracking_uri)
+                        for source in (best.info.run_id, str(cli.tmp_path / "sweep")))  # the sweep's: its best job's
+    assert by_job[0] == 0 and by_sweep == by_job
 
 
 @pytest.mark.slow
