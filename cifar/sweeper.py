@@ -36,7 +36,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, OverrideParseException
 from hydra.utils import instantiate, to_absolute_path
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from hydra_plugins.hydra_optuna_sweeper.config import Direction, OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -114,6 +114,7 @@ PRUNERS = {
 @dataclass
 class PruningOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "cifar.sweeper.PruningOptunaSweeper"
+    direction: Any = Direction.maximize  # a trial's value is its validation accuracy (the stock default: minimize)
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
     pruner: PrunerConfig = MISSING
 

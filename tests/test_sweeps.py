@@ -203,6 +203,14 @@ def test_a_sweep_with_bad_settings_fails_before_any_run_or_study(cli, override, 
     assert not (cli.tmp_path / "sweep").exists()  # refused before the sweep dir is made, or removed with it
 
 
+def test_an_optuna_sweep_without_a_direction_maximizes_its_trials_validation_accuracy():
+    from cifar.config import compose_with_hydra
+    from cifar.sweeper import checked_directions
+
+    _, hydra_cfg = compose_with_hydra(["hydra/sweeper=optuna"])  # as a search preset of one's own that sets none
+    assert checked_directions(hydra_cfg.sweeper) == ["maximize"]  # the stock sweeper's: minimize, the worst trials
+
+
 def test_a_search_space_that_the_studys_earlier_trials_do_not_fit_is_refused_naming_both(tmp_path):
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
