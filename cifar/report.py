@@ -28,8 +28,8 @@ from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
-    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, existing_run, existing_store, read_sweep,
-    store_errors, sweep_jobs, unreadable_store,
+    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, existing_run, existing_store,
+    read_sweep, search_all_runs, store_errors, sweep_jobs, unreadable_store,
 )
 
 
@@ -70,7 +70,7 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
                               f"experiments restore --experiment-id {experiment.experiment_id}`")
     ids = [experiment.experiment_id]
     if every_run:
-        runs = [r for r in client.search_runs(ids) if SWEEP_DIR_TAG not in r.data.tags]
+        runs = [r for r in search_all_runs(client, ids) if SWEEP_DIR_TAG not in r.data.tags]
         title = f"All runs of experiment {experiment_name!r}"
     else:
         parent = _sweep_parent(client, ids, sweep)

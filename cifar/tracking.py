@@ -330,10 +330,20 @@ def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def search_all_runs(client: Any, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
+    """The runs that ``filter_string`` finds, all of them: ``client.search_runs`` returns a page at a time (1,000
+    runs at most), and the next one on request."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string, page_token=token)
+        runs += page
+        if not (token := page.token):
+            return runs
+
+
 def sweep_jobs(client: Any, parent: Any) -> list[Any]:
     """The runs of a sweep's jobs: the children of its parent run ``parent``."""
-    return client.search_runs([parent.info.experiment_id],
-                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return search_all_runs(client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
 
 
 def run_to_take_up(client: Any, run_id: str, what: str) -> Any:
@@ -400,7 +410,7 @@ def run_to_resume(run_id: str, params: dict[str, Any]) -> Any:
 
 def close_stale_runs(client: Any, experiment_id: str) -> int:
     """End KILLED the experiment's RUNNING runs whose process on this machine is gone; return how many."""
-    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+    running = search_all_runs(client, [experiment_id], "attributes.status = 'RUNNING'")
     stale = [r for r in running if owner_is_gone(r)]
     for run in stale:
         client.set_terminated(run.info.run_id, "KILLED")

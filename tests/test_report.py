@@ -108,6 +108,20 @@ def test_a_chosen_sweep_and_all_runs(store, capsys):
     assert names == ["seed=0", "optimizer.lr=0.0005", "optimizer.lr=0.001", "lonely", "optimizer.lr=10"]
 
 
+def test_every_run_and_every_job_are_reported_beyond_a_page_of_the_stores_search(store, capsys, monkeypatch):
+    uri, new, _ = store
+    search_runs = MlflowClient.search_runs
+
+    def in_pages_of_2(self, *args, max_results=1000, **kwargs):  # as MLflow's pages of 1,000 runs at most
+        return search_runs(self, *args, max_results=min(max_results, 2), **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "search_runs", in_pages_of_2)
+    report.main(["--tracking-uri", uri, "--all"])
+    assert len(table_rows(capsys.readouterr().out)) == 5  # the single run and the jobs of both sweeps
+    report.main(["--tracking-uri", uri, "--sweep", new])
+    assert len(table_rows(capsys.readouterr().out)) == 3
+
+
 def test_runs_of_other_data_are_told_apart_by_a_data_column(store, capsys):
     uri, new, _ = store
     client = MlflowClient(uri)
