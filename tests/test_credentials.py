@@ -36,6 +36,7 @@ def test_an_error_for_the_user_leaves_passwords_out_also_once_sent_to_another_pr
     assert type(sent) is error and str(sent) == expected
 
 
+@pytest.mark.slow  # a sweep of 2 jobs: 12 s
 def test_a_password_in_a_store_url_is_not_recorded_in_mlflow(cli):
     # MLFLOW_TRACKING_URI (the tests' store) wins over mlflow.tracking_uri, which is only recorded here
     cli("mlflow.tracking_uri=postgresql://cifar:s3cret@db-host/mlflow", "seed=1,2", "trainer.epochs=1",

@@ -528,7 +528,7 @@ def test_a_tracking_store_without_its_driver_fails_in_one_line_and_a_sweep_befor
         assert "Launching" not in proc.stdout and not (cli.tmp_path / "cache").exists()  # no job, no data decoded
 
 
-@pytest.mark.parametrize("multirun", [False, True])
+@pytest.mark.parametrize("multirun", [pytest.param(False, marks=pytest.mark.slow), True])  # a run's: 11 s
 def test_an_experiment_that_was_deleted_is_refused_in_one_line_naming_the_restore(cli, multirun):
     client = client_for(cli)
     experiment_id = client.create_experiment(cli.experiment)
