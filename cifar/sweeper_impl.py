@@ -188,14 +188,18 @@ GRID_SAMPLER = "optuna.samplers.GridSampler"
 def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> list[DictConfig]:
     """Check the search space before the sweep starts: that its sampler can draw it, and the configs of a few
     trials it holds (:func:`probe_trials`), so that a choice or range end that every trial holding it would be
-    refused for stops the sweep at once. Returns those configs, or the sweep's own where it searches nothing.
-    (:func:`cifar.sweeper.check_data` checks their data.)"""
+    refused for stops the sweep at once; a search of nothing is refused (every trial would train the same config).
+    Returns those configs. (:func:`cifar.sweeper.check_data` checks their data.)"""
     space = search_space(sweeper_arguments(config))
+    if not space[0]:
+        raise ConfigError(f"the Optuna sweep searches no parameter, so its {config.hydra.sweeper.n_trials} trials "
+                          "would train the same config: give it one to search, as optimizer.lr='tag(log, "
+                          "interval(1e-4, 1e-1))' (or a preset: hparams_search=optuna), or drop -m to train it once")
     if OmegaConf.select(config, "hydra.sweeper.sampler._target_") == GRID_SAMPLER:
         _check_grid(space[0])
     configs = [check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
                for searched, overrides in probe_trials(*space)]
-    return configs or [config]
+    return configs
 
 
 def search_space(arguments: list[str]) -> SearchSpace:

@@ -161,6 +161,10 @@ def test_a_search_whose_trials_all_diverged_ends_without_best_parameters_and_lea
     ("hydra.sweeper.storage=sqlite:////dev/null/optuna.db", "hydra.sweeper.storage=sqlite:////dev/null/optuna.db "
                                                             "cannot be used (FileExistsError: "),  # not a folder
     ("data.path=nowhere data.download=false", "No CIFAR-10 data in "),
+    ("optimizer=adam optimizer.lr=1e-3 optimizer.weight_decay=0 data.batch_size=32 scheduler=none",  # all fixed
+     "the Optuna sweep searches no parameter, so its 20 trials would train the same config: give it one to search, "
+     "as optimizer.lr='tag(log, interval(1e-4, 1e-1))' (or a preset: hparams_search=optuna), or drop -m to train it "
+     "once"),
     ("data.val_size=choice(40,200)",  # a probed trial holds out all 200 of the fake data's training images
      "data.val_size=200 must be smaller than the training set (200 images): lower data.val_size"),
     pytest.param("trainer.device=choice(cpu,mps)", "trainer.device=mps but MPS is not available here",
