@@ -180,7 +180,7 @@ def _looks_like_layout(path: Path) -> bool:
     for top in (path, *(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))):
         if (top / TRAIN_BATCHES[0]).is_file() or (top / OFFICIAL_DIR / TRAIN_BATCHES[0]).is_file():
             return True
-        if (top / "train").is_dir():
+        if any(p.name.lower() == "train" and p.is_dir() for p in top.iterdir()):  # Train/ too
             return True
     return False
 
@@ -328,16 +328,16 @@ def _unpickle_batch(name: str, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
 
-_SPLIT_CLASS_FILE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
+_SPLIT_CLASS_FILE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$", re.IGNORECASE)  # Train/Cat/ too
 
 
 def _image_members(names: list[str]) -> dict[str, list[tuple[str, str]]] | None:
-    """Group image files by split as (path, class name), sorted by path; None if no train/ images."""
+    """Group image files by split as (path, class name in lower case), sorted by path; None if no train/ images."""
     splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
     for name in names:
         match = _SPLIT_CLASS_FILE.search(name)
         if match and match.group(3).lower().endswith(IMAGE_SUFFIXES) and not match.group(3).startswith("."):
-            splits[match.group(1)].append((name, match.group(2)))
+            splits[match.group(1).lower()].append((name, match.group(2).lower()))
     if not splits["train"]:
         return None
     return {split: sorted(files) for split, files in splits.items()}

@@ -232,6 +232,19 @@ def test_pickle_of_the_wrong_shape_is_reported(official_dir, tmp_path):
         load_cifar10(broken, tmp_path / "cache", download=False)
 
 
+def test_split_and_class_folders_are_read_whatever_their_case(folders_dir, tmp_path):
+    root = tmp_path / "capitalised"
+    for path in sorted(folders_dir.rglob("*.png")):
+        split, cls = path.parent.parent.name, path.parent.name
+        target = root / split.capitalize() / cls.upper() / path.name  # Train/AIRPLANE/0000.png
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    loaded = load_cifar10(root, tmp_path / "cache", download=False)
+    expected = load_cifar10(folders_dir, tmp_path / "cache0", download=False)
+    np.testing.assert_array_equal(loaded.train_labels, expected.train_labels)
+    np.testing.assert_array_equal(loaded.test_images, expected.test_images)
+
+
 def test_unknown_class_folder_is_reported(tmp_path):
     root = fakedata.write_image_folders(tmp_path / "src", train_per_class=1, test_per_class=1)
     (root / "fake-cifar" / "train" / "cats").mkdir()
