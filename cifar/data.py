@@ -1,6 +1,6 @@
 """Read CIFAR-10 from any supported source and keep a decoded uint8 cache of it.
 
-Sources: a directory or a ``.tar.gz``/``.tar`` archive holding either the official python
+Sources: a directory or a ``.tar.gz``/``.tar``/``.zip`` archive holding either the official python
 batches (``cifar-10-batches-py/``) or image folders (``train/<class>/*``, ``test/<class>/*``,
 under any common top folder). The first run decodes the source once into
 ``<cache_dir>/cifar10-<fingerprint>.npz``; later runs load that file. When the source changes, its
@@ -38,7 +38,7 @@ OFFICIAL_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 CACHE_FORMAT = 1
 UNREADABLE_CACHE = (OSError, ValueError, KeyError, zipfile.BadZipFile)  # what np.load of a damaged .npz raises
 TEST_SUBSET_SEED = 0  # the test subset of data.test_limit: the same images whatever the run's seed
@@ -143,7 +143,7 @@ def locate_source(path: Path, download: bool, setting: str = "data.path") -> Pat
     if path.is_file():
         if not path.name.endswith(ARCHIVE_SUFFIXES):
             raise DataError(
-                f"{setting}={path} is a file but not a .tar.gz/.tar archive: point it at a directory or archive"
+                f"{setting}={path} is a file but not a .tar.gz/.tar/.zip archive: point it at a directory or archive"
             )
         return path
     if path.is_dir():
@@ -248,15 +248,20 @@ class _DirectoryTree:
 
 
 class _ArchiveTree:
-    """All regular files of an archive, read into memory in one pass (CIFAR-10 is < 200 MB)."""
+    """All regular files of a tar or zip archive, read into memory in one pass (CIFAR-10 is < 200 MB)."""
 
     def __init__(self, archive: Path):
+        kind = "zip" if archive.name.endswith(".zip") else "tar"
         try:
-            with tarfile.open(archive, "r:*") as tar:
-                self.files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
+            if kind == "zip":
+                with zipfile.ZipFile(archive) as zip_file:
+                    self.files = {i.filename: zip_file.read(i) for i in zip_file.infolist() if not i.is_dir()}
+            else:
+                with tarfile.open(archive, "r:*") as tar:
+                    self.files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
             reason = first_line(err).rstrip(":")  # tarfile's own goes on with a line per compression it tried
-            raise DataError(f"{archive} is truncated or not a tar archive ({reason}): re-download or re-create "
+            raise DataError(f"{archive} is truncated or not a {kind} archive ({reason}): re-download or re-create "
                             "it") from err
         self.names = list(self.files)
 

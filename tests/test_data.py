@@ -209,6 +209,23 @@ def test_a_file_that_cannot_be_read_is_named(folders_dir, tmp_path):
         load_cifar10(source, tmp_path / "cache", download=False)
 
 
+def test_a_zip_archive_of_image_folders_reads_as_the_folders(folders_dir, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "cifar10.zip"
+    with zipfile.ZipFile(archive, "w") as zip_file:
+        for path in sorted(folders_dir.rglob("*")):
+            zip_file.write(path, path.relative_to(folders_dir).as_posix())  # folders too, as zip tools write them
+        zip_file.writestr("__MACOSX/fake-cifar/train/cat/._0000.png", b"macOS metadata")
+    from_zip = load_cifar10(archive, tmp_path / "cache", download=False)
+    from_dir = load_cifar10(folders_dir, tmp_path / "cache0", download=False)
+    np.testing.assert_array_equal(from_zip.train_images, from_dir.train_images)
+    assert from_zip.content_hash == from_dir.content_hash
+    archive.write_bytes(archive.read_bytes()[:5000])
+    with pytest.raises(DataError, match="truncated or not a zip archive"):
+        load_cifar10(archive, tmp_path / "cache", download=False)
+
+
 def test_truncated_archive_is_reported(official_archive, tmp_path):
     truncated = tmp_path / "cut.tar.gz"
     truncated.write_bytes(official_archive.read_bytes()[:5000])
