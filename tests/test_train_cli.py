@@ -704,7 +704,7 @@ def test_each_groups_options_name_themselves_but_the_presets_whose_choice_is_a_p
 
     for group in sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir()):
         for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
-            beside = ["scheduler=cosine"] if option == "muon" else []  # the default onecycle's momentum cycle is refused
+            beside = ["scheduler=cosine"] if option == "muon" else []  # onecycle cycles momentum: refused
             cfg, hydra_cfg = compose_with_hydra([f"{group}={option}", *beside])
             if group in tracking.PRESET_GROUPS:
                 assert tracking.preset_choices(hydra_cfg)[group] == option
