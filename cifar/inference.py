@@ -78,7 +78,7 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
 
     A run id gives the model the run logged, or, for a run that logged none, the ``best.pt`` in its
     output dir. A sweep, by its dir or its parent run's id, gives its best job's. MLflow sources come from
-    ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then ``sqlite:///mlflow.db``).
+    ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then a sweep dir's own store, then ``sqlite:///mlflow.db``).
     """
     path = Path(source)
     sweep = _sweep_in(path)
@@ -88,9 +88,9 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     if not (run_id or source.startswith((MODELS_URI, RUNS_URI))):
         raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION "
                         "URI: check the path or id")
-    from cifar.tracking import existing_store  # Hydra and the Optuna sweeper: for MLflow sources only
+    from cifar.tracking import chosen_store, existing_store  # Hydra and the Optuna sweeper: for MLflow sources only
 
-    tracking_uri = existing_store(tracking_uri)
+    tracking_uri = existing_store(chosen_store(tracking_uri, sweep))
     if run_id is None:
         return _load_logged(source, tracking_uri)
     return _load_run(run_id, tracking_uri, f"{source} (the sweep of MLflow parent run {run_id})" if sweep else run_id)

@@ -134,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI")
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also print the next K-1 classes")
     parser.add_argument("--json", action="store_true", help="one JSON object per image, per line")
-    parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, "
-                                               "else sqlite:///mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, else the "
+                                               "store of a sweep dir, else sqlite:///mlflow.db)")
     parser.add_argument("--batch-size", type=int, help="images a batch (default: the device's, as in training)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     args = parser.parse_args(argv)

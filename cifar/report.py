@@ -28,7 +28,7 @@ from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
-    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, existing_run, existing_store,
+    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run, existing_store,
     read_sweep, search_all_runs, store_errors, sweep_jobs, unreadable_store,
 )
 
@@ -60,33 +60,34 @@ class Report:
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
-    """The report's title, study summary and rows, best validation accuracy first."""
-    experiment = client.get_experiment_by_name(experiment_name)
-    store = without_passwords(client.tracking_uri)
-    if experiment is None:
-        raise NothingToReport(f"no MLflow experiment named {experiment_name!r} in {store}")
-    if experiment.lifecycle_stage == "deleted":  # its runs with it: none to report
-        raise NothingToReport(f"experiment {experiment_name!r} was deleted from {store}: restore it with `mlflow "
-                              f"experiments restore --experiment-id {experiment.experiment_id}`")
-    ids = [experiment.experiment_id]
+    """The report's title, study summary and rows, best validation accuracy first. A sweep that ``sweep`` names
+    (its parent run's id, or its dir) is read in its own experiment, whatever ``experiment_name``."""
+    parent = None
     if every_run:
+        ids = [_experiment_id(client, experiment_name)]
         runs = [r for r in search_all_runs(client, ids) if SWEEP_DIR_TAG not in r.data.tags]
         title = f"All runs of experiment {experiment_name!r}"
     else:
-        parent = _sweep_parent(client, ids, sweep)
-        if parent is None:
-            raise NothingToReport(
-                f"experiment {experiment_name!r} has no sweep yet: run one with `python -m cifar.train -m ...`, "
-                "or report every run with --all"
-            )
+        parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
         runs = sweep_jobs(client, parent)
         title = f"Sweep {parent.info.run_name!r} ({parent.info.run_id})"
     if not runs:
         raise NothingToReport(f"{title} has no runs")
-    best_run_id = None if every_run else parent.data.tags.get(BEST_RUN_TAG)
+    best_run_id = parent.data.tags.get(BEST_RUN_TAG) if parent else None
     runs = sorted(runs, key=functools.partial(_best_first, best_run_id))
-    study = None if every_run else _study_line(parent.data.tags)
+    study = _study_line(parent.data.tags) if parent else None
     return Report(title, [_row(client, r) for r in runs], study)
+
+
+def _experiment_id(client, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    store = without_passwords(client.tracking_uri)
+    if experiment is None:
+        raise NothingToReport(f"no MLflow experiment named {name!r} in {store}")
+    if experiment.lifecycle_stage == "deleted":  # its runs with it: none to report
+        raise NothingToReport(f"experiment {name!r} was deleted from {store}: restore it with `mlflow "
+                              f"experiments restore --experiment-id {experiment.experiment_id}`")
+    return experiment.experiment_id
 
 
 def _best_first(best_run_id: str | None, run) -> tuple[float, bool, int]:
@@ -123,14 +124,15 @@ def _study_line(tags: dict[str, str]) -> str | None:
     return line
 
 
-def _sweep_parent(client, experiment_ids: list[str], sweep: str | None):
-    if sweep is not None:
-        return _chosen_sweep(client, sweep)
+def _latest_sweep(client, experiment_name: str):
     parents = client.search_runs(
-        experiment_ids, filter_string=f"tags.`{SWEEP_DIR_TAG}` != ''", order_by=["attributes.start_time DESC"],
-        max_results=1,
+        [_experiment_id(client, experiment_name)], filter_string=f"tags.`{SWEEP_DIR_TAG}` != ''",
+        order_by=["attributes.start_time DESC"], max_results=1,
     )
-    return parents[0] if parents else None
+    if not parents:
+        raise NothingToReport(f"experiment {experiment_name!r} has no sweep yet: run one with `python -m cifar.train "
+                              "-m ...`, or report every run with --all")
+    return parents[0]
 
 
 def _chosen_sweep(client, sweep: str):
@@ -226,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
                         help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
-    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else the store of a "
+                                               "--sweep dir, else sqlite:///mlflow.db)")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",
                        help="the sweep's parent run id, or its sweep dir (default: the latest sweep)")
@@ -237,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
-        uri = existing_store(args.tracking_uri)
+        sweep = read_sweep(args.sweep) if args.sweep and Path(args.sweep).is_dir() else None
+        uri = existing_store(chosen_store(args.tracking_uri, sweep))
         report = collect(MlflowClient(tracking_uri=uri), args.experiment, args.sweep, args.all)
     except UserError as err:
         print(f"cifar.report: error: {err}", file=sys.stderr)

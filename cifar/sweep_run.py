@@ -94,7 +94,8 @@ class SweepCallback(Callback):
             run_id = new_run()
         self.parent_run_id = run_id
         sweep = {"parent_run_id": run_id, "swept_keys": tracking.swept_keys(config),
-                 "grid_jobs": None if optuna_sweep else len(jobs) or None}  # for their share of the cores
+                 "grid_jobs": None if optuna_sweep else len(jobs) or None,  # for their share of the cores
+                 "tracking_uri": tracking.portable_store(store)}  # for cifar.report and cifar.predict, from anywhere
         atomic_write_text(Path(config.hydra.sweep.dir) / SWEEP_FILE, json.dumps(sweep))
         view = ui.share_sweep_view(client, experiment_id, run_id, sweep["swept_keys"])
         log.info("MLflow parent run %s for this sweep; compare its jobs in the MLflow UI at %s", run_id,

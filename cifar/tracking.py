@@ -80,6 +80,19 @@ def existing_store(uri: str | None) -> str:
     return uri
 
 
+def chosen_store(uri: str | None, sweep: dict | None) -> str | None:
+    """The store that a command reads for ``uri`` (its ``--tracking-uri``) and the sweep it was given by its dir
+    (:func:`read_sweep`, or None): ``uri``, else ``MLFLOW_TRACKING_URI``, else the store the sweep logged to, else
+    None (MLflow's default, ``sqlite:///mlflow.db`` in the working directory)."""
+    return uri or os.environ.get(STORE_VAR) or (sweep or {}).get("tracking_uri")
+
+
+def portable_store(uri: str) -> str:
+    """``uri`` as a process in another folder finds it: a SQLite file's path made absolute; no password."""
+    database = sqlite_file(uri)
+    return f"sqlite:///{database.resolve()}" if database is not None else without_passwords(uri)
+
+
 def unusable_mlflow_store(uri: str) -> str | None:
     """Why the MLflow store ``uri`` cannot be used and what to do (:func:`cifar.stores.unusable`, or a file store
     that MLflow refuses), or None where it can be tried."""

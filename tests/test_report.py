@@ -204,6 +204,34 @@ def test_a_sweep_is_chosen_by_its_dir_too(store, capsys, tmp_path):
                                        "its parent run id\n")
 
 
+def test_a_sweep_dir_is_reported_from_anywhere_from_its_own_store_and_experiment(tmp_path, capsys, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("debug")  # no experiment "cifar", the report's default
+    sweep_dir = tmp_path / "store" / "multirun" / "sweep"
+    parent = client.create_run(experiment, tags={SWEEP_DIR_TAG: str(sweep_dir)}).info.run_id
+    job = client.create_run(experiment, run_name="seed=0", tags={"mlflow.parentRunId": parent}).info.run_id
+    client.log_metric(job, "val/best_acc", 0.5)
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # no mlflow.db here: the sweep's file names its store
+    assert report.main(["--sweep", str(sweep_dir)]) == 0
+    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+    assert report.main(["--tracking-uri", uri, "--sweep", parent]) == 0  # by its id: its experiment, not "cifar"
+    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+
+
+def test_a_sweep_records_its_store_as_a_process_in_another_folder_finds_it(tmp_path, monkeypatch):
+    from cifar.tracking import portable_store
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_store("sqlite:///mlflow.db") == f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's default, here
+    assert portable_store("postgresql://me:s3cret@db/mlflow") == "postgresql://me@db/mlflow"
+    assert portable_store("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
 def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()  # an empty store

@@ -174,6 +174,9 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     table = capsys.readouterr().out
     assert table.startswith(f"### Sweep {parent.info.run_name!r} ({parent.info.run_id})")
     assert all(f"| {child.info.run_name} |" in table for child in children)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # by its dir, from another folder: the store its file names
+    monkeypatch.chdir(cli.tmp_path / "sweep")
+    assert report.main(["--sweep", "."]) == 0 and capsys.readouterr().out == table
 
 
 def test_the_sweeps_report_command_names_the_store_and_experiment_only_where_the_reports_defaults_miss_them(
