@@ -60,8 +60,8 @@ class Report:
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
-    """The report's title, study summary and rows, best validation accuracy first. A sweep that ``sweep`` names
-    (its parent run's id, or its dir) is read in its own experiment, whatever ``experiment_name``."""
+    """The report's title, study summary and rows, best validation accuracy first. The sweep whose parent run's id
+    is ``sweep`` is read in its own experiment, whatever ``experiment_name``; with none, the latest sweep."""
     parent = None
     if every_run:
         ids = [_experiment_id(client, experiment_name)]
@@ -135,10 +135,9 @@ def _latest_sweep(client, experiment_name: str):
     return parents[0]
 
 
-def _chosen_sweep(client, sweep: str):
-    """The parent run ``--sweep`` names, by its id or by the sweep's dir; a UserError where it names
-    no run, or a job's run."""
-    run_id = _parent_run_of_dir(sweep) if Path(sweep).is_dir() else sweep
+def _chosen_sweep(client, run_id: str):
+    """The parent run ``--sweep`` names (by its id, or by the sweep's dir: :func:`_recorded_sweep`); a UserError
+    where it names no run, or a job's run."""
     run = existing_run(client, run_id)
     if run is None:
         raise UserError(f"--sweep {run_id}: no such MLflow run in {client.tracking_uri}: give a "
@@ -151,12 +150,13 @@ def _chosen_sweep(client, sweep: str):
     return run
 
 
-def _parent_run_of_dir(sweep_dir: str) -> str:
+def _recorded_sweep(sweep_dir: str) -> dict:
+    """What a sweep's dir records of it (:func:`cifar.tracking.read_sweep`): its parent run and its store."""
     recorded = read_sweep(sweep_dir)
     if recorded is None:
         raise UserError(f"--sweep {sweep_dir}: not a sweep's dir (it has no {SWEEP_FILE}): give the dir of a "
                         "`python -m cifar.train -m` sweep, or its parent run id")
-    return recorded["parent_run_id"]
+    return recorded
 
 
 def _row(client, run) -> Row:
@@ -240,9 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
-        sweep = read_sweep(args.sweep) if args.sweep and Path(args.sweep).is_dir() else None
+        sweep = _recorded_sweep(args.sweep) if args.sweep and Path(args.sweep).is_dir() else None
         uri = existing_store(chosen_store(args.tracking_uri, sweep))
-        report = collect(MlflowClient(tracking_uri=uri), args.experiment, args.sweep, args.all)
+        chosen = sweep["parent_run_id"] if sweep else args.sweep
+        report = collect(MlflowClient(tracking_uri=uri), args.experiment, chosen, args.all)
     except UserError as err:
         print(f"cifar.report: error: {err}", file=sys.stderr)
         return 2
