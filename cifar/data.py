@@ -384,10 +384,20 @@ def _decode_images(paths: list[str], blobs: Iterator[bytes]) -> np.ndarray:
             with Image.open(io.BytesIO(blob)) as image:
                 if image.size != (32, 32):
                     raise DataError(f"{path} is {image.size[0]}x{image.size[1]}: CIFAR-10 images must be 32x32")
-                images[i] = np.asarray(image.convert("RGB"))
+                images[i] = np.asarray(as_rgb(image))
         except (UnidentifiedImageError, OSError) as err:
             raise DataError(f"{path} is not a readable image ({err}): remove or replace it") from err
     return images
+
+
+def as_rgb(image):
+    """A Pillow image as 8-bit RGB. A 16-bit one (grayscale PNG or TIFF) keeps its high byte, where Pillow's
+    own conversion clips each value at 255 and so turns all but the darkest pixels white."""
+    from PIL import Image
+
+    if image.mode.startswith("I;16"):
+        image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 # --- splits ---------------------------------------------------------------------------------

@@ -6,8 +6,8 @@
     python -m cifar.predict photos/ --model multirun/2026-11-23/10-00-00   # a sweep: its best job's model
 
 Images of any size and colour mode are resized to 32x32 RGB (the whole image, its aspect ratio
-not kept) and normalised as in training. Folders are searched recursively for image files
-(png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as an image is reported on
+not kept; 16-bit grey scaled to 8 bits) and normalised as in training. Folders are searched
+recursively for image files (png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as an image is reported on
 stderr and skipped; the exit status is 1 if any was, 2 if the model cannot be loaded.
 """
 
@@ -74,8 +74,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             if image.format == "JPEG":
                 image.draft("RGB", (SIDE, SIDE))  # decode at the smallest scale that is still >= 32x32
-            if image.mode != "RGB":
-                image = image.convert("RGB")
+            image = data.as_rgb(image)
             if image.size != (SIDE, SIDE):
                 image = image.resize((SIDE, SIDE), Image.Resampling.BILINEAR)  # antialiased when shrinking
             return np.asarray(image)

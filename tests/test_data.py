@@ -262,6 +262,20 @@ def test_split_and_class_folders_are_read_whatever_their_case(folders_dir, tmp_p
     np.testing.assert_array_equal(loaded.test_images, expected.test_images)
 
 
+def test_16_bit_grayscale_images_read_as_their_8_bit_pixels(folders_dir, tmp_path):
+    for bits in (8, 16):
+        for path in sorted(folders_dir.rglob("*.png")):
+            gray = np.asarray(Image.open(path).convert("L"))
+            target = tmp_path / f"gray{bits}" / path.relative_to(folders_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(gray if bits == 8 else gray.astype(np.uint16) * 257).save(target)
+    gray8 = load_cifar10(tmp_path / "gray8", tmp_path / "cache8", download=False)
+    gray16 = load_cifar10(tmp_path / "gray16", tmp_path / "cache16", download=False)
+    assert Image.open(next((tmp_path / "gray16").rglob("*.png"))).mode.startswith("I;16")
+    np.testing.assert_array_equal(gray16.train_images, gray8.train_images)
+    np.testing.assert_array_equal(gray16.test_images, gray8.test_images)
+
+
 def test_unknown_class_folder_is_reported(tmp_path):
     root = fakedata.write_image_folders(tmp_path / "src", train_per_class=1, test_per_class=1)
     (root / "fake-cifar" / "train" / "cats").mkdir()

@@ -118,6 +118,15 @@ def test_any_size_and_colour_mode_is_resized_and_converted(trained, tmp_path, ca
         assert confidences == sorted(confidences, reverse=True) and sum(confidences) <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_16_bit_grayscale_image_reads_as_its_8_bit_pixels(suffix, tmp_path):
+    gray = np.asarray(Image.fromarray(fakedata.images_for(np.array([3]), seed=5)[0]).convert("L"))
+    Image.fromarray(gray).save(tmp_path / f"gray8{suffix}")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / f"gray16{suffix}")
+    np.testing.assert_array_equal(predict.read_image(tmp_path / f"gray16{suffix}"),
+                                  predict.read_image(tmp_path / f"gray8{suffix}"))
+
+
 def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
     said = unreadable_database("connection refused", monkeypatch)
     uri = REFUSING_DATABASE.format("mlflow")
