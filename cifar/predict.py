@@ -7,8 +7,9 @@
 
 Images of any size and colour mode are resized to 32x32 RGB (the whole image, its aspect ratio
 not kept; 16-bit grey scaled to 8 bits) and normalised as in training. Folders are searched
-recursively for image files (png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as an image is reported on
-stderr and skipped; the exit status is 1 if any was, 2 if the model cannot be loaded.
+recursively for image files (png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as
+an image is reported on stderr and skipped; the exit status is 1 if any was, 2 if the model cannot
+be loaded.
 """
 
 from __future__ import annotations

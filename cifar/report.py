@@ -2,6 +2,8 @@
 
 For an Optuna sweep, the table says each run's trial and state (finished, pruned, failed), and a
 line above it sums up the study from its storage: trials by state, best value and parameters.
+Where a configuration finished more than once (``-m ... seed=0,1,2``), a second table gives its mean
+and standard deviation over those runs.
 
     python -m cifar.report                      # the latest sweep in experiment "cifar"
     python -m cifar.report --sweep RUN_ID       # one sweep, by its parent run id
@@ -16,6 +18,8 @@ import argparse
 import errno
 import functools
 import os
+import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +33,7 @@ from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
     STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run, existing_store,
-    read_sweep, search_all_runs, store_errors, sweep_jobs, unreadable_store,
+    names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, unreadable_store,
 )
 
 
@@ -50,6 +54,17 @@ class Row:
     seconds: float | None
     trial: int | None = None
     data: str | None = None  # the digest of the data it trained on
+    config: tuple | None = None  # what it trained but its seed (:func:`_config`); None for a run that logged no seed
+
+
+@dataclass
+class Repeated:
+    """A configuration's finished runs (of several seeds, or repeats), summed up."""
+    name: str
+    data: str | None
+    runs: int
+    val_acc: list[float]
+    test_acc: list[float]
 
 
 @dataclass
@@ -57,6 +72,18 @@ class Report:
     title: str
     rows: list[Row]
     study: str | None = None  # the Optuna study's summary line, for an Optuna sweep
+
+    def repeated(self) -> list[Repeated]:
+        """The configurations that finished more than once (of other seeds, or repeats), best mean validation
+        accuracy first."""
+        groups: dict[tuple, list[Row]] = {}
+        for row in self.rows:
+            if row.state == "finished" and row.config is not None and row.val_acc is not None:
+                groups.setdefault(row.config, []).append(row)
+        repeated = [Repeated(_without_seed(rows[0].name), rows[0].data, len(rows), [r.val_acc for r in rows],
+                             [r.test_acc for r in rows if r.test_acc is not None])
+                    for rows in groups.values() if len(rows) > 1]
+        return sorted(repeated, key=lambda group: -statistics.fmean(group.val_acc))
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
@@ -173,7 +200,20 @@ def _row(client, run) -> Row:
         seconds=wall_seconds(run),
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
         data=tags.get(DATA_HASH_TAG, "")[:DATASET_DIGEST_CHARS] or None,
+        config=_config(run.data.params, tags.get(DATA_HASH_TAG)),
     )
+
+
+def _config(params: dict[str, str], data_hash: str | None) -> tuple | None:
+    """What a run trained, but its seed: the params that name the training (as its run name's overrides do) and
+    its data. Runs of one config and other seeds share it."""
+    if "seed" not in params:
+        return None
+    return data_hash, tuple(sorted((k, v) for k, v in params.items() if k != "seed" and names_the_training(k)))
+
+
+def _without_seed(run_name: str) -> str:
+    return re.sub(r"(^|,)seed=[^,]*", "", run_name).strip(",") or "defaults"
 
 
 def wall_seconds(run) -> float | None:
@@ -220,14 +260,28 @@ def to_markdown(report: Report) -> str:
         epochs = "" if row.epochs is None else str(row.epochs)
         lines.append(f"| {trial}{row.name} | {digest}{pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} "
                      f"| {wall} |")
+    if repeated := report.repeated():
+        lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", "",
+                  f"| run | {'data | ' if data else ''}runs | best val acc, % | test acc, % |",
+                  f"|---|{'---|' if data else ''}---:|---:|---:|"]
+        lines += [f"| {group.name} | {(group.data or '') + ' | ' if data else ''}{group.runs} | "
+                  f"{_spread(group.val_acc)} | {_spread(group.test_acc)} |" for group in repeated]
     return "\n".join(lines) + "\n"
+
+
+def _spread(accuracies: list[float]) -> str:
+    if not accuracies:
+        return ""
+    mean = f"{100 * statistics.fmean(accuracies):.2f}"
+    return f"{mean} ± {100 * statistics.stdev(accuracies):.2f}" if len(accuracies) > 1 else mean
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                        help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+                        help=f"MLflow experiment of the latest sweep or --all (default: {DEFAULT_EXPERIMENT}); "
+                             "a --sweep is read in its own")
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else the store of a "
                                                "--sweep dir, else sqlite:///mlflow.db)")
     scope = parser.add_mutually_exclusive_group()

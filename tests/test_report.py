@@ -142,6 +142,40 @@ def test_runs_of_other_data_are_told_apart_by_a_data_column(store, capsys):
     assert [r[1] for r in table_rows(capsys.readouterr().out)][-2:] == ["", "85549d1b2c02"]
 
 
+def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cifar")
+    parent = client.create_run(experiment, run_name="sweep", tags={SWEEP_DIR_TAG: str(tmp_path)}).info.run_id
+    data = "e00b28a47d65" + "0" * 52
+
+    def job(lr, seed, val_acc, test_acc, status="FINISHED", data_hash=data, **params):
+        run_id = client.create_run(experiment, run_name=f"optimizer.lr={lr},seed={seed}",
+                                   tags={"mlflow.parentRunId": parent, "data.hash": data_hash}).info.run_id
+        for key, value in {"optimizer.lr": lr, "seed": seed, "mlflow.log_plots": True, **params}.items():
+            client.log_param(run_id, key, value)
+        client.log_metric(run_id, "val/best_acc", val_acc)
+        client.log_metric(run_id, "test/acc", test_acc)
+        client.set_terminated(run_id, status)
+
+    job(0.001, 0, 0.60, 0.59)
+    job(0.001, 1, 0.62, 0.61, **{"mlflow.log_plots": False})  # a param that does not change what it trains
+    job(0.001, 2, 0.64, 0.63)
+    job(0.001, 3, 0.90, 0.90, data_hash="85549d1b2c02" + "0" * 52)  # other data: not pooled
+    job(0.0005, 0, 0.70, 0.69)
+    job(0.0005, 1, 0.72, 0.71)
+    job(0.0005, 2, 0.99, 0.99, status="FAILED")  # not finished: left out
+    job(0.01, 0, 0.50, 0.50)  # each of these finished once
+    job(0.01, 1, 0.40, 0.40, **{"optimizer.weight_decay": 0.1})
+    assert report.main(["--tracking-uri", uri, "--sweep", parent]) == 0
+    table, over_seeds = capsys.readouterr().out.split("#### Over seeds")
+    assert len(table_rows(table)) == 9
+    assert table_rows(over_seeds) == [
+        ["optimizer.lr=0.0005", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41"],
+        ["optimizer.lr=0.001", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00"],
+    ]
+
+
 def test_a_sweep_id_that_names_no_sweep_is_one_line_and_exit_2_naming_the_fix(store, capsys):
     uri, new, _ = store
     assert report.main(["--tracking-uri", uri, "--sweep", "0" * 32]) == 2
