@@ -41,7 +41,7 @@ class SweepCallback(Callback):
     """Opens the multirun's parent run before the first job and closes it with a summary."""
 
     parent_run_id: str | None = None  # set once the sweep's parent run is open
-    report_options: list[str] = []  # those with which cifar.report reads the sweep's store and experiment
+    report_options: list[str] = []  # those with which cifar.report reads the sweep's store
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
@@ -55,7 +55,7 @@ class SweepCallback(Callback):
             jobs = _checked_jobs(config, optuna_sweep)
             sweeper.check_machine(jobs)
             store = tracking.usable_store(config.mlflow)
-            self.report_options = _report_options(store, config.mlflow.experiment)
+            self.report_options = _report_options(store)
             sweeper.check_data(jobs)  # the last check: it may download and decode the data
             experiment_id = tracking.use_experiment(store, config.mlflow.experiment)
         except UserError as err:
@@ -203,14 +203,13 @@ def _closing_line(children: list[Any], best: Any | None, report_options: list[st
     return f"{line}. All of them: {shlex.join(['python', '-m', 'cifar.report', *report_options])}"
 
 
-def _report_options(store: str, experiment: str) -> list[str]:
-    """The options with which ``cifar.report`` reads ``store`` and ``experiment``, where its defaults would not:
-    called before the sweep's first ``mlflow.set_tracking_uri``, which sets MLFLOW_TRACKING_URI in this process
-    (the report's default store is that variable's, else MLflow's default)."""
+def _report_options(store: str) -> list[str]:
+    """The options with which ``cifar.report`` reads ``store``, where its default would not (a sweep chosen by its
+    id is read in its own experiment): called before the sweep's first ``mlflow.set_tracking_uri``, which sets
+    MLFLOW_TRACKING_URI in this process (the report's default store is that variable's, else MLflow's default)."""
     import mlflow
 
-    options = [] if store == mlflow.get_tracking_uri() else ["--tracking-uri", without_passwords(store)]
-    return options if experiment == report.DEFAULT_EXPERIMENT else [*options, "--experiment", experiment]
+    return [] if store == mlflow.get_tracking_uri() else ["--tracking-uri", without_passwords(store)]
 
 
 def _store_settings(config: DictConfig, optuna_sweep: bool) -> dict[str, str]:

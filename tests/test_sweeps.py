@@ -130,8 +130,8 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/jobs_pruned"] == 1
     best_acc = finished.data.metrics["val/best_acc"]  # the sweep's last line gives the states as the report does
     assert (f"Sweep ended: 2 jobs (1 finished, 1 pruned); best val/best_acc {best_acc:.4f}: {finished.info.run_name} "
-            f"(MLflow run {finished.info.run_id}). All of them: python -m cifar.report --experiment {cli.experiment} "
-            f"--sweep {parent.info.run_id}\n") in proc.stdout
+            f"(MLflow run {finished.info.run_id}). All of them: python -m cifar.report --sweep "
+            f"{parent.info.run_id}\n") in proc.stdout
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     # the sweep's last line: its outcome, its best job, and the report of it, which works as printed
     [line] = [line for line in proc.stdout.splitlines() if "Sweep ended:" in line]
     best_acc = best.data.metrics["val/best_acc"]
-    report_command = f"python -m cifar.report --experiment {cli.experiment} --sweep {parent.info.run_id}"
+    report_command = f"python -m cifar.report --sweep {parent.info.run_id}"  # read in the sweep's own experiment
     assert line.endswith(f"Sweep ended: 4 jobs (4 finished); best val/best_acc {best_acc:.4f}: "
                          f"{best.info.run_name} (MLflow run {best.info.run_id}). All of them: {report_command}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cli.tracking_uri)  # as the sweep's shell had it
@@ -179,18 +179,17 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     assert report.main(["--sweep", "."]) == 0 and capsys.readouterr().out == table
 
 
-def test_the_sweeps_report_command_names_the_store_and_experiment_only_where_the_reports_defaults_miss_them(
+def test_the_sweeps_report_command_names_the_store_only_where_the_reports_default_misses_it(
         monkeypatch, tmp_path):
     from cifar.sweep_run import _report_options
 
     default = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's, as the report finds it: mlflow.db in its folder
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: default)
-    assert _report_options(default, "cifar") == []
-    assert _report_options(default, "my exp") == ["--experiment", "my exp"]
+    assert _report_options(default) == []
     server = "postgresql://cifar:s3cret@db-host/mlflow"
-    assert _report_options(server, "cifar") == ["--tracking-uri", "postgresql://cifar@db-host/mlflow"]
+    assert _report_options(server) == ["--tracking-uri", "postgresql://cifar@db-host/mlflow"]
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: server)  # MLFLOW_TRACKING_URI, which the report reads
-    assert _report_options(server, "cifar") == []
+    assert _report_options(server) == []
 
 
 @pytest.mark.slow
