@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cifar.errors import ConfigError
+
 NUM_CLASSES = 10
 
 
@@ -163,6 +165,23 @@ def build_model(cfg: Any) -> nn.Module:
 def first_conv(model: nn.Module) -> nn.Conv2d:
     """The convolution that sees the images: the one ``trainer.whiten`` whitens."""
     return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def check_fits(model: nn.Module, cfg: Any) -> None:
+    """Refuse, in one line before the data is read, the options that need convolutions ``model`` lacks (a model
+    added to the ``model`` group may have none, or one): they failed with a traceback."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    model_option = f"model={cfg.model.name}"
+    if cfg.trainer.whiten and not convs:
+        raise ConfigError(f"trainer.whiten=true whitens the first convolution, and {model_option} has none: set "
+                          "trainer.whiten=false")
+    if cfg.trainer.whiten_bias_epochs is not None and convs[0].bias is None:
+        raise ConfigError(f"trainer.whiten_bias_epochs={cfg.trainer.whiten_bias_epochs} fixes the first "
+                          f"convolution's bias, which {model_option} does not have: set "
+                          "trainer.whiten_bias_epochs=null")
+    if "muon_lr" in cfg.optimizer and len(convs) < 2:
+        raise ConfigError(f"optimizer=muon orthogonalizes the filters of the convolutions after the first, and "
+                          f"{model_option} has {'one convolution' if convs else 'none'}: choose another optimizer")
 
 
 def whiten_first_conv(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> None:

@@ -25,10 +25,10 @@ from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import Runtime, default_eval_batch_size, make_runtime, torch_default_threads
 from cifar.diagnostics import Diagnostics
-from cifar.models import build_model, first_conv, summarize, whiten_first_conv
+from cifar.models import build_model, check_fits, summarize, whiten_first_conv
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import TTA, Evaluation
-from cifar.errors import CheckpointError, ConfigError, DivergedError
+from cifar.errors import CheckpointError, DivergedError
 from cifar.files import atomic_write_text
 from cifar.lookahead import Lookahead
 from cifar.outages import Retrying
@@ -76,11 +76,7 @@ def run(cfg: DictConfig) -> float | None:
     )
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(runtime.device)
-    if cfg.trainer.whiten_bias_epochs is not None and first_conv(model).bias is None:
-        raise ConfigError(
-            f"trainer.whiten_bias_epochs={cfg.trainer.whiten_bias_epochs} fixes the first convolution's bias, which "
-            f"model={cfg.model.name} does not have: set trainer.whiten_bias_epochs=null"
-        )
+    check_fits(model, cfg)
     data = load_cifar10(to_absolute_path(cfg.data.path), to_absolute_path(cfg.data.cache_dir), cfg.data.download)
     augment = Augmenter(**cfg.data.augment, cutout_fill=data.mean)
     splits = make_splits(data, cfg.data, cfg.seed, augment, runtime.device)

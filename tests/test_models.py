@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cifar.config import compose
+from cifar.errors import ConfigError
 from cifar.models import (
-    _Residual, airbench, build_model, count_parameters, relu_before_pool, resnet9, simplecnn, summarize,
+    _Residual, airbench, build_model, check_fits, count_parameters, relu_before_pool, resnet9, simplecnn, summarize,
     whiten_first_conv,
 )
 
@@ -153,3 +157,24 @@ def test_whitened_first_conv_responds_to_the_patches_with_unit_uncorrelated_outp
     assert torch.equal(conv.weight[pairs : 2 * pairs], -conv.weight[:pairs])
     assert torch.equal(conv.weight[2 * pairs :], initial[2 * pairs :])
     assert not conv.weight.requires_grad
+
+
+@pytest.mark.parametrize("overrides, convolutions, refusal", [
+    (["trainer.whiten=true"], 0, "trainer.whiten=true whitens the first convolution, and model=simplecnn has none: "
+                                 "set trainer.whiten=false"),
+    (["optimizer=muon", "scheduler=cosine"], 0, "optimizer=muon orthogonalizes the filters of the convolutions after "
+                                                "the first, and model=simplecnn has none: choose another optimizer"),
+    (["optimizer=muon", "scheduler=cosine"], 1, "and model=simplecnn has one convolution: choose another optimizer"),
+    (["optimizer=muon", "scheduler=cosine", "trainer.whiten=true"], 2, None),
+    (["trainer.whiten=true", "trainer.whiten_bias_epochs=1"], 2, None),
+])
+def test_options_that_need_convolutions_are_refused_for_a_model_without_them(overrides, convolutions, refusal):
+    """A model of one's own (an MLP, say) for what needs convolutions: one line naming the fix, not a traceback."""
+    layers = [torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)][:convolutions]
+    model = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    cfg = compose(overrides)
+    if refusal is None:
+        check_fits(model, cfg)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(refusal)):
+            check_fits(model, cfg)
