@@ -73,17 +73,18 @@ class Report:
     rows: list[Row]
     study: str | None = None  # the Optuna study's summary line, for an Optuna sweep
 
-    def repeated(self) -> list[Repeated]:
-        """The configurations that finished more than once (of other seeds, or repeats), best mean validation
-        accuracy first."""
-        groups: dict[tuple, list[Row]] = {}
-        for row in self.rows:
-            if row.state == "finished" and row.config is not None and row.val_acc is not None:
-                groups.setdefault(row.config, []).append(row)
-        repeated = [Repeated(_without_seed(rows[0].name), rows[0].data, len(rows), [r.val_acc for r in rows],
-                             [r.test_acc for r in rows if r.test_acc is not None])
-                    for rows in groups.values() if len(rows) > 1]
-        return sorted(repeated, key=lambda group: -statistics.fmean(group.val_acc))
+
+def repeated_configs(rows: list[Row]) -> list[Repeated]:
+    """The configurations that finished more than once (of other seeds, or repeats), best mean validation accuracy
+    first."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        if row.state == "finished" and row.config is not None and row.val_acc is not None:
+            groups.setdefault(row.config, []).append(row)
+    repeated = [Repeated(_without_seed(rows[0].name), rows[0].data, len(rows), [r.val_acc for r in rows],
+                         [r.test_acc for r in rows if r.test_acc is not None])
+                for rows in groups.values() if len(rows) > 1]
+    return sorted(repeated, key=lambda group: -statistics.fmean(group.val_acc))
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
@@ -103,7 +104,7 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
     best_run_id = parent.data.tags.get(BEST_RUN_TAG) if parent else None
     runs = sorted(runs, key=functools.partial(_best_first, best_run_id))
     study = _study_line(parent.data.tags) if parent else None
-    return Report(title, [_row(client, r) for r in runs], study)
+    return Report(title, [row(r, client) for r in runs], study)
 
 
 def _experiment_id(client, name: str) -> str:
@@ -186,10 +187,11 @@ def _recorded_sweep(sweep_dir: str) -> dict:
     return recorded
 
 
-def _row(client, run) -> Row:
+def row(run, client=None) -> Row:
+    """A run's row; ``client`` reads the metrics so far of a job still running (without it, it has none)."""
     metrics, info, tags = run.data.metrics, run.info, run.data.tags
     val_acc, epochs = metrics.get(BEST_VAL_ACC), int(metrics["epochs_run"]) if "epochs_run" in metrics else None
-    if info.status == "RUNNING" and epochs is None:
+    if info.status == "RUNNING" and epochs is None and client is not None:
         val_acc, epochs = _so_far(client, info.run_id)
     return Row(
         name=info.run_name or info.run_id,
@@ -260,7 +262,7 @@ def to_markdown(report: Report) -> str:
         epochs = "" if row.epochs is None else str(row.epochs)
         lines.append(f"| {trial}{row.name} | {digest}{pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} "
                      f"| {wall} |")
-    if repeated := report.repeated():
+    if repeated := repeated_configs(report.rows):
         lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", "",
                   f"| run | {'data | ' if data else ''}runs | best val acc, % | test acc, % |",
                   f"|---|{'---|' if data else ''}---:|---:|---:|"]

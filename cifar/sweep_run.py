@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -191,8 +192,9 @@ _STATE_ORDER = ("finished", "pruned", "failed", "killed", "running")  # report.r
 
 
 def _closing_line(children: list[Any], best: Any | None, report_options: list[str]) -> str:
-    """What the sweep came to, for the console: its jobs by state as the report gives them, the best job, and the
-    report that tables them all."""
+    """What the sweep came to, for the console: its jobs by state as the report gives them, the best job, the best
+    configuration by its mean over seeds where configurations finished more than once, and the report that tables
+    them all."""
     states = collections.Counter(report.run_state(child) for child in children)
     order = sorted(states, key=lambda state: _STATE_ORDER.index(state) if state in _STATE_ORDER else len(_STATE_ORDER))
     outcomes = ", ".join(f"{states[state]} {state}" for state in order)
@@ -200,6 +202,9 @@ def _closing_line(children: list[Any], best: Any | None, report_options: list[st
     if best is not None:
         line += (f"; best {BEST_VAL_ACC} {best.data.metrics[BEST_VAL_ACC]:.4f}: {best.info.run_name} "
                  f"(MLflow run {best.info.run_id})")
+    if repeated := report.repeated_configs([report.row(child) for child in children]):
+        top = repeated[0]
+        line += f"; best mean {BEST_VAL_ACC} {statistics.fmean(top.val_acc):.4f} over {top.runs} runs: {top.name}"
     return f"{line}. All of them: {shlex.join(['python', '-m', 'cifar.report', *report_options])}"
 
 

@@ -174,6 +174,14 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
         ["optimizer.lr=0.0005", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41"],
         ["optimizer.lr=0.001", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00"],
     ]
+    from cifar.sweep_run import _best_job, _closing_line
+    from cifar.tracking import sweep_jobs
+
+    jobs = sweep_jobs(client, client.get_run(parent))  # the sweep's last line points at the best mean too
+    best = _best_job(jobs)
+    assert _closing_line(jobs, best, ["--sweep", parent]).endswith(
+        f"{best.info.run_name} (MLflow run {best.info.run_id}); best mean val/best_acc 0.7100 over 2 runs: "
+        f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
 
 
 def test_a_sweep_id_that_names_no_sweep_is_one_line_and_exit_2_naming_the_fix(store, capsys):
