@@ -85,11 +85,13 @@ class Cifar10:
                 "class_counts": self.class_counts}
 
 
-def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download: bool) -> Cifar10:
-    """Return CIFAR-10 from ``path``, decoding it into the cache on first use."""
+def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download: bool,
+                 setting: str = "data.path") -> Cifar10:
+    """Return CIFAR-10 from ``path``, decoding it into the cache on first use; ``setting`` is the option that gave
+    ``path``, which errors name."""
     if Path(path).suffix == ".npz":
-        return read_decoded(Path(path))
-    source = locate_source(Path(path), download)
+        return read_decoded(Path(path), setting)
+    source = locate_source(Path(path), download, setting)
     cache_file = Path(cache_dir) / f"cifar10-{fingerprint(source)}.npz"
     if (cached := _cached(cache_file)) is not None:
         return cached
@@ -437,17 +439,17 @@ def check_split(cfg_data, n_train: int) -> None:
 # --- the cache ------------------------------------------------------------------------------
 
 
-def read_decoded(path: Path) -> Cifar10:
+def read_decoded(path: Path, setting: str = "data.path") -> Cifar10:
     """A decoded ``.npz`` given as the source; a one-line DataError if it is missing or not one."""
     try:
         return _read_cache(path)
     except FileNotFoundError:
         raise DataError(
-            f"data.path={path} does not exist: run `dvc repro prepare` or point data.path at the raw data"
+            f"{setting}={path} does not exist: run `dvc repro prepare` or point {setting} at the raw data"
         ) from None
     except UNREADABLE_CACHE as err:
         raise DataError(
-            f"data.path={path} is not a decoded CIFAR-10 .npz ({err}): point data.path at the raw data"
+            f"{setting}={path} is not a decoded CIFAR-10 .npz ({err}): point {setting} at the raw data"
         ) from err
 
 

@@ -129,15 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
-    parser.add_argument("--model", required=True, metavar="SOURCE",
-                        help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, a sweep's "
-                             "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI")
+    add_model_arguments(parser)
     parser.add_argument("--top-k", type=int, default=1, metavar="K", help="also print the next K-1 classes")
     parser.add_argument("--json", action="store_true", help="one JSON object per image, per line")
-    parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, else the "
-                                               "store of a sweep dir, else sqlite:///mlflow.db)")
-    parser.add_argument("--batch-size", type=int, help="images a batch (default: the device's, as in training)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     args = parser.parse_args(argv)
     if not 1 <= args.top_k <= len(CLASSES):
         parser.error(f"--top-k must be between 1 and {len(CLASSES)}")
@@ -147,10 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cifar.device import default_eval_batch_size  # torch: imported once the arguments are valid
 
     files, missing = image_files(args.paths)
-    if not sys.stderr.isatty():  # MLflow's bar for a model it downloads: a line per update in a log or a pipe
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        model, device = _load(args.model, args.tracking_uri, args.device)
+        model, device = load_on_device(args.model, args.tracking_uri, args.device)
     except UserError as err:
         print(f"cifar.predict: error: {err}", file=sys.stderr)
         return 2
@@ -175,13 +167,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _load(source: str, tracking_uri: str | None, device_name: str):
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which model, and where it runs (``cifar.predict``'s and ``cifar.evaluate``'s)."""
+    parser.add_argument("--model", required=True, metavar="SOURCE",
+                        help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, a sweep's "
+                             "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI")
+    parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, else the "
+                                               "store of a sweep dir, else sqlite:///mlflow.db)")
+    parser.add_argument("--batch-size", type=int, help="images a batch (default: the device's, as in training)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+
+
+def load_on_device(source: str, tracking_uri: str | None, device_name: str):
+    """The classifier of ``--model`` on the ``--device``, and that device; a UserError where either is wrong."""
     import torch
 
     from cifar import inference
     from cifar.device import default_channels_last, resolve_device
 
     device = resolve_device(device_name, setting="--device")
+    if not sys.stderr.isatty():  # MLflow's bar for a model it downloads: a line per update in a log or a pipe
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     model = inference.load(source, tracking_uri).to(device)
     if default_channels_last(device):  # the images arrive as NHWC, which is channels_last once permuted
         model = model.to(memory_format=torch.channels_last)

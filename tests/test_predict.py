@@ -19,12 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cifar import inference, predict
+from cifar import engine, evaluate, inference, predict
 from cifar.batches import Normalizer
 from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
-from cifar.engine import TTA, evaluate
+from cifar.engine import TTA
 from tests import fakedata
 from tests.conftest import (
     FAST, REFUSING_DATABASE, all_runs, client_for, sweep_parent_and_children, unreadable_database, with_overrides,
@@ -83,16 +83,58 @@ def test_predictions_are_the_runs_own_evaluation_of_the_same_images(trained, cap
     rows = _json_lines(out)
     assert sorted(rows) == sorted(map(str, trained.images))
 
-    classifier = inference.from_checkpoint(trained.checkpoint)
+    expected = _runs_own_predictions(trained.checkpoint, trained.data.test_images, trained.data.test_labels,
+                                     trained.data)
+    by_index = {int(Path(path).stem): row for path, row in rows.items()}
+    assert [by_index[i]["label"] for i in range(len(expected))] == [CLASSES[i] for i in expected]
+    assert all(0 < row["confidence"] <= 1 and row["top_k"][0]["label"] == row["label"] for row in rows.values())
+
+
+def _runs_own_predictions(checkpoint: Path, images: np.ndarray, labels: np.ndarray, data) -> list[int]:
+    """The classes that the checkpoint's run gives ``images`` when it evaluates them (with its TTA), in fp32."""
+    classifier = inference.from_checkpoint(checkpoint)
     assert classifier.tta == TTA(flip=True, translate=True)
     runtime = make_runtime("cpu", amp=False, channels_last=False, compile=False, threads=None)
-    images = torch.from_numpy(trained.data.test_images).permute(0, 3, 1, 2).contiguous()
-    labels = torch.from_numpy(trained.data.test_labels)
-    normalize = Normalizer.from_stats(trained.data.mean, trained.data.std, runtime.device, False)
-    expected = evaluate(classifier.model, images, labels, normalize, 64, runtime, classifier.tta).predictions
-    by_index = {int(Path(path).stem): row for path, row in rows.items()}
-    assert [by_index[i]["label"] for i in range(len(labels))] == [CLASSES[i] for i in expected]
-    assert all(0 < row["confidence"] <= 1 and row["top_k"][0]["label"] == row["label"] for row in rows.values())
+    normalize = Normalizer.from_stats(data.mean, data.std, runtime.device, False)
+    return engine.evaluate(classifier.model, torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                           torch.from_numpy(labels), normalize, 64, runtime, classifier.tta).predictions.tolist()
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_evaluate_scores_a_split_as_the_run_classifies_its_images(split, trained, official_dir, capsys, tmp_path):
+    images, labels = getattr(trained.data, f"{split}_images"), getattr(trained.data, f"{split}_labels")
+    predicted = _runs_own_predictions(trained.checkpoint, images, labels, trained.data)
+    confusion = np.zeros((10, 10), dtype=int)
+    for label, prediction in zip(labels, predicted):
+        confusion[label, prediction] += 1
+    args = ["--model", str(trained.checkpoint), "--data", str(official_dir), "--cache-dir", str(tmp_path),
+            "--split", split]
+    assert evaluate.main([*args, "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["confusion"] == confusion.tolist() and scored["images"] == len(labels)
+    assert scored["accuracy"] == np.mean(np.array(predicted) == labels)
+    assert scored["data_hash"] == trained.data.content_hash and scored["split"] == split
+    for i, cls in enumerate(CLASSES):
+        assert scored["class_accuracy"][cls] == confusion[i, i] / confusion[i].sum()
+    assert evaluate.main(args) == 0
+    table = capsys.readouterr().out
+    assert f"accuracy  {scored['accuracy']:.2%} ({np.trace(confusion)} of {len(labels)} images)" in table
+    worst = min(range(10), key=lambda i: confusion[i, i] / confusion[i].sum())
+    assert f"| {CLASSES[worst]} | {confusion[worst, worst] / confusion[worst].sum():.2%} | {confusion[worst].sum()} |" \
+        in table
+
+
+@pytest.mark.parametrize("args, refusal", [
+    (["--data", "nowhere"], "No CIFAR-10 data in nowhere: put cifar-10-python.tar.gz or train/<class>/ image folders "
+                            "there, or set --data to your copy"),
+    (["--model", "nothing-here.pt"], "--model nothing-here.pt is not a checkpoint file"),
+])
+def test_evaluate_on_bad_input_is_one_line_and_exit_2(args, refusal, trained, official_dir, capsys, tmp_path):
+    defaults = {"--model": str(trained.checkpoint), "--data": str(official_dir), "--cache-dir": str(tmp_path)}
+    defaults.update(zip(args[::2], args[1::2]))
+    assert evaluate.main([item for pair in defaults.items() for item in pair]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifar.evaluate: error: {refusal}") and err.count("\n") == 1
 
 
 def test_a_checkpoint_of_an_earlier_version_classifies_without_translate_tta(trained, tmp_path):
