@@ -100,9 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cifar.data import load_cifar10  # torch: imported once the arguments are valid
     from cifar.device import default_eval_batch_size
 
-    try:
-        data = load_cifar10(args.data, args.cache_dir, download=False, setting="--data")
+    try:  # the model first: a wrong one is said before a new source is decoded
         model, device = load_on_device(args.model, args.tracking_uri, args.device)
+        data = load_cifar10(args.data, args.cache_dir, download=False, setting="--data")
     except UserError as err:
         print(f"cifar.evaluate: error: {err}", file=sys.stderr)
         return 2

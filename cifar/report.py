@@ -78,12 +78,12 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     """The configurations that finished more than once (of other seeds, or repeats), best mean validation accuracy
     first."""
     groups: dict[tuple, list[Row]] = {}
-    for row in rows:
-        if row.state == "finished" and row.config is not None and row.val_acc is not None:
-            groups.setdefault(row.config, []).append(row)
-    repeated = [Repeated(_without_seed(rows[0].name), rows[0].data, len(rows), [r.val_acc for r in rows],
-                         [r.test_acc for r in rows if r.test_acc is not None])
-                for rows in groups.values() if len(rows) > 1]
+    for finished in rows:
+        if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
+            groups.setdefault(finished.config, []).append(finished)
+    repeated = [Repeated(_without_seed(group[0].name), group[0].data, len(group), [r.val_acc for r in group],
+                         [r.test_acc for r in group if r.test_acc is not None])
+                for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: -statistics.fmean(group.val_acc))
 
 

@@ -291,6 +291,7 @@ def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(tra
     assert (by_dir.returncode, by_dir.stdout) == by_job[:2], by_dir.stderr  # the store its sweep file names
 
 
+@pytest.mark.slow  # 14 s: a run of its own
 def test_a_run_whose_best_pt_was_written_over_is_refused_by_run_id(cli, capsys, tmp_path):
     image = tmp_path / "image.png"
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)

@@ -76,6 +76,7 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert proc.stdout.count("epoch ") >= 2 or proc.stderr.count("epoch ") >= 2
 
 
+@pytest.mark.slow  # 11 s
 def test_ema_weights_are_the_ones_scored_and_kept_as_best(cli):
     import torch
 
@@ -124,6 +125,7 @@ def test_without_tta_in_validation_validation_scores_the_plain_images_and_the_te
     assert jobs[0].data.metrics["test/loss"] != jobs[1].data.metrics["test/loss"]  # tested on three views, and on six
 
 
+@pytest.mark.slow  # 14 s
 def test_airbench_preset_trains_norm_biases_fast_and_keeps_the_batchnorm_scales_and_whitening_fixed(cli):
     cli("experiment=airbench", "model.widths=[8,16,16]", "data.batch_size=32", "trainer.epochs=2")
     [run] = all_runs(cli)
