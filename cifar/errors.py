@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
-from typing import TYPE_CHECKING
+import signal
+import sys
+from typing import TYPE_CHECKING, Callable
 
 from cifar.credentials import without_passwords
 
@@ -47,6 +50,18 @@ class CheckpointError(UserError):
 class AbortRun(BaseException):
     """Carries a UserError past Hydra to ``cifar.train``'s one-line report: past Hydra's per-job failure
     report in a single run, and past its callbacks, whose Exceptions it only warns of, to stop a sweep."""
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """The exit status of a tool's ``main``; 128 + SIGPIPE, silently, where the reader of its output left
+    (``| head``): Python printed a BrokenPipeError traceback, or "Exception ignored" at exit."""
+    try:
+        status = main()
+        sys.stdout.flush()  # here, not at exit, where the error could not be caught
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit
+        return 128 + signal.SIGPIPE
 
 
 def first_line(err: BaseException) -> str:

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from cifar.data import CLASSES
-from cifar.errors import UserError
+from cifar.errors import UserError, exit_status
 from cifar.predict import add_model_arguments, load_on_device
 
 SPLITS = ("test", "train")
@@ -119,4 +119,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -28,7 +28,7 @@ import numpy as np
 
 from cifar import data
 from cifar.data import CLASSES
-from cifar.errors import UserError, first_line, os_reason
+from cifar.errors import UserError, exit_status, first_line, os_reason
 
 IMAGE_SUFFIXES = (*data.IMAGE_SUFFIXES, ".gif", ".tif", ".tiff")  # any image Pillow reads, not only dataset formats
 SIDE = 32
@@ -195,4 +195,4 @@ def load_on_device(source: str, tracking_uri: str | None, device_name: str):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

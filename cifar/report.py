@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cifar.credentials import without_passwords
-from cifar.errors import UserError, first_line, os_reason
+from cifar.errors import UserError, exit_status, first_line, os_reason
 from cifar.files import atomic_write_text
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
@@ -324,4 +324,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

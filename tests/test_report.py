@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -182,6 +183,17 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     assert _closing_line(jobs, best, ["--sweep", parent]).endswith(
         f"{best.info.run_name} (MLflow run {best.info.run_id}); best mean val/best_acc 0.7100 over 2 runs: "
         f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
+
+
+def test_a_reader_that_leaves_early_ends_the_report_quietly(store):
+    """``cifar.report | head``: no BrokenPipeError traceback, and the status of a process that SIGPIPE ended."""
+    uri, _, _ = store
+    proc = subprocess.Popen([sys.executable, "-m", "cifar.report", "--tracking-uri", uri, "--all"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `head` does once it has read its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err
 
 
 def test_a_sweep_id_that_names_no_sweep_is_one_line_and_exit_2_naming_the_fix(store, capsys):
