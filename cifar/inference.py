@@ -26,6 +26,7 @@ from cifar.models import build_model
 SPEC = "inference"  # in both checkpoints: what turns their weights into a Classifier
 MODELS_URI = "models:/"
 RUNS_URI = "runs:/"
+LOGGED_MODEL_ID_PREFIX = "m-"  # MLflow's ids of logged models: models:/m-0123...
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -118,9 +119,19 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
         with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (*store_errors(), OSError) as err:
-        raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} "
-                        f"({first_line(err)}): check the {'run id' if uri.startswith(RUNS_URI) else 'name and version'}"
-                        ", or --tracking-uri") from err
+        raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} ({first_line(err)}): {_fix_for(uri)}, "
+                        "or --tracking-uri") from err
+
+
+def _fix_for(uri: str) -> str:
+    """What to check in a ``runs:/`` or ``models:/`` URI that MLflow did not find. ``models:/NAME`` alone is a
+    logged model's id to MLflow ("Logged model with ID 'NAME' not found"): a registered name needs its version."""
+    if uri.startswith(RUNS_URI):
+        return "check the run id"
+    name = uri.removeprefix(MODELS_URI)
+    if not any(mark in name for mark in "/@") and not name.startswith(LOGGED_MODEL_ID_PREFIX):
+        return f"give a registered model's version too, as {uri}/1, {uri}/latest or {uri}@ALIAS"
+    return "check the name and version"
 
 
 def _load_run(run_id: str, tracking_uri: str, named: str) -> nn.Module:

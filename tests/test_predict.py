@@ -201,7 +201,9 @@ def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
                                   "--tracking-uri", trained.tracking_uri)
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and err.startswith(f"cifar.predict: error: --model {source}")
-    for source, fix in ((f"runs:/{'0' * 32}/model", "check the run id"), ("models:/nope/1", "check the name and")):
+    for source, fix in ((f"runs:/{'0' * 32}/model", "check the run id"), ("models:/nope/1", "check the name and"),
+                        (f"models:/{MODEL_NAME}", f"give a registered model's version too, as models:/{MODEL_NAME}/1, "
+                                                  f"models:/{MODEL_NAME}/latest or models:/{MODEL_NAME}@ALIAS")):
         code, _, err = _predict(capsys, str(trained.images[0]), "--model", source, "--tracking-uri",
                                 trained.tracking_uri)
         assert code == 2 and err.startswith(f"cifar.predict: error: --model {source} cannot be loaded from ")
