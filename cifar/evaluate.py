@@ -1,15 +1,17 @@
-"""``python -m cifar.evaluate``: score a trained model on a labelled CIFAR-10 set: its accuracy, each class's,
-and which class each is most often taken for.
+"""``python -m cifar.evaluate``: score trained models on a labelled CIFAR-10 set: their accuracy and each
+class's, side by side; for one model, also the class each is most often taken for.
 
     python -m cifar.evaluate --model outputs/2026-11-23/10-00-00/best.pt      # the test set of data/raw
     python -m cifar.evaluate --model RUN_ID --data ../cifar10-jpeg.tar.gz
     python -m cifar.evaluate --model multirun/2026-11-23/10-00-00 --split train --json
+    python -m cifar.evaluate --model models:/cifar-simplecnn/1 --model models:/cifar-simplecnn/2
 
 ``--data`` takes any source that ``data.path`` does (the official batches or archive, image folders,
 a .tar.gz or .zip of them, a prepared .npz), decoded once into ``--cache-dir`` as in training; it is
 never downloaded. ``--model`` takes what ``cifar.predict`` does. The model classifies the split's
 images as they are decoded, with its run's normalisation and TTA, as ``cifar.predict`` would their
-files. ``--json`` prints one object with the confusion matrix (rows: true class; columns: predicted).
+files. ``--json`` prints one object a model, a line each, with its confusion matrix (rows: true class;
+columns: predicted).
 """
 
 from __future__ import annotations
@@ -66,16 +68,30 @@ def score(model, images: np.ndarray, labels: np.ndarray, batch_size: int, device
     return Score(confusion)
 
 
-def to_markdown(result: Score) -> str:
-    lines = [f"accuracy  {result.correct / result.images:.2%} ({result.correct} of {result.images} images)", "",
-             "| class | accuracy | images | most often taken for |", "|---|---:|---:|---|"]
-    for i, (cls, accuracy) in enumerate(zip(CLASSES, result.class_accuracy())):
-        row = result.confusion[i]
-        others = [j for j in np.argsort(-row, kind="stable") if j != i and row[j]]
-        taken_for = f"{CLASSES[others[0]]} ({row[others[0]] / row.sum():.2%})" if others else ""
-        shown = "" if np.isnan(accuracy) else f"{accuracy:.2%}"
-        lines.append(f"| {cls} | {shown} | {row.sum()} | {taken_for} |")
+def to_markdown(results: list[Score]) -> str:
+    """A row of every image, then one a class: the images, and each model's accuracy on them, a column each; with
+    one model, the class each is most often taken for."""
+    one = len(results) == 1
+    models = ["accuracy"] if one else [f"model {n}" for n in range(1, len(results) + 1)]
+    taken_for = ["most often taken for"] if one else []
+    lines = [_cells(["class", "images", *models, *taken_for]), "|---|---:|" + "---:|" * len(results) + "---|" * one,
+             _cells(["all", str(results[0].images), *(f"{r.correct / r.images:.2%}" for r in results), *[""] * one])]
+    accuracies = np.array([r.class_accuracy() for r in results])  # (model, class)
+    for i, cls in enumerate(CLASSES):
+        row = results[0].confusion[i]
+        shown = ["" if np.isnan(a) else f"{a:.2%}" for a in accuracies[:, i]]
+        lines.append(_cells([cls, str(row.sum()), *shown, *([_taken_for(row, i)] if one else [])]))
     return "\n".join(lines) + "\n"
+
+
+def _cells(cells: list[str]) -> str:
+    return f"| {' | '.join(cells)} |"
+
+
+def _taken_for(row: np.ndarray, true_class: int) -> str:
+    """The class that a class's images (``row`` of the confusion matrix) are most often taken for, and how often."""
+    others = [j for j in np.argsort(-row, kind="stable") if j != true_class and row[j]]
+    return f"{CLASSES[others[0]]} ({row[others[0]] / row.sum():.2%})" if others else ""
 
 
 def _number(value: float) -> float | None:
@@ -85,14 +101,14 @@ def _number(value: float) -> float | None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
+    add_model_arguments(parser, several=True)
     parser.add_argument("--data", default="data/raw", metavar="PATH",
                         help="the labelled images, in any layout data.path takes (default: data/raw)")
     parser.add_argument("--cache-dir", default="data/processed", help="where the decoded data is cached "
                                                                       "(default: data/processed, as in training)")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="test (default), or train: every training image, the validation hold-out included")
-    parser.add_argument("--json", action="store_true", help="one JSON object, with the confusion matrix")
+    parser.add_argument("--json", action="store_true", help="one JSON object a model, with its confusion matrix")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -100,21 +116,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cifar.data import load_cifar10  # torch: imported once the arguments are valid
     from cifar.device import default_eval_batch_size
 
-    try:  # the model first: a wrong one is said before a new source is decoded
-        model, device = load_on_device(args.model, args.tracking_uri, args.device)
+    try:  # the models first: a wrong one is said before a new source is decoded
+        models = [load_on_device(source, args.tracking_uri, args.device) for source in args.model]
         data = load_cifar10(args.data, args.cache_dir, download=False, setting="--data")
     except UserError as err:
         print(f"cifar.evaluate: error: {err}", file=sys.stderr)
         return 2
     images, labels = (data.test_images, data.test_labels) if args.split == "test" else (
         data.train_images, data.train_labels)
-    result = score(model, images, labels, args.batch_size or default_eval_batch_size(device), device)
-    source = {"model": args.model, "data": args.data, "split": args.split, "data_hash": data.content_hash}
+    results = [score(model, images, labels, args.batch_size or default_eval_batch_size(device), device)
+               for model, device in models]
     if args.json:
-        print(json.dumps({**source, **result.as_dict()}))
-    else:
-        print(f"model     {args.model}\ndata      {args.data} ({args.split} split, content hash "
-              f"{data.content_hash[:12]})\n{to_markdown(result)}", end="")
+        for source, result in zip(args.model, results):
+            print(json.dumps({"model": source, "data": args.data, "split": args.split,
+                              "data_hash": data.content_hash, **result.as_dict()}))
+        return 0
+    named = [("model", args.model[0])] if len(args.model) == 1 else [
+        (f"model {n}", source) for n, source in enumerate(args.model, 1)]
+    for label, source in named:
+        print(f"{label:<9} {source}")
+    print(f"data      {args.data} ({args.split} split, content hash {data.content_hash[:12]})\n")
+    print(to_markdown(results), end="")
     return 0
 
 

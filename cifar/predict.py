@@ -167,11 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that say which model, and where it runs (``cifar.predict``'s and ``cifar.evaluate``'s)."""
-    parser.add_argument("--model", required=True, metavar="SOURCE",
+def add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    """The options that say which model (``several``: one or more, each ``--model``), and where it runs
+    (``cifar.predict``'s and ``cifar.evaluate``'s)."""
+    parser.add_argument("--model", required=True, metavar="SOURCE", action="append" if several else "store",
                         help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, a sweep's "
-                             "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI")
+                             "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI"
+                             + ("; give --model again for each other model" if several else ""))
     parser.add_argument("--tracking-uri", help="MLflow store of --model (default: MLFLOW_TRACKING_URI, else the "
                                                "store of a sweep dir, else sqlite:///mlflow.db)")
     parser.add_argument("--batch-size", type=int, help="images a batch (default: the device's, as in training)")

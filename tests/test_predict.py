@@ -118,10 +118,31 @@ def test_evaluate_scores_a_split_as_the_run_classifies_its_images(split, trained
         assert scored["class_accuracy"][cls] == confusion[i, i] / confusion[i].sum()
     assert evaluate.main(args) == 0
     table = capsys.readouterr().out
-    assert f"accuracy  {scored['accuracy']:.2%} ({np.trace(confusion)} of {len(labels)} images)" in table
+    assert f"| all | {len(labels)} | {scored['accuracy']:.2%} |  |" in table
     worst = min(range(10), key=lambda i: confusion[i, i] / confusion[i].sum())
-    assert f"| {CLASSES[worst]} | {confusion[worst, worst] / confusion[worst].sum():.2%} | {confusion[worst].sum()} |" \
-        in table
+    taken_for = max((j for j in range(10) if j != worst), key=lambda j: (confusion[worst, j], -j))
+    assert (f"| {CLASSES[worst]} | {confusion[worst].sum()} | {confusion[worst, worst] / confusion[worst].sum():.2%} | "
+            f"{CLASSES[taken_for]} ({confusion[worst, taken_for] / confusion[worst].sum():.2%}) |") in table
+
+
+def test_evaluate_scores_several_models_side_by_side(trained, official_dir, capsys, tmp_path):
+    state = torch.load(trained.checkpoint, weights_only=False)
+    *_, weight, bias = state["model"]  # the last layer's: with them zero, every image is taken for class 0
+    state["model"][weight].zero_()
+    state["model"][bias].zero_()
+    torch.save(state, tmp_path / "airplane.pt")
+    args = ["--model", str(trained.checkpoint), "--model", str(tmp_path / "airplane.pt"), "--data", str(official_dir),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert evaluate.main([*args, "--json"]) == 0
+    first, second = map(json.loads, capsys.readouterr().out.splitlines())
+    assert (first["model"], second["model"]) == (str(trained.checkpoint), str(tmp_path / "airplane.pt"))
+    assert second["class_accuracy"] == {cls: float(cls == "airplane") for cls in CLASSES}
+    assert evaluate.main(args) == 0
+    table = capsys.readouterr().out
+    assert f"model 1   {trained.checkpoint}\nmodel 2   {tmp_path / 'airplane.pt'}\n" in table
+    assert "| class | images | model 1 | model 2 |" in table and "most often taken for" not in table
+    assert f"| all | 50 | {first['accuracy']:.2%} | 10.00% |" in table
+    assert f"| airplane | 5 | {first['class_accuracy']['airplane']:.2%} | 100.00% |" in table
 
 
 @pytest.mark.parametrize("args, refusal", [
