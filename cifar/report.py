@@ -66,6 +66,10 @@ class Repeated:
     val_acc: list[float]
     test_acc: list[float]
 
+    @property
+    def mean_val_acc(self) -> float:
+        return statistics.fmean(self.val_acc)
+
 
 @dataclass
 class Report:
@@ -84,7 +88,7 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     repeated = [Repeated(_without_seed(group[0].name), group[0].data, len(group), [r.val_acc for r in group],
                          [r.test_acc for r in group if r.test_acc is not None])
                 for group in groups.values() if len(group) > 1]
-    return sorted(repeated, key=lambda group: -statistics.fmean(group.val_acc))
+    return sorted(repeated, key=lambda group: -group.mean_val_acc)
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:

@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import shlex
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -204,7 +203,7 @@ def _closing_line(children: list[Any], best: Any | None, report_options: list[st
                  f"(MLflow run {best.info.run_id})")
     if repeated := report.repeated_configs([report.row(child) for child in children]):
         top = repeated[0]
-        line += f"; best mean {BEST_VAL_ACC} {statistics.fmean(top.val_acc):.4f} over {top.runs} runs: {top.name}"
+        line += f"; best mean {BEST_VAL_ACC} {top.mean_val_acc:.4f} over {top.runs} runs: {top.name}"
     return f"{line}. All of them: {shlex.join(['python', '-m', 'cifar.report', *report_options])}"
 
 
