@@ -6,9 +6,10 @@ import re
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -16,6 +17,18 @@ from tests import fakedata
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temp_dir(tmp_path_factory) -> Iterator[Path]:
+    """The temp dir of the tests and of the processes they start (the lock files of ``cifar.files``, MLflow's
+    downloads and locks): one in pytest's own, which it clears after a few sessions. In /tmp, the lock files of
+    each session's new paths piled up by the thousand."""
+    temp = tmp_path_factory.mktemp("temp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(temp))
+        patch.setattr(tempfile, "tempdir", str(temp))
+        yield temp
 
 
 @pytest.fixture(scope="session")

@@ -94,7 +94,8 @@ def postgres(databases: list[str]) -> Iterator[dict[str, str]]:
     The server refuses to run as root: as root, it runs as the ``postgres`` user that Debian's package creates.
     """
     as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="cifar-postgres-"))
+    # in /tmp, not the tests' temp dir: pytest makes that its user's only, and the server's socket is there
+    root = Path(tempfile.mkdtemp(prefix="cifar-postgres-", dir="/tmp"))
     if as_owner:
         shutil.chown(root, "postgres")
     data, port = root / "data", free_port()
