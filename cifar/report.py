@@ -10,13 +10,16 @@ and standard deviation over those runs.
     python -m cifar.report --sweep multirun/2026-12-02/10-00-00   # or by its dir
     python -m cifar.report --all                # every training run of the experiment
     python -m cifar.report --output results.md
+    python -m cifar.report --csv                # a row a run, a column a param that differs: for a spreadsheet
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import errno
 import functools
+import io
 import os
 import re
 import statistics
@@ -46,12 +49,14 @@ class NothingToReport(Exception):
 
 @dataclass
 class Row:
+    run_id: str
     name: str
     val_acc: float | None
     test_acc: float | None
     epochs: int | None
     state: str
     seconds: float | None
+    params: dict[str, str]  # as logged: the resolved config, flattened
     trial: int | None = None
     data: str | None = None  # the digest of the data it trained on
     config: tuple | None = None  # what it trained but its seed (:func:`_config`); None for a run that logged no seed
@@ -198,12 +203,14 @@ def row(run, client=None) -> Row:
     if info.status == "RUNNING" and epochs is None and client is not None:
         val_acc, epochs = _so_far(client, info.run_id)
     return Row(
+        run_id=info.run_id,
         name=info.run_name or info.run_id,
         val_acc=val_acc,
         test_acc=metrics.get("test/acc"),
         epochs=epochs,
         state=run_state(run),
         seconds=wall_seconds(run),
+        params=dict(run.data.params),
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
         data=tags.get(DATA_HASH_TAG, "")[:DATASET_DIGEST_CHARS] or None,
         config=_config(run.data.params, tags.get(DATA_HASH_TAG)),
@@ -275,6 +282,27 @@ def to_markdown(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_csv(report: Report) -> str:
+    """The report's runs as CSV, best first, for a spreadsheet or pandas: a row each, with its id, its trial and
+    data where the markdown table has them, a column for each param whose value is not the same in every run
+    (those swept, seed included), and its scores as fractions, unrounded, and its wall time in seconds."""
+    rows = report.rows
+    trials = any(row.trial is not None for row in rows)
+    data = len({row.data for row in rows}) > 1
+    keys = sorted({key for row in rows for key in row.params})
+    differing = [key for key in keys if len({row.params.get(key) for row in rows}) > 1]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["run_id", "run", *["trial"] * trials, *["data"] * data, *differing,
+                     "best_val_acc", "test_acc", "epochs", "state", "wall_seconds"])
+    for row in rows:
+        writer.writerow([row.run_id, row.name, *[row.trial] * trials, *[row.data] * data,
+                         *(row.params.get(key) for key in differing),
+                         row.val_acc, row.test_acc, row.epochs, row.state,
+                         None if row.seconds is None else round(row.seconds, 3)])
+    return out.getvalue()
+
+
 def _spread(accuracies: list[float]) -> str:
     if not accuracies:
         return ""
@@ -294,7 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",
                        help="the sweep's parent run id, or its sweep dir (default: the latest sweep)")
     scope.add_argument("--all", action="store_true", help="every training run of the experiment")
-    parser.add_argument("--output", help="also write the table to this file")
+    parser.add_argument("--csv", action="store_true",
+                        help="the runs as CSV: a row each, a column for each param that differs between them")
+    parser.add_argument("--output", help="also write the table to this file (as CSV where it ends in .csv)")
     args = parser.parse_args(argv)
 
     from mlflow.tracking import MlflowClient
@@ -313,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except store_errors() as err:
         print(f"cifar.report: error: {unreadable_store(uri, err)}", file=sys.stderr)
         return 2
-    table = to_markdown(report)
+    as_csv = args.csv or (args.output or "").lower().endswith(".csv")
+    table = to_csv(report) if as_csv else to_markdown(report)
     print(table, end="")
     if args.output:
         try:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -185,6 +187,41 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
         f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
 
 
+def test_csv_gives_a_row_a_run_and_a_column_a_param_that_differs_between_them(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("cifar")
+    parent = client.create_run(experiment, run_name="sweep", tags={SWEEP_DIR_TAG: str(tmp_path)}).info.run_id
+
+    def job(lr, seed, metrics, status="FINISHED"):
+        run_id = client.create_run(experiment, run_name=f"optimizer.lr={lr},seed={seed}",
+                                   tags={"mlflow.parentRunId": parent}).info.run_id
+        for key, value in {"optimizer.lr": lr, "seed": seed, "model.name": "simplecnn"}.items():
+            client.log_param(run_id, key, value)
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value)
+        client.set_terminated(run_id, status)
+        return run_id
+
+    low = job(0.001, 0, {"val/best_acc": 0.6125, "test/acc": 0.6, "epochs_run": 5, "run_seconds": 41.5})
+    high = job(0.0005, 0, {"val/best_acc": 0.7, "test/acc": 0.69, "epochs_run": 5, "run_seconds": 40.25})
+    failed = job(0.0005, 1, {"epochs_run": 1, "run_seconds": 3.0}, status="FAILED")
+    assert report.main(["--tracking-uri", uri, "--csv", "--output", str(tmp_path / "r.txt")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "r.txt").read_text() == out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    # model.name is the same in every run: no column
+    assert list(rows[0]) == ["run_id", "run", "optimizer.lr", "seed", "best_val_acc", "test_acc", "epochs", "state",
+                             "wall_seconds"]
+    assert [list(r.values()) for r in rows] == [  # best first, the scores as fractions, unrounded
+        [high, "optimizer.lr=0.0005,seed=0", "0.0005", "0", "0.7", "0.69", "5", "finished", "40.25"],
+        [low, "optimizer.lr=0.001,seed=0", "0.001", "0", "0.6125", "0.6", "5", "finished", "41.5"],
+        [failed, "optimizer.lr=0.0005,seed=1", "0.0005", "1", "", "", "1", "failed", "3.0"],
+    ]
+    assert report.main(["--tracking-uri", uri, "--output", str(tmp_path / "r.csv")]) == 0  # CSV by the file's name
+    assert (tmp_path / "r.csv").read_text() == capsys.readouterr().out == out
+
+
 def test_a_reader_that_leaves_early_ends_the_report_quietly(store):
     """``cifar.report | head``: no BrokenPipeError traceback, and the status of a process that SIGPIPE ended."""
     uri, _, _ = store
@@ -354,6 +391,10 @@ def test_an_optuna_sweep_reports_trials_states_and_its_study(tmp_path, capsys):
     assert [(r[0], r[1], r[5]) for r in rows] == [
         ("0", "run0", "finished"), ("1", "run1", "pruned"), ("2", "run2", "failed")
     ]
+    assert report.main(["--tracking-uri", uri, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))  # the trials too, and no study line
+    assert [(r["trial"], r["run"], r["state"]) for r in rows] == [("0", "run0", "finished"), ("1", "run1", "pruned"),
+                                                                  ("2", "run2", "failed")]
 
 
 def _job(run_id: str, val_acc: float | None, start_time: int):
