@@ -99,21 +99,26 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
     """The report's title, study summary and rows, best validation accuracy first. The sweep whose parent run's id
     is ``sweep`` is read in its own experiment, whatever ``experiment_name``; with none, the latest sweep."""
-    parent = None
     if every_run:
         ids = [_experiment_id(client, experiment_name)]
         runs = [r for r in search_all_runs(client, ids) if SWEEP_DIR_TAG not in r.data.tags]
         title = f"All runs of experiment {experiment_name!r}"
-    else:
-        parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
-        runs = sweep_jobs(client, parent)
-        title = f"Sweep {parent.info.run_name!r} ({parent.info.run_id})"
-    if not runs:
-        raise NothingToReport(f"{title} has no runs")
-    best_run_id = parent.data.tags.get(BEST_RUN_TAG) if parent else None
-    runs = sorted(runs, key=functools.partial(_best_first, best_run_id))
-    study = _study_line(parent.data.tags) if parent else None
-    return Report(title, [row(r, client) for r in runs], study)
+        if not runs:
+            raise NothingToReport(f"{title} has no runs")
+        return Report(title, [row(r, client) for r in sorted(runs, key=functools.partial(_best_first, None))])
+    parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
+    report = of_sweep(client, parent, sweep_jobs(client, parent), parent.data.tags.get(BEST_RUN_TAG),
+                      _study_line(parent.data.tags))
+    if not report.rows:
+        raise NothingToReport(f"{report.title} has no runs")
+    return report
+
+
+def of_sweep(client, parent, jobs: list, best_run_id: str | None, study: str | None) -> Report:
+    """The report of the sweep whose parent run is ``parent``, of its ``jobs``' runs: best first, and of those that
+    tie, ``best_run_id``'s (the sweep's pick), then the first started; ``study`` is its study's line."""
+    jobs = sorted(jobs, key=functools.partial(_best_first, best_run_id))
+    return Report(f"Sweep {parent.info.run_name!r} ({parent.info.run_id})", [row(r, client) for r in jobs], study)
 
 
 def _experiment_id(client, name: str) -> str:
@@ -146,15 +151,21 @@ def _study_line(tags: dict[str, str]) -> str | None:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    from cifar.study import summary
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study_summary = summary(optuna.load_study(study_name=name, storage=storage))
+        return study_line(optuna.load_study(study_name=name, storage=storage), shown)
     except SQLAlchemyError as err:  # a database that refuses the connection (no password given, say)
         return f"Optuna study `{name}`: its storage {shown} cannot be read ({first_line(err)})"
+
+
+def study_line(study, storage: str) -> str:
+    """An Optuna study summed up: its trials by state, and its best value, trial and parameters; ``storage`` as
+    shown (without a password)."""
+    from cifar.study import summary
+
+    study_summary = summary(study)
     counts = ", ".join(f"{count} {state}" for state, count in study_summary["trials"].items())
-    line = f"Optuna study `{name}` ({shown}): {counts}"
+    line = f"Optuna study `{study.study_name}` ({storage}): {counts}"
     if "best_value" in study_summary:
         params = ", ".join(f"{k}={v}" for k, v in study_summary["best_params"].items())
         line += f"; best value {study_summary['best_value']:.4f} (trial {study_summary['best_trial']}): {params}"

@@ -182,6 +182,7 @@ def _summarise(client: Any, run_id: str, config: DictConfig,
             _register_best(client, parent, best, config.mlflow.model_name)
         if optuna_study is not None:
             _log_study(client, run_id, optuna_study, children)
+        _log_report(client, parent, best, optuna_study)
     finally:
         client.set_terminated(run_id, "KILLED" if stopped else status)
     return children, best
@@ -363,6 +364,21 @@ def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None
     for key, value in metrics.items():
         client.log_metric(parent_id, key, value)
     return metrics
+
+
+def _log_report(client: Any, parent: Any, best: Any | None, optuna_study: Any | None) -> None:
+    """The sweep's report, as ``cifar.report --sweep`` gives it, on its parent run: ``report/runs.md``, and
+    ``report/runs.csv``, which the MLflow UI shows as a table."""
+    jobs = tracking.sweep_jobs(client, parent)  # as they ended, the trials of a worker that died included
+    if not jobs:
+        return
+    study = None if optuna_study is None else report.study_line(optuna_study, parent.data.tags[STUDY_STORAGE_TAG])
+    summary = report.of_sweep(client, parent, jobs, best.info.run_id if best else None, study)
+    client.log_text(parent.info.run_id, report.to_markdown(summary), REPORT_ARTIFACTS[0])
+    client.log_text(parent.info.run_id, report.to_csv(summary), REPORT_ARTIFACTS[1])
+
+
+REPORT_ARTIFACTS = ("report/runs.md", "report/runs.csv")
 
 
 def _best_job(children: list[Any], optuna_study: Any | None = None) -> Any | None:

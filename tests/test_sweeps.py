@@ -7,6 +7,7 @@ import importlib.util
 import shlex
 import signal
 import sqlite3
+from pathlib import Path
 
 import optuna
 import pytest
@@ -71,6 +72,10 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     assert best_params_tagged(parent) == {key: str(value) for key, value in best.params.items()}
     artifacts = {a.path for a in client_for(cli).list_artifacts(parent.info.run_id, "optuna")}
     assert artifacts == {"optuna/optimization_history.png", "optuna/param_importances.png"}
+    logged = Path(client_for(cli).download_artifacts(parent.info.run_id, "report/runs.md", str(cli.tmp_path))
+                  ).read_text()  # the report, its study's line too
+    assert logged == report.to_markdown(report.collect(client_for(cli), cli.experiment, None, False))
+    assert f"Optuna study `{cli.experiment}-optuna`" in logged and "4 complete" in logged
 
 
 @pytest.mark.slow

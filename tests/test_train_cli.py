@@ -179,6 +179,13 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # by its dir, from another folder: the store its file names
     monkeypatch.chdir(cli.tmp_path / "sweep")
     assert report.main(["--sweep", "."]) == 0 and capsys.readouterr().out == table
+    # and on the parent run, for the MLflow UI: the table, and the runs as CSV
+    client = client_for(cli)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "report")} == {"report/runs.md",
+                                                                                     "report/runs.csv"}
+    logged = Path(client.download_artifacts(parent.info.run_id, "report", str(cli.tmp_path)))
+    assert (logged / "runs.md").read_text() == table
+    assert report.main(["--sweep", ".", "--csv"]) == 0 and (logged / "runs.csv").read_text() == capsys.readouterr().out
 
 
 def test_the_sweeps_report_command_names_the_store_only_where_the_reports_default_misses_it(

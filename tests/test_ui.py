@@ -66,10 +66,17 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
             rows = "\n".join(page.get_by_role("row").all_inner_texts())
             headers = page.get_by_role("columnheader").all_inner_texts()
             page.screenshot(path=ARTIFACTS / "mlflow_runs_table.png")
+            # the sweep's report on its parent run: the CSV shown as a table, a row a job
+            page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{parent.info.run_id}/artifacts/report/"
+                      "runs.csv")
+            page.get_by_role("columnheader", name="best_val_acc").first.wait_for(timeout=90_000)
+            report_rows = page.get_by_role("row").all_inner_texts()
+            page.screenshot(path=ARTIFACTS / "mlflow_sweep_report.png")
         finally:
             browser.close()
     for child in children:
         assert child.info.run_name in rows
+        assert sum(child.info.run_name in row for row in report_rows) == 1
     assert {"optimizer.lr", "data.augment.flip", "val/best_acc", "test/acc"} <= set(headers)
 
 
