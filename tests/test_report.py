@@ -327,7 +327,16 @@ def test_nothing_to_report_is_said_clearly(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     MlflowClient(tracking_uri=uri).search_experiments()  # an empty store
     assert report.main(["--tracking-uri", uri]) == 1
-    assert "nothing to report: no MLflow experiment named 'cifar'" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(  # (after MLflow's lines as it makes the store's tables)
+        f"\ncifar.report: nothing to report: no MLflow experiment named 'cifar' in {uri}\n")
+    MlflowClient(tracking_uri=uri).create_experiment("debug")  # where debug=smoke runs log
+    assert report.main(["--tracking-uri", uri]) == 1
+    assert capsys.readouterr().err == (f"cifar.report: nothing to report: no MLflow experiment named 'cifar' in {uri}; "
+                                       "it has 'debug': give --experiment debug\n")
+    for name in ("a", "b", "c", "d", "e"):
+        MlflowClient(tracking_uri=uri).create_experiment(name)
+    assert report.main(["--tracking-uri", uri, "--all"]) == 1
+    assert capsys.readouterr().err.endswith("; it has 'a', 'b', 'c', 'd', 'debug' and 1 more: give --experiment NAME\n")
     experiment_id = MlflowClient(tracking_uri=uri).create_experiment("cifar")
     assert report.main(["--tracking-uri", uri]) == 1
     assert "has no sweep yet" in capsys.readouterr().err
