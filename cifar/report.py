@@ -125,14 +125,14 @@ def _experiment_id(client, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     store = without_passwords(client.tracking_uri)
     if experiment is None:
-        raise NothingToReport(f"no MLflow experiment named {name!r} in {store}{_others(client)}")
+        raise NothingToReport(f"no MLflow experiment named {name!r} in {store}{_other_experiments(client)}")
     if experiment.lifecycle_stage == "deleted":  # its runs with it: none to report
         raise NothingToReport(f"experiment {name!r} was deleted from {store}: restore it with `mlflow "
                               f"experiments restore --experiment-id {experiment.experiment_id}`")
     return experiment.experiment_id
 
 
-def _others(client) -> str:
+def _other_experiments(client) -> str:
     """The experiments that a store has, and how to report one (``debug=smoke`` runs log to ``debug``, say)."""
     names = sorted(e.name for e in client.search_experiments() if e.name != "Default")  # MLflow's, made with the store
     if not names:

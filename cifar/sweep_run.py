@@ -374,11 +374,8 @@ def _log_report(client: Any, parent: Any, best: Any | None, optuna_study: Any | 
         return
     study = None if optuna_study is None else report.study_line(optuna_study, parent.data.tags[STUDY_STORAGE_TAG])
     summary = report.of_sweep(client, parent, jobs, best.info.run_id if best else None, study)
-    client.log_text(parent.info.run_id, report.to_markdown(summary), REPORT_ARTIFACTS[0])
-    client.log_text(parent.info.run_id, report.to_csv(summary), REPORT_ARTIFACTS[1])
-
-
-REPORT_ARTIFACTS = ("report/runs.md", "report/runs.csv")
+    client.log_text(parent.info.run_id, report.to_markdown(summary), "report/runs.md")
+    client.log_text(parent.info.run_id, report.to_csv(summary), "report/runs.csv")
 
 
 def _best_job(children: list[Any], optuna_study: Any | None = None) -> Any | None:
