@@ -59,6 +59,10 @@ def spec(model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta: TTA) 
 def from_checkpoint(path: Path) -> Classifier:
     """The Classifier of a ``best.pt`` or ``last.pt`` (or of the run dir holding them: its best.pt), on the CPU."""
     if path.is_dir():
+        from cifar.tracking import sweep_near  # Hydra: only for a dir without its best.pt
+
+        if not (path / checkpoint.BEST).exists() and (near := sweep_near(path, "--model")):
+            raise UserError(near)
         path = path / checkpoint.BEST
     try:
         state = checkpoint.load(path)

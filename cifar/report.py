@@ -36,7 +36,7 @@ from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
     STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run, existing_store,
-    names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, unreadable_store,
+    names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near, unreadable_store,
 )
 
 
@@ -210,6 +210,8 @@ def _chosen_sweep(client, run_id: str):
 def _recorded_sweep(sweep_dir: str) -> dict:
     """What a sweep's dir records of it (:func:`cifar.tracking.read_sweep`): its parent run and its store."""
     recorded = read_sweep(sweep_dir)
+    if recorded is None and (near := sweep_near(Path(sweep_dir), "--sweep")):
+        raise UserError(near)
     if recorded is None:
         raise UserError(f"--sweep {sweep_dir}: not a sweep's dir (it has no {SWEEP_FILE}): give the dir of a "
                         "`python -m cifar.train -m` sweep, or its parent run id")

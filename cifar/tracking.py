@@ -343,6 +343,20 @@ def read_sweep(sweep_dir: str | os.PathLike) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def sweep_near(path: Path, option: str) -> str | None:
+    """For a dir that is no sweep's, where it is near one, what it is and the sweep to give ``option`` instead: a
+    job's dir (its sweep), or a folder of sweeps such as ``multirun/`` or ``multirun/<date>/`` (the latest
+    written). None elsewhere."""
+    if (path.parent / SWEEP_FILE).exists():
+        return f"{option} {path} is a job's dir of a sweep: give {option} {path.parent}, the sweep"
+    sweeps = [file.parent for pattern in (f"*/{SWEEP_FILE}", f"*/*/{SWEEP_FILE}") for file in path.glob(pattern)]
+    if not sweeps:
+        return None
+    latest = max(sweeps, key=lambda sweep: (sweep / SWEEP_FILE).stat().st_mtime)
+    count = f"{len(sweeps)} sweeps" if len(sweeps) > 1 else "a sweep"
+    return f"{option} {path} is a folder of {count}, not a sweep's dir: give one, such as the latest: {option} {latest}"
+
+
 def search_all_runs(client: Any, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
     """The runs that ``filter_string`` finds, all of them: ``client.search_runs`` returns a page at a time (1,000
     runs at most), and the next one on request."""

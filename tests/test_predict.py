@@ -312,6 +312,13 @@ def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(tra
     by_dir = subprocess.run([sys.executable, "-m", "cifar.predict", image, "--model", str(sweep_dir), "--json"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)  # no mlflow.db in tmp_path
     assert (by_dir.returncode, by_dir.stdout) == by_job[:2], by_dir.stderr  # the store its sweep file names
+    (sweep_dir / "0").mkdir()  # a job that saved no best.pt (it failed), and the folder of the sweep
+    assert _predict(capsys, image, "--model", str(sweep_dir / "0"))[2] == (
+        f"cifar.predict: error: --model {sweep_dir / '0'} is a job's dir of a sweep: give --model {sweep_dir}, the "
+        "sweep\n")
+    assert _predict(capsys, image, "--model", str(tmp_path))[2] == (
+        f"cifar.predict: error: --model {tmp_path} is a folder of a sweep, not a sweep's dir: give one, such as the "
+        f"latest: --model {sweep_dir}\n")
 
 
 @pytest.mark.slow  # 14 s: a run of its own

@@ -289,10 +289,25 @@ def test_a_sweep_is_chosen_by_its_dir_too(store, capsys, tmp_path):
     (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": old, "swept_keys": ["seed"]}))
     assert report.main(["--tracking-uri", uri, "--sweep", str(sweep_dir)]) == 0
     assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
-    assert report.main(["--tracking-uri", uri, "--sweep", str(tmp_path / "multirun")]) == 2
-    assert capsys.readouterr().err == (f"cifar.report: error: --sweep {tmp_path / 'multirun'}: not a sweep's dir (it "
+    (tmp_path / "other").mkdir()
+    assert report.main(["--tracking-uri", uri, "--sweep", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err == (f"cifar.report: error: --sweep {tmp_path / 'other'}: not a sweep's dir (it "
                                        f"has no {SWEEP_FILE}): give the dir of a `python -m cifar.train -m` sweep, or "
                                        "its parent run id\n")
+    # one level too deep or too high: the sweep to give instead
+    (sweep_dir / "0").mkdir()
+    assert report.main(["--tracking-uri", uri, "--sweep", str(sweep_dir / "0")]) == 2
+    assert capsys.readouterr().err == (f"cifar.report: error: --sweep {sweep_dir / '0'} is a job's dir of a sweep: "
+                                       f"give --sweep {sweep_dir}, the sweep\n")
+    newer = tmp_path / "multirun" / "2026-12-06" / "10-00-00"  # multirun/<date>/<time>, as Hydra names them
+    newer.mkdir(parents=True)
+    (newer / SWEEP_FILE).write_text((sweep_dir / SWEEP_FILE).read_text())
+    os.utime(sweep_dir / SWEEP_FILE, (0, 0))  # written long before
+    for folder in (tmp_path / "multirun", tmp_path / "multirun" / "2026-12-06"):
+        assert report.main(["--tracking-uri", uri, "--sweep", str(folder)]) == 2
+        count = "2 sweeps" if folder.name == "multirun" else "a sweep"
+        assert capsys.readouterr().err == (f"cifar.report: error: --sweep {folder} is a folder of {count}, not a "
+                                           f"sweep's dir: give one, such as the latest: --sweep {newer}\n")
 
 
 def test_a_sweep_dir_is_reported_from_anywhere_from_its_own_store_and_experiment(tmp_path, capsys, monkeypatch):
