@@ -82,6 +82,17 @@ class Report:
     rows: list[Row]
     study: str | None = None  # the Optuna study's summary line, for an Optuna sweep
 
+    @property
+    def has_trials(self) -> bool:
+        """Its runs are trials of an Optuna study: a column gives each one's number."""
+        return any(row.trial is not None for row in self.rows)
+
+    @property
+    def has_several_data(self) -> bool:
+        """Its runs trained on more than one version of the data: a column gives each one's digest, so that runs of
+        other data stand out."""
+        return len({row.data for row in self.rows}) > 1
+
 
 def repeated_configs(rows: list[Row]) -> list[Repeated]:
     """The configurations that finished more than once (of other seeds, or repeats), best mean validation accuracy
@@ -210,11 +221,10 @@ def _chosen_sweep(client, run_id: str):
 def _recorded_sweep(sweep_dir: str) -> dict:
     """What a sweep's dir records of it (:func:`cifar.tracking.read_sweep`): its parent run and its store."""
     recorded = read_sweep(sweep_dir)
-    if recorded is None and (near := sweep_near(Path(sweep_dir), "--sweep")):
-        raise UserError(near)
     if recorded is None:
-        raise UserError(f"--sweep {sweep_dir}: not a sweep's dir (it has no {SWEEP_FILE}): give the dir of a "
-                        "`python -m cifar.train -m` sweep, or its parent run id")
+        raise UserError(sweep_near(Path(sweep_dir), "--sweep") or (
+            f"--sweep {sweep_dir}: not a sweep's dir (it has no {SWEEP_FILE}): give the dir of a `python -m "
+            "cifar.train -m` sweep, or its parent run id"))
     return recorded
 
 
@@ -278,8 +288,7 @@ def to_markdown(report: Report) -> str:
     def pct(value: float | None) -> str:
         return "" if value is None else f"{value:.2%}"
 
-    trials = any(row.trial is not None for row in report.rows)
-    data = len({row.data for row in report.rows}) > 1  # runs of other data stand out
+    trials, data = report.has_trials, report.has_several_data
     lines = [f"### {report.title}", ""]
     if report.study:
         lines += [report.study, ""]
@@ -308,9 +317,7 @@ def to_csv(report: Report) -> str:
     """The report's runs as CSV, best first, for a spreadsheet or pandas: a row each, with its id, its trial and
     data where the markdown table has them, a column for each param whose value is not the same in every run
     (those swept, seed included), and its scores as fractions, unrounded, and its wall time in seconds."""
-    rows = report.rows
-    trials = any(row.trial is not None for row in rows)
-    data = len({row.data for row in rows}) > 1
+    rows, trials, data = report.rows, report.has_trials, report.has_several_data
     keys = sorted({key for row in rows for key in row.params})
     differing = [key for key in keys if len({row.params.get(key) for row in rows}) > 1]
     out = io.StringIO()
