@@ -57,6 +57,8 @@ class Row:
     state: str
     seconds: float | None
     params: dict[str, str]  # as logged: the resolved config, flattened
+    sweep_id: str | None = None  # the parent run of the sweep it is a job of
+    sweep: str | None = None  # that run's name (its id where the run is not in the experiment)
     trial: int | None = None
     data: str | None = None  # the digest of the data it trained on
     config: tuple | None = None  # what it trained but its seed (:func:`_config`); None for a run that logged no seed
@@ -93,6 +95,12 @@ class Report:
         other data stand out."""
         return len({row.data for row in self.rows}) > 1
 
+    @property
+    def has_several_sweeps(self) -> bool:
+        """Its runs (every run of an experiment) are jobs of more than one sweep, or some are single runs: a
+        column gives each one's sweep."""
+        return len({row.sweep_id for row in self.rows}) > 1
+
 
 def repeated_configs(rows: list[Row]) -> list[Repeated]:
     """The configurations that finished more than once (of other seeds, or repeats), best mean validation accuracy
@@ -112,11 +120,13 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool) ->
     is ``sweep`` is read in its own experiment, whatever ``experiment_name``; with none, the latest sweep."""
     if every_run:
         ids = [_experiment_id(client, experiment_name)]
-        runs = [r for r in search_all_runs(client, ids) if SWEEP_DIR_TAG not in r.data.tags]
+        found = search_all_runs(client, ids)
+        sweeps = {r.info.run_id: r for r in found if SWEEP_DIR_TAG in r.data.tags}
+        runs = [r for r in found if r.info.run_id not in sweeps]
         title = f"All runs of experiment {experiment_name!r}"
         if not runs:
             raise NothingToReport(f"{title} has no runs")
-        return Report(title, [row(r, client) for r in sorted(runs, key=functools.partial(_best_first, None))])
+        return Report(title, [row(r, client, sweeps) for r in sorted(runs, key=functools.partial(_best_first, None))])
     parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
     report = of_sweep(client, parent, sweep_jobs(client, parent), parent.data.tags.get(BEST_RUN_TAG),
                       _study_line(parent.data.tags))
@@ -129,7 +139,9 @@ def of_sweep(client, parent, jobs: list, best_run_id: str | None, study: str | N
     """The report of the sweep whose parent run is ``parent``, of its ``jobs``' runs: best first, and of those that
     tie, ``best_run_id``'s (the sweep's pick), then the first started; ``study`` is its study's line."""
     jobs = sorted(jobs, key=functools.partial(_best_first, best_run_id))
-    return Report(f"Sweep {parent.info.run_name!r} ({parent.info.run_id})", [row(r, client) for r in jobs], study)
+    sweeps = {parent.info.run_id: parent}
+    return Report(f"Sweep {parent.info.run_name!r} ({parent.info.run_id})", [row(r, client, sweeps) for r in jobs],
+                  study)
 
 
 def _experiment_id(client, name: str) -> str:
@@ -228,9 +240,12 @@ def _recorded_sweep(sweep_dir: str) -> dict:
     return recorded
 
 
-def row(run, client=None) -> Row:
-    """A run's row; ``client`` reads the metrics so far of a job still running (without it, it has none)."""
+def row(run, client=None, sweeps: dict | None = None) -> Row:
+    """A run's row; ``client`` reads the metrics so far of a job still running (without it, it has none), and
+    ``sweeps`` (parent runs by their ids) names the sweep of a job."""
     metrics, info, tags = run.data.metrics, run.info, run.data.tags
+    sweep_id = tags.get("mlflow.parentRunId")
+    parent = (sweeps or {}).get(sweep_id)
     val_acc, epochs = metrics.get(BEST_VAL_ACC), int(metrics["epochs_run"]) if "epochs_run" in metrics else None
     if info.status == "RUNNING" and epochs is None and client is not None:
         val_acc, epochs = _so_far(client, info.run_id)
@@ -243,6 +258,8 @@ def row(run, client=None) -> Row:
         state=run_state(run),
         seconds=wall_seconds(run),
         params=dict(run.data.params),
+        sweep_id=sweep_id,
+        sweep=(parent.info.run_name or sweep_id) if parent else sweep_id,
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
         data=tags.get(DATA_HASH_TAG, "")[:DATASET_DIGEST_CHARS] or None,
         config=_config(run.data.params, tags.get(DATA_HASH_TAG)),
@@ -288,45 +305,48 @@ def to_markdown(report: Report) -> str:
     def pct(value: float | None) -> str:
         return "" if value is None else f"{value:.2%}"
 
-    trials, data = report.has_trials, report.has_several_data
+    sweeps, trials, data = report.has_several_sweeps, report.has_trials, report.has_several_data
     lines = [f"### {report.title}", ""]
     if report.study:
         lines += [report.study, ""]
     lines += [
-        f"| {'trial | ' if trials else ''}run | {'data | ' if data else ''}best val acc | test acc | epochs | state | "
-        "wall time |",
-        f"|{'---:|' if trials else ''}---|{'---|' if data else ''}---:|---:|---:|---|---:|",
+        _table_line([*["sweep"] * sweeps, *["trial"] * trials, "run", *["data"] * data, "best val acc", "test acc",
+                     "epochs", "state", "wall time"]),
+        "|" + "|".join([*["---"] * sweeps, *["---:"] * trials, "---", *["---"] * data, "---:", "---:", "---:", "---",
+                        "---:"]) + "|",
     ]
-    for row in report.rows:
-        trial = ("" if row.trial is None else str(row.trial)) + " | " if trials else ""
-        digest = (row.data or "") + " | " if data else ""
-        wall = "" if row.seconds is None else f"{row.seconds:.0f} s"
-        epochs = "" if row.epochs is None else str(row.epochs)
-        lines.append(f"| {trial}{row.name} | {digest}{pct(row.val_acc)} | {pct(row.test_acc)} | {epochs} | {row.state} "
-                     f"| {wall} |")
+    lines += [_table_line([*[row.sweep or ""] * sweeps, *["" if row.trial is None else str(row.trial)] * trials,
+                           row.name, *[row.data or ""] * data, pct(row.val_acc), pct(row.test_acc),
+                           "" if row.epochs is None else str(row.epochs), row.state,
+                           "" if row.seconds is None else f"{row.seconds:.0f} s"])
+              for row in report.rows]
     if repeated := repeated_configs(report.rows):
         lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", "",
-                  f"| run | {'data | ' if data else ''}runs | best val acc, % | test acc, % |",
-                  f"|---|{'---|' if data else ''}---:|---:|---:|"]
-        lines += [f"| {group.name} | {(group.data or '') + ' | ' if data else ''}{group.runs} | "
-                  f"{_spread(group.val_acc)} | {_spread(group.test_acc)} |" for group in repeated]
+                  _table_line(["run", *["data"] * data, "runs", "best val acc, %", "test acc, %"]),
+                  "|" + "|".join(["---", *["---"] * data, "---:", "---:", "---:"]) + "|"]
+        lines += [_table_line([group.name, *[group.data or ""] * data, str(group.runs), _spread(group.val_acc),
+                               _spread(group.test_acc)]) for group in repeated]
     return "\n".join(lines) + "\n"
 
 
+def _table_line(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def to_csv(report: Report) -> str:
-    """The report's runs as CSV, best first, for a spreadsheet or pandas: a row each, with its id, its trial and
-    data where the markdown table has them, a column for each param whose value is not the same in every run
-    (those swept, seed included), and its scores as fractions, unrounded, and its wall time in seconds."""
-    rows, trials, data = report.rows, report.has_trials, report.has_several_data
+    """The report's runs as CSV, best first, for a spreadsheet or pandas: a row each, with its id, its sweep (id and
+    name), trial and data where the markdown table has them, a column for each param whose value is not the same in
+    every run (those swept, seed included), and its scores as fractions, unrounded, and its wall time in seconds."""
+    rows, sweeps, trials, data = report.rows, report.has_several_sweeps, report.has_trials, report.has_several_data
     keys = sorted({key for row in rows for key in row.params})
     differing = [key for key in keys if len({row.params.get(key) for row in rows}) > 1]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["run_id", "run", *["trial"] * trials, *["data"] * data, *differing,
-                     "best_val_acc", "test_acc", "epochs", "state", "wall_seconds"])
+    writer.writerow(["run_id", "run", *["sweep_id", "sweep"] * sweeps, *["trial"] * trials, *["data"] * data,
+                     *differing, "best_val_acc", "test_acc", "epochs", "state", "wall_seconds"])
     for row in rows:
-        writer.writerow([row.run_id, row.name, *[row.trial] * trials, *[row.data] * data,
-                         *(row.params.get(key) for key in differing),
+        writer.writerow([row.run_id, row.name, *[row.sweep_id, row.sweep] * sweeps, *[row.trial] * trials,
+                         *[row.data] * data, *(row.params.get(key) for key in differing),
                          row.val_acc, row.test_acc, row.epochs, row.state,
                          None if row.seconds is None else round(row.seconds, 3)])
     return out.getvalue()

@@ -102,13 +102,24 @@ def test_an_output_that_cannot_be_written_is_one_line_and_exit_2(store, capsys, 
     assert (tmp_path / "new" / "r.md").read_text() == capsys.readouterr().out
 
 
-def test_a_chosen_sweep_and_all_runs(store, capsys):
-    uri, _, old = store
+def test_a_chosen_sweep_and_all_runs_each_named_by_its_sweep(store, capsys):
+    uri, new, old = store
     report.main(["--tracking-uri", uri, "--sweep", old])
-    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+    out = capsys.readouterr().out
+    assert [r[0] for r in table_rows(out)] == ["seed=0"] and "| run | best val acc |" in out  # one sweep: no column
     report.main(["--tracking-uri", uri, "--all"])
-    names = [r[0] for r in table_rows(capsys.readouterr().out)]
-    assert names == ["seed=0", "optimizer.lr=0.0005", "optimizer.lr=0.001", "lonely", "optimizer.lr=10"]
+    out = capsys.readouterr().out
+    assert "| sweep | run | best val acc |" in out
+    assert [r[:2] for r in table_rows(out)] == [
+        ["sweep old", "seed=0"], ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=0.0005"],
+        ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=0.001"], ["", "lonely"],
+        ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=10"]]
+    report.main(["--tracking-uri", uri, "--all", "--csv"])  # and by its parent run's id, to group by
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["run"], r["sweep_id"], r["sweep"]) for r in rows] == [
+        ("seed=0", old, "sweep old"), ("optimizer.lr=0.0005", new, "sweep optimizer.lr=1e-3,5e-4"),
+        ("optimizer.lr=0.001", new, "sweep optimizer.lr=1e-3,5e-4"), ("lonely", "", ""),
+        ("optimizer.lr=10", new, "sweep optimizer.lr=1e-3,5e-4")]
 
 
 def test_every_run_and_every_job_are_reported_beyond_a_page_of_the_stores_search(store, capsys, monkeypatch):
@@ -142,7 +153,7 @@ def test_runs_of_other_data_are_told_apart_by_a_data_column(store, capsys):
                                                 ["optimizer.lr=0.001", "e00b28a47d65"],
                                                 ["optimizer.lr=10", "85549d1b2c02"]]
     report.main(["--tracking-uri", uri, "--all"])  # the runs of older code, with no hash: an empty cell
-    assert [r[1] for r in table_rows(capsys.readouterr().out)][-2:] == ["", "85549d1b2c02"]
+    assert [r[2] for r in table_rows(capsys.readouterr().out)][-2:] == ["", "85549d1b2c02"]
 
 
 def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(tmp_path, capsys):
