@@ -120,6 +120,9 @@ def test_a_chosen_sweep_and_all_runs_each_named_by_its_sweep(store, capsys):
         ("seed=0", old, "sweep old"), ("optimizer.lr=0.0005", new, "sweep optimizer.lr=1e-3,5e-4"),
         ("optimizer.lr=0.001", new, "sweep optimizer.lr=1e-3,5e-4"), ("lonely", "", ""),
         ("optimizer.lr=10", new, "sweep optimizer.lr=1e-3,5e-4")]
+    MlflowClient(uri).delete_run(old)  # a sweep's parent run deleted (in the UI, say): its id stands for it
+    report.main(["--tracking-uri", uri, "--all"])
+    assert [r[0] for r in table_rows(capsys.readouterr().out)][0] == old
 
 
 def test_every_run_and_every_job_are_reported_beyond_a_page_of_the_stores_search(store, capsys, monkeypatch):
