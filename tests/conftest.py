@@ -23,11 +23,13 @@ REAL_DATA = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 def temp_dir(tmp_path_factory) -> Iterator[Path]:
     """The temp dir of the tests and of the processes they start (the lock files of ``cifar.files``, MLflow's
     downloads and locks): one in pytest's own, which it clears after a few sessions. In /tmp, the lock files of
-    each session's new paths piled up by the thousand."""
+    each session's new paths piled up by the thousand. The tests also run in a dir of pytest's: an MLflow
+    experiment made in a store of a test keeps its runs' files in ``./mlruns``, which was the checkout's."""
     temp = tmp_path_factory.mktemp("temp")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TMPDIR", str(temp))
         patch.setattr(tempfile, "tempdir", str(temp))
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
         yield temp
 
 
