@@ -11,6 +11,7 @@ and standard deviation over those runs.
     python -m cifar.report --all                # every training run of the experiment
     python -m cifar.report --output results.md
     python -m cifar.report --csv                # a row a run, a column a param that differs: for a spreadsheet
+    python -m cifar.report --all --filter 'params.model.name = "resnet18" and metrics."test/acc" > 0.9'
 """
 
 from __future__ import annotations
@@ -115,24 +116,40 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     return sorted(repeated, key=lambda group: -group.mean_val_acc)
 
 
-def collect(client, experiment_name: str, sweep: str | None, every_run: bool) -> Report:
-    """The report's title, study summary and rows, best validation accuracy first. The sweep whose parent run's id
-    is ``sweep`` is read in its own experiment, whatever ``experiment_name``; with none, the latest sweep."""
+def collect(client, experiment_name: str, sweep: str | None, every_run: bool, where: str = "") -> Report:
+    """The report's title, study summary and rows, best validation accuracy first: of the runs that the MLflow
+    search filter ``where`` finds, if given. The sweep whose parent run's id is ``sweep`` is read in its own
+    experiment, whatever ``experiment_name``; with none, the latest sweep."""
     if every_run:
         ids = [_experiment_id(client, experiment_name)]
-        found = search_all_runs(client, ids)
-        sweeps = {r.info.run_id: r for r in found if SWEEP_DIR_TAG in r.data.tags}
-        runs = [r for r in found if r.info.run_id not in sweeps]
-        title = f"All runs of experiment {experiment_name!r}"
-        if not runs:
-            raise NothingToReport(f"{title} has no runs")
-        return Report(title, [row(r, client, sweeps) for r in sorted(runs, key=functools.partial(_best_first, None))])
-    parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
-    report = of_sweep(client, parent, sweep_jobs(client, parent), parent.data.tags.get(BEST_RUN_TAG),
-                      _study_line(parent.data.tags))
+        sweeps = {r.info.run_id: r for r in search_all_runs(client, ids, SWEEPS)}
+        runs = [r for r in search_all_runs(client, ids, where) if r.info.run_id not in sweeps]
+        report = Report(f"All runs of experiment {experiment_name!r}",
+                        [row(r, client, sweeps) for r in sorted(runs, key=functools.partial(_best_first, None))])
+    else:
+        parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
+        report = of_sweep(client, parent, sweep_jobs(client, parent, where), parent.data.tags.get(BEST_RUN_TAG),
+                          _study_line(parent.data.tags))
     if not report.rows:
-        raise NothingToReport(f"{report.title} has no runs")
+        raise NothingToReport(f"{report.title}: no run matches --filter {where}" if where else
+                              f"{report.title} has no runs")
+    if where:
+        report.title += f", runs where {where}"
     return report
+
+
+def checked_filter(where: str) -> str:
+    """``--filter``, refused (UserError) where MLflow's search cannot parse it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.search_utils import SearchUtils
+
+    try:
+        SearchUtils.parse_search_filter(where)
+    except MlflowException as err:
+        raise UserError(f"--filter {where}: {first_line(err).rstrip('.')}: give an MLflow search filter, as in the "
+                        "MLflow UI's search box: params.model.name = 'resnet18' and metrics.\"test/acc\" > 0.8 (the "
+                        "values of params and tags quoted, and a key with / or - in it)") from err
+    return where
 
 
 def of_sweep(client, parent, jobs: list, best_run_id: str | None, study: str | None) -> Report:
@@ -204,9 +221,12 @@ def study_line(study, storage: str) -> str:
     return line
 
 
+SWEEPS = f"tags.`{SWEEP_DIR_TAG}` != ''"  # a search filter: sweeps' parent runs
+
+
 def _latest_sweep(client, experiment_name: str):
     parents = client.search_runs(
-        [_experiment_id(client, experiment_name)], filter_string=f"tags.`{SWEEP_DIR_TAG}` != ''",
+        [_experiment_id(client, experiment_name)], filter_string=SWEEPS,
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not parents:
@@ -371,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",
                        help="the sweep's parent run id, or its sweep dir (default: the latest sweep)")
     scope.add_argument("--all", action="store_true", help="every training run of the experiment")
+    parser.add_argument("--filter", default="", metavar="FILTER",
+                        help="only the runs that this MLflow search filter finds, as in the MLflow UI's search box: "
+                             "'params.model.name = \"resnet18\" and metrics.\"test/acc\" > 0.8'")
     parser.add_argument("--csv", action="store_true",
                         help="the runs as CSV: a row each, a column for each param that differs between them")
     parser.add_argument("--output", help="also write the table to this file (as CSV where it ends in .csv)")
@@ -382,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep = _recorded_sweep(args.sweep) if args.sweep and Path(args.sweep).is_dir() else None
         uri = existing_store(chosen_store(args.tracking_uri, sweep))
         chosen = sweep["parent_run_id"] if sweep else args.sweep
-        report = collect(MlflowClient(tracking_uri=uri), args.experiment, chosen, args.all)
+        where = checked_filter(args.filter)
+        report = collect(MlflowClient(tracking_uri=uri), args.experiment, chosen, args.all, where)
     except UserError as err:
         print(f"cifar.report: error: {err}", file=sys.stderr)
         return 2

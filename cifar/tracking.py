@@ -368,9 +368,11 @@ def search_all_runs(client: Any, experiment_ids: list[str], filter_string: str =
             return runs
 
 
-def sweep_jobs(client: Any, parent: Any) -> list[Any]:
-    """The runs of a sweep's jobs: the children of its parent run ``parent``."""
-    return search_all_runs(client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+def sweep_jobs(client: Any, parent: Any, where: str = "") -> list[Any]:
+    """The runs of a sweep's jobs: the children of its parent run ``parent`` (those that the MLflow search filter
+    ``where`` finds, if given)."""
+    children = f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    return search_all_runs(client, [parent.info.experiment_id], f"{children} and {where}" if where else children)
 
 
 def run_to_take_up(client: Any, run_id: str, what: str) -> Any:

@@ -125,6 +125,32 @@ def test_a_chosen_sweep_and_all_runs_each_named_by_its_sweep(store, capsys):
     assert [r[0] for r in table_rows(capsys.readouterr().out)][0] == old
 
 
+def test_a_filter_reports_the_runs_it_finds_as_the_mlflow_ui_does(store, capsys, tmp_path):
+    uri, new, old = store
+    where = 'metrics."val/best_acc" > 0.6'
+    assert report.main(["--tracking-uri", uri, "--all", "--filter", where]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"### All runs of experiment 'cifar', runs where {where}\n")
+    assert [r[:2] for r in table_rows(out)] == [  # each job still named by its sweep, which the filter does not find
+        ["sweep old", "seed=0"], ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=0.0005"],
+        ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=0.001"]]
+    report.main(["--tracking-uri", uri, "--sweep", new, "--filter", "attributes.status = 'FAILED'"])
+    out = capsys.readouterr().out
+    assert f"({new}), runs where attributes.status = 'FAILED'" in out
+    assert [r[0] for r in table_rows(out)] == ["optimizer.lr=10"]
+    below = 'metrics."val/best_acc" < 0.6'
+    output = ["--output", str(tmp_path / "r.md")]
+    assert report.main(["--tracking-uri", uri, "--sweep", old, "--filter", below, *output]) == 1
+    assert capsys.readouterr().err == (f"cifar.report: nothing to report: Sweep 'sweep old' ({old}): no run matches "
+                                       f"--filter {below}\n")
+    for bad in ("metrics.val/best_acc > 0.6", "params.model.name = resnet18"):  # unquoted: a key with /, a value
+        assert report.main(["--tracking-uri", uri, "--all", "--filter", bad, *output]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cifar.report: error: --filter {bad}: ") and err.count("\n") == 1
+        assert "give an MLflow search filter" in err
+    assert not (tmp_path / "r.md").exists()
+
+
 def test_every_run_and_every_job_are_reported_beyond_a_page_of_the_stores_search(store, capsys, monkeypatch):
     uri, new, _ = store
     search_runs = MlflowClient.search_runs
