@@ -139,7 +139,7 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool, wh
 
 
 def checked_filter(where: str) -> str:
-    """``--filter``, refused (UserError) where MLflow's search cannot parse it."""
+    """``--filter``, refused (UserError) where MLflow's search cannot parse it (spaces alone too); "": none."""
     from mlflow.exceptions import MlflowException
     from mlflow.utils.search_utils import SearchUtils
 
@@ -149,7 +149,7 @@ def checked_filter(where: str) -> str:
         raise UserError(f"--filter {where}: {first_line(err).rstrip('.')}: give an MLflow search filter, as in the "
                         "MLflow UI's search box: params.model.name = 'resnet18' and metrics.\"test/acc\" > 0.8 (the "
                         "values of params and tags quoted, and a key with / or - in it)") from err
-    return where
+    return where.strip()
 
 
 def of_sweep(client, parent, jobs: list, best_run_id: str | None, study: str | None) -> Report:
