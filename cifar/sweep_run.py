@@ -52,7 +52,7 @@ class SweepCallback(Callback):
             parallel.check_launcher(config.hydra)
             launchers.check_cluster(config.hydra)
             launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
-            jobs = _checked_jobs(config, optuna_sweep)
+            distributions, jobs = _checked_jobs(config, optuna_sweep)
             sweeper.check_machine(jobs)
             store = tracking.usable_store(config.mlflow)
             self.report_options = _report_options(store)
@@ -63,9 +63,7 @@ class SweepCallback(Callback):
         made = _make_sweep_dir(config)  # before the study's storage, which it holds by default
         if optuna_sweep:
             from cifar import study
-            from cifar.sweeper_impl import search_space
 
-            distributions = search_space(sweeper.sweeper_arguments(config))[0]
             settings = study.trial_settings(jobs[0], distributions)
             try:
                 study.sweep_storage(config.hydra)  # opened once per process: a URL that cannot be used fails here
@@ -137,18 +135,16 @@ class SweepCallback(Callback):
                         "ends it KILLED", run_id, type(err).__name__, first_line(err))
 
 
-def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> list[DictConfig]:
-    """The configs of the sweep's jobs, checked: a grid's, or a few trials of an Optuna search's space (none for
-    another sweeper)."""
+def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> tuple[dict[str, Any], list[DictConfig]]:
+    """An Optuna search's distributions (none for another sweeper) and the configs of the sweep's jobs, checked: a
+    grid's, or a few trials of the search's space (none for another sweeper)."""
     loader = GlobalHydra.instance().config_loader()
     if optuna_sweep:
         from cifar.sweeper_impl import check_search_space  # imports Optuna
 
         sweeper.checked_sweep(config)
         return check_search_space(config, loader)
-    if sweeper.is_grid_sweep(config.hydra):
-        return sweeper.check_grid(config, loader)
-    return []
+    return {}, sweeper.check_grid(config, loader) if sweeper.is_grid_sweep(config.hydra) else []
 
 
 def _summarise(client: Any, run_id: str, config: DictConfig,

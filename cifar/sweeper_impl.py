@@ -185,11 +185,12 @@ SearchSpace = tuple[dict[str, BaseDistribution], dict[str, Any], list[str]]
 GRID_SAMPLER = "optuna.samplers.GridSampler"
 
 
-def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> list[DictConfig]:
+def check_search_space(config: DictConfig,
+                       config_loader: ConfigLoader) -> tuple[dict[str, BaseDistribution], list[DictConfig]]:
     """Check the search space before the sweep starts: that its sampler can draw it, and the configs of a few
     trials it holds (:func:`probe_trials`), so that a choice or range end that every trial holding it would be
     refused for stops the sweep at once; a search of nothing is refused (every trial would train the same config).
-    Returns those configs. (:func:`cifar.sweeper.check_data` checks their data.)"""
+    Returns its distributions and those configs. (:func:`cifar.sweeper.check_data` checks their data.)"""
     space = search_space(sweeper_arguments(config))
     if not space[0]:
         raise ConfigError(f"the Optuna sweep searches no parameter, so its {config.hydra.sweeper.n_trials} trials "
@@ -199,7 +200,7 @@ def check_search_space(config: DictConfig, config_loader: ConfigLoader) -> list[
         _check_grid(space[0])
     configs = [check_job(config_loader, config, overrides, f"the search space's trial {assignments(searched)}")
                for searched, overrides in probe_trials(*space)]
-    return configs
+    return space[0], configs
 
 
 def search_space(arguments: list[str]) -> SearchSpace:
