@@ -136,8 +136,8 @@ class SweepCallback(Callback):
 
 
 def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> tuple[dict[str, Any], list[DictConfig]]:
-    """An Optuna search's distributions (none for another sweeper) and the configs of the sweep's jobs, checked: a
-    grid's, or a few trials of the search's space (none for another sweeper)."""
+    """An Optuna search's distributions (a grid has none) and the configs of the sweep's jobs, checked: a grid's,
+    or a few trials of the search's space; for another sweeper, neither."""
     loader = GlobalHydra.instance().config_loader()
     if optuna_sweep:
         from cifar.sweeper_impl import check_search_space  # imports Optuna
