@@ -27,7 +27,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from cifar.credentials import without_passwords
 from cifar.errors import UserError, exit_status, first_line, os_reason
@@ -325,32 +325,40 @@ def to_markdown(report: Report) -> str:
     def pct(value: float | None) -> str:
         return "" if value is None else f"{value:.2%}"
 
-    sweeps, trials, data = report.has_several_sweeps, report.has_trials, report.has_several_data
+    data = report.has_several_data
     lines = [f"### {report.title}", ""]
     if report.study:
         lines += [report.study, ""]
-    lines += [
-        _table_line([*["sweep"] * sweeps, *["trial"] * trials, "run", *["data"] * data, "best val acc", "test acc",
-                     "epochs", "state", "wall time"]),
-        "|" + "|".join([*["---"] * sweeps, *["---:"] * trials, "---", *["---"] * data, "---:", "---:", "---:", "---",
-                        "---:"]) + "|",
-    ]
-    lines += [_table_line([*[row.sweep or ""] * sweeps, *["" if row.trial is None else str(row.trial)] * trials,
-                           row.name, *[row.data or ""] * data, pct(row.val_acc), pct(row.test_acc),
-                           "" if row.epochs is None else str(row.epochs), row.state,
-                           "" if row.seconds is None else f"{row.seconds:.0f} s"])
-              for row in report.rows]
+    lines += _table([
+        *[("sweep", "---", lambda r: r.sweep or "")] * report.has_several_sweeps,
+        *[("trial", "---:", lambda r: "" if r.trial is None else str(r.trial))] * report.has_trials,
+        ("run", "---", lambda r: r.name),
+        *[("data", "---", lambda r: r.data or "")] * data,
+        ("best val acc", "---:", lambda r: pct(r.val_acc)),
+        ("test acc", "---:", lambda r: pct(r.test_acc)),
+        ("epochs", "---:", lambda r: "" if r.epochs is None else str(r.epochs)),
+        ("state", "---", lambda r: r.state),
+        ("wall time", "---:", lambda r: "" if r.seconds is None else f"{r.seconds:.0f} s"),
+    ], report.rows)
     if repeated := repeated_configs(report.rows):
-        lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", "",
-                  _table_line(["run", *["data"] * data, "runs", "best val acc, %", "test acc, %"]),
-                  "|" + "|".join(["---", *["---"] * data, "---:", "---:", "---:"]) + "|"]
-        lines += [_table_line([group.name, *[group.data or ""] * data, str(group.runs), _spread(group.val_acc),
-                               _spread(group.test_acc)]) for group in repeated]
+        lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", ""]
+        lines += _table([
+            ("run", "---", lambda g: g.name),
+            *[("data", "---", lambda g: g.data or "")] * data,
+            ("runs", "---:", lambda g: str(g.runs)),
+            ("best val acc, %", "---:", lambda g: _spread(g.val_acc)),
+            ("test acc, %", "---:", lambda g: _spread(g.test_acc)),
+        ], repeated)
     return "\n".join(lines) + "\n"
 
 
-def _table_line(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+def _table(columns: list[tuple[str, str, Callable[[Any], str]]], items: list) -> list[str]:
+    """A markdown table's lines: a column a (header, alignment, cell of an item), a line an item."""
+    def line(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    return [line(header for header, _, _ in columns), "|" + "|".join(align for _, align, _ in columns) + "|",
+            *(line(cell(item) for _, _, cell in columns) for item in items)]
 
 
 def to_csv(report: Report) -> str:
