@@ -8,6 +8,8 @@ Ranges that a type cannot express are checked by :func:`validate` before any wor
 from __future__ import annotations
 
 import dataclasses
+import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -19,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar.errors import AbortRun, ConfigError
 from cifar.output_dirs import is_time_named
+from cifar.tracking import NOTE_TAG, is_own_tag
 
 
 @dataclass
@@ -153,6 +156,9 @@ class MlflowConfig:
     register_model: bool = MISSING
     model_name: str = MISSING
     store_wait_s: float = MISSING
+    run_name: Optional[str] = MISSING
+    description: Optional[str] = MISSING
+    tags: dict[str, str] = MISSING
 
 
 @dataclass
@@ -304,6 +310,7 @@ def validate(cfg: Any) -> None:
     for key in _unknown_keys(cfg):
         raise ConfigError(f"{key} is not a config key (added with +?): drop it; {LISTS_THE_KEYS}")
     _check_group_names(cfg)
+    _check_tags(cfg.mlflow.tags)
     checks = [
         ("optimizer.lr", cfg.optimizer.lr > 0, "must be > 0"),
         ("optimizer.weight_decay", cfg.optimizer.weight_decay >= 0, "must be >= 0"),
@@ -356,6 +363,8 @@ def validate(cfg: Any) -> None:
          "is a name that MLflow's model registry refuses (one with '/' or ':', or '.' or one led by '..'; the default "
          "is named after mlflow.experiment): set mlflow.model_name to another"),
         ("mlflow.store_wait_s", cfg.mlflow.store_wait_s >= 0, "must be >= 0 (0: stop at the first failure)"),
+        ("mlflow.run_name", cfg.mlflow.run_name is None or bool(str(cfg.mlflow.run_name).strip()),
+         "must not be empty: give a name, or null (the run's overrides name it)"),
         ("diagnostics.epochs", all(1 <= e <= cfg.trainer.epochs for e in cfg.diagnostics.epochs),
          "must list epochs between 1 and trainer.epochs"),
         ("diagnostics.epochs", not cfg.diagnostics.epochs or cfg.data.val_size > 0,
@@ -419,6 +428,29 @@ def validate(cfg: Any) -> None:
         if not ok:
             value = _lookup(cfg, key)
             raise ConfigError(f"{key}={value} is out of range: it {rule}. {FIX_THE_VALUE}")
+
+
+# MLflow's rules for a tag's name (mlflow.utils.validation, in a module that does not import MLflow)
+TAG_NAME = re.compile(r"[/\w.\- :]{1,250}")
+TAG_NAME_RULE = "MLflow takes 1 to 250 letters, digits, spaces and _ . - / :, and no path such as a/../b or a//b"
+
+
+def _check_tags(tags: Any) -> None:
+    """Refuse a tag of ``mlflow.tags`` that MLflow would refuse once the run has started, or that the runs set
+    themselves (their commit, data hash, device, ...), which it would replace; and one whose value is not one value
+    (the schema's str values do not stop ``+mlflow.tags={c:{d:1}}``)."""
+    for key, value in tags.items():
+        name = str(key)  # a DVC run's params.yaml is untyped: a YAML key of digits is an int
+        if OmegaConf.is_config(value):
+            raise ConfigError(f"mlflow.tags.{name} holds {OmegaConf.to_yaml(value, sort_keys=False).strip()!r}, and a "
+                              "tag's value is one piece of text: give it a value, or a tag for each of those")
+        if not TAG_NAME.fullmatch(name) or posixpath.normpath(name) != name:
+            raise ConfigError(f"mlflow.tags.{name} is a tag name that MLflow refuses ({TAG_NAME_RULE}): "
+                              "give the tag another name")
+        if is_own_tag(name):
+            raise ConfigError(f"mlflow.tags.{name} is a tag that the runs set themselves (mlflow.*, git.*, data.*, "
+                              "device, ...): give the tag another name"
+                              + ("; a run's description is mlflow.description" if name == NOTE_TAG else ""))
 
 
 NAMED_GROUPS = ("model", "optimizer", "scheduler", "data")  # each option's name says what is built

@@ -42,15 +42,15 @@ def how_to_continue(args: list[str]) -> str:
     if started is None:
         return "nothing had started"
     if started.kind == "study":
-        return f"finished trials are kept; the same command finishes the study: {_command(args)}"
+        return f"finished trials are kept; the same command finishes the study: {train_command(args)}"
     if started.kind == "sweep":
-        return f"finished jobs are kept; continue with: {_command(_in_dir(args, 'hydra.sweep.dir', started))}"
+        return f"finished jobs are kept; continue with: {train_command(_in_dir(args, 'hydra.sweep.dir', started))}"
     from cifar.checkpoint import LAST  # torch: imported already once a run has started
 
     if not (Path(started.output_dir) / LAST).exists():
         return "no epoch had finished, so there is no checkpoint to continue from"
     return (f"the last epoch's checkpoint ({LAST}) is kept; continue with: "
-            f"{_command(_in_dir(args, 'hydra.run.dir', started))}")
+            f"{train_command(_in_dir(args, 'hydra.run.dir', started))}")
 
 
 def resumed(overrides: list[str], dropped: tuple[str, ...] = ()) -> list[str]:
@@ -65,5 +65,6 @@ def _in_dir(args: list[str], dir_key: str, started: Started) -> list[str]:
     return [*resumed(args, dropped=("hydra.run.dir", "hydra.sweep.dir")), f"{dir_key}={started.output_dir}"]
 
 
-def _command(args: list[str]) -> str:
+def train_command(args: list[str]) -> str:
+    """The ``python -m cifar.train`` command line of ``args``, quoted for a shell."""
     return shlex.join(["python", "-m", "cifar.train", *args])

@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar import launchers, owner, parallel, report, sweeper, tracking, ui
+from cifar import continuation, launchers, owner, parallel, report, sweeper, tracking, ui
 from cifar.config import check_working_dir
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
@@ -250,15 +250,17 @@ def _warn_of_an_earlier_sweep(sweep_dir: str) -> None:
 def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
     sweep_dir = Path(config.hydra.sweep.dir)
     study_tags = _study_tags(config.hydra)
-    name = f"sweep {' '.join(tracking.sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}"
+    name = config.mlflow.run_name or (
+        f"sweep {' '.join(tracking.sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}")
+    command = without_passwords(continuation.train_command(sys.argv[1:]))  # as typed: -m included
     run = client.create_run(
         experiment_id,
         run_name=tracking.truncate(name),
         tags={
+            **tracking.user_tags(config.mlflow, command),
             **study_tags,
             SWEEP_DIR_TAG: str(sweep_dir.resolve()),
             OWNER_TAG: owner.current(),
-            "mlflow.note.content": without_passwords(f"python -m cifar.train -m {' '.join(sys.argv[1:])}".strip()),
             **tracking.git_state(),
         },
     )

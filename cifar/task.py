@@ -43,8 +43,9 @@ METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
 EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
 UNCOMMITTED_DIFF = "code/uncommitted.diff"  # artifact of a run whose git.dirty is true: git apply it to git.commit
 MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
-# How a run was started and how long it waits for its store, not what it trains: a resume may change them
-NOT_PARAMS = ("trainer.resume", "mlflow.store_wait_s")
+# Not what a run trains, so no params, and free to change on a resume: how it was started, how long it waits for its
+# store, and its name, description and tags of one's own (tracking.USER_TAG_KEYS), which it logs as such
+NOT_PARAMS = ("trainer.resume", "mlflow.store_wait_s", "mlflow.run_name", "mlflow.description")
 WHITENING_IMAGES = 2000  # trainer.whiten's patches: 1.8 million 3x3 patches, an estimate that more images barely change
 
 
@@ -108,12 +109,13 @@ def run(cfg: DictConfig) -> float | None:
     )
     # A DVC experiment's overrides are in its params.yaml, not on the run's command line: DVC's name stands for them
     dvc_name = None if multirun else dvc_exp.experiment_name()
-    name = dvc_name or tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)
+    given_name = None if multirun else cfg.mlflow.run_name  # a sweep's names its parent run
+    name = (tracking.truncate(given_name) if given_name else dvc_name
+            or tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None))
     trial = SweepTrial.of_job(hydra_cfg)
-    tags = _run_tags(cfg, data.content_hash, runtime, output_dir, trial)
-    params = {**tracking.flatten(cfg), **tracking.preset_choices(hydra_cfg), **model_info}
-    for key in NOT_PARAMS:
-        del params[key]
+    tags = {**tracking.user_tags(cfg.mlflow), **_run_tags(cfg, data.content_hash, runtime, output_dir, trial)}
+    params = {key: value for key, value in {**tracking.flatten(cfg), **tracking.preset_choices(hydra_cfg), **model_info}
+              .items() if key not in NOT_PARAMS and not key.startswith(tracking.USER_TAG_KEYS)}
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None
     run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None
     if run_id is not None:

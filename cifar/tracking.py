@@ -59,6 +59,13 @@ PRUNED_TAG = "pruned"  # "true" on a trial's run that its pruner stopped (or tha
 OUTPUT_DIR_TAG = "hydra.output_dir"
 BEST_CHECKPOINT_TAG = "best_checkpoint.md5"  # of the run's best.pt once trained: it is this run's while unchanged
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
+NOTE_TAG = "mlflow.note.content"  # a run's description, as the MLflow UI shows and edits it
+USER_TAG_KEYS = "mlflow.tags."  # the config's keys of the tags of one's own
+# The tags that runs and sweeps' parent runs set themselves (MLflow's own too): mlflow.tags may not set them
+OWN_TAG_PREFIXES = ("mlflow.", "cifar.", "hydra.", "git.", "data.", "dvc.", "optuna.", "torch.", "submitit.", "best.",
+                    "best_")
+OWN_TAGS = frozenset({"device", "amp", "compile", "cuda_visible_devices", PRUNED_TAG, "diverged", "stopped_early",
+                      REGISTERED_RUN_TAG, "registered_model"})
 STOPPED_RUN_WAIT_S = 60  # how long a run stopped by an interrupt or an error waits for its store to record it
 STORE_SETUP_ATTEMPTS = 5  # first contacts with a database store whose tables another worker is creating
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -311,6 +318,20 @@ def _short_number(override: str) -> str:
         return override
     short = f"{number:.4g}"
     return f"{key}={short}" if float(short) != number and len(short) < len(value) else override
+
+
+def is_own_tag(key: str) -> bool:
+    """Whether the runs set tag ``key`` themselves (:data:`OWN_TAGS`, :data:`OWN_TAG_PREFIXES`)."""
+    return key in OWN_TAGS or key.startswith(OWN_TAG_PREFIXES)
+
+
+def user_tags(mlflow_cfg: DictConfig, command: str = "") -> dict[str, str]:
+    """The tags that ``mlflow.tags`` gives a run, and its description: ``mlflow.description``, then ``command``
+    where given (a sweep's parent run's)."""
+    tags = {str(key): str(value) for key, value in mlflow_cfg.tags.items()}
+    if note := "\n\n".join(text for text in (mlflow_cfg.description, command) if text):
+        tags[NOTE_TAG] = note
+    return tags
 
 
 def preset_choices(hydra_cfg: DictConfig) -> dict[str, str]:

@@ -29,6 +29,7 @@ from cifar.errors import (
 from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
 from cifar.ray_launcher import RayLauncher
+from cifar.tracking import USER_TAG_KEYS
 
 # Registered by the package's entry point once installed; here too for a plain source checkout.
 for sweeper in (hydra_plugin.CheckedBasicSweeper, hydra_plugin.PruningOptunaSweeper):
@@ -183,6 +184,8 @@ def _hydra_key_swept(key: str, values: str) -> str:
 def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:
     """The fix, which OmegaConf's messages leave out, for an unknown key or a value of the wrong type."""
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
+        if config_file is None and (err.full_key or "").startswith(USER_TAG_KEYS):  # a new tag
+            return f": a tag of your own takes a +, as in +{err.full_key}=VALUE"
         if config_file is None:  # an override's
             return f": fix or drop it; {LISTS_THE_KEYS}"
         group, _, key_in_group = (err.full_key or "").partition(".")

@@ -194,6 +194,16 @@ def sweep_parent_and_children(runs: list) -> tuple:
     return parent, children
 
 
+def assert_tags_are_the_runs_own(*runs, given: tuple[str, ...] = ()) -> None:
+    """Every tag of ``runs``, but those ``given`` by mlflow.tags, is one that mlflow.tags is refused: a tag that the
+    runs set and :func:`cifar.tracking.is_own_tag` misses could be set by a user's, and replaced."""
+    from cifar.tracking import is_own_tag
+
+    for run in runs:
+        missed = sorted(key for key in run.data.tags if key not in given and not is_own_tag(key))
+        assert not missed, f"{run.info.run_name}: {missed}"
+
+
 def signal_process_of(run, signum: int) -> None:
     """Send ``signum`` to the process that runs ``run`` (its owner tag: ``host:pid:start time``)."""
     from cifar.tracking import OWNER_TAG

@@ -27,7 +27,8 @@ from cifar.device import make_runtime
 from cifar.engine import TTA
 from tests import fakedata
 from tests.conftest import (
-    FAST, REFUSING_DATABASE, all_runs, client_for, sweep_parent_and_children, unreadable_database, with_overrides,
+    FAST, REFUSING_DATABASE, all_runs, assert_tags_are_the_runs_own, client_for, sweep_parent_and_children,
+    unreadable_database, with_overrides,
 )
 
 MODEL_NAME = "predict-tests"
@@ -395,6 +396,7 @@ def test_a_sweep_registers_the_model_of_its_best_job_only(cli, capsys):
     versions = client_for(cli).search_model_versions(f"name = '{name}'")
     assert [v.run_id for v in versions] == [best.info.run_id]
     assert parent.data.tags["registered_model"] == f"models:/{name}/1"
+    assert_tags_are_the_runs_own(parent, *children)
     image = cli.tmp_path / "image.png"
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(image)
     by_job, by_sweep = (_predict(capsys, str(image), "--model", source, "--json", "--tracking-uri", cli.tracking_uri)

@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from cifar import report
 from cifar.parallel import LOCAL_SUBMITIT_LAUNCHER, concurrent_jobs, cpu_cores
 from tests.conftest import (
-    CALLBACK_FAILED, all_runs, backdate_heartbeat, client_for, load_study, run_without_module, running_trial,
-    signal_process_of, start, sweep_parent_and_children, wait_until,
+    CALLBACK_FAILED, all_runs, assert_tags_are_the_runs_own, backdate_heartbeat, client_for, load_study,
+    run_without_module, running_trial, signal_process_of, start, sweep_parent_and_children, wait_until,
 )
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
@@ -67,6 +67,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
         assert child.data.tags["hydra.output_dir"] == str(cli.tmp_path / "sweep" / str(number))  # named by trial
     best = study.best_trial
     assert parent.data.tags["optuna.study_name"] == f"{cli.experiment}-optuna"
+    assert_tags_are_the_runs_own(parent, *children.values())
     assert parent.data.tags["optuna.best_trial"] == str(best.number)
     assert parent.data.metrics["study/best_value"] == best.value
     assert best_params_tagged(parent) == {key: str(value) for key, value in best.params.items()}
@@ -112,6 +113,7 @@ def test_a_trial_that_the_pruner_stops_is_pruned_in_the_study_and_mlflow(cli):
     run = children[pruned.number]
     assert run.info.status == "FINISHED" and run.data.tags["pruned"] == "true"
     assert run.data.tags["optuna.trial_state"] == "PRUNED"
+    assert_tags_are_the_runs_own(*children.values())
     assert run.data.metrics["epochs_run"] == 1 and "test/acc" not in run.data.metrics
     assert "pruned" not in children[by_lr[3e-3].number].data.tags
     assert f"Trial {pruned.number} pruned after epoch 1" in proc.stderr + proc.stdout
@@ -129,6 +131,7 @@ def test_a_diverging_trial_is_pruned_and_the_sweep_goes_on(cli):
     parent, children = sweep_runs(cli)
     diverged = children[by_lr[1e12].number]
     assert diverged.info.status == "FAILED" and diverged.data.tags["diverged"] == "true"
+    assert_tags_are_the_runs_own(diverged)
     finished = children[by_lr[0.01].number]
     assert finished.info.status == "FINISHED" and "test/acc" in finished.data.metrics
     assert client_for(cli).list_artifacts(finished.info.run_id, "plots") == []  # mlflow.log_plots=false

@@ -18,7 +18,8 @@ from cifar import report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
 from tests.conftest import (
-    REAL_DATA, all_runs, client_for, run_on_configured_store, run_without_module, sweep_parent_and_children,
+    REAL_DATA, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store, run_without_module,
+    sweep_parent_and_children,
 )
 
 
@@ -50,6 +51,7 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert tags["git.dirty"] in ("true", "false", "unknown")
     assert len(tags["data.hash"]) == 64 and tags["device"] == "cpu" and tags["torch.version"]
     assert tags["compile"] == "false"
+    assert_tags_are_the_runs_own(run)
     [data_input] = run.inputs.dataset_inputs  # the runs table's Dataset column: name and digest
     dataset = data_input.dataset
     assert (dataset.name, dataset.digest, dataset.source_type) == ("cifar10", tags["data.hash"][:12], "local")
@@ -164,6 +166,7 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     assert parent.data.metrics["val/best_acc"] == max(c.data.metrics["val/best_acc"] for c in children)
     best = max(children, key=lambda c: c.data.metrics["val/best_acc"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert_tags_are_the_runs_own(parent, *children)
     # the sweep's last line: its outcome, its best job, and the report of it, which works as printed
     [line] = [line for line in proc.stdout.splitlines() if "Sweep ended:" in line]
     best_acc = best.data.metrics["val/best_acc"]
@@ -186,6 +189,28 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     logged = Path(client.download_artifacts(parent.info.run_id, "report", str(cli.tmp_path)))
     assert (logged / "runs.md").read_text() == table
     assert report.main(["--sweep", ".", "--csv"]) == 0 and (logged / "runs.csv").read_text() == capsys.readouterr().out
+
+
+def test_a_run_and_a_sweep_take_the_name_tags_and_description_given(cli):
+    cli("mlflow.run_name=baseline", "+mlflow.tags={team:vision,goal:first try}", "trainer.epochs=1",
+        "mlflow.description='The lab baseline, for comparison'")
+    cli("optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "mlflow.run_name=lr study", "+mlflow.tags.team=vision",
+        "mlflow.description=Which lr", multirun=True)
+    runs = all_runs(cli)
+    [run] = [r for r in runs if r.info.run_name == "baseline"]
+    assert {key: run.data.tags[key] for key in ("team", "goal", "mlflow.note.content")} == {
+        "team": "vision", "goal": "first try", "mlflow.note.content": "The lab baseline, for comparison"}
+    assert not [key for key in run.data.params if key.startswith(("mlflow.tags", "mlflow.run_name", "mlflow.desc"))]
+    parent, children = sweep_parent_and_children([r for r in runs if r is not run])
+    assert parent.info.run_name == "lr study"  # and each job is named by its own values, as without
+    assert sorted(c.info.run_name for c in children) == ["optimizer.lr=0.0005", "optimizer.lr=0.001"]
+    description, command = parent.data.tags["mlflow.note.content"].split("\n\n")  # and the command, as typed
+    assert description == "Which lr" and command.startswith("python -m cifar.train -m data.path=")
+    assert command.endswith(" 'mlflow.run_name=lr study' +mlflow.tags.team=vision 'mlflow.description=Which lr'")
+    assert all(c.data.tags["mlflow.note.content"] == "Which lr" for c in children)
+    tagged = client_for(cli).search_runs([run.info.experiment_id], "tags.team = 'vision'")
+    assert len(tagged) == 4
+    assert_tags_are_the_runs_own(*runs, given=("team", "goal"))
 
 
 def test_the_sweeps_report_command_names_the_store_only_where_the_reports_default_misses_it(
@@ -326,6 +351,14 @@ BAD_INPUT = [
      "data.augment.alternate_flip=True is out of range: it needs data.augment.flip=true"),
     ("diagnostics=all diagnostics.epochs=[1,9]",
      "diagnostics.epochs=[1, 9] is out of range: it must list epochs between 1 and trainer.epochs"),
+    ("mlflow.run_name=", "mlflow.run_name= is out of range: it must not be empty: give a name, or null"),
+    ("mlflow.tags.team=vision",  # Hydra's word for a new key, which was replaced by the line for a typo
+     "Key 'team' is not in struct (key: mlflow.tags.team): a tag of your own takes a +, as in +mlflow.tags.team=VALUE"),
+    ("+mlflow.tags.device=gpu", "mlflow.tags.device is a tag that the runs set themselves (mlflow.*, git.*, data.*, "
+                                "device, ...): give the tag another name"),  # where the run's own replaced it
+    ("+mlflow.tags={a*b:x}",  # where MLflow refused it once the data was read
+     "mlflow.tags.a*b is a tag name that MLflow refuses (MLflow takes 1 to 250 letters, digits, spaces and _ . - / :"),
+    ("+mlflow.tags={a:{b:c}}", "mlflow.tags.a holds 'b: c', and a tag's value is one piece of text"),
     ("mlflow.log_model=false mlflow.register_model=true",
      "mlflow.register_model=True is out of range: it needs mlflow.log_model=true"),
     # where it trained, then raised MLflow's traceback
@@ -636,6 +669,7 @@ def test_patience_stops_a_run_that_no_longer_improves_and_progress_can_be_forced
     [run] = all_runs(cli)
     assert run.data.metrics["epochs_run"] == 3 and run.data.metrics["best_epoch"] == 1
     assert run.data.tags["stopped_early"] == "true"
+    assert_tags_are_the_runs_own(run)
     assert "Stopping early" in proc.stderr + proc.stdout
     assert "epoch 1/6:" in proc.stderr  # the live bar, which is off by default when not on a terminal
 
