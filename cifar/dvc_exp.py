@@ -57,6 +57,11 @@ def artifact_location(store_url: str) -> str | None:
     return str(moved) if is_sqlite(store_url) and moved != default else None
 
 
+def runs_a_stage() -> bool:
+    """Whether DVC started this process as a stage of its pipeline (``dvc repro``, ``dvc exp run``)."""
+    return bool(os.environ.get(ROOT_VAR))
+
+
 def experiment_name() -> str | None:
     """The name of the DVC experiment that this process runs a stage of (``dvc exp run``), if any."""
     return os.environ.get(EXP_NAME_VAR) or None

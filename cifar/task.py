@@ -59,6 +59,8 @@ def run(cfg: DictConfig) -> float | None:
     """
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if not multirun and not cfg.trainer.resume and not dvc_exp.runs_a_stage():  # a stage's dir: its outputs
+        _warn_of_an_earlier_run(Path(hydra_cfg.runtime.output_dir))
     retrying = Retrying(cfg.mlflow.store_wait_s, without_passwords(tracking.store_uri(cfg.mlflow)))
     # A server that does not answer fails before the data is decoded; a sweep's store answered when the sweep
     # started, so that one that does not answer its job (here or at any later call) is down, and waited for.
@@ -231,6 +233,15 @@ def _lookahead(model: torch.nn.Module, cfg_trainer: DictConfig, total_steps: int
     if cfg_trainer.lookahead_every is None:
         return None
     return Lookahead(model, cfg_trainer.lookahead_every, cfg_trainer.lookahead_decay, total_steps)
+
+
+def _warn_of_an_earlier_run(output_dir: Path) -> None:
+    """Say that a run writes over the checkpoints of an earlier run in ``output_dir`` (a dir named on the command
+    line, run again), and how to keep them or continue that run; a sweep says so of its jobs' dirs."""
+    if (output_dir / checkpoint.LAST).exists():
+        log.warning("hydra.run.dir=%s holds an earlier run's checkpoints: this run writes over them (that run's MLflow "
+                    "run and logged model stay). To keep them, stop this run and give it another hydra.run.dir; "
+                    "where that run was stopped, continue it with trainer.resume=true", output_dir)
 
 
 def _last_checkpoint(output_dir: Path, stopped_parent) -> dict | None:

@@ -104,6 +104,8 @@ def tracking_uri(tmp_path_factory) -> str:
 
 
 CALLBACK_FAILED = re.compile(r"UserWarning: Callback \w+\.\w+ raised")
+# A run's warning where its hydra.run.dir holds an earlier run's checkpoints
+WRITES_OVER = "this run writes over them (that run's MLflow run and logged model stay)"
 
 
 @pytest.fixture

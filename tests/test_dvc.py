@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from tests import fakedata
-from tests.conftest import FAST, REPO
+from tests.conftest import FAST, REPO, WRITES_OVER
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +107,7 @@ def test_exp_run_with_a_hydra_override_changes_the_param_and_the_metrics(project
     default_lr = yaml.safe_load((repo / "params.yaml").read_text())["optimizer"]["lr"]
     out = sh(repo, *DVC, "exp", "run", "-S", "optimizer.lr=5e-4", env=env)
     assert "Running stage 'prepare'" not in out  # the data did not change
+    assert WRITES_OVER not in out  # the stage's dir is its outputs', the first experiment's in DVC
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["optimizer"]["lr"] == 5e-4 and params["data"]["path"] == "data/processed/cifar10.npz"
     assert json.loads((repo / METRICS).read_text()) != baseline

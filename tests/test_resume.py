@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tests.conftest import (
-    CALLBACK_FAILED, all_runs, client_for, log_shows, signal_process_of, start, sweep_parent_and_children, wait_until,
+    CALLBACK_FAILED, WRITES_OVER, all_runs, client_for, log_shows, signal_process_of, start, sweep_parent_and_children,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
     stopped_s = time.time() - stopped_s  # between the processes: the refused one above ran in it
     resumed = cli("trainer.epochs=12", f"hydra.run.dir={run_dir}", "trainer.resume=true", every_2, *TRICKS)
     assert f"Resuming after epoch {killed_at}" in resumed.stdout + resumed.stderr
+    assert WRITES_OVER not in resumed.stdout + resumed.stderr  # the checkpoints it continues from
     assert json.loads((run_dir / "metrics.json").read_text()) == whole  # CPU, seeded: identical
     runs = {r.data.tags["hydra.output_dir"]: r for r in all_runs(cli)}
     assert len(runs) == 2 and runs[str(run_dir)].info.status == "FINISHED"

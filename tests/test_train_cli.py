@@ -18,8 +18,8 @@ from cifar import report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
 from tests.conftest import (
-    REAL_DATA, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store, run_without_module,
-    sweep_parent_and_children,
+    REAL_DATA, WRITES_OVER, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store,
+    run_without_module, sweep_parent_and_children,
 )
 
 
@@ -247,6 +247,16 @@ def test_a_grid_sweep_run_again_in_its_dir_says_it_writes_over_the_earlier_ones_
     assert "holds the sweep" not in first.stdout + first.stderr
     assert (f"hydra.sweep.dir={cli.tmp_path / 'sweep'} holds the sweep of MLflow parent run {parent.info.run_id}: "
             "this sweep's jobs write over its jobs' dirs and checkpoints") in second.stdout + second.stderr
+
+
+@pytest.mark.slow  # 27 s
+def test_a_run_in_a_dir_that_holds_an_earlier_runs_checkpoints_says_it_writes_over_them(cli):
+    first = cli("trainer.epochs=1")
+    again = cli("trainer.epochs=1")  # the fixture's hydra.run.dir, as a command run again
+    assert WRITES_OVER not in first.stdout + first.stderr
+    assert (f"hydra.run.dir={cli.tmp_path / 'run'} holds an earlier run's checkpoints: {WRITES_OVER}"
+            in again.stdout + again.stderr)
+    assert len(all_runs(cli)) == 2
 
 
 def test_run_names_round_numbers_of_many_digits_and_leave_the_rest_as_typed():
