@@ -37,7 +37,7 @@ from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
     STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run, existing_store,
-    names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near, unreadable_store,
+    is_own_tag, names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near, unreadable_store,
 )
 
 
@@ -58,6 +58,7 @@ class Row:
     state: str
     seconds: float | None
     params: dict[str, str]  # as logged: the resolved config, flattened
+    tags: dict[str, str]  # the tags of one's own (mlflow.tags, or set in the MLflow UI)
     sweep_id: str | None = None  # the parent run of the sweep it is a job of
     sweep: str | None = None  # that run's name (its id where the run is not in the experiment)
     trial: int | None = None
@@ -278,6 +279,7 @@ def row(run, client=None, sweeps: dict | None = None) -> Row:
         state=run_state(run),
         seconds=wall_seconds(run),
         params=dict(run.data.params),
+        tags={key: value for key, value in tags.items() if not is_own_tag(key)},
         sweep_id=sweep_id,
         sweep=(parent.info.run_name or sweep_id) if parent else sweep_id,
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
@@ -363,21 +365,28 @@ def _table(columns: list[tuple[str, str, Callable[[Any], str]]], items: list) ->
 
 def to_csv(report: Report) -> str:
     """The report's runs as CSV, best first, for a spreadsheet or pandas: a row each, with its id, its sweep (id and
-    name), trial and data where the markdown table has them, a column for each param whose value is not the same in
-    every run (those swept, seed included), and its scores as fractions, unrounded, and its wall time in seconds."""
+    name), trial and data where the markdown table has them, a column for each param and each tag of one's own
+    (``tags.KEY``) whose value is not the same in every run (the params swept, seed included), and its scores as
+    fractions, unrounded, and its wall time in seconds."""
     rows, sweeps, trials, data = report.rows, report.has_several_sweeps, report.has_trials, report.has_several_data
-    keys = sorted({key for row in rows for key in row.params})
-    differing = [key for key in keys if len({row.params.get(key) for row in rows}) > 1]
+    params, tags = _differing([row.params for row in rows]), _differing([row.tags for row in rows])
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["run_id", "run", *["sweep_id", "sweep"] * sweeps, *["trial"] * trials, *["data"] * data,
-                     *differing, "best_val_acc", "test_acc", "epochs", "state", "wall_seconds"])
+                     *params, *(f"tags.{key}" for key in tags), "best_val_acc", "test_acc", "epochs", "state",
+                     "wall_seconds"])
     for row in rows:
         writer.writerow([row.run_id, row.name, *[row.sweep_id, row.sweep] * sweeps, *[row.trial] * trials,
-                         *[row.data] * data, *(row.params.get(key) for key in differing),
-                         row.val_acc, row.test_acc, row.epochs, row.state,
+                         *[row.data] * data, *(row.params.get(key) for key in params),
+                         *(row.tags.get(key) for key in tags), row.val_acc, row.test_acc, row.epochs, row.state,
                          None if row.seconds is None else round(row.seconds, 3)])
     return out.getvalue()
+
+
+def _differing(values: list[dict[str, str]]) -> list[str]:
+    """The keys whose value is not the same in every one of ``values`` (missing from some counts), sorted."""
+    keys = sorted({key for each in values for key in each})
+    return [key for key in keys if len({each.get(key) for each in values}) > 1]
 
 
 def _spread(accuracies: list[float]) -> str:

@@ -125,6 +125,22 @@ def test_a_chosen_sweep_and_all_runs_each_named_by_its_sweep(store, capsys):
     assert [r[0] for r in table_rows(capsys.readouterr().out)][0] == old
 
 
+def test_the_csv_has_a_column_for_each_tag_of_ones_own_whose_value_differs(store, capsys):
+    uri, new, _ = store
+    client = MlflowClient(uri)
+    jobs = {r.info.run_name: r.info.run_id for r in client.search_runs(
+        [client.get_experiment_by_name("cifar").experiment_id], f"tags.mlflow.parentRunId = '{new}'")}
+    client.set_tag(jobs["optimizer.lr=0.001"], "team", "vision")  # as mlflow.tags or the MLflow UI sets them
+    client.set_tag(jobs["optimizer.lr=0.0005"], "team", "speech")
+    for run_id in jobs.values():
+        client.set_tag(run_id, "goal", "baseline")  # the same in every row: no column, as for a param
+    assert report.main(["--tracking-uri", uri, "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["run"], r["tags.team"]) for r in rows] == [
+        ("optimizer.lr=0.0005", "speech"), ("optimizer.lr=0.001", "vision"), ("optimizer.lr=10", "")]
+    assert [key for key in rows[0] if key.startswith("tags.")] == ["tags.team"]  # none of the runs' own
+
+
 def test_a_filter_reports_the_runs_it_finds_as_the_mlflow_ui_does(store, capsys, tmp_path):
     uri, new, old = store
     where = 'metrics."val/best_acc" > 0.6'
