@@ -419,10 +419,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
+        where = checked_filter(args.filter)  # what was typed, before what it names: the store, the sweep
         sweep = _recorded_sweep(args.sweep) if args.sweep and Path(args.sweep).is_dir() else None
         uri = existing_store(chosen_store(args.tracking_uri, sweep))
         chosen = sweep["parent_run_id"] if sweep else args.sweep
-        where = checked_filter(args.filter)
         report = collect(MlflowClient(tracking_uri=uri), args.experiment, chosen, args.all, where)
     except UserError as err:
         print(f"cifar.report: error: {err}", file=sys.stderr)

@@ -165,6 +165,9 @@ def test_a_filter_reports_the_runs_it_finds_as_the_mlflow_ui_does(store, capsys,
         assert err.startswith(f"cifar.report: error: --filter {bad}: ") and err.count("\n") == 1
         assert "give an MLflow search filter" in err
     assert not (tmp_path / "r.md").exists()
+    nowhere = f"sqlite:///{tmp_path / 'none.db'}"  # a filter that does not parse is named first, as the fix to make
+    assert report.main(["--tracking-uri", nowhere, "--filter", "metrics.val/best_acc > 0.6"]) == 2
+    assert capsys.readouterr().err.startswith("cifar.report: error: --filter metrics.val/best_acc > 0.6: ")
 
 
 def test_every_run_and_every_job_are_reported_beyond_a_page_of_the_stores_search(store, capsys, monkeypatch):
