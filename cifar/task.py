@@ -109,11 +109,7 @@ def run(cfg: DictConfig) -> float | None:
         len(splits.val_labels), len(splits.test_labels),
         f"{model_info['model.parameters']:,}", f"{model_info['model.flops_per_image']:,}",
     )
-    # A DVC experiment's overrides are in its params.yaml, not on the run's command line: DVC's name stands for them
-    dvc_name = None if multirun else dvc_exp.experiment_name()
-    given_name = None if multirun else cfg.mlflow.run_name  # a sweep's names its parent run
-    name = (tracking.truncate(given_name) if given_name else dvc_name
-            or tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None))
+    name = _run_name(cfg, hydra_cfg, multirun, sweep)
     trial = SweepTrial.of_job(hydra_cfg)
     tags = {**tracking.user_tags(cfg.mlflow), **_run_tags(cfg, data.content_hash, runtime, output_dir, trial)}
     params = {key: value for key, value in {**tracking.flatten(cfg), **tracking.preset_choices(hydra_cfg), **model_info}
@@ -177,6 +173,17 @@ def run(cfg: DictConfig) -> float | None:
                     trial.number, err, trial.study_name)
         return math.nan
     return result.best_val_acc
+
+
+def _run_name(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, sweep: dict | None) -> str:
+    """The MLflow run's name: ``mlflow.run_name``, else a DVC experiment's name (its overrides are in its
+    params.yaml, not on the command line), else the overrides that change what it trains. A job of a sweep is named
+    by its swept overrides (``sweep``'s): the sweep's ``mlflow.run_name`` names its parent run."""
+    if multirun:
+        return tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)
+    if cfg.mlflow.run_name:
+        return tracking.truncate(cfg.mlflow.run_name)
+    return dvc_exp.experiment_name() or tracking.run_name(list(hydra_cfg.overrides.task))
 
 
 def _run_tags(
