@@ -178,11 +178,12 @@ def run(cfg: DictConfig) -> float | None:
 def _run_name(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, sweep: dict | None) -> str:
     """The MLflow run's name: ``mlflow.run_name``, else a DVC experiment's name (its overrides are in its
     params.yaml, not on the command line), else the overrides that change what it trains. A job of a sweep is named
-    by its swept overrides (``sweep``'s): the sweep's ``mlflow.run_name`` names its parent run."""
+    by its swept overrides (``sweep``'s), or by a ``mlflow.run_name`` with an interpolation, resolved with its
+    values; a plain one names the sweep's parent run."""
+    if cfg.mlflow.run_name and (not multirun or tracking.names_each_run(cfg.mlflow)):
+        return tracking.truncate(cfg.mlflow.run_name)
     if multirun:
         return tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)
-    if cfg.mlflow.run_name:
-        return tracking.truncate(cfg.mlflow.run_name)
     return dvc_exp.experiment_name() or tracking.run_name(list(hydra_cfg.overrides.task))
 
 

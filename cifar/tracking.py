@@ -325,6 +325,12 @@ def is_own_tag(key: str) -> bool:
     return key in OWN_TAGS or key.startswith(OWN_TAG_PREFIXES)
 
 
+def names_each_run(mlflow_cfg: DictConfig) -> bool:
+    """Whether ``mlflow.run_name`` has an interpolation (``lr${optimizer.lr}``): then it names each run with its own
+    values, a sweep's jobs too; a plain name names a sweep's parent run."""
+    return "${" in str(OmegaConf.to_container(mlflow_cfg, resolve=False)["run_name"] or "")
+
+
 def user_tags(mlflow_cfg: DictConfig, command: str = "") -> dict[str, str]:
     """The tags that ``mlflow.tags`` gives a run, and its description: ``mlflow.description``, then ``command``
     where given (a sweep's parent run's)."""

@@ -213,6 +213,14 @@ def test_a_run_and_a_sweep_take_the_name_tags_and_description_given(cli):
     assert_tags_are_the_runs_own(*runs, given=("team", "goal"))
 
 
+@pytest.mark.slow  # 11 s
+def test_a_run_name_with_an_interpolation_names_each_job_of_a_sweep_with_its_values(cli):
+    cli("optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "mlflow.run_name=lr${optimizer.lr}-${model.name}", multirun=True)
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    assert sorted(c.info.run_name for c in children) == ["lr0.0005-simplecnn", "lr0.001-simplecnn"]
+    assert parent.info.run_name == "sweep optimizer.lr=1e-3,5e-4"  # not lr0.003, the lr before the sweep's
+
+
 def test_the_sweeps_report_command_names_the_store_only_where_the_reports_default_misses_it(
         monkeypatch, tmp_path):
     from cifar.sweep_run import _report_options
