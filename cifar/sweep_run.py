@@ -76,7 +76,7 @@ class SweepCallback(Callback):
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)
         if optuna_sweep:
             run_id = study.shared_parent_run(config.hydra, new_run, functools.partial(_reuse_parent_run, client,
-                                                                                      experiment_id))
+                                                                                      experiment_id, config))
             study.record_trial_settings(config.hydra, settings)
         elif config.trainer.resume:
             try:
@@ -86,7 +86,7 @@ class SweepCallback(Callback):
             except ConfigError as err:
                 raise AbortRun(err) from err
             run_id = parent.info.run_id
-            _take_up(client, run_id)
+            _take_up(client, run_id, config)
         else:
             _warn_of_an_earlier_sweep(config.hydra.sweep.dir)
             run_id = new_run()
@@ -258,7 +258,8 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
         experiment_id,
         run_name=tracking.truncate(name),
         tags={
-            **tracking.user_tags(config.mlflow, command),
+            **tracking.user_tags(config.mlflow),
+            **tracking.description(config.mlflow, command),
             **study_tags,
             SWEEP_DIR_TAG: str(sweep_dir.resolve()),
             OWNER_TAG: owner.current(),
@@ -332,19 +333,21 @@ def stopped_job_run_id(parent: Any, output_dir: Path) -> str | None:
     return next((job.info.run_id for job in jobs if job.data.tags.get(OUTPUT_DIR_TAG) == str(output_dir)), None)
 
 
-def _reuse_parent_run(client: Any, experiment_id: str, run_id: str) -> bool:
+def _reuse_parent_run(client: Any, experiment_id: str, config: DictConfig, run_id: str) -> bool:
     """Take up a study's parent run again (RUNNING, owned by this process), if it is in this experiment."""
     run = tracking.existing_run(client, run_id)
     if run is None or run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active":
         return False  # another tracking store or experiment, or deleted
-    _take_up(client, run_id)
+    _take_up(client, run_id, config)
     return True
 
 
-def _take_up(client: Any, run_id: str) -> None:
-    """Mark a stopped sweep's parent run RUNNING again, owned by this process."""
+def _take_up(client: Any, run_id: str, config: DictConfig) -> None:
+    """Mark a stopped sweep's parent run RUNNING again, owned by this process, with the tags of ``mlflow.tags``
+    given now (its name and description stay the first command's)."""
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, OWNER_TAG, owner.current())
+    for key, value in {**tracking.user_tags(config.mlflow), OWNER_TAG: owner.current()}.items():
+        client.set_tag(run_id, key, value)
 
 
 def _log_jobs(client: Any, parent_id: str, children: list[Any], best: Any | None) -> dict[str, float]:

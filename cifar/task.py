@@ -111,7 +111,8 @@ def run(cfg: DictConfig) -> float | None:
     )
     name = _run_name(cfg, hydra_cfg, multirun, sweep)
     trial = SweepTrial.of_job(hydra_cfg)
-    tags = {**tracking.user_tags(cfg.mlflow), **_run_tags(cfg, data.content_hash, runtime, output_dir, trial)}
+    tags = {**tracking.user_tags(cfg.mlflow), **tracking.description(cfg.mlflow),
+            **_run_tags(cfg, data.content_hash, runtime, output_dir, trial)}
     params = {key: value for key, value in {**tracking.flatten(cfg), **tracking.preset_choices(hydra_cfg), **model_info}
               .items() if key not in NOT_PARAMS and not key.startswith(tracking.USER_TAG_KEYS)}
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None

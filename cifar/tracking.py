@@ -331,13 +331,16 @@ def names_each_run(mlflow_cfg: DictConfig) -> bool:
     return "${" in str(OmegaConf.to_container(mlflow_cfg, resolve=False)["run_name"] or "")
 
 
-def user_tags(mlflow_cfg: DictConfig, command: str = "") -> dict[str, str]:
-    """The tags that ``mlflow.tags`` gives a run, and its description: ``mlflow.description``, then ``command``
-    where given (a sweep's parent run's)."""
-    tags = {str(key): str(value) for key, value in mlflow_cfg.tags.items()}
-    if note := "\n\n".join(text for text in (mlflow_cfg.description, command) if text):
-        tags[NOTE_TAG] = note
-    return tags
+def user_tags(mlflow_cfg: DictConfig) -> dict[str, str]:
+    """The tags that ``mlflow.tags`` gives a run."""
+    return {str(key): str(value) for key, value in mlflow_cfg.tags.items()}
+
+
+def description(mlflow_cfg: DictConfig, command: str = "") -> dict[str, str]:
+    """The tag of a run's description: ``mlflow.description``, then ``command`` where given (a sweep's parent
+    run's); none where both are empty."""
+    note = "\n\n".join(text for text in (mlflow_cfg.description, command) if text)
+    return {NOTE_TAG: note} if note else {}
 
 
 def preset_choices(hydra_cfg: DictConfig) -> dict[str, str]:

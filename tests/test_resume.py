@@ -104,8 +104,8 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     [line] = [line for line in stderr.splitlines() if line.startswith(prefix)]
     command = shlex.split(line.removeprefix(prefix))
     assert command[-2:] == ["trainer.resume=true", f"hydra.sweep.dir={cli.tmp_path / 'sweep'}"]
-    resumed = subprocess.run([sys.executable, *command[1:]], cwd=cli.tmp_path, env=cli.command()[1],
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run([sys.executable, *command[1:], "+mlflow.tags.phase=2"], cwd=cli.tmp_path,
+                             env=cli.command()[1], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0 and CALLBACK_FAILED.search(resumed.stderr) is None, resumed.stderr
     assert f"MLflow run {before['2'].info.run_id} had finished" in resumed.stdout  # not trained or logged again
     assert "Resuming after epoch" in resumed.stdout and "starts from the beginning" in resumed.stdout
@@ -119,6 +119,8 @@ def test_a_stopped_grid_sweep_continues_with_the_command_it_prints(cli):
     history = client_for(cli).get_metric_history(jobs["60"].info.run_id, "val/acc")
     assert sorted(m.step for m in history) == list(range(1, 61))
     assert parent.data.metrics["sweep/jobs"] == 3 and parent.data.metrics["sweep/jobs_finished"] == 3
+    assert parent.data.tags["phase"] == "2"  # a tag given to the resumed sweep; its parent had kept the first's
+    assert jobs["3"].data.tags["phase"] == "2" and jobs["60"].data.tags["phase"] == "2"
 
 
 def test_a_joblib_sweep_that_loses_a_worker_stops_in_one_line_and_continues_with_the_command_it_prints(cli):

@@ -454,7 +454,8 @@ def test_a_study_storage_without_its_driver_fails_before_any_run_or_study(cli):
 def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
     cli("hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer.epochs=1", multirun=True)
     first = [(t.number, t.params, t.datetime_start) for t in load_study(cli).trials]
-    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", multirun=True)
+    proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", "+mlflow.tags.phase=2",
+               multirun=True)
     assert f"Study {cli.experiment}-optuna has 1 finished trial: running 2 more" in proc.stderr + proc.stdout
     study = load_study(cli)
     trials = study.trials
@@ -464,6 +465,8 @@ def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
     assert all(t.params != old for t in trials[1:] for _, old, _ in first)
     parent, children = sweep_runs(cli)  # the study's parent run, taken up again
     assert sorted(children) == [0, 1, 2] and parent.data.metrics["sweep/jobs_finished"] == 3
+    assert [children[n].data.tags.get("phase") for n in (0, 1, 2)] == [None, "2", "2"]  # a tag of the 2nd command
+    assert parent.data.tags["phase"] == "2"  # where it stayed the first command's
     # the parent's summary follows the study's best trial, whichever run found it
     assert "raised" not in proc.stderr and parent.data.metrics["study/best_value"] == study.best_value
     assert best_params_tagged(parent) == {key: str(value) for key, value in study.best_trial.params.items()}
