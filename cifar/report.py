@@ -35,9 +35,10 @@ from cifar.files import atomic_write_text
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG,
-    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run, existing_store,
-    is_own_tag, names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near, unreadable_store,
+    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, DEFAULTS_NAME, PRUNED_TAG, RUN_SECONDS,
+    STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run,
+    existing_store, is_own_tag, names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near,
+    unreadable_store,
 )
 
 
@@ -111,7 +112,7 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
             groups.setdefault(finished.config, []).append(finished)
-    repeated = [Repeated(_without_seed(group[0].name), group[0].data, len(group), [r.val_acc for r in group],
+    repeated = [Repeated(_shared_name([r.name for r in group]), group[0].data, len(group), [r.val_acc for r in group],
                          [r.test_acc for r in group if r.test_acc is not None])
                 for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: -group.mean_val_acc)
@@ -296,8 +297,17 @@ def _config(params: dict[str, str], data_hash: str | None) -> tuple | None:
     return data_hash, tuple(sorted((k, v) for k, v in params.items() if k != "seed" and names_the_training(k)))
 
 
-def _without_seed(run_name: str) -> str:
-    return re.sub(r"(^|,)seed=[^,]*", "", run_name).strip(",") or "defaults"
+def _shared_name(run_names: list[str]) -> str:
+    """A configuration's name: the overrides but the seed that the names of all its runs give. Where they share
+    none (jobs of a sweep over ``trainer.threads``, or over a tag, train one configuration), its runs' names."""
+    overrides = [[part for part in _OVERRIDE_SEPARATOR.split(name) if not part.startswith("seed=")]
+                 for name in run_names]
+    if shared := [part for part in overrides[0] if all(part in other for other in overrides[1:])]:
+        return ",".join(shared)
+    return " / ".join(sorted({",".join(parts) or DEFAULTS_NAME for parts in overrides}))
+
+
+_OVERRIDE_SEPARATOR = re.compile(r",(?=[\w.]+=)")  # between the overrides of a run's name: a value may hold a comma
 
 
 def wall_seconds(run) -> float | None:

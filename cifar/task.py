@@ -43,9 +43,6 @@ METRICS_FILE = "metrics.json"  # in each run's output dir: DVC's metrics
 EPOCHS_FILE = "epochs.csv"  # in each run's output dir: DVC's plots
 UNCOMMITTED_DIFF = "code/uncommitted.diff"  # artifact of a run whose git.dirty is true: git apply it to git.commit
 MLFLOW_RUN_ID = "mlflow_run_id"  # in each checkpoint: a resumed run logs into the same MLflow run
-# Not what a run trains, so no params, and free to change on a resume: how it was started, how long it waits for its
-# store, and its name, description and tags of one's own (tracking.USER_TAG_KEYS), which it logs as such
-NOT_PARAMS = ("trainer.resume", "mlflow.store_wait_s", "mlflow.run_name", "mlflow.description")
 WHITENING_IMAGES = 2000  # trainer.whiten's patches: 1.8 million 3x3 patches, an estimate that more images barely change
 
 
@@ -114,7 +111,7 @@ def run(cfg: DictConfig) -> float | None:
     tags = {**tracking.user_tags(cfg.mlflow), **tracking.description(cfg.mlflow),
             **_run_tags(cfg, data.content_hash, runtime, output_dir, trial)}
     params = {key: value for key, value in {**tracking.flatten(cfg), **tracking.preset_choices(hydra_cfg), **model_info}
-              .items() if key not in NOT_PARAMS and not key.startswith(tracking.USER_TAG_KEYS)}
+              .items() if tracking.is_param(key)}
     resume_from = _last_checkpoint(output_dir, stopped_parent) if cfg.trainer.resume else None
     run_id = _run_to_continue(resume_from, output_dir, stopped_parent) if cfg.trainer.resume else None
     if run_id is not None:
@@ -179,12 +176,14 @@ def run(cfg: DictConfig) -> float | None:
 def _run_name(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, sweep: dict | None) -> str:
     """The MLflow run's name: ``mlflow.run_name``, else a DVC experiment's name (its overrides are in its
     params.yaml, not on the command line), else the overrides that change what it trains. A job of a sweep is named
-    by its swept overrides (``sweep``'s), or by a ``mlflow.run_name`` with an interpolation, resolved with its
-    values; a plain one names the sweep's parent run."""
-    if cfg.mlflow.run_name and (not multirun or tracking.names_each_run(cfg.mlflow)):
+    by its swept overrides (``sweep``'s), or by a ``mlflow.run_name`` swept or with an interpolation, resolved with
+    its values; a plain one names the sweep's parent run."""
+    swept = sweep["swept_keys"] if sweep else None
+    names_the_job = not multirun or tracking.names_each_run(cfg.mlflow) or "mlflow.run_name" in (swept or ())
+    if cfg.mlflow.run_name and names_the_job:
         return tracking.truncate(cfg.mlflow.run_name)
     if multirun:
-        return tracking.run_name(list(hydra_cfg.overrides.task), sweep["swept_keys"] if sweep else None)
+        return tracking.run_name(list(hydra_cfg.overrides.task), swept)
     return dvc_exp.experiment_name() or tracking.run_name(list(hydra_cfg.overrides.task))
 
 

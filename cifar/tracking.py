@@ -39,6 +39,7 @@ NOT_IN_RUN_NAMES = frozenset({
     "trainer.threads", "trainer.resume", "trainer.checkpoint_every",
 })
 NOT_IN_RUN_NAMES_PREFIXES = ("mlflow.", "diagnostics")
+DEFAULTS_NAME = "defaults"  # the name of a run that overrides nothing that names it
 MODEL_SIZE_PARAMS = ("model.parameters", "model.flops_per_image")  # logged with the config's params
 # Config groups whose options set keys across the config and carry no name: a run logs its choice as a param
 PRESET_GROUPS = ("experiment", "hparams_search", "debug", "diagnostics")
@@ -61,6 +62,9 @@ BEST_CHECKPOINT_TAG = "best_checkpoint.md5"  # of the run's best.pt once trained
 OWNER_TAG = "cifar.owner"  # the process that runs the run (cifar.owner): to close it if that process dies
 NOTE_TAG = "mlflow.note.content"  # a run's description, as the MLflow UI shows and edits it
 USER_TAG_KEYS = "mlflow.tags."  # the config's keys of the tags of one's own
+# Not what a run trains, so no params, and free to change on a resume: how it was started, how long it waits for its
+# store, and its name, description and tags of one's own (USER_TAG_KEYS), which it logs as such
+NOT_PARAMS = ("trainer.resume", "mlflow.store_wait_s", "mlflow.run_name", "mlflow.description")
 # The tags that runs and sweeps' parent runs set themselves (MLflow's own too): mlflow.tags may not set them
 OWN_TAG_PREFIXES = ("mlflow.", "cifar.", "hydra.", "git.", "data.", "dvc.", "optuna.", "torch.", "submitit.", "best.",
                     "best_")
@@ -301,11 +305,13 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def run_name(overrides: list[str], only: list[str] | None = None) -> str:
-    """The job's overrides that change what it trains (only the swept ones, in a sweep), with their
-    numbers shortened for reading (the params keep every digit)."""
-    kept = [o for o in overrides if names_the_training(override_key(o)) and (only is None or override_key(o) in only)]
-    return truncate(",".join(sorted(_short_number(o) for o in kept))) or "defaults"
+def run_name(overrides: list[str], swept: list[str] | None = None) -> str:
+    """The run's overrides that change what it trains, or a sweep's job's ``swept`` ones, whatever they change
+    (``trainer.threads=2``, ``mlflow.tags.phase=a``: they tell its jobs apart), with their numbers shortened for
+    reading (the params keep every digit)."""
+    kept = [o for o in overrides
+            if (override_key(o) in swept if swept is not None else names_the_training(override_key(o)))]
+    return truncate(",".join(sorted(_short_number(o.lstrip("+")) for o in kept))) or DEFAULTS_NAME
 
 
 def _short_number(override: str) -> str:
@@ -323,6 +329,11 @@ def _short_number(override: str) -> str:
 def is_own_tag(key: str) -> bool:
     """Whether the runs set tag ``key`` themselves (:data:`OWN_TAGS`, :data:`OWN_TAG_PREFIXES`)."""
     return key in OWN_TAGS or key.startswith(OWN_TAG_PREFIXES)
+
+
+def is_param(key: str) -> bool:
+    """Whether config key ``key`` is logged as a param (:data:`NOT_PARAMS`, :data:`USER_TAG_KEYS`)."""
+    return key not in NOT_PARAMS and not key.startswith(USER_TAG_KEYS)
 
 
 def names_each_run(mlflow_cfg: DictConfig) -> bool:

@@ -14,7 +14,8 @@ import json
 from typing import Any
 
 from cifar.credentials import without_passwords
-from cifar.tracking import PRESET_GROUPS
+from cifar.config import NAMED_GROUPS
+from cifar.tracking import USER_TAG_KEYS, is_param
 
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # the UI's experiment tags for shared table views
 VIEW_TAG = "cifar.mlflow_ui"  # on a sweep's parent run: the path of its view in the UI
@@ -29,16 +30,19 @@ def runs_table(experiment_id: str, view_key: str | None = None) -> str:
 
 
 def sweep_view(swept_keys: list[str]) -> dict[str, Any]:
-    """The runs table's state for a sweep: its swept parameters and the accuracies as columns.
+    """The runs table's state for a sweep: its swept parameters and tags, and the accuracies, as columns (a swept
+    key that is neither, as ``mlflow.run_name``, has none).
 
     Rows stay in the UI's default order (newest first): sorted by a metric, the table lists the
     jobs beside their parent instead of under it.
     """
-    # a swept group: model -> model.name; a preset (experiment) is a param of its own
-    params = [key if "." in key or key in PRESET_GROUPS else f"{key}.name" for key in swept_keys]
+    # a swept group: model -> model.name; a preset (experiment) is a param of its own, as is seed
+    params = [f"{key}.name" if key in NAMED_GROUPS else key for key in swept_keys if is_param(key)]
+    tags = [key.removeprefix(USER_TAG_KEYS) for key in swept_keys if key.startswith(USER_TAG_KEYS)]
     return {
         "searchFilter": "",
-        "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{m}`" for m in SWEEP_METRICS],
+        "selectedColumns": ([f"params.`{p}`" for p in params] + [f"tags.`{t}`" for t in tags]
+                            + [f"metrics.`{m}`" for m in SWEEP_METRICS]),
     }
 
 

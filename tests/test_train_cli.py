@@ -221,6 +221,18 @@ def test_a_run_name_with_an_interpolation_names_each_job_of_a_sweep_with_its_val
     assert parent.info.run_name == "sweep optimizer.lr=1e-3,5e-4"  # not lr0.003, the lr before the sweep's
 
 
+@pytest.mark.slow  # 11 s
+def test_a_sweep_over_a_tag_names_its_jobs_by_it_and_shows_it_as_a_column(cli):
+    proc = cli("+mlflow.tags.phase=a,b", "trainer.epochs=1", multirun=True)
+    parent, children = sweep_parent_and_children(all_runs(cli))
+    assert sorted((c.info.run_name, c.data.tags["phase"]) for c in children) == [
+        ("mlflow.tags.phase=a", "a"), ("mlflow.tags.phase=b", "b")]
+    views = client_for(cli).get_experiment(parent.info.experiment_id).tags
+    assert json.loads(views[f"mlflow.sharedViewState.{parent.info.run_id}"])["selectedColumns"][0] == "tags.`phase`"
+    # the jobs trained one configuration: summed up as such, by their names
+    assert " over 2 runs: mlflow.tags.phase=a / mlflow.tags.phase=b. " in proc.stdout + proc.stderr
+
+
 def test_the_sweeps_report_command_names_the_store_only_where_the_reports_default_misses_it(
         monkeypatch, tmp_path):
     from cifar.sweep_run import _report_options
@@ -265,6 +277,26 @@ def test_a_run_in_a_dir_that_holds_an_earlier_runs_checkpoints_says_it_writes_ov
     assert (f"hydra.run.dir={cli.tmp_path / 'run'} holds an earlier run's checkpoints: {WRITES_OVER}"
             in again.stdout + again.stderr)
     assert len(all_runs(cli)) == 2
+
+
+def test_a_sweeps_jobs_are_named_by_every_swept_key_and_a_run_by_what_changes_its_training():
+    from cifar.tracking import run_name
+
+    overrides = ["data.path=/data/x", "trainer.threads=2", "+mlflow.tags.phase=a", "optimizer.lr=1e-3"]
+    assert run_name(overrides) == "optimizer.lr=1e-3"
+    swept = ["trainer.threads", "mlflow.tags.phase"]
+    assert run_name(overrides, swept) == "mlflow.tags.phase=a,trainer.threads=2"
+    assert run_name(overrides, swept=[]) == "defaults"
+
+
+def test_a_swept_run_name_names_each_job_and_a_plain_one_the_sweeps_parent():
+    from cifar.task import _run_name
+
+    cfg = compose(["mlflow.run_name=first"])
+    assert _run_name(cfg, None, multirun=False, sweep=None) == "first"
+    assert _run_name(cfg, None, multirun=True, sweep={"swept_keys": ["optimizer.lr", "mlflow.run_name"]}) == "first"
+    plain = OmegaConf.create({"overrides": {"task": ["optimizer.lr=1e-3", "mlflow.run_name=first"]}})
+    assert _run_name(cfg, plain, multirun=True, sweep={"swept_keys": ["optimizer.lr"]}) == "optimizer.lr=1e-3"
 
 
 def test_run_names_round_numbers_of_many_digits_and_leave_the_rest_as_typed():
@@ -776,6 +808,14 @@ def test_each_groups_options_name_themselves_but_the_presets_whose_choice_is_a_p
                 assert cfg[group].name == option and group not in tracking.preset_choices(hydra_cfg)
     columns = ui.sweep_view(["experiment", "model", "optimizer.lr"])["selectedColumns"]
     assert columns[:3] == ["params.`experiment`", "params.`model.name`", "params.`optimizer.lr`"]
+
+
+def test_a_sweeps_view_has_a_column_for_each_swept_param_and_tag_and_none_for_what_is_neither():
+    from cifar import ui
+
+    columns = ui.sweep_view(["seed", "data", "mlflow.tags.phase", "mlflow.run_name", "trainer.resume"])
+    assert columns["selectedColumns"][:3] == ["params.`seed`", "params.`data.name`", "tags.`phase`"]
+    assert columns["selectedColumns"][3:] == [f"metrics.`{m}`" for m in ui.SWEEP_METRICS]
 
 
 @pytest.mark.parametrize("key", ["data.path", "data.cache_dir"])
