@@ -37,8 +37,8 @@ from cifar.sweeper import SQLITE
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, DEFAULTS_NAME, PRUNED_TAG, RUN_SECONDS,
     STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run,
-    existing_store, is_own_tag, names_the_training, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near,
-    unreadable_store,
+    existing_store, is_own_tag, names_the_training, override_key, read_sweep, search_all_runs, store_errors,
+    sweep_jobs, sweep_near, unreadable_store,
 )
 
 
@@ -112,8 +112,8 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
             groups.setdefault(finished.config, []).append(finished)
-    repeated = [Repeated(_shared_name([r.name for r in group]), group[0].data, len(group), [r.val_acc for r in group],
-                         [r.test_acc for r in group if r.test_acc is not None])
+    repeated = [Repeated(_configuration_name([r.name for r in group]), group[0].data, len(group),
+                         [r.val_acc for r in group], [r.test_acc for r in group if r.test_acc is not None])
                 for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: -group.mean_val_acc)
 
@@ -297,14 +297,20 @@ def _config(params: dict[str, str], data_hash: str | None) -> tuple | None:
     return data_hash, tuple(sorted((k, v) for k, v in params.items() if k != "seed" and names_the_training(k)))
 
 
-def _shared_name(run_names: list[str]) -> str:
-    """A configuration's name: the overrides but the seed that the names of all its runs give. Where they share
-    none (jobs of a sweep over ``trainer.threads``, or over a tag, train one configuration), its runs' names."""
-    overrides = [[part for part in _OVERRIDE_SEPARATOR.split(name) if not part.startswith("seed=")]
-                 for name in run_names]
-    if shared := [part for part in overrides[0] if all(part in other for other in overrides[1:])]:
-        return ",".join(shared)
-    return " / ".join(sorted({",".join(parts) or DEFAULTS_NAME for parts in overrides}))
+def _configuration_name(run_names: list[str]) -> str:
+    """A configuration's name, from its runs' names: each override in one that changes what is trained holds for
+    all of them, which trained alike (a run's name gives all such overrides, a sweep's job's only its swept ones),
+    but the seed; a key's first spelling. Overrides that do not change it (``trainer.threads=2``, a tag) are left
+    out, and a name of one's own is kept."""
+    overrides: dict[str, str] = {}
+    own_names: set[str] = set()
+    for part in (part for name in run_names for part in _OVERRIDE_SEPARATOR.split(name)):
+        if "=" not in part:
+            own_names.add(part)
+        elif (key := override_key(part)) != "seed" and names_the_training(key):
+            overrides.setdefault(key, part)
+    named = sorted(own_names - {DEFAULTS_NAME}) + [",".join(overrides[key] for key in sorted(overrides))]
+    return " / ".join(name for name in named if name) or DEFAULTS_NAME
 
 
 _OVERRIDE_SEPARATOR = re.compile(r",(?=[\w.]+=)")  # between the overrides of a run's name: a value may hold a comma

@@ -246,26 +246,32 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
         f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
 
 
-def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_share_else_by_their_names(tmp_path, capsys):
+def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_trained(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("cifar")
 
     def run(name, val_acc, **params):
         run_id = client.create_run(experiment, run_name=name).info.run_id
-        for key, value in {"optimizer.lr": 0.001, "seed": 0, **params}.items():
+        for key, value in {"optimizer.lr": 0.001, "model.name": "simplecnn", "seed": 0, **params}.items():
             client.log_param(run_id, key, value)
         client.log_metric(run_id, "val/best_acc", val_acc)
         client.set_terminated(run_id, "FINISHED")
 
-    run("optimizer.lr=0.001,seed=0", 0.60)  # a sweep over lr and seeds, and one over models: one configuration
-    run("model=simplecnn,optimizer.lr=0.001,seed=1", 0.62, seed=1)
-    run("seed=0,trainer.threads=1", 0.80, **{"optimizer.lr": 0.01})  # a sweep over threads: one configuration
-    run("seed=0,trainer.threads=2", 0.82, **{"optimizer.lr": 0.01, "trainer.threads": 2})
+    # one configuration: a run named by its overrides, and jobs of sweeps named by their swept ones only
+    run("model=simplecnn,optimizer.lr=1e-3", 0.60)  # the best run's spelling of a value names it: 0.001
+    run("optimizer.lr=0.001,seed=1", 0.62, seed=1)
+    run("seed=2", 0.64, seed=2)
+    # another: the jobs of a sweep over threads and a tag, which change nothing that is trained
+    run("seed=0,trainer.threads=1", 0.80, **{"optimizer.lr": 0.01})
+    run("mlflow.tags.phase=b,trainer.threads=2", 0.82, **{"optimizer.lr": 0.01, "trainer.threads": 2})
+    run("baseline", 0.50, **{"model.name": "resnet18"})  # and one named by mlflow.run_name
+    run("defaults", 0.52, **{"model.name": "resnet18"})
     assert report.main(["--tracking-uri", uri, "--all"]) == 0
     over_seeds = capsys.readouterr().out.split("#### Over seeds")[1]
-    assert [row[:2] for row in table_rows(over_seeds)] == [["trainer.threads=1 / trainer.threads=2", "2"],
-                                                           ["optimizer.lr=0.001", "2"]]
+    assert [row[:2] for row in table_rows(over_seeds)] == [["defaults", "2"],
+                                                           ["model=simplecnn,optimizer.lr=0.001", "3"],
+                                                           ["baseline", "2"]]
 
 
 def test_csv_gives_a_row_a_run_and_a_column_a_param_that_differs_between_them(tmp_path, capsys):
