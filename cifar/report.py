@@ -112,7 +112,8 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
             groups.setdefault(finished.config, []).append(finished)
-    repeated = [Repeated(_configuration_name([r.name for r in group]), group[0].data, len(group),
+    repeated = [Repeated(_configuration_name([r.name for r in sorted(group, key=lambda r: -r.val_acc)]),
+                         group[0].data, len(group),
                          [r.val_acc for r in group], [r.test_acc for r in group if r.test_acc is not None])
                 for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: -group.mean_val_acc)
@@ -298,10 +299,10 @@ def _config(params: dict[str, str], data_hash: str | None) -> tuple | None:
 
 
 def _configuration_name(run_names: list[str]) -> str:
-    """A configuration's name, from its runs' names: each override in one that changes what is trained holds for
-    all of them, which trained alike (a run's name gives all such overrides, a sweep's job's only its swept ones),
-    but the seed; a key's first spelling. Overrides that do not change it (``trainer.threads=2``, a tag) are left
-    out, and a name of one's own is kept."""
+    """A configuration's name, from its runs' names (best run first). The runs trained alike, so an override that
+    changes the training holds for all of them wherever it is named: a run's name gives all such overrides, a sweep
+    job's only its swept ones. The name joins them, in the first spelling of each key, but the seed; overrides that
+    change nothing trained (``trainer.threads=2``, a tag) are left out, and names of one's own are kept."""
     overrides: dict[str, str] = {}
     own_names: set[str] = set()
     for part in (part for name in run_names for part in _OVERRIDE_SEPARATOR.split(name)):

@@ -272,6 +272,8 @@ def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_train
     assert [row[:2] for row in table_rows(over_seeds)] == [["defaults", "2"],
                                                            ["model=simplecnn,optimizer.lr=0.001", "3"],
                                                            ["baseline", "2"]]
+    worst_first = [report.row(r) for r in client.search_runs([experiment], order_by=["metrics.`val/best_acc` ASC"])]
+    assert "model=simplecnn,optimizer.lr=0.001" in [group.name for group in report.repeated_configs(worst_first)]
 
 
 def test_csv_gives_a_row_a_run_and_a_column_a_param_that_differs_between_them(tmp_path, capsys):
