@@ -10,8 +10,9 @@ class's, side by side; for one model, also the class each is most often taken fo
 a .tar.gz or .zip of them, a prepared .npz), decoded once into ``--cache-dir`` as in training; it is
 never downloaded. ``--model`` takes what ``cifar.predict`` does. The model classifies the split's
 images as they are decoded, with its run's normalisation and TTA, as ``cifar.predict`` would their
-files. ``--json`` prints one object a model, a line each, with its confusion matrix (rows: true class;
-columns: predicted).
+files. A model given by a run id or a sweep is named by the MLflow run that trained it too (``run_name``
+in ``--json``). ``--json`` prints one object a model, a line each, with its confusion matrix (rows: true
+class; columns: predicted).
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cifar.data import load_cifar10  # torch: imported once the arguments are valid
     from cifar.device import default_eval_batch_size
+    from cifar.inference import trained_by
 
     try:  # the models first: a wrong one is said before a new source is decoded
         models = [load_on_device(source, args.tracking_uri, args.device) for source in args.model]
@@ -126,15 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         data.train_images, data.train_labels)
     results = [score(model, images, labels, args.batch_size or default_eval_batch_size(device), device)
                for model, device in models]
+    run_names = [trained_by(source, args.tracking_uri) for source in args.model]
     if args.json:
-        for source, result in zip(args.model, results):
-            print(json.dumps({"model": source, "data": args.data, "split": args.split,
+        for source, run_name, result in zip(args.model, run_names, results):
+            print(json.dumps({"model": source, "run_name": run_name, "data": args.data, "split": args.split,
                               "data_hash": data.content_hash, **result.as_dict()}))
         return 0
-    named = [("model", args.model[0])] if len(args.model) == 1 else [
-        (f"model {n}", source) for n, source in enumerate(args.model, 1)]
-    for label, source in named:
-        print(f"{label:<9} {source}")
+    headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
+    for heading, source, run_name in zip(headings, args.model, run_names):
+        print(f"{heading:<9} {source}" + (f" (MLflow run {run_name!r})" if run_name else ""))
     print(f"data      {args.data} ({args.split} split, content hash {data.content_hash[:12]})\n")
     print(to_markdown(results), end="")
     return 0

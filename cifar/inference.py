@@ -85,11 +85,9 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     output dir. A sweep, by its dir or its parent run's id, gives its best job's. MLflow sources come from
     ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then a sweep dir's own store, then ``sqlite:///mlflow.db``).
     """
-    path = Path(source)
-    sweep = _sweep_in(path)
-    if path.exists() and sweep is None:
-        return from_checkpoint(path)
-    run_id = sweep["parent_run_id"] if sweep else source if RUN_ID.fullmatch(source) else None
+    run_id, sweep = _run_named_by(source)
+    if run_id is None and Path(source).exists():
+        return from_checkpoint(Path(source))
     if not (run_id or source.startswith((MODELS_URI, RUNS_URI))):
         raise UserError(f"--model {source} is not a checkpoint file, an MLflow run id or a models:/NAME/VERSION "
                         "URI: check the path or id")
@@ -99,6 +97,44 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     if run_id is None:
         return _load_logged(source, tracking_uri)
     return _load_run(run_id, tracking_uri, f"{source} (the sweep of MLflow parent run {run_id})" if sweep else run_id)
+
+
+def trained_by(source: str, tracking_uri: str | None = None) -> str | None:
+    """The name of the MLflow run that trained the model :func:`load` gives for ``source``, which it has loaded: of
+    the run given by its id, or of a sweep's best job; None for a checkpoint file or a URI."""
+    run_id, sweep = _run_named_by(source)
+    if run_id is None:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from cifar.tracking import chosen_store
+
+    client = MlflowClient(tracking_uri=chosen_store(tracking_uri, sweep))
+    run = client.get_run(run_id)
+    if (best_job := _best_job(run, source)) is not None:
+        run = client.get_run(best_job)
+    return run.info.run_name
+
+
+def _run_named_by(source: str) -> tuple[str | None, dict | None]:
+    """The MLflow run id that ``--model`` ``source`` gives (a run's id, or a sweep's dir: its parent run's), and the
+    sweep of such a dir; None for another path (a checkpoint) or a URI."""
+    path = Path(source)
+    if (sweep := _sweep_in(path)) is not None:
+        return sweep["parent_run_id"], sweep
+    return (source if RUN_ID.fullmatch(source) and not path.exists() else None), None
+
+
+def _best_job(run, named: str) -> str | None:
+    """The id of the best job of ``run`` where it is a sweep's parent run; None for another run."""
+    from cifar.tracking import BEST_RUN_TAG, SWEEP_DIR_TAG
+
+    if SWEEP_DIR_TAG not in run.data.tags:
+        return None
+    if (best_job := run.data.tags.get(BEST_RUN_TAG)) is None:
+        raise UserError(f"--model {named}: the sweep has no best job (it still runs, or none of its jobs "
+                        "finished): give one of its jobs' run ids")
+    return best_job
 
 
 def _sweep_in(path: Path) -> dict | None:
@@ -144,9 +180,7 @@ def _load_run(run_id: str, tracking_uri: str, named: str) -> nn.Module:
     from mlflow.tracking import MlflowClient
 
     from cifar.registry import logged_model_uri  # it imports this module
-    from cifar.tracking import (
-        BEST_CHECKPOINT_TAG, BEST_RUN_TAG, OUTPUT_DIR_TAG, SWEEP_DIR_TAG, existing_run, store_errors, unreadable_store,
-    )
+    from cifar.tracking import BEST_CHECKPOINT_TAG, OUTPUT_DIR_TAG, existing_run, store_errors, unreadable_store
     from cifar.dvc_exp import EXP_NAME_TAG
     from cifar.versioning import file_md5
 
@@ -158,10 +192,7 @@ def _load_run(run_id: str, tracking_uri: str, named: str) -> nn.Module:
     if run is None:
         raise UserError(f"--model {named}: no such MLflow run in {tracking_uri}: check the id, "
                         "or --tracking-uri / MLFLOW_TRACKING_URI")
-    if SWEEP_DIR_TAG in run.data.tags:  # a sweep's parent run
-        if (best_job := run.data.tags.get(BEST_RUN_TAG)) is None:
-            raise UserError(f"--model {named}: the sweep has no best job (it still runs, or none of its jobs "
-                            "finished): give one of its jobs' run ids")
+    if (best_job := _best_job(run, named)) is not None:
         return _load_run(best_job, tracking_uri, best_job)
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:

@@ -132,17 +132,21 @@ def test_evaluate_scores_several_models_side_by_side(trained, official_dir, caps
     state["model"][weight].zero_()
     state["model"][bias].zero_()
     torch.save(state, tmp_path / "airplane.pt")
-    args = ["--model", str(trained.checkpoint), "--model", str(tmp_path / "airplane.pt"), "--data", str(official_dir),
-            "--cache-dir", str(tmp_path / "cache")]
+    run = trained.run.info  # its logged model: the checkpoint's
+    args = ["--model", str(trained.checkpoint), "--model", str(tmp_path / "airplane.pt"), "--model", run.run_id,
+            "--tracking-uri", trained.tracking_uri, "--data", str(official_dir), "--cache-dir", str(tmp_path / "cache")]
     assert evaluate.main([*args, "--json"]) == 0
-    first, second = map(json.loads, capsys.readouterr().out.splitlines())
+    first, second, third = map(json.loads, capsys.readouterr().out.splitlines())
     assert (first["model"], second["model"]) == (str(trained.checkpoint), str(tmp_path / "airplane.pt"))
+    assert (first["run_name"], third["run_name"]) == (None, run.run_name)  # a run given by its id: its name
     assert second["class_accuracy"] == {cls: float(cls == "airplane") for cls in CLASSES}
+    assert third["confusion"] == first["confusion"]
     assert evaluate.main(args) == 0
     table = capsys.readouterr().out
-    assert f"model 1   {trained.checkpoint}\nmodel 2   {tmp_path / 'airplane.pt'}\n" in table
-    assert "| class | images | model 1 | model 2 |" in table and "most often taken for" not in table
-    assert f"| all | 50 | {first['accuracy']:.2%} | 10.00% |" in table
+    assert (f"model 1   {trained.checkpoint}\nmodel 2   {tmp_path / 'airplane.pt'}\n"
+            f"model 3   {run.run_id} (MLflow run {run.run_name!r})\n") in table
+    assert "| class | images | model 1 | model 2 | model 3 |" in table and "most often taken for" not in table
+    assert f"| all | 50 | {first['accuracy']:.2%} | 10.00% | {first['accuracy']:.2%} |" in table
     assert f"| airplane | 5 | {first['class_accuracy']['airplane']:.2%} | 100.00% |" in table
 
 
@@ -309,6 +313,10 @@ def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(tra
                       trained.tracking_uri)
     assert by_job[0] == 0
     assert _predict(capsys, image, "--model", parent, "--json", "--tracking-uri", trained.tracking_uri) == by_job
+    best_job = trained.run.info.run_name  # what cifar.evaluate names each of these by
+    assert inference.trained_by(parent, trained.tracking_uri) == best_job
+    assert inference.trained_by(str(sweep_dir)) == best_job  # the store its sweep file names
+    assert inference.trained_by(str(trained.checkpoint), trained.tracking_uri) is None
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     by_dir = subprocess.run([sys.executable, "-m", "cifar.predict", image, "--model", str(sweep_dir), "--json"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)  # no mlflow.db in tmp_path
