@@ -7,10 +7,12 @@ returns class probabilities, (N, 10) float32, in the order of :data:`cifar.data.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from omegaconf import OmegaConf
@@ -151,16 +153,38 @@ def _load_logged(uri: str, tracking_uri: str) -> nn.Module:
 
     from cifar.tracking import store_errors
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     try:
         # MLflow copies a model it does not find as a local file (runs:/ URIs, remote artifact stores)
         # into a new temp dir that it never removes; the loaded model no longer needs its files.
-        with tempfile.TemporaryDirectory(prefix="cifar-model-") as download:
+        with tempfile.TemporaryDirectory(prefix="cifar-model-") as download, _global_store(tracking_uri):
             return mlflow.pytorch.load_model(uri, dst_path=download, map_location="cpu")  # an exported graph: eval mode
     except (*store_errors(), OSError) as err:
         raise UserError(f"--model {uri} cannot be loaded from {tracking_uri} ({first_line(err)}): {_fix_for(uri)}, "
                         "or --tracking-uri") from err
+
+
+@contextlib.contextmanager
+def _global_store(tracking_uri: str) -> Iterator[None]:
+    """MLflow's global store (tracking and registry) set to ``tracking_uri`` within, for ``load_model``, which reads
+    it, and unset after. Setting it sets ``MLFLOW_TRACKING_URI`` too, which then chose the store of the next
+    ``--model``: a sweep dir's own store was left unread."""
+    import mlflow
+
+    from cifar.tracking import STORE_VAR
+
+    variables = {name: os.environ.get(name) for name in (STORE_VAR, "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _fix_for(uri: str) -> str:

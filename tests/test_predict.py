@@ -150,6 +150,33 @@ def test_evaluate_scores_several_models_side_by_side(trained, official_dir, caps
     assert f"| airplane | 5 | {first['class_accuracy']['airplane']:.2%} | 100.00% |" in table
 
 
+def test_evaluate_reads_each_model_from_its_own_store(trained, official_dir, capsys, tmp_path, monkeypatch):
+    """A run of the default store, then a sweep by its dir, whose store is another: loading the run's model set
+    MLflow's store for the process, and the sweep was looked for in the default store."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils
+
+    from cifar.tracking import BEST_RUN_TAG, OUTPUT_DIR_TAG, SWEEP_DIR_TAG, SWEEP_FILE
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    client = MlflowClient(other)
+    experiment = client.create_experiment("elsewhere")
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "best.pt").write_bytes(trained.checkpoint.read_bytes())  # a job that logged no model
+    job = client.create_run(experiment, run_name="the best job", tags={OUTPUT_DIR_TAG: str(tmp_path / "job")})
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    parent = client.create_run(experiment, tags={SWEEP_DIR_TAG: str(sweep_dir), BEST_RUN_TAG: job.info.run_id})
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent.info.run_id, "swept_keys": [],
+                                                    "tracking_uri": other}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test
+    monkeypatch.chdir(Path(trained.tracking_uri.removeprefix("sqlite:///")).parent)  # its mlflow.db: the default
+    assert evaluate.main(["--model", trained.run.info.run_id, "--model", str(sweep_dir), "--data", str(official_dir),
+                          "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert f"model 2   {sweep_dir} (MLflow run 'the best job')\n" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("args, refusal", [
     (["--data", "nowhere"], "No CIFAR-10 data in nowhere: put cifar-10-python.tar.gz or train/<class>/ image folders "
                             "there, or set --data to your copy"),
