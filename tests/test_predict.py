@@ -321,7 +321,7 @@ def test_run_id_and_registered_version_predict_as_the_checkpoint(trained, capsys
     assert version.run_id == trained.run.info.run_id
 
 
-def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(trained, capsys, tmp_path):
+def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(trained, capsys, tmp_path, monkeypatch):
     from cifar.tracking import BEST_RUN_TAG, SWEEP_DIR_TAG, SWEEP_FILE
 
     sweep_dir = tmp_path / "sweep"
@@ -342,6 +342,7 @@ def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(tra
     assert _predict(capsys, image, "--model", parent, "--json", "--tracking-uri", trained.tracking_uri) == by_job
     best_job = trained.run.info.run_name  # what cifar.evaluate names each of these by
     assert inference.trained_by(parent, trained.tracking_uri) == best_job
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # which would win over the sweep's own store
     assert inference.trained_by(str(sweep_dir)) == best_job  # the store its sweep file names
     assert inference.trained_by(str(trained.checkpoint), trained.tracking_uri) is None
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
