@@ -295,7 +295,12 @@ def _config(params: dict[str, str], data_hash: str | None) -> tuple | None:
     its data. Runs of one config and other seeds share it."""
     if "seed" not in params:
         return None
-    return data_hash, tuple(sorted((k, v) for k, v in params.items() if k != "seed" and names_the_training(k)))
+    return data_hash, tuple(sorted((k, v) for k, v in params.items() if _sets_the_configuration(k)))
+
+
+def _sets_the_configuration(key: str) -> bool:
+    """Whether ``key`` tells configurations apart: it changes what is trained, and is not the seed."""
+    return key != "seed" and names_the_training(key)
 
 
 def _configuration_name(run_names: list[str]) -> str:
@@ -308,7 +313,7 @@ def _configuration_name(run_names: list[str]) -> str:
     for part in (part for name in run_names for part in _OVERRIDE_SEPARATOR.split(name)):
         if "=" not in part:
             own_names.add(part)
-        elif (key := override_key(part)) != "seed" and names_the_training(key):
+        elif _sets_the_configuration(key := override_key(part)):
             overrides.setdefault(key, part)
     named = sorted(own_names - {DEFAULTS_NAME}) + [",".join(overrides[key] for key in sorted(overrides))]
     return " / ".join(name for name in named if name) or DEFAULTS_NAME
