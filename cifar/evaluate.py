@@ -1,18 +1,19 @@
 """``python -m cifar.evaluate``: score trained models on a labelled CIFAR-10 set: their accuracy and each
 class's, side by side; for one model, also the class each is most often taken for.
 
-    python -m cifar.evaluate --model outputs/2026-11-23/10-00-00/best.pt      # the test set of data/raw
+    python -m cifar.evaluate --model outputs/2026-11-23/10-00-00/best.pt      # the test set it trained with
     python -m cifar.evaluate --model RUN_ID --data ../cifar10-jpeg.tar.gz
     python -m cifar.evaluate --model multirun/2026-11-23/10-00-00 --split train --json
     python -m cifar.evaluate --model models:/cifar-simplecnn/1 --model models:/cifar-simplecnn/2
 
 ``--data`` takes any source that ``data.path`` does (the official batches or archive, image folders,
 a .tar.gz or .zip of them, a prepared .npz), decoded once into ``--cache-dir`` as in training; it is
-never downloaded. ``--model`` takes what ``cifar.predict`` does. The model classifies the split's
-images as they are decoded, with its run's normalisation and TTA, as ``cifar.predict`` would their
-files. A model given by a run id or a sweep is named by the MLflow run that trained it too (``run_name``
-in ``--json``). ``--json`` prints one object a model, a line each, with its confusion matrix (rows: true
-class; columns: predicted).
+never downloaded. Without it, the models are scored on the data they trained on, where their run dirs
+say which (:mod:`cifar.provenance`), else on data/raw. ``--model`` takes what ``cifar.predict`` does.
+The model classifies the split's images as they are decoded, with its run's normalisation and TTA, as
+``cifar.predict`` would their files. A model given by a run id or a sweep is named by the MLflow run
+that trained it too (``run_name`` in ``--json``). ``--json`` prints one object a model, a line each,
+with its confusion matrix (rows: true class; columns: predicted).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +32,8 @@ from cifar.errors import UserError, exit_status
 from cifar.predict import add_model_arguments, load_on_device
 
 SPLITS = ("test", "train")
+DEFAULT_DATA = "data/raw"  # as data.path's default; where no model says what it trained on
+DEFAULT_CACHE_DIR = "data/processed"
 
 
 @dataclass
@@ -103,10 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, several=True)
-    parser.add_argument("--data", default="data/raw", metavar="PATH",
-                        help="the labelled images, in any layout data.path takes (default: data/raw)")
-    parser.add_argument("--cache-dir", default="data/processed", help="where the decoded data is cached "
-                                                                      "(default: data/processed, as in training)")
+    parser.add_argument("--data", metavar="PATH", help="the labelled images, in any layout data.path takes (default: "
+                                                       f"the data the models trained on, else {DEFAULT_DATA})")
+    parser.add_argument("--cache-dir", help="where the decoded data is cached (default: the models' training cache "
+                                            f"where they trained on the data, else {DEFAULT_CACHE_DIR})")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="test (default), or train: every training image, the validation hold-out included")
     parser.add_argument("--json", action="store_true", help="one JSON object a model, with its confusion matrix")
@@ -116,11 +120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cifar.data import load_cifar10  # torch: imported once the arguments are valid
     from cifar.device import default_eval_batch_size
-    from cifar.inference import trained_by
+    from cifar.provenance import provenance
 
     try:  # the models first: a wrong one is said before a new source is decoded
         models = [load_on_device(source, args.tracking_uri, args.device) for source in args.model]
-        data = load_cifar10(args.data, args.cache_dir, download=False, setting="--data")
+        origins = [provenance(source, args.tracking_uri) for source in args.model]
+        source, cache_dir, trained_on = _data_to_score(args.data, args.cache_dir, origins)
+        data = load_cifar10(source, cache_dir, download=False, setting="--data")
     except UserError as err:
         print(f"cifar.evaluate: error: {err}", file=sys.stderr)
         return 2
@@ -128,18 +134,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         data.train_images, data.train_labels)
     results = [score(model, images, labels, args.batch_size or default_eval_batch_size(device), device)
                for model, device in models]
-    run_names = [trained_by(source, args.tracking_uri) for source in args.model]
     if args.json:
-        for source, run_name, result in zip(args.model, run_names, results):
-            print(json.dumps({"model": source, "run_name": run_name, "data": args.data, "split": args.split,
+        for model, origin, result in zip(args.model, origins, results):
+            print(json.dumps({"model": model, "run_name": origin.run_name, "data": str(source), "split": args.split,
                               "data_hash": data.content_hash, **result.as_dict()}))
         return 0
     headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
-    for heading, source, run_name in zip(headings, args.model, run_names):
-        print(f"{heading:<9} {source}" + (f" (MLflow run {run_name!r})" if run_name else ""))
-    print(f"data      {args.data} ({args.split} split, content hash {data.content_hash[:12]})\n")
+    for heading, model, origin in zip(headings, args.model, origins):
+        print(f"{heading:<9} {model}" + (f" (MLflow run {origin.run_name!r})" if origin.run_name else ""))
+    print(f"data      {source} ({args.split} split, content hash {data.content_hash[:12]}"
+          + (f", {trained_on})\n" if trained_on else ")\n"))
     print(to_markdown(results), end="")
     return 0
+
+
+def _data_to_score(data: str | None, cache_dir: str | None, origins: list) -> tuple[str | Path, str | Path, str]:
+    """The data source and cache dir to score the models on: ``--data`` and ``--cache-dir`` where given; else the
+    data the models trained on (:class:`cifar.provenance.Provenance`), where one is known and no two differ, and
+    what says so in the table's heading; else data/raw. A UserError where the models trained on different data."""
+    if data is not None:
+        return data, cache_dir or DEFAULT_CACHE_DIR, ""
+    trained_on = {origin.data.path: origin.data for origin in origins if origin.data is not None}
+    if not trained_on:
+        return DEFAULT_DATA, cache_dir or DEFAULT_CACHE_DIR, ""
+    if len(trained_on) > 1:
+        each = "; ".join(f"model {n}: {origin.data.path}" for n, origin in enumerate(origins, 1) if origin.data)
+        raise UserError(f"the models trained on different data ({each}): give --data, the data to score them on")
+    (training,) = trained_on.values()
+    known = [str(n) for n, origin in enumerate(origins, 1) if origin.data is not None]
+    which = ("the model" if len(origins) == 1 else "the models" if len(known) == len(origins)
+             else f"model {known[0]}" if len(known) == 1 else f"models {', '.join(known)}")
+    return training.path, cache_dir or training.cache_dir, f"the data {which} trained on"
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     output dir. A sweep, by its dir or its parent run's id, gives its best job's. MLflow sources come from
     ``tracking_uri`` (default: ``MLFLOW_TRACKING_URI``, then a sweep dir's own store, then ``sqlite:///mlflow.db``).
     """
-    run_id, sweep = _run_named_by(source)
+    run_id, sweep = run_named_by(source)
     if run_id is None and Path(source).exists():
         return from_checkpoint(Path(source))
     if not (run_id or source.startswith((MODELS_URI, RUNS_URI))):
@@ -101,24 +101,7 @@ def load(source: str, tracking_uri: str | None = None) -> nn.Module:
     return _load_run(run_id, tracking_uri, f"{source} (the sweep of MLflow parent run {run_id})" if sweep else run_id)
 
 
-def trained_by(source: str, tracking_uri: str | None = None) -> str | None:
-    """The name of the MLflow run that trained the model :func:`load` gives for ``source``, which it has loaded: of
-    the run given by its id, or of a sweep's best job; None for a checkpoint file or a URI."""
-    run_id, sweep = _run_named_by(source)
-    if run_id is None:
-        return None
-    from mlflow.tracking import MlflowClient
-
-    from cifar.tracking import chosen_store
-
-    client = MlflowClient(tracking_uri=chosen_store(tracking_uri, sweep))
-    run = client.get_run(run_id)
-    if (best_job := _best_job(run, source)) is not None:
-        run = client.get_run(best_job)
-    return run.info.run_name
-
-
-def _run_named_by(source: str) -> tuple[str | None, dict | None]:
+def run_named_by(source: str) -> tuple[str | None, dict | None]:
     """The MLflow run id that ``--model`` ``source`` gives (a run's id, or a sweep's dir: its parent run's), and the
     sweep of such a dir; None for another path (a checkpoint) or a URI."""
     path = Path(source)
@@ -127,16 +110,16 @@ def _run_named_by(source: str) -> tuple[str | None, dict | None]:
     return (source if RUN_ID.fullmatch(source) and not path.exists() else None), None
 
 
-def _best_job(run, named: str) -> str | None:
+def best_job(run, named: str) -> str | None:
     """The id of the best job of ``run`` where it is a sweep's parent run; None for another run."""
     from cifar.tracking import BEST_RUN_TAG, SWEEP_DIR_TAG
 
     if SWEEP_DIR_TAG not in run.data.tags:
         return None
-    if (best_job := run.data.tags.get(BEST_RUN_TAG)) is None:
+    if (job := run.data.tags.get(BEST_RUN_TAG)) is None:
         raise UserError(f"--model {named}: the sweep has no best job (it still runs, or none of its jobs "
                         "finished): give one of its jobs' run ids")
-    return best_job
+    return job
 
 
 def _sweep_in(path: Path) -> dict | None:
@@ -216,8 +199,8 @@ def _load_run(run_id: str, tracking_uri: str, named: str) -> nn.Module:
     if run is None:
         raise UserError(f"--model {named}: no such MLflow run in {tracking_uri}: check the id, "
                         "or --tracking-uri / MLFLOW_TRACKING_URI")
-    if (best_job := _best_job(run, named)) is not None:
-        return _load_run(best_job, tracking_uri, best_job)
+    if (job := best_job(run, named)) is not None:
+        return _load_run(job, tracking_uri, job)
     model_uri = logged_model_uri(client, run.info.experiment_id, run_id)
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)

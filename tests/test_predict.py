@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from cifar.credentials import without_passwords
 from cifar.data import CLASSES, load_cifar10
 from cifar.device import make_runtime
 from cifar.engine import TTA
+from cifar.provenance import provenance
 from tests import fakedata
 from tests.conftest import (
     FAST, REFUSING_DATABASE, all_runs, assert_tags_are_the_runs_own, client_for, sweep_parent_and_children,
@@ -175,6 +177,37 @@ def test_evaluate_reads_each_model_from_its_own_store(trained, official_dir, cap
     assert evaluate.main(["--model", trained.run.info.run_id, "--model", str(sweep_dir), "--data", str(official_dir),
                           "--cache-dir", str(tmp_path / "cache")]) == 0
     assert f"model 2   {sweep_dir} (MLflow run 'the best job')\n" in capsys.readouterr().out
+
+
+def test_evaluate_without_data_scores_the_data_the_model_trained_on(trained, official_dir, capsys, tmp_path,
+                                                                    monkeypatch):
+    """Its run dir's config says which (the run's own dir for a checkpoint, its output dir for a run id), from the
+    folder the run started in; data/raw only where no model says. Before, always data/raw."""
+    monkeypatch.chdir(tmp_path)  # no data/raw here
+    alone = tmp_path / "alone.pt"  # a checkpoint out of its run's dir: its data is unknown
+    alone.write_bytes(trained.checkpoint.read_bytes())
+    run_id = trained.run.info.run_id
+    for args, which in [(["--model", str(trained.checkpoint)], "the model"),
+                        (["--model", run_id, "--tracking-uri", trained.tracking_uri], "the model"),
+                        (["--model", str(alone), "--model", str(trained.checkpoint.parent)], "model 2")]:
+        assert evaluate.main(args) == 0
+        out = capsys.readouterr().out
+        assert f"data      {official_dir} (test split, content hash {trained.data.content_hash[:12]}, the data " \
+               f"{which} trained on)\n" in out
+        assert f"| all | {len(trained.data.test_labels)} |" in out
+    assert not (tmp_path / "data").exists()  # decoded into the run's own cache, not a new one here
+    other_run = tmp_path / "other-run"  # a run of the same model on other data
+    shutil.copytree(trained.checkpoint.parent / ".hydra", other_run / ".hydra")
+    config = other_run / ".hydra" / "config.yaml"
+    config.write_text(config.read_text().replace(str(official_dir), str(tmp_path / "other-data")))
+    (tmp_path / "other-data").mkdir()
+    shutil.copy(trained.checkpoint, other_run / "best.pt")
+    assert evaluate.main(["--model", str(trained.checkpoint), "--model", str(other_run)]) == 2
+    assert capsys.readouterr().err == (
+        f"cifar.evaluate: error: the models trained on different data (model 1: {official_dir}; model 2: "
+        f"{tmp_path / 'other-data'}): give --data, the data to score them on\n")
+    assert evaluate.main(["--model", str(alone)]) == 2
+    assert capsys.readouterr().err.startswith("cifar.evaluate: error: No CIFAR-10 data in data/raw")
 
 
 @pytest.mark.parametrize("args, refusal", [
@@ -341,10 +374,10 @@ def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(tra
     assert by_job[0] == 0
     assert _predict(capsys, image, "--model", parent, "--json", "--tracking-uri", trained.tracking_uri) == by_job
     best_job = trained.run.info.run_name  # what cifar.evaluate names each of these by
-    assert inference.trained_by(parent, trained.tracking_uri) == best_job
+    assert provenance(parent, trained.tracking_uri).run_name == best_job
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # which would win over the sweep's own store
-    assert inference.trained_by(str(sweep_dir)) == best_job  # the store its sweep file names
-    assert inference.trained_by(str(trained.checkpoint), trained.tracking_uri) is None
+    assert provenance(str(sweep_dir)).run_name == best_job  # the store its sweep file names
+    assert provenance(str(trained.checkpoint), trained.tracking_uri).run_name is None
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     by_dir = subprocess.run([sys.executable, "-m", "cifar.predict", image, "--model", str(sweep_dir), "--json"],
                             cwd=tmp_path, env=env, capture_output=True, text=True)  # no mlflow.db in tmp_path
