@@ -107,7 +107,8 @@ class Report:
 
 def repeated_configs(rows: list[Row]) -> list[Repeated]:
     """The configurations that finished more than once (of other seeds, or repeats), best mean validation accuracy
-    first."""
+    first; of those that tie, the one with the best run, then by name: the same order for rows in any order (the
+    report's, best first, and the sweep's last line's, as MLflow lists its jobs)."""
     groups: dict[tuple, list[Row]] = {}
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
@@ -116,7 +117,7 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
                          group[0].data, len(group),
                          [r.val_acc for r in group], [r.test_acc for r in group if r.test_acc is not None])
                 for group in groups.values() if len(group) > 1]
-    return sorted(repeated, key=lambda group: -group.mean_val_acc)
+    return sorted(repeated, key=lambda group: (-group.mean_val_acc, -max(group.val_acc), group.name))
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool, where: str = "") -> Report:

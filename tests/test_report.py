@@ -276,6 +276,22 @@ def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_train
     assert "model=simplecnn,optimizer.lr=0.001" in [group.name for group in report.repeated_configs(worst_first)]
 
 
+def test_configurations_that_tie_on_their_mean_are_in_one_order_whatever_the_runs_order():
+    """The sweep's last line names the first of them from its jobs as MLflow lists them, the report from its rows,
+    best first: before, each named the one it met first."""
+    def run(lr, seed, val_acc):
+        params = {"optimizer.lr": str(lr), "seed": str(seed)}
+        return report.Row(run_id=f"{lr}-{seed}", name=f"optimizer.lr={lr},seed={seed}", val_acc=val_acc,
+                          test_acc=None, epochs=5, state="finished", seconds=None, params=params, tags={},
+                          config=report._config(params, None))
+
+    runs = [run(0.01, 0, 0.625), run(0.01, 1, 0.625), run(0.1, 0, 0.5), run(0.1, 1, 0.75),  # means 0.625
+            run(0.5, 0, 0.625), run(0.5, 1, 0.625), run(1.0, 0, 0.4), run(1.0, 1, 0.4)]
+    expected = ["optimizer.lr=0.1", "optimizer.lr=0.01", "optimizer.lr=0.5", "optimizer.lr=1.0"]
+    for order in (runs, runs[::-1], sorted(runs, key=lambda r: -r.val_acc)):
+        assert [group.name for group in report.repeated_configs(order)] == expected
+
+
 def test_csv_gives_a_row_a_run_and_a_column_a_param_that_differs_between_them(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
