@@ -191,6 +191,7 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     assert report.main(["--sweep", ".", "--csv"]) == 0 and (logged / "runs.csv").read_text() == capsys.readouterr().out
 
 
+@pytest.mark.slow  # 24 s: a run and a sweep of two jobs
 def test_a_run_and_a_sweep_take_the_name_tags_and_description_given(cli):
     cli("mlflow.run_name=baseline", "+mlflow.tags={team:vision,goal:first try}", "trainer.epochs=1",
         "mlflow.description='The lab baseline, for comparison'")
