@@ -39,6 +39,7 @@ DEFAULT_CACHE_DIR = "data/processed"
 @dataclass
 class Score:
     confusion: np.ndarray  # (10, 10) counts: rows the true class, columns the predicted one
+    right: np.ndarray  # (images,) bool: each image classified as its class, in the split's order
 
     @property
     def images(self) -> int:
@@ -70,12 +71,35 @@ def score(model, images: np.ndarray, labels: np.ndarray, batch_size: int, device
             predicted[start:start + len(batch)] = model(batch).argmax(1).cpu().numpy()
     confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
-    return Score(confusion)
+    return Score(confusion, predicted == labels)
+
+
+@dataclass
+class Paired:
+    """A model against another on the same images: where only one of them is right."""
+    better: int  # images this model classifies right and the other wrong
+    worse: int  # the other way round
+
+    @property
+    def p_value(self) -> float:
+        """McNemar's exact test: the chance of a split of the images that only one model gets right at least this
+        uneven, were either model as likely to be the one (two-sided)."""
+        from scipy.stats import binomtest
+
+        disagree = self.better + self.worse
+        return binomtest(self.better, disagree).pvalue if disagree else 1.0
+
+    def as_dict(self) -> dict:
+        return {"better": self.better, "worse": self.worse, "p_value": self.p_value}
+
+
+def paired(model: Score, reference: Score) -> Paired:
+    return Paired(int(np.sum(model.right & ~reference.right)), int(np.sum(~model.right & reference.right)))
 
 
 def to_markdown(results: list[Score]) -> str:
     """A row of every image, then one a class: the images, and each model's accuracy on them, a column each; with
-    one model, the class each is most often taken for."""
+    one model, the class each is most often taken for; with several, each against the first (:func:`paired`)."""
     one = len(results) == 1
     models = ["accuracy"] if one else [f"model {n}" for n in range(1, len(results) + 1)]
     taken_for = ["most often taken for"] if one else []
@@ -86,6 +110,13 @@ def to_markdown(results: list[Score]) -> str:
         row = results[0].confusion[i]
         shown = ["" if np.isnan(a) else f"{a:.2%}" for a in accuracies[:, i]]
         lines.append(_cells([cls, str(row.sum()), *shown, *([_taken_for(row, i)] if one else [])]))
+    if not one:
+        lines += ["", "Against model 1, on the images that only one of the two classifies right (McNemar's exact test; "
+                      "p: the chance of a split at least this uneven between two models as good as each other):"]
+    for n, result in enumerate(results[1:], 2):
+        against = paired(result, results[0])
+        lines.append(f"- model {n}: right on {against.better} that model 1 gets wrong, wrong on {against.worse} "
+                     f"that it gets right; p = {against.p_value:.2g}")
     return "\n".join(lines) + "\n"
 
 
@@ -135,9 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [score(model, images, labels, args.batch_size or default_eval_batch_size(device), device)
                for model, device in models]
     if args.json:
-        for model, origin, result in zip(args.model, origins, results):
+        for n, (model, origin, result) in enumerate(zip(args.model, origins, results), 1):
+            against = {"against_model_1": paired(result, results[0]).as_dict()} if n > 1 else {}
             print(json.dumps({"model": model, "run_name": origin.run_name, "data": str(source), "split": args.split,
-                              "data_hash": data.content_hash, **result.as_dict()}))
+                              "data_hash": data.content_hash, **result.as_dict(), **against}))
         return 0
     headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
     for heading, model, origin in zip(headings, args.model, origins):

@@ -150,6 +150,22 @@ def test_evaluate_scores_several_models_side_by_side(trained, official_dir, caps
     assert "| class | images | model 1 | model 2 | model 3 |" in table and "most often taken for" not in table
     assert f"| all | 50 | {first['accuracy']:.2%} | 10.00% | {first['accuracy']:.2%} |" in table
     assert f"| airplane | 5 | {first['class_accuracy']['airplane']:.2%} | 100.00% |" in table
+    # each against model 1: the airplanes that it gets wrong are all the second's gains; its other rights, losses
+    gains, losses = 5 - first["confusion"][0][0], sum(first["confusion"][i][i] for i in range(1, 10))
+    assert (second["against_model_1"]["better"], second["against_model_1"]["worse"]) == (gains, losses)
+    assert third["against_model_1"] == {"better": 0, "worse": 0, "p_value": 1.0}  # the same model
+    assert "p = 1\n" in table and f"- model 2: right on {gains} that model 1 gets wrong, wrong on {losses}" in table
+
+
+def test_mcnemars_p_value_is_the_two_sided_binomial_tail_of_the_images_that_one_model_alone_gets_right():
+    reference = evaluate.Score(np.zeros((10, 10)), np.array([True] * 5 + [False] * 10 + [True] * 7))
+    model = evaluate.Score(np.zeros((10, 10)), np.array([False] * 2 + [True] * 3 + [True] * 10 + [True] * 7))
+    against = evaluate.paired(model, reference)
+    assert (against.better, against.worse) == (10, 2)
+    # of 12 images on which they differ, 10 or more (or 2 or fewer) to one side: 2 * (1 + 12 + 66) / 2**12
+    assert against.p_value == pytest.approx(2 * (1 + 12 + 66) / 2 ** 12)
+    assert evaluate.paired(reference, model).p_value == pytest.approx(against.p_value)
+    assert evaluate.paired(model, model).p_value == 1.0
 
 
 def test_evaluate_reads_each_model_from_its_own_store(trained, official_dir, capsys, tmp_path, monkeypatch):
