@@ -80,6 +80,16 @@ class Repeated:
     def mean_val_acc(self) -> float:
         return statistics.fmean(self.val_acc)
 
+    def p_against(self, other: Repeated) -> float | None:
+        """Welch's t-test of the two configurations' best validation accuracies (two-sided): the chance of means at
+        least this far apart between configurations as good as each other. None where the runs do not say: of other
+        data, or with no spread in either configuration (a test of two constants)."""
+        if self.data != other.data or statistics.pvariance(self.val_acc) == statistics.pvariance(other.val_acc) == 0:
+            return None
+        from scipy.stats import ttest_ind
+
+        return float(ttest_ind(self.val_acc, other.val_acc, equal_var=False).pvalue)
+
 
 @dataclass
 class Report:
@@ -373,6 +383,7 @@ def to_markdown(report: Report) -> str:
             ("runs", "---:", lambda g: str(g.runs)),
             ("best val acc, %", "---:", lambda g: _spread(g.val_acc)),
             ("test acc, %", "---:", lambda g: _spread(g.test_acc)),
+            ("p against the first", "---:", lambda g: "" if g is repeated[0] else _p_value(g.p_against(repeated[0]))),
         ], repeated)
     return "\n".join(lines) + "\n"
 
@@ -410,6 +421,10 @@ def _differing(values: list[dict[str, str]]) -> list[str]:
     """The keys whose value is not the same in every one of ``values`` (missing from some counts), sorted."""
     keys = sorted({key for each in values for key in each})
     return [key for key in keys if len({each.get(key) for each in values}) > 1]
+
+
+def _p_value(p: float | None) -> str:
+    return "" if p is None else f"{p:.2g}"
 
 
 def _spread(accuracies: list[float]) -> str:

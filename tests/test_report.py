@@ -3,8 +3,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 
@@ -233,8 +235,9 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     table, over_seeds = capsys.readouterr().out.split("#### Over seeds")
     assert len(table_rows(table)) == 9
     assert table_rows(over_seeds) == [
-        ["optimizer.lr=0.0005", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41"],
-        ["optimizer.lr=0.001", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00"],
+        ["optimizer.lr=0.0005", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41", ""],
+        ["optimizer.lr=0.001", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00",
+         f"{_welch_p([0.70, 0.72], [0.60, 0.62, 0.64]):.2g}"],  # 0.011: against the first, the best
     ]
     from cifar.sweep_run import _best_job, _closing_line
     from cifar.tracking import sweep_jobs
@@ -274,6 +277,27 @@ def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_train
                                                            ["baseline", "2"]]
     worst_first = [report.row(r) for r in client.search_runs([experiment], order_by=["metrics.`val/best_acc` ASC"])]
     assert "model=simplecnn,optimizer.lr=0.001" in [group.name for group in report.repeated_configs(worst_first)]
+
+
+def _welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided t-test, from its formula: t on the Welch-Satterthwaite degrees of freedom."""
+    from scipy.stats import t as student_t
+
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return 2 * student_t.sf(abs(t), dof)
+
+
+def test_the_p_value_against_the_first_configuration_is_left_out_where_the_runs_do_not_say():
+    def group(val_acc, data="e00b28a47d65"):
+        return report.Repeated("c", data, len(val_acc), val_acc, [])
+
+    best = group([0.70, 0.72])
+    assert group([0.60, 0.62, 0.64]).p_against(best) == pytest.approx(_welch_p([0.70, 0.72], [0.60, 0.62, 0.64]))
+    assert group([0.60, 0.60]).p_against(best) == pytest.approx(_welch_p([0.70, 0.72], [0.60, 0.60]))
+    assert group([0.60, 0.60]).p_against(group([0.70, 0.70])) is None  # no spread in either: a test of constants
+    assert group([0.60, 0.62], data="85549d1b2c02").p_against(best) is None  # other data: other validation images
 
 
 def test_configurations_that_tie_on_their_mean_are_in_one_order_whatever_the_runs_order():
