@@ -25,6 +25,7 @@ import os
 import re
 import statistics
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -88,7 +89,9 @@ class Repeated:
             return None
         from scipy.stats import ttest_ind
 
-        return float(ttest_ind(self.val_acc, other.val_acc, equal_var=False).pvalue)
+        with warnings.catch_warnings():  # scipy's, of a configuration whose runs scored alike: its spread is none
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(ttest_ind(self.val_acc, other.val_acc, equal_var=False).pvalue)
 
 
 @dataclass
