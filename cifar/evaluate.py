@@ -12,8 +12,9 @@ never downloaded. Without it, the models are scored on the data they trained on,
 say which (:mod:`cifar.provenance`), else on data/raw. ``--model`` takes what ``cifar.predict`` does.
 The model classifies the split's images as they are decoded, with its run's normalisation and TTA, as
 ``cifar.predict`` would their files. A model given by a run id or a sweep is named by the MLflow run
-that trained it too (``run_name`` in ``--json``). ``--json`` prints one object a model, a line each,
-with its confusion matrix (rows: true class; columns: predicted).
+that trained it too (``run_name`` in ``--json``). Each model after the first is set against it on the
+images that only one of the two classifies right, with McNemar's exact test. ``--json`` prints one
+object a model, a line each, with its confusion matrix (rows: true class; columns: predicted).
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from cifar.data import CLASSES
 from cifar.errors import UserError, exit_status
 from cifar.predict import add_model_arguments, load_on_device
+
+if TYPE_CHECKING:
+    from cifar.provenance import Provenance
 
 SPLITS = ("test", "train")
 DEFAULT_DATA = "data/raw"  # as data.path's default; where no model says what it trained on
@@ -144,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             f"where they trained on the data, else {DEFAULT_CACHE_DIR})")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="test (default), or train: every training image, the validation hold-out included")
-    parser.add_argument("--json", action="store_true", help="one JSON object a model, with its confusion matrix")
+    parser.add_argument("--json", action="store_true", help="one JSON object a model, with its confusion matrix "
+                                                            "(and against_model_1, for the others)")
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
@@ -180,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _data_to_score(data: str | None, cache_dir: str | None, origins: list) -> tuple[str | Path, str | Path, str]:
+def _data_to_score(data: str | None, cache_dir: str | None,
+                   origins: list[Provenance]) -> tuple[str | Path, str | Path, str]:
     """The data source and cache dir to score the models on: ``--data`` and ``--cache-dir`` where given; else the
     data the models trained on (:class:`cifar.provenance.Provenance`), where one is known and no two differ, and
     what says so in the table's heading; else data/raw. A UserError where the models trained on different data."""
