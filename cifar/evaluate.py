@@ -192,16 +192,15 @@ def _data_to_score(data: str | None, cache_dir: str | None,
     what says so in the table's heading; else data/raw. A UserError where the models trained on different data."""
     if data is not None:
         return data, cache_dir or DEFAULT_CACHE_DIR, ""
-    trained_on = {origin.data.path: origin.data for origin in origins if origin.data is not None}
-    if not trained_on:
+    known = {n: origin.data for n, origin in enumerate(origins, 1) if origin.data is not None}  # by model number
+    if not known:
         return DEFAULT_DATA, cache_dir or DEFAULT_CACHE_DIR, ""
-    if len(trained_on) > 1:
-        each = "; ".join(f"model {n}: {origin.data.path}" for n, origin in enumerate(origins, 1) if origin.data)
+    if len({training.path for training in known.values()}) > 1:
+        each = "; ".join(f"model {n}: {training.path}" for n, training in known.items())
         raise UserError(f"the models trained on different data ({each}): give --data, the data to score them on")
-    (training,) = trained_on.values()
-    known = [str(n) for n, origin in enumerate(origins, 1) if origin.data is not None]
+    *_, training = known.values()
     which = ("the model" if len(origins) == 1 else "the models" if len(known) == len(origins)
-             else f"model {known[0]}" if len(known) == 1 else f"models {', '.join(known)}")
+             else f"model{'s' * (len(known) > 1)} {', '.join(map(str, known))}")
     return training.path, cache_dir or training.cache_dir, f"the data {which} trained on"
 
 
