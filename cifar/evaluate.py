@@ -11,10 +11,11 @@ a .tar.gz or .zip of them, a prepared .npz), decoded once into ``--cache-dir`` a
 never downloaded. Without it, the models are scored on the data they trained on, where their run dirs
 say which (:mod:`cifar.provenance`), else on data/raw. ``--model`` takes what ``cifar.predict`` does.
 The model classifies the split's images as they are decoded, with its run's normalisation and TTA, as
-``cifar.predict`` would their files. A model given by a run id or a sweep is named by the MLflow run
-that trained it too (``run_name`` in ``--json``). Each model after the first is set against it on the
-images that only one of the two classifies right, with McNemar's exact test. ``--json`` prints one
-object a model, a line each, with its confusion matrix (rows: true class; columns: predicted).
+``cifar.predict`` would their files. A model given by a run id, a sweep or a ``runs:/`` or ``models:/``
+URI is named by the MLflow run that trained it too (``run_name`` in ``--json``). Each model after the first
+is set against it on the images that only one of the two classifies right, with McNemar's exact test.
+``--json`` prints one object a model, a line each, with its confusion matrix (rows: true class; columns:
+predicted).
 """
 
 from __future__ import annotations

@@ -197,17 +197,28 @@ def test_evaluate_reads_each_model_from_its_own_store(trained, official_dir, cap
 
 def test_evaluate_without_data_scores_the_data_the_model_trained_on(trained, official_dir, capsys, tmp_path,
                                                                     monkeypatch):
-    """Its run dir's config says which (the run's own dir for a checkpoint, its output dir for a run id), from the
-    folder the run started in; data/raw only where no model says. Before, always data/raw."""
+    """Its run dir's config says which (the run's own dir for a checkpoint, the output dir of the run given by its
+    id or that logged a URI's model), from the folder the run started in; data/raw only where no model says.
+    Before, always data/raw; and a runs:/ or models:/ URI's model had no run, so two versions of a registered model
+    were refused without --data."""
+    from cifar.registry import MODEL_NAME as LOGGED_NAME
+
     monkeypatch.chdir(tmp_path)  # no data/raw here
     alone = tmp_path / "alone.pt"  # a checkpoint out of its run's dir: its data is unknown
     alone.write_bytes(trained.checkpoint.read_bytes())
     run_id = trained.run.info.run_id
-    for args, which in [(["--model", str(trained.checkpoint)], "the model"),
-                        (["--model", run_id, "--tracking-uri", trained.tracking_uri], "the model"),
-                        (["--model", str(alone), "--model", str(trained.checkpoint.parent)], "model 2")]:
-        assert evaluate.main(args) == 0
+    trained.client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+    logged = trained.run.outputs.model_outputs[0].model_id
+    by_run = [run_id, f"runs:/{run_id}/{LOGGED_NAME}", f"models:/{MODEL_NAME}/1", f"models:/{MODEL_NAME}@champion",
+              f"models:/{logged}"]
+    for models, which in [([str(trained.checkpoint)], "the model"), (by_run[:1], "the model"),
+                          (by_run[1:2], "the model"), (by_run[2:], "the models"),
+                          ([str(alone), str(trained.checkpoint.parent)], "model 2")]:
+        assert evaluate.main([*(arg for model in models for arg in ("--model", model)),
+                              "--tracking-uri", trained.tracking_uri]) == 0
         out = capsys.readouterr().out
+        for model in set(models) & set(by_run):
+            assert f"{model} (MLflow run {trained.run.info.run_name!r})\n" in out
         assert f"data      {official_dir} (test split, content hash {trained.data.content_hash[:12]}, the data " \
                f"{which} trained on)\n" in out
         assert f"| all | {len(trained.data.test_labels)} |" in out
