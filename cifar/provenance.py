@@ -42,13 +42,14 @@ def provenance(source: str, tracking_uri: str | None = None) -> Provenance:
         return Provenance(data=training_data(path if path.is_dir() else path.parent)) if path.exists() else Provenance()
     from mlflow.tracking import MlflowClient  # for an MLflow source only, which has imported them
 
-    from cifar.tracking import OUTPUT_DIR_TAG, chosen_store
+    from cifar.tracking import OUTPUT_DIR_TAG, chosen_store, existing_run
 
     store = chosen_store(tracking_uri, sweep)
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     if logged and not (run_id := _run_that_logged(client, source)):
         return Provenance()
-    run = client.get_run(run_id)
+    if (run := existing_run(client, run_id)) is None:  # a URI's run, deleted for good (mlflow gc): its model stays
+        return Provenance()
     if (job := best_job(run, source)) is not None:
         run = client.get_run(job)
     output_dir = run.data.tags.get(OUTPUT_DIR_TAG)

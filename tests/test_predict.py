@@ -237,6 +237,23 @@ def test_evaluate_without_data_scores_the_data_the_model_trained_on(trained, off
     assert capsys.readouterr().err.startswith("cifar.evaluate: error: No CIFAR-10 data in data/raw")
 
 
+def test_a_registered_version_whose_run_is_gone_is_scored_on_the_data_given(trained, official_dir, capsys, tmp_path):
+    """Its run deleted for good (mlflow gc), the version still loads: it has no run to name nor data to default to.
+    Before, looking its run up raised MlflowException's traceback."""
+    store = f"sqlite:///{tmp_path / 'gone.db'}"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store, registry_uri=store)
+    logged = trained.client.get_logged_model(trained.run.outputs.model_outputs[0].model_id)
+    client.create_registered_model("gone")
+    client.create_model_version("gone", logged.artifact_location, run_id="0" * 32)  # a run the store has not
+    assert evaluate.main(["--model", "models:/gone/1", "--tracking-uri", store, "--data", str(official_dir),
+                          "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"model     models:/gone/1\ndata      {official_dir} (test split, content hash ")
+    assert f"| all | {len(trained.data.test_labels)} |" in out
+
+
 @pytest.mark.parametrize("args, refusal", [
     (["--data", "nowhere"], "No CIFAR-10 data in nowhere: put cifar-10-python.tar.gz or train/<class>/ image folders "
                             "there, or set --data to your copy"),
