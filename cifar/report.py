@@ -8,6 +8,7 @@ and standard deviation over those runs.
     python -m cifar.report                      # the latest sweep in experiment "cifar"
     python -m cifar.report --sweep RUN_ID       # one sweep, by its parent run id
     python -m cifar.report --sweep multirun/2026-12-02/10-00-00   # or by its dir
+    python -m cifar.report --sweep RUN_ID --sweep multirun/2026-12-03/09-00-00   # two sweeps in one table
     python -m cifar.report --all                # every training run of the experiment
     python -m cifar.report --output results.md
     python -m cifar.report --csv                # a row a run, a column a param that differs: for a spreadsheet
@@ -145,14 +146,35 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool, wh
                         [row(r, client, sweeps) for r in sorted(runs, key=functools.partial(_best_first, None))])
     else:
         parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
-        report = of_sweep(client, parent, sweep_jobs(client, parent, where), parent.data.tags.get(BEST_RUN_TAG),
-                          _study_line(parent.data.tags))
+        report = sweep_report(client, parent, where)
+    return checked(report, where)
+
+
+def sweep_report(client, parent, where: str = "") -> Report:
+    """The report of the sweep whose parent run is ``parent``, of its jobs that ``where`` finds (all, for "")."""
+    return of_sweep(client, parent, sweep_jobs(client, parent, where), parent.data.tags.get(BEST_RUN_TAG),
+                    _study_line(parent.data.tags))
+
+
+def checked(report: Report, where: str) -> Report:
+    """``report``, its title saying ``where``, the filter; NothingToReport where it has no rows."""
     if not report.rows:
         raise NothingToReport(f"{report.title}: no run matches --filter {where}" if where else
                               f"{report.title} has no runs")
     if where:
         report.title += f", runs where {where}"
     return report
+
+
+def of_sweeps(reports: list[Report]) -> Report:
+    """Several sweeps' reports as one: their runs in one table, best first (of those that tie, in the order of the
+    sweeps given, then each sweep's own), and their studies' lines; a sweep column tells them apart."""
+    if len(reports) == 1:
+        return reports[0]
+    rows = sorted((r for report in reports for r in report.rows),
+                  key=lambda r: 1.0 if r.val_acc is None else -r.val_acc)  # no score: last
+    studies = [report.study for report in reports if report.study]
+    return Report("; ".join(report.title for report in reports), rows, "\n\n".join(studies) or None)
 
 
 def checked_filter(where: str) -> str:
@@ -446,8 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else the store of a "
                                                "--sweep dir, else sqlite:///mlflow.db)")
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR",
-                       help="the sweep's parent run id, or its sweep dir (default: the latest sweep)")
+    scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR", action="append",
+                       help="the sweep's parent run id, or its sweep dir (default: the latest sweep); given again, "
+                            "each sweep's runs in one table")
     scope.add_argument("--all", action="store_true", help="every training run of the experiment")
     parser.add_argument("--filter", default="", metavar="FILTER",
                         help="only the runs that this MLflow search filter finds, as in the MLflow UI's search box: "
@@ -461,10 +484,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         where = checked_filter(args.filter)  # what was typed, before what it names: the store, the sweep
-        sweep = _recorded_sweep(args.sweep) if args.sweep and Path(args.sweep).is_dir() else None
-        uri = existing_store(chosen_store(args.tracking_uri, sweep))
-        chosen = sweep["parent_run_id"] if sweep else args.sweep
-        report = collect(MlflowClient(tracking_uri=uri), args.experiment, chosen, args.all, where)
+        if args.sweep is None:
+            uri = existing_store(chosen_store(args.tracking_uri, None))
+            report = collect(MlflowClient(tracking_uri=uri), args.experiment, None, args.all, where)
+        else:
+            reports: dict[str, Report] = {}  # by parent run: a sweep given twice (by its id and its dir) once
+            for named in args.sweep:
+                sweep = _recorded_sweep(named) if Path(named).is_dir() else None
+                uri = existing_store(chosen_store(args.tracking_uri, sweep))  # each sweep's dir names its own
+                client = MlflowClient(tracking_uri=uri)
+                parent = _chosen_sweep(client, sweep["parent_run_id"] if sweep else named)
+                if parent.info.run_id not in reports:
+                    reports[parent.info.run_id] = sweep_report(client, parent, where)
+            report = checked(of_sweeps(list(reports.values())), where)
     except UserError as err:
         print(f"cifar.report: error: {err}", file=sys.stderr)
         return 2

@@ -127,6 +127,43 @@ def test_a_chosen_sweep_and_all_runs_each_named_by_its_sweep(store, capsys):
     assert [r[0] for r in table_rows(capsys.readouterr().out)][0] == old
 
 
+def test_sweeps_given_together_are_one_table_best_first_each_read_from_its_own_store(store, capsys, tmp_path,
+                                                                                    monkeypatch):
+    """``--sweep A --sweep B``: both sweeps' jobs, best first, a sweep column saying whose; a sweep given by its dir
+    is read from the store it records. Before, the last --sweep alone was reported."""
+    uri, new, old = store
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    (tmp_path / "elsewhere").mkdir()
+    client = MlflowClient(tracking_uri=elsewhere)
+    experiment = client.create_experiment("debug")
+    parent = client.create_run(experiment, run_name="sweep seed=1", tags={SWEEP_DIR_TAG: "/tmp/elsewhere"})
+    job = client.create_run(experiment, run_name="seed=1", tags={"mlflow.parentRunId": parent.info.run_id})
+    client.log_metric(job.info.run_id, "val/best_acc", 0.65)
+    client.set_terminated(job.info.run_id)
+    sweep_dir = tmp_path / "elsewhere" / "multirun"
+    sweep_dir.mkdir()
+    (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent.info.run_id, "tracking_uri": elsewhere}))
+    old_dir = tmp_path / "old"  # the old sweep's dir, given besides its id
+    old_dir.mkdir()
+    (old_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": old, "tracking_uri": uri}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the store's mlflow.db: the default
+    assert report.main(["--sweep", new, "--sweep", old, "--sweep", str(sweep_dir), "--sweep", new,
+                        "--sweep", str(old_dir)]) == 0  # a sweep given twice is reported once
+    out = capsys.readouterr().out
+    assert out.startswith(f"### Sweep 'sweep optimizer.lr=1e-3,5e-4' ({new}); Sweep 'sweep old' ({old}); Sweep "
+                          f"'sweep seed=1' ({parent.info.run_id})\n")
+    assert "| sweep | run | best val acc |" in out
+    assert [r[:3] for r in table_rows(out)] == [
+        ["sweep old", "seed=0", "90.00%"], ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=0.0005", "72.00%"],
+        ["sweep seed=1", "seed=1", "65.00%"], ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=0.001", "61.00%"],
+        ["sweep optimizer.lr=1e-3,5e-4", "optimizer.lr=10", ""]]
+    assert report.main(["--sweep", new, "--sweep", old, "--filter", "metrics.`val/best_acc` > 0.8"]) == 0
+    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]  # none of the other sweep's: no matter
+    assert report.main(["--sweep", new, "--sweep", "0" * 32]) == 2
+    assert capsys.readouterr().err.startswith(f"cifar.report: error: --sweep {'0' * 32}: no such MLflow run in ")
+
+
 def test_the_csv_has_a_column_for_each_tag_of_ones_own_whose_value_differs(store, capsys):
     uri, new, _ = store
     client = MlflowClient(uri)
