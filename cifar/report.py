@@ -77,6 +77,7 @@ class Repeated:
     runs: int
     val_acc: list[float]
     test_acc: list[float]
+    sweeps: tuple[str, ...] = ()  # the names of the sweeps its runs are jobs of, each once, its best run's first
 
     @property
     def mean_val_acc(self) -> float:
@@ -127,11 +128,17 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
             groups.setdefault(finished.config, []).append(finished)
-    repeated = [Repeated(_configuration_name([r.name for r in sorted(group, key=lambda r: -r.val_acc)]),
-                         group[0].data, len(group),
-                         [r.val_acc for r in group], [r.test_acc for r in group if r.test_acc is not None])
-                for group in groups.values() if len(group) > 1]
+    repeated = [_summed_up(group) for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: (-group.mean_val_acc, -max(group.val_acc), group.name))
+
+
+def _summed_up(runs: list[Row]) -> Repeated:
+    """The finished ``runs`` of one configuration as a :class:`Repeated`, named (and its sweeps listed) best run
+    first."""
+    best_first = sorted(runs, key=lambda r: -r.val_acc)
+    return Repeated(_configuration_name([r.name for r in best_first]), runs[0].data, len(runs),
+                    [r.val_acc for r in runs], [r.test_acc for r in runs if r.test_acc is not None],
+                    tuple(dict.fromkeys(r.sweep for r in best_first if r.sweep)))  # a single run's: none
 
 
 def collect(client, experiment_name: str, sweep: str | None, every_run: bool, where: str = "") -> Report:
@@ -403,6 +410,7 @@ def to_markdown(report: Report) -> str:
     if repeated := repeated_configs(report.rows):
         lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", ""]
         lines += _table([
+            *[("sweep", "---", lambda g: "; ".join(g.sweeps))] * report.has_several_sweeps,  # as the runs' table
             ("run", "---", lambda g: g.name),
             *[("data", "---", lambda g: g.data or "")] * data,
             ("runs", "---:", lambda g: str(g.runs)),

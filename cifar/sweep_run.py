@@ -251,8 +251,8 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
     sweep_dir = Path(config.hydra.sweep.dir)
     study_tags = _study_tags(config.hydra)
     given = None if tracking.names_each_run(config.mlflow) else config.mlflow.run_name  # else it names the jobs
-    name = given or (
-        f"sweep {' '.join(tracking.sweep_overrides(config)) or study_tags.get(STUDY_NAME_TAG) or sweep_dir.name}")
+    study = [] if tracking.sweep_overrides(config) else [study_tags.get(STUDY_NAME_TAG, "")]  # nothing swept: it
+    name = given or f"sweep {' '.join(filter(None, study + tracking.sweep_naming_overrides(config))) or sweep_dir.name}"
     command = without_passwords(continuation.train_command(sys.argv[1:]))  # as typed: -m included
     run = client.create_run(
         experiment_id,

@@ -371,6 +371,13 @@ def sweep_overrides(config: DictConfig) -> list[str]:
     return [o.input_line for o in overrides if o.is_sweep_override()]
 
 
+def sweep_naming_overrides(config: DictConfig) -> list[str]:
+    """The multirun's overrides that name its sweep's parent run, as typed: those swept, and the others that change
+    what its jobs train (``model=resnet9``), which the jobs' names leave out."""
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return [o.input_line for o in overrides if o.is_sweep_override() or names_the_training(override_key(o.input_line))]
+
+
 def swept_keys(config: DictConfig) -> list[str]:
     """Keys that vary across a multirun's jobs: sweep overrides and the sweeper's search space."""
     keys = [override_key(o) for o in sweep_overrides(config)]

@@ -250,9 +250,9 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     parent = client.create_run(experiment, run_name="sweep", tags={SWEEP_DIR_TAG: str(tmp_path)}).info.run_id
     data = "e00b28a47d65" + "0" * 52
 
-    def job(lr, seed, val_acc, test_acc, status="FINISHED", data_hash=data, **params):
+    def job(lr, seed, val_acc, test_acc, status="FINISHED", data_hash=data, sweep=parent, **params):
         run_id = client.create_run(experiment, run_name=f"optimizer.lr={lr},seed={seed}",
-                                   tags={"mlflow.parentRunId": parent, "data.hash": data_hash}).info.run_id
+                                   tags={"mlflow.parentRunId": sweep, "data.hash": data_hash}).info.run_id
         for key, value in {"optimizer.lr": lr, "seed": seed, "mlflow.log_plots": True, **params}.items():
             client.log_param(run_id, key, value)
         client.log_metric(run_id, "val/best_acc", val_acc)
@@ -284,6 +284,19 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     assert _closing_line(jobs, best, ["--sweep", parent]).endswith(
         f"{best.info.run_name} (MLflow run {best.info.run_id}); best mean val/best_acc 0.7100 over 2 runs: "
         f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
+    # with another sweep's jobs: a configuration's runs may be of both, and the name from the jobs' names (what they
+    # swept) may be another configuration's too; a sweep column tells them apart (its best run's sweep first)
+    other = client.create_run(experiment, run_name="sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5",
+                              tags={SWEEP_DIR_TAG: str(tmp_path / "other")}).info.run_id
+    job(0.0005, 3, 0.74, 0.73, sweep=other)
+    job(0.001, 4, 0.80, 0.80, sweep=other, **{"model.name": "resnet9"})
+    job(0.001, 5, 0.82, 0.82, sweep=other, **{"model.name": "resnet9"})
+    assert report.main(["--tracking-uri", uri, "--sweep", parent, "--sweep", other]) == 0
+    assert [row[:4] for row in table_rows(capsys.readouterr().out.split("#### Over seeds")[1])] == [
+        ["sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5", "optimizer.lr=0.001", "e00b28a47d65", "2"],
+        ["sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5; sweep", "optimizer.lr=0.0005", "e00b28a47d65", "3"],
+        ["sweep", "optimizer.lr=0.001", "e00b28a47d65", "3"],
+    ]
 
 
 def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_trained(tmp_path, capsys):
@@ -291,17 +304,21 @@ def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_train
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("cifar")
 
-    def run(name, val_acc, **params):
-        run_id = client.create_run(experiment, run_name=name).info.run_id
+    def run(name, val_acc, sweep=None, **params):
+        tags = {"mlflow.parentRunId": sweep} if sweep else {}
+        run_id = client.create_run(experiment, run_name=name, tags=tags).info.run_id
         for key, value in {"optimizer.lr": 0.001, "model.name": "simplecnn", "seed": 0, **params}.items():
             client.log_param(run_id, key, value)
         client.log_metric(run_id, "val/best_acc", val_acc)
         client.set_terminated(run_id, "FINISHED")
 
+    def sweep(name):
+        return client.create_run(experiment, run_name=name, tags={SWEEP_DIR_TAG: str(tmp_path / name)}).info.run_id
+
     # one configuration: a run named by its overrides, and jobs of sweeps named by their swept ones only
     run("model=simplecnn,optimizer.lr=1e-3", 0.60)  # the best run's spelling of a value names it: 0.001
-    run("optimizer.lr=0.001,seed=1", 0.62, seed=1)
-    run("seed=2", 0.64, seed=2)
+    run("optimizer.lr=0.001,seed=1", 0.62, sweep("sweep optimizer.lr=1e-3,5e-4 seed=1"), seed=1)
+    run("seed=2", 0.64, sweep("sweep seed=2,3"), seed=2)
     # another: the jobs of a sweep over threads and a tag, which change nothing that is trained
     run("seed=0,trainer.threads=1", 0.80, **{"optimizer.lr": 0.01})
     run("mlflow.tags.phase=b,trainer.threads=2", 0.82, **{"optimizer.lr": 0.01, "trainer.threads": 2})
@@ -309,9 +326,10 @@ def test_a_configuration_over_seeds_is_named_by_what_its_runs_names_say_it_train
     run("defaults", 0.52, **{"model.name": "resnet18"})
     assert report.main(["--tracking-uri", uri, "--all"]) == 0
     over_seeds = capsys.readouterr().out.split("#### Over seeds")[1]
-    assert [row[:2] for row in table_rows(over_seeds)] == [["defaults", "2"],
-                                                           ["model=simplecnn,optimizer.lr=0.001", "3"],
-                                                           ["baseline", "2"]]
+    assert [row[:3] for row in table_rows(over_seeds)] == [  # the sweeps of its runs, best first; a single run's none
+        ["", "defaults", "2"],
+        ["sweep seed=2,3; sweep optimizer.lr=1e-3,5e-4 seed=1", "model=simplecnn,optimizer.lr=0.001", "3"],
+        ["", "baseline", "2"]]
     worst_first = [report.row(r) for r in client.search_runs([experiment], order_by=["metrics.`val/best_acc` ASC"])]
     assert "model=simplecnn,optimizer.lr=0.001" in [group.name for group in report.repeated_configs(worst_first)]
 

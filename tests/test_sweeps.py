@@ -56,7 +56,9 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     study = load_study(cli)
     assert [t.state for t in study.trials] == [COMPLETE] * 4
     parent, children = sweep_runs(cli)
-    assert sorted(children) == [0, 1, 2, 3] and parent.info.run_name == f"sweep {cli.experiment}-optuna"
+    assert sorted(children) == [0, 1, 2, 3]  # nothing swept on the command line: the study names the sweep
+    assert parent.info.run_name == (f"sweep {cli.experiment}-optuna data.val_size=40 data.batch_size=32 "
+                                    "hparams_search=optuna trainer.epochs=1")
     for number, child in children.items():
         trial = study.trials[number]
         assert child.data.tags["optuna.trial_state"] == "COMPLETE"

@@ -219,7 +219,9 @@ def test_a_run_name_with_an_interpolation_names_each_job_of_a_sweep_with_its_val
     cli("optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "mlflow.run_name=lr${optimizer.lr}-${model.name}", multirun=True)
     parent, children = sweep_parent_and_children(all_runs(cli))
     assert sorted(c.info.run_name for c in children) == ["lr0.0005-simplecnn", "lr0.001-simplecnn"]
-    assert parent.info.run_name == "sweep optimizer.lr=1e-3,5e-4"  # not lr0.003, the lr before the sweep's
+    # not lr0.003, the lr before the sweep's; the command's overrides as typed, what it sweeps and what it fixes
+    # (which the jobs' names leave out), but for where and how it runs (data.path, trainer.device)
+    assert parent.info.run_name == "sweep data.val_size=40 data.batch_size=32 optimizer.lr=1e-3,5e-4 trainer.epochs=1"
 
 
 @pytest.mark.slow  # 11 s
@@ -705,7 +707,8 @@ def test_a_failed_job_in_a_sweep_ends_failed_and_the_parent_is_closed(cli):
     assert statuses == {
         "optimizer.lr=0.01": "FINISHED",
         "optimizer.lr=100000.0": "FAILED",
-        "sweep optimizer.lr=0.01,100000.0": "FINISHED",
+        "sweep data.val_size=40 data.batch_size=32 optimizer=sgd scheduler=none optimizer.lr=0.01,100000.0 "
+        "trainer.epochs=1": "FINISHED",
     }
     parent = next(r for r in runs if r.info.run_name.startswith("sweep"))
     assert parent.data.metrics["sweep/jobs_failed"] == 1 and parent.data.metrics["sweep/jobs_finished"] == 1
