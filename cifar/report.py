@@ -22,6 +22,7 @@ import csv
 import errno
 import functools
 import io
+import json
 import os
 import re
 import statistics
@@ -37,10 +38,10 @@ from cifar.files import atomic_write_text
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, DEFAULTS_NAME, PRUNED_TAG, RUN_SECONDS,
-    STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run,
-    existing_store, is_own_tag, names_the_training, override_key, read_sweep, search_all_runs, store_errors,
-    sweep_jobs, sweep_near, unreadable_store,
+    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, DEFAULTS_NAME, FIXED_OVERRIDES_TAG, PRUNED_TAG,
+    RUN_SECONDS, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store,
+    existing_run, existing_store, is_own_tag, names_the_training, override_key, read_sweep, search_all_runs,
+    store_errors, sweep_jobs, sweep_near, unreadable_store,
 )
 
 
@@ -67,6 +68,7 @@ class Row:
     trial: int | None = None
     data: str | None = None  # the digest of the data it trained on
     config: tuple | None = None  # what it trained but its seed (:func:`_config`); None for a run that logged no seed
+    fixed: tuple[str, ...] = ()  # the overrides that its sweep gave every job, which its name leaves out
 
 
 @dataclass
@@ -136,7 +138,8 @@ def _summed_up(runs: list[Row]) -> Repeated:
     """The finished ``runs`` of one configuration as a :class:`Repeated`, named (and its sweeps listed) best run
     first."""
     best_first = sorted(runs, key=lambda r: -r.val_acc)
-    return Repeated(_configuration_name([r.name for r in best_first]), runs[0].data, len(runs),
+    return Repeated(_configuration_name([r.name for r in best_first], [o for r in best_first for o in r.fixed]),
+                    runs[0].data, len(runs),
                     [r.val_acc for r in runs], [r.test_acc for r in runs if r.test_acc is not None],
                     tuple(dict.fromkeys(r.sweep for r in best_first if r.sweep)))  # a single run's: none
 
@@ -330,7 +333,17 @@ def row(run, client=None, sweeps: dict | None = None) -> Row:
         trial=int(tags[TRIAL_NUMBER_TAG]) if TRIAL_NUMBER_TAG in tags else None,
         data=tags.get(DATA_HASH_TAG, "")[:DATASET_DIGEST_CHARS] or None,
         config=_config(run.data.params, tags.get(DATA_HASH_TAG)),
+        fixed=_fixed_overrides(parent),
     )
+
+
+def _fixed_overrides(parent) -> tuple[str, ...]:
+    """The overrides that the sweep of parent run ``parent`` gave every job; none for a sweep from before they were
+    tagged (or for no sweep)."""
+    try:
+        return tuple(json.loads(parent.data.tags[FIXED_OVERRIDES_TAG])) if parent else ()
+    except (KeyError, ValueError):  # not tagged, or not by this code
+        return ()
 
 
 def _config(params: dict[str, str], data_hash: str | None) -> tuple | None:
@@ -346,14 +359,15 @@ def _sets_the_configuration(key: str) -> bool:
     return key != "seed" and names_the_training(key)
 
 
-def _configuration_name(run_names: list[str]) -> str:
-    """A configuration's name, from its runs' names (best run first). The runs trained alike, so an override that
-    changes the training holds for all of them wherever it is named: a run's name gives all such overrides, a sweep
-    job's only its swept ones. The name joins them, in the first spelling of each key, but the seed; overrides that
-    change nothing trained (``trainer.threads=2``, a tag) are left out, and names of one's own are kept."""
+def _configuration_name(run_names: list[str], fixed: Iterable[str] = ()) -> str:
+    """A configuration's name, from its runs' names (best run first) and the overrides that their sweeps ``fixed``.
+    The runs trained alike, so an override that changes the training holds for all of them wherever it is named: a
+    run's name gives all such overrides, a sweep job's only its swept ones, and its sweep the others. The name joins
+    them, in the first spelling of each key, but the seed; overrides that change nothing trained
+    (``trainer.threads=2``, a tag) are left out, and names of one's own are kept."""
     overrides: dict[str, str] = {}
     own_names: set[str] = set()
-    for part in (part for name in run_names for part in _OVERRIDE_SEPARATOR.split(name)):
+    for part in [part for name in run_names for part in _OVERRIDE_SEPARATOR.split(name)] + list(fixed):
         if "=" not in part:
             own_names.add(part)
         elif _sets_the_configuration(key := override_key(part)):

@@ -30,8 +30,8 @@ from cifar.files import atomic_write_text
 from cifar.outages import one_request_a_try, store_outage, try_once
 from cifar.output_dirs import make_output_dir, remove_made
 from cifar.tracking import (
-    BEST_RUN_TAG, BEST_VAL_ACC, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG, STUDY_NAME_TAG,
-    STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
+    BEST_RUN_TAG, BEST_VAL_ACC, FIXED_OVERRIDES_TAG, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG,
+    STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
 )
 
 log = logging.getLogger(__name__)
@@ -118,9 +118,9 @@ class SweepCallback(Callback):
             try_once(client.set_terminated, run_id, "KILLED")
             return
         if stopped_by is None:
-            children, best = _summarise(client, run_id, config, stopped_by=None)
+            parent, children, best = _summarise(client, run_id, config, stopped_by=None)
             if children:
-                log.info(_closing_line(children, best, [*self.report_options, "--sweep", run_id]))
+                log.info(_closing_line(parent, children, best, [*self.report_options, "--sweep", run_id]))
             else:
                 log.warning("MLflow parent run %s ended FAILED: none of the sweep's jobs logged a run under it. A job "
                             "reads the parent's id in %s and logs to the sweep's store: where jobs run elsewhere, they "
@@ -148,12 +148,12 @@ def _checked_jobs(config: DictConfig, optuna_sweep: bool) -> tuple[dict[str, Any
 
 
 def _summarise(client: Any, run_id: str, config: DictConfig,
-               stopped_by: BaseException | None) -> tuple[list[Any], Any | None]:
+               stopped_by: BaseException | None) -> tuple[Any, list[Any], Any | None]:
     """Log the sweep's summary on its parent run and end it: FINISHED where a job finished, KILLED where the sweep
     was stopped (``stopped_by`` an interrupt, or a job's process that the launcher lost), else FAILED. Returns the
-    jobs' runs and the best job's (None where none scored). The jobs' runs left RUNNING end KILLED: after an
-    interrupt, all of them (the jobs of worker processes stopped with the sweep), else those whose process is gone
-    from this machine, and that of a submitit job that ended without a result, wherever it ran."""
+    parent run, the jobs' runs and the best job's (None where none scored). The jobs' runs left RUNNING end KILLED:
+    after an interrupt, all of them (the jobs of worker processes stopped with the sweep), else those whose process
+    is gone from this machine, and that of a submitit job that ended without a result, wherever it ran."""
     interrupted = isinstance(stopped_by, KeyboardInterrupt)
     stopped = interrupted or launchers.lost_job(stopped_by) is not None
     lost_submitit_job = launchers.lost_submitit_job_id(stopped_by)
@@ -181,16 +181,16 @@ def _summarise(client: Any, run_id: str, config: DictConfig,
         _log_report(client, parent, best, optuna_study)
     finally:
         client.set_terminated(run_id, "KILLED" if stopped else status)
-    return children, best
+    return parent, children, best
 
 
 _STATE_ORDER = ("finished", "pruned", "failed", "killed", "running")  # report.run_state's, done first
 
 
-def _closing_line(children: list[Any], best: Any | None, report_options: list[str]) -> str:
-    """What the sweep came to, for the console: its jobs by state as the report gives them, the best job, the best
-    configuration by its mean over seeds where configurations finished more than once, and the report that tables
-    them all."""
+def _closing_line(parent: Any, children: list[Any], best: Any | None, report_options: list[str]) -> str:
+    """What the sweep of parent run ``parent`` came to, for the console: its jobs by state as the report gives them,
+    the best job, the best configuration by its mean over seeds where configurations finished more than once, and
+    the report that tables them all."""
     states = collections.Counter(report.run_state(child) for child in children)
     order = sorted(states, key=lambda state: _STATE_ORDER.index(state) if state in _STATE_ORDER else len(_STATE_ORDER))
     outcomes = ", ".join(f"{states[state]} {state}" for state in order)
@@ -198,7 +198,8 @@ def _closing_line(children: list[Any], best: Any | None, report_options: list[st
     if best is not None:
         line += (f"; best {BEST_VAL_ACC} {best.data.metrics[BEST_VAL_ACC]:.4f}: {best.info.run_name} "
                  f"(MLflow run {best.info.run_id})")
-    if repeated := report.repeated_configs([report.row(child) for child in children]):
+    if repeated := report.repeated_configs([report.row(child, sweeps={parent.info.run_id: parent})
+                                            for child in children]):
         top = repeated[0]
         line += f"; best mean {BEST_VAL_ACC} {top.mean_val_acc:.4f} over {top.runs} runs: {top.name}"
     return f"{line}. All of them: {shlex.join(['python', '-m', 'cifar.report', *report_options])}"
@@ -251,7 +252,8 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
     sweep_dir = Path(config.hydra.sweep.dir)
     study_tags = _study_tags(config.hydra)
     given = None if tracking.names_each_run(config.mlflow) else config.mlflow.run_name  # else it names the jobs
-    study = [] if tracking.sweep_overrides(config) else [study_tags.get(STUDY_NAME_TAG, "")]  # nothing swept: it
+    # nothing swept on the command line (an Optuna search space): the study's name first
+    study = [] if tracking.sweep_overrides(config) else [study_tags.get(STUDY_NAME_TAG, "")]
     name = given or f"sweep {' '.join(filter(None, study + tracking.sweep_naming_overrides(config))) or sweep_dir.name}"
     command = without_passwords(continuation.train_command(sys.argv[1:]))  # as typed: -m included
     run = client.create_run(
@@ -262,6 +264,7 @@ def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:
             **tracking.description(config.mlflow, command),
             **study_tags,
             SWEEP_DIR_TAG: str(sweep_dir.resolve()),
+            FIXED_OVERRIDES_TAG: json.dumps(tracking.fixed_overrides(config)),
             OWNER_TAG: owner.current(),
             **tracking.git_state(),
         },

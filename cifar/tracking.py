@@ -48,6 +48,7 @@ MODEL_TRAINING_KIND = "custom_model_development"  # opens the UI on the training
 BEST_VAL_ACC = "val/best_acc"
 RUN_SECONDS = "run_seconds"  # each epoch and at the end: the wall time of a run, over its processes where resumed
 SWEEP_DIR_TAG = "cifar.sweep_dir"  # set on sweep parent runs only
+FIXED_OVERRIDES_TAG = "cifar.fixed_overrides"  # on a sweep's parent run: what every job trains with (a JSON list)
 BEST_RUN_TAG = "best_run_id"  # on a sweep's parent run: its best job's run
 REGISTERED_RUN_TAG = "registered_run_id"  # on a sweep's parent run: the job whose model it registered
 STUDY_NAME_TAG = "optuna.study_name"
@@ -367,15 +368,26 @@ def names_the_training(key: str) -> bool:
 
 def sweep_overrides(config: DictConfig) -> list[str]:
     """The multirun's sweep overrides as typed (``optimizer.lr=1e-3,5e-4``)."""
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    return [o.input_line for o in overrides if o.is_sweep_override()]
+    return [o.input_line for o in _overrides(config) if o.is_sweep_override()]
+
+
+def fixed_overrides(config: DictConfig) -> list[str]:
+    """The multirun's overrides that are not swept and change what every job trains (``model=resnet9``), as typed:
+    the jobs' names leave them out."""
+    return [o.input_line for o in _overrides(config) if not o.is_sweep_override() and _names_the_sweep(o)]
 
 
 def sweep_naming_overrides(config: DictConfig) -> list[str]:
-    """The multirun's overrides that name its sweep's parent run, as typed: those swept, and the others that change
-    what its jobs train (``model=resnet9``), which the jobs' names leave out."""
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    return [o.input_line for o in overrides if o.is_sweep_override() or names_the_training(override_key(o.input_line))]
+    """The multirun's overrides that name its sweep's parent run, as typed: those swept, and the fixed ones."""
+    return [o.input_line for o in _overrides(config) if o.is_sweep_override() or _names_the_sweep(o)]
+
+
+def _overrides(config: DictConfig) -> list[Any]:
+    return OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+
+
+def _names_the_sweep(override: Any) -> bool:
+    return names_the_training(override_key(override.input_line))
 
 
 def swept_keys(config: DictConfig) -> list[str]:

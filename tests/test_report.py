@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from cifar import report
 from cifar.credentials import without_passwords
-from cifar.tracking import SWEEP_DIR_TAG, SWEEP_FILE
+from cifar.tracking import FIXED_OVERRIDES_TAG, SWEEP_DIR_TAG, SWEEP_FILE
 from tests.conftest import REFUSING_DATABASE, unreadable_database
 
 
@@ -247,7 +247,8 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
     experiment = client.create_experiment("cifar")
-    parent = client.create_run(experiment, run_name="sweep", tags={SWEEP_DIR_TAG: str(tmp_path)}).info.run_id
+    fixed = {FIXED_OVERRIDES_TAG: json.dumps(["model=simplecnn", "trainer.epochs=5"])}  # what the jobs' names leave out
+    parent = client.create_run(experiment, run_name="sweep", tags={SWEEP_DIR_TAG: str(tmp_path), **fixed}).info.run_id
     data = "e00b28a47d65" + "0" * 52
 
     def job(lr, seed, val_acc, test_acc, status="FINISHED", data_hash=data, sweep=parent, **params):
@@ -271,9 +272,10 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     assert report.main(["--tracking-uri", uri, "--sweep", parent]) == 0
     table, over_seeds = capsys.readouterr().out.split("#### Over seeds")
     assert len(table_rows(table)) == 9
-    assert table_rows(over_seeds) == [
-        ["optimizer.lr=0.0005", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41", ""],
-        ["optimizer.lr=0.001", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00",
+    assert table_rows(over_seeds) == [  # named by what the jobs' names and their sweep's fixed overrides say
+        ["model=simplecnn,optimizer.lr=0.0005,trainer.epochs=5", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41",
+         ""],
+        ["model=simplecnn,optimizer.lr=0.001,trainer.epochs=5", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00",
          f"{_welch_p([0.70, 0.72], [0.60, 0.62, 0.64]):.2g}"],  # 0.011: against the first, the best
     ]
     from cifar.sweep_run import _best_job, _closing_line
@@ -281,11 +283,12 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
 
     jobs = sweep_jobs(client, client.get_run(parent))  # the sweep's last line points at the best mean too
     best = _best_job(jobs)
-    assert _closing_line(jobs, best, ["--sweep", parent]).endswith(
+    assert _closing_line(client.get_run(parent), jobs, best, ["--sweep", parent]).endswith(
         f"{best.info.run_name} (MLflow run {best.info.run_id}); best mean val/best_acc 0.7100 over 2 runs: "
-        f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
-    # with another sweep's jobs: a configuration's runs may be of both, and the name from the jobs' names (what they
-    # swept) may be another configuration's too; a sweep column tells them apart (its best run's sweep first)
+        f"model=simplecnn,optimizer.lr=0.0005,trainer.epochs=5. All of them: python -m cifar.report --sweep {parent}")
+    # with another sweep's jobs, of a sweep from before its fixed overrides were tagged: a configuration's runs may be
+    # of both, and its name from its jobs' names alone (what they swept) another configuration's too; a sweep column
+    # tells them apart (its best run's sweep first)
     other = client.create_run(experiment, run_name="sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5",
                               tags={SWEEP_DIR_TAG: str(tmp_path / "other")}).info.run_id
     job(0.0005, 3, 0.74, 0.73, sweep=other)
@@ -294,8 +297,9 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     assert report.main(["--tracking-uri", uri, "--sweep", parent, "--sweep", other]) == 0
     assert [row[:4] for row in table_rows(capsys.readouterr().out.split("#### Over seeds")[1])] == [
         ["sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5", "optimizer.lr=0.001", "e00b28a47d65", "2"],
-        ["sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5; sweep", "optimizer.lr=0.0005", "e00b28a47d65", "3"],
-        ["sweep", "optimizer.lr=0.001", "e00b28a47d65", "3"],
+        ["sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5; sweep", "model=simplecnn,optimizer.lr=0.0005,"
+         "trainer.epochs=5", "e00b28a47d65", "3"],
+        ["sweep", "model=simplecnn,optimizer.lr=0.001,trainer.epochs=5", "e00b28a47d65", "3"],
     ]
 
 

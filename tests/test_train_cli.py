@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from cifar import report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
+from cifar.tracking import FIXED_OVERRIDES_TAG
 from tests.conftest import (
     REAL_DATA, WRITES_OVER, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store,
     run_without_module, sweep_parent_and_children,
@@ -159,7 +160,11 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     assert {c.info.run_name for c in children} == {  # the swept keys only
         f"data.batch_size={b},optimizer.lr={lr}" for b in (16, 32) for lr in ("0.001", "0.0005")
     }
-    assert parent.info.run_name.startswith("sweep ") and "optimizer.lr=1e-3,5e-4" in parent.info.run_name
+    # named by the overrides that change the training, as typed (not data.path, trainer.device, ...); the fixed ones,
+    # which the jobs' names leave out, tagged for the report to name their configurations by
+    assert parent.info.run_name == ("sweep data.val_size=40 optimizer.lr=1e-3,5e-4 data.batch_size=16,32 "
+                                    "trainer.epochs=1")
+    assert json.loads(parent.data.tags[FIXED_OVERRIDES_TAG]) == ["data.val_size=40", "trainer.epochs=1"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED"
     assert parent.data.metrics["sweep/jobs"] == 4 and parent.data.metrics["sweep/jobs_finished"] == 4
