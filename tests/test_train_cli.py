@@ -825,6 +825,22 @@ def test_a_sweeps_view_has_a_column_for_each_swept_param_and_tag_and_none_for_wh
     columns = ui.sweep_view(["seed", "data", "mlflow.tags.phase", "mlflow.run_name", "trainer.resume"])
     assert columns["selectedColumns"][:3] == ["params.`seed`", "params.`data.name`", "tags.`phase`"]
     assert columns["selectedColumns"][3:] == [f"metrics.`{m}`" for m in ui.SWEEP_METRICS]
+    assert columns["columnOrder"] == [ui.RUN_NAME_COLUMN, *columns["selectedColumns"]]  # next to the names
+
+
+def test_a_sweeps_view_widens_the_run_name_column_to_its_names_within_bounds():
+    from cifar import ui
+
+    def width(swept_keys, name):
+        return ui.sweep_view(swept_keys, name)["columnWidths"][ui.RUN_NAME_COLUMN]
+
+    low, high = ui.RUN_NAME_WIDTHS
+    assert width(["seed"], "sweep seed=0,1") == low  # the UI's own width: no narrower
+    assert low < width(["seed"], "sweep model=resnet9 seed=0,1") < width(["seed"], "sweep model=resnet9 "
+                                                                                   "optimizer.lr=1e-3 seed=0,1") < high
+    assert width(["seed"], "sweep " + "model=resnet9 " * 20) == high  # past it, the UI cuts the name
+    searched = ["optimizer.lr", "optimizer.weight_decay"]  # an Optuna search: its jobs' names are the longer
+    assert width(searched, "sweep cifar-optuna") > width([], "sweep cifar-optuna")
 
 
 @pytest.mark.parametrize("key", ["data.path", "data.cache_dir"])

@@ -4,6 +4,7 @@ Chromium (Playwright), and optuna-dashboard over HTTP."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import urllib.request
 from pathlib import Path
@@ -61,10 +62,12 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
             parent_row.first.wait_for(timeout=90_000)
             # the training-runs table's heading; it can render after the rows, so it is waited for
             page.get_by_role("heading", name="Runs", exact=True).first.wait_for(timeout=30_000)
+            left_and_width = page.eval_on_selector_all(  # of each column shown (the UI leaves out those out of view)
+                "[role=columnheader][col-id]", "headers => Object.fromEntries(headers.map(header => "
+                "[header.getAttribute('col-id'), [header.getBoundingClientRect().left, header.offsetWidth]]))")
             parent_row.first.locator("button[data-component-id$='runnamecellrenderer.tsx_46']").click()  # expand
             page.get_by_text(children[0].info.run_name).first.wait_for(timeout=30_000)
             rows = "\n".join(page.get_by_role("row").all_inner_texts())
-            headers = page.get_by_role("columnheader").all_inner_texts()
             page.screenshot(path=ARTIFACTS / "mlflow_runs_table.png")
             # the sweep's report on its parent run: the CSV shown as a table, a row a job
             page.goto(f"{mlflow_server}/#/experiments/{experiment_id}/runs/{parent.info.run_id}/artifacts/report/"
@@ -77,7 +80,13 @@ def test_the_mlflow_ui_shows_a_sweep_as_a_parent_row_with_its_jobs(cli, mlflow_s
     for child in children:
         assert child.info.run_name in rows
         assert sum(child.info.run_name in row for row in report_rows) == 1
-    assert {"optimizer.lr", "data.augment.flip", "val/best_acc", "test/acc"} <= set(headers)
+    # the names' column as wide as the view says (the UI's own 190 px cut a sweep's name after some 20 characters),
+    # and the swept params and the accuracies next to it, in the view's order, before the UI's own Duration
+    left = {column: x for column, (x, _) in left_and_width.items()}
+    assert left_and_width[ui.RUN_NAME_COLUMN][1] == view["columnWidths"][ui.RUN_NAME_COLUMN] == ui.RUN_NAME_WIDTHS[1]
+    shown = [column for column in view["selectedColumns"] if column in left]
+    assert shown[:3] == view["selectedColumns"][:3] and sorted(shown, key=left.get) == shown
+    assert left[shown[-1]] < left.get("duration", math.inf)
 
 
 def test_optuna_dashboard_serves_the_study_and_its_intermediate_values(cli):
