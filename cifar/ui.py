@@ -45,8 +45,8 @@ def sweep_view(swept_keys: list[str], name: str = "") -> dict[str, Any]:
     # a swept group: model -> model.name; a preset (experiment) is a param of its own, as is seed
     params = [f"{key}.name" if key in NAMED_GROUPS else key for key in swept_keys if is_param(key)]
     tags = [key.removeprefix(USER_TAG_KEYS) for key in swept_keys if key.startswith(USER_TAG_KEYS)]
-    columns = [f"params.`{p}`" for p in params] + [f"tags.`{t}`" for t in tags] + [f"metrics.`{m}`" for m in
-                                                                                   SWEEP_METRICS]
+    columns = ([f"params.`{p}`" for p in params] + [f"tags.`{t}`" for t in tags]
+               + [f"metrics.`{m}`" for m in SWEEP_METRICS])
     return {
         "searchFilter": "",
         "selectedColumns": columns,
