@@ -237,8 +237,9 @@ def test_a_sweep_over_a_tag_names_its_jobs_by_it_and_shows_it_as_a_column(cli):
         ("mlflow.tags.phase=a", "a"), ("mlflow.tags.phase=b", "b")]
     views = client_for(cli).get_experiment(parent.info.experiment_id).tags
     assert json.loads(views[f"mlflow.sharedViewState.{parent.info.run_id}"])["selectedColumns"][0] == "tags.`phase`"
-    # the jobs trained one configuration, summed up as such: the sweep's own
-    assert " over 2 runs: defaults. " in proc.stdout + proc.stderr
+    # the jobs trained one configuration, summed up as such: named by what the sweep fixed for every job (a tag
+    # changes nothing trained); before, by the jobs' names alone, "defaults"
+    assert " over 2 runs: data.batch_size=32,data.val_size=40,trainer.epochs=1. " in proc.stdout + proc.stderr
 
 
 def test_the_sweeps_report_command_names_the_store_only_where_the_reports_default_misses_it(
