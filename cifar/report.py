@@ -144,10 +144,10 @@ def _summed_up(runs: list[Row]) -> Repeated:
                     tuple(dict.fromkeys(r.sweep for r in best_first if r.sweep)))  # a single run's: none
 
 
-def collect(client, experiment_name: str, sweep: str | None, every_run: bool, where: str = "") -> Report:
-    """The report's title, study summary and rows, best validation accuracy first: of the runs that the MLflow
-    search filter ``where`` finds, if given. The sweep whose parent run's id is ``sweep`` is read in its own
-    experiment, whatever ``experiment_name``; with none, the latest sweep."""
+def collect(client, experiment_name: str, every_run: bool, where: str = "") -> Report:
+    """The report of experiment ``experiment_name``'s latest sweep, or of all its runs: its title, study summary and
+    rows, best validation accuracy first, of the runs that the MLflow search filter ``where`` finds, if given. The
+    sweeps that ``--sweep`` chooses are read in their own experiments (:func:`sweep_report`, :func:`of_sweeps`)."""
     if every_run:
         ids = [_experiment_id(client, experiment_name)]
         sweeps = {r.info.run_id: r for r in search_all_runs(client, ids, SWEEPS)}
@@ -155,8 +155,7 @@ def collect(client, experiment_name: str, sweep: str | None, every_run: bool, wh
         report = Report(f"All runs of experiment {experiment_name!r}",
                         [row(r, client, sweeps) for r in sorted(runs, key=functools.partial(_best_first, None))])
     else:
-        parent = _chosen_sweep(client, sweep) if sweep is not None else _latest_sweep(client, experiment_name)
-        report = sweep_report(client, parent, where)
+        report = sweep_report(client, _latest_sweep(client, experiment_name), where)
     return checked(report, where)
 
 
@@ -508,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = checked_filter(args.filter)  # what was typed, before what it names: the store, the sweep
         if args.sweep is None:
             uri = existing_store(chosen_store(args.tracking_uri, None))
-            report = collect(MlflowClient(tracking_uri=uri), args.experiment, None, args.all, where)
+            report = collect(MlflowClient(tracking_uri=uri), args.experiment, args.all, where)
         else:
             reports: dict[str, Report] = {}  # by parent run: a sweep given twice (by its id and its dir) once
             for named in args.sweep:

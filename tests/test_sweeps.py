@@ -77,7 +77,7 @@ def test_optuna_preset_runs_a_tpe_search_with_one_child_run_per_trial(cli):
     assert artifacts == {"optuna/optimization_history.png", "optuna/param_importances.png"}
     logged = Path(client_for(cli).download_artifacts(parent.info.run_id, "report/runs.md", str(cli.tmp_path))
                   ).read_text()  # the report, its study's line too
-    assert logged == report.to_markdown(report.collect(client_for(cli), cli.experiment, None, False))
+    assert logged == report.to_markdown(report.collect(client_for(cli), cli.experiment, False))
     assert f"Optuna study `{cli.experiment}-optuna`" in logged and "4 complete" in logged
 
 
@@ -94,7 +94,7 @@ def test_of_trials_that_tie_the_parent_run_and_the_report_pick_the_studys_best_t
     best = study.best_trial.number
     assert parent.data.tags["best_run_id"] == children[best].info.run_id  # was the last trial's run
     assert parent.data.tags["optuna.best_trial"] == str(best)
-    assert report.collect(client_for(cli), cli.experiment, None, False).rows[0].trial == best
+    assert report.collect(client_for(cli), cli.experiment, False).rows[0].trial == best
 
 
 @pytest.mark.slow
