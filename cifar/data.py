@@ -19,8 +19,10 @@ import pickle
 import re
 import tarfile
 import tempfile
+import warnings
 import zipfile
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -381,22 +383,35 @@ def _decode_images(paths: list[str], blobs: Iterator[bytes]) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     images = np.empty((len(paths), 32, 32, 3), dtype=np.uint8)
-    for i, (path, blob) in enumerate(zip(paths, blobs)):
-        try:
-            with Image.open(io.BytesIO(blob)) as image:
-                if image.size != (32, 32):
-                    raise DataError(f"{path} is {image.size[0]}x{image.size[1]}: CIFAR-10 images must be 32x32")
-                images[i] = np.asarray(as_rgb(image))
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{path} is not a readable image ({err}): remove or replace it") from err
+    with corrupt_exif_ignored():
+        for i, (path, blob) in enumerate(zip(paths, blobs)):
+            try:
+                with Image.open(io.BytesIO(blob)) as image:
+                    if image.size != (32, 32):
+                        raise DataError(f"{path} is {image.size[0]}x{image.size[1]}: CIFAR-10 images must be 32x32")
+                    images[i] = np.asarray(upright_rgb(image))
+            except (UnidentifiedImageError, OSError) as err:
+                raise DataError(f"{path} is not a readable image ({err}): remove or replace it") from err
     return images
 
 
-def as_rgb(image):
-    """A Pillow image as 8-bit RGB. A 16-bit one (grayscale PNG or TIFF) keeps its high byte, where Pillow's
-    own conversion clips each value at 255 and so turns all but the darkest pixels white."""
-    from PIL import Image
+@contextmanager
+def corrupt_exif_ignored() -> Iterator[None]:
+    """Read images whose EXIF block is corrupt as if they had none. Pillow reads them so, but warns "Corrupt
+    EXIF data" on stderr, with a line of its own source and no file name."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)
+        yield
 
+
+def upright_rgb(image):
+    """A Pillow image as 8-bit RGB, turned as its EXIF orientation says: the way viewers show it (a camera
+    stores a portrait photo sideways and says so in that tag). A 16-bit image (grayscale PNG or TIFF) keeps
+    its high byte, where Pillow's own conversion clips each value at 255 and so turns all but the darkest
+    pixels white."""
+    from PIL import Image, ImageOps
+
+    ImageOps.exif_transpose(image, in_place=True)
     if image.mode.startswith("I;16"):
         image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")

@@ -75,7 +75,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             if image.format == "JPEG":
                 image.draft("RGB", (SIDE, SIDE))  # decode at the smallest scale that is still >= 32x32
-            image = data.as_rgb(image)
+            image = data.upright_rgb(image)
             if image.size != (SIDE, SIDE):
                 image = image.resize((SIDE, SIDE), Image.Resampling.BILINEAR)  # antialiased when shrinking
             return np.asarray(image)
@@ -87,14 +87,15 @@ def read_image(path: Path) -> np.ndarray:
 
 def _read_chunk(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure]]:
     images, read, failures = [], [], []
-    for path in files:
-        try:
-            images.append(read_image(path))
-            read.append(path)
-        except ValueError as err:
-            failures.append(Failure(str(path), f"not a readable image ({err})"))
-        except OSError as err:  # unreadable file, or truncated image data
-            failures.append(Failure(str(path), f"not a readable image ({os_reason(err)})"))
+    with data.corrupt_exif_ignored():
+        for path in files:
+            try:
+                images.append(read_image(path))
+                read.append(path)
+            except ValueError as err:
+                failures.append(Failure(str(path), f"not a readable image ({err})"))
+            except OSError as err:  # unreadable file, or truncated image data
+                failures.append(Failure(str(path), f"not a readable image ({os_reason(err)})"))
     return np.stack(images) if images else np.empty((0, SIDE, SIDE, 3), np.uint8), read, failures
 
 

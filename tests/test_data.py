@@ -276,6 +276,21 @@ def test_16_bit_grayscale_images_read_as_their_8_bit_pixels(folders_dir, tmp_pat
     np.testing.assert_array_equal(gray16.test_images, gray8.test_images)
 
 
+def test_an_image_stored_sideways_reads_upright_as_its_exif_orientation_says(folders_dir, tmp_path):
+    root = tmp_path / "sideways"
+    shutil.copytree(folders_dir, root)
+    turned = sorted(root.rglob("*.png"))[::7]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the pixels are stored turned the other way
+    for path in turned:
+        Image.open(path).transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
+    loaded = load_cifar10(root, tmp_path / "cache", download=False)
+    expected = load_cifar10(folders_dir, tmp_path / "cache0", download=False)
+    assert Image.open(turned[0]).tobytes() != Image.open(folders_dir / turned[0].relative_to(root)).tobytes()
+    np.testing.assert_array_equal(loaded.train_images, expected.train_images)
+    np.testing.assert_array_equal(loaded.test_images, expected.test_images)
+
+
 def test_unknown_class_folder_is_reported(tmp_path):
     root = fakedata.write_image_folders(tmp_path / "src", train_per_class=1, test_per_class=1)
     (root / "fake-cifar" / "train" / "cats").mkdir()

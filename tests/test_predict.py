@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -297,6 +298,48 @@ def test_a_16_bit_grayscale_image_reads_as_its_8_bit_pixels(suffix, tmp_path):
     Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / f"gray16{suffix}")
     np.testing.assert_array_equal(predict.read_image(tmp_path / f"gray16{suffix}"),
                                   predict.read_image(tmp_path / f"gray8{suffix}"))
+
+
+# EXIF orientation: the transpose a viewer applies to show the stored pixels upright, and its inverse
+SHOWN_BY = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
+STORED_BY = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+def stored_sideways(upright: Image.Image, orientation: int, path: Path, **save) -> Path:
+    """Save ``upright`` as a camera does: its pixels turned, with the EXIF orientation that turns them back."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    upright.transpose(STORED_BY[orientation]).save(path, exif=exif, **save)
+    assert Image.open(path).transpose(SHOWN_BY[orientation]).tobytes() == upright.tobytes() or "quality" in save
+    return path
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_photo_stored_sideways_reads_upright_as_its_exif_orientation_says(orientation, tmp_path):
+    upright = Image.fromarray(fakedata.images_for(np.array([3]), seed=5)[0]).resize((48, 64))  # portrait
+    upright.save(tmp_path / "upright.png")
+    sideways = stored_sideways(upright, orientation, tmp_path / "sideways.png")
+    np.testing.assert_array_equal(predict.read_image(sideways), predict.read_image(tmp_path / "upright.png"))
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    photo = stored_sideways(upright, orientation, tmp_path / "sideways.jpg", quality=95)  # decoded by draft
+    as_shown, as_stored = predict.read_image(tmp_path / "upright.jpg").astype(int), np.asarray(
+        Image.open(photo).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR)).astype(int)
+    read = predict.read_image(photo).astype(int)
+    assert np.abs(read - as_shown).mean() < 3 < np.abs(read - as_stored).mean()
+
+
+def test_a_corrupt_exif_block_reads_as_stored_without_a_warning(trained, tmp_path, capsys):
+    stored_sideways(Image.fromarray(trained.data.test_images[0]), 6, tmp_path / "x.jpg", quality=95)
+    blob = (tmp_path / "x.jpg").read_bytes()
+    tiff = blob.index(b"Exif\x00\x00") + 6  # the EXIF block's TIFF header, then its first IFD's offset
+    (tmp_path / "x.jpg").write_bytes(blob[:tiff + 4] + b"\xff\xff\xff\xff" + blob[tiff + 8:])
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        code, out, err = _predict(capsys, str(tmp_path / "x.jpg"), "--model", str(trained.checkpoint), "--json")
+    assert (code, err, warned) == (0, "", []) and len(_json_lines(out)) == 1
+    with pytest.warns(UserWarning, match="Corrupt EXIF data"):  # as Pillow reads the file on its own
+        np.testing.assert_array_equal(predict.read_image(tmp_path / "x.jpg"),
+                                      np.asarray(Image.open(tmp_path / "x.jpg").convert("RGB")))
 
 
 def test_a_database_store_that_refuses_the_connection_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
