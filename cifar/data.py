@@ -157,7 +157,10 @@ def locate_source(path: Path, download: bool, setting: str = "data.path") -> Pat
     if path.name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"{setting}={path} does not exist: check the path, or set {setting} to a directory")
     if not download:
-        fixes = [f"put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there", f"set {setting} to your copy"]
+        layouts = f"{OFFICIAL_ARCHIVE} or train/<class>/ image folders"
+        if setting == "--data":  # cifar.evaluate's, which also scores images labelled by their folders
+            layouts = f"{OFFICIAL_ARCHIVE}, train/<class>/ image folders or labelled images in <class>/ folders"
+        fixes = [f"put {layouts} there", f"set {setting} to your copy"]
         if setting == "data.path":
             fixes.append("set data.download=true")  # a run's setting
         raise DataError(f"No CIFAR-10 data in {path}: {', '.join(fixes[:-1])}, or {fixes[-1]}")
@@ -481,10 +484,8 @@ def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y, fix: str, s
     cannot be written is a DataError, with ``fix``."""
     pixels = train_x.reshape(-1, 3).astype(np.float64) / 255.0
     mean, std = pixels.mean(axis=0), pixels.std(axis=0)
-    digest = hashlib.sha256()
-    for array in (train_x, train_y, test_x, test_y):
-        digest.update(np.ascontiguousarray(array).data)
-    meta = {"format": CACHE_FORMAT, "mean": mean.tolist(), "std": std.tolist(), "content_hash": digest.hexdigest()}
+    meta = {"format": CACHE_FORMAT, "mean": mean.tolist(), "std": std.tolist(),
+            "content_hash": content_hash(train_x, train_y, test_x, test_y)}
     if source is not None:
         meta["source"] = str(source.resolve())
     arrays = {"train_images": train_x, "train_labels": train_y, "test_images": test_x, "test_labels": test_y}
@@ -493,6 +494,14 @@ def _write_cache(cache_file: Path, train_x, train_y, test_x, test_y, fix: str, s
     except OSError as err:  # not a directory, no permission, disk full
         raise DataError(f"cannot write {cache_file} ({os_reason(err)}): {fix}") from err
     return Cifar10.from_cache(arrays, meta, cache_file)
+
+
+def content_hash(*arrays: np.ndarray) -> str:
+    """The sha256 of the arrays' bytes, in order: what the images and labels are, whatever file held them."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def _read_cache(cache_file: Path) -> Cifar10:

@@ -5,17 +5,20 @@ class's, side by side; for one model, also the class each is most often taken fo
     python -m cifar.evaluate --model RUN_ID --data ../cifar10-jpeg.tar.gz
     python -m cifar.evaluate --model multirun/2026-11-23/10-00-00 --split train --json
     python -m cifar.evaluate --model models:/cifar-simplecnn/1 --model models:/cifar-simplecnn/2
+    python -m cifar.evaluate --model RUN_ID --data my-photos/    # my-photos/cat/*.jpg, my-photos/dog/...
 
 ``--data`` takes any source that ``data.path`` does (the official batches or archive, image folders,
 a .tar.gz or .zip of them, a prepared .npz), decoded once into ``--cache-dir`` as in training; it is
-never downloaded. Without it, the models are scored on the data they trained on, where their run dirs
-say which (:mod:`cifar.provenance`), else on data/raw. ``--model`` takes what ``cifar.predict`` does.
-The model classifies the split's images as they are decoded, with its run's normalisation and TTA, as
-``cifar.predict`` would their files. A model given by a run id, a sweep or a ``runs:/`` or ``models:/``
-URI is named by the MLflow run that trained it too (``run_name`` in ``--json``). Each model after the first
-is set against it on the images that only one of the two classifies right, with McNemar's exact test.
-``--json`` prints one object a model, a line each, with its confusion matrix (rows: true class; columns:
-predicted).
+never downloaded; or a folder of images labelled by the class folders they are in (``<class>/``, or
+``test/<class>/`` without a train/), such as one's own photos: of any size, and not every class, read as
+``cifar.predict`` reads files and not cached. Without it, the models are scored on the data they trained
+on, where their run dirs say which (:mod:`cifar.provenance`), else on data/raw. ``--model`` takes what
+``cifar.predict`` does. The model classifies the split's images as they are decoded, with its run's
+normalisation and TTA, as ``cifar.predict`` would their files. A model given by a run id, a sweep or a
+``runs:/`` or ``models:/`` URI is named by the MLflow run that trained it too (``run_name`` in ``--json``).
+Each model after the first is set against it on the images that only one of the two classifies right, with
+McNemar's exact test. ``--json`` prints one object a model, a line each, with its confusion matrix (rows:
+true class; columns: predicted).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import numpy as np
 
 from cifar.data import CLASSES
 from cifar.errors import UserError, exit_status
-from cifar.predict import add_model_arguments, load_on_device
+from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images
 
 if TYPE_CHECKING:
     from cifar.provenance import Provenance
@@ -113,6 +116,8 @@ def to_markdown(results: list[Score]) -> str:
     accuracies = np.array([r.class_accuracy() for r in results])  # (model, class)
     for i, cls in enumerate(CLASSES):
         row = results[0].confusion[i]
+        if not row.any():  # a class of which a folder of labelled images has none
+            continue
         shown = ["" if np.isnan(a) else f"{a:.2%}" for a in accuracies[:, i]]
         lines.append(_cells([cls, str(row.sum()), *shown, *([_taken_for(row, i)] if one else [])]))
     if not one:
@@ -143,8 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, several=True)
-    parser.add_argument("--data", metavar="PATH", help="the labelled images, in any layout data.path takes (default: "
-                                                       f"the data the models trained on, else {DEFAULT_DATA})")
+    parser.add_argument("--data", metavar="PATH", help="the labelled images, in any layout data.path takes, or in "
+                                                       "<class>/ folders, of any size (default: the data the models "
+                                                       f"trained on, else {DEFAULT_DATA})")
     parser.add_argument("--cache-dir", help="where the decoded data is cached (default: the models' training cache "
                                             f"where they trained on the data, else {DEFAULT_CACHE_DIR})")
     parser.add_argument("--split", choices=SPLITS, default="test",
@@ -155,35 +161,102 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
 
-    from cifar.data import load_cifar10  # torch: imported once the arguments are valid
-    from cifar.device import default_eval_batch_size
+    from cifar.device import default_eval_batch_size  # torch: imported once the arguments are valid
     from cifar.provenance import provenance
 
     try:  # the models first: a wrong one is said before a new source is decoded
         models = [load_on_device(source, args.tracking_uri, args.device) for source in args.model]
         origins = [provenance(source, args.tracking_uri) for source in args.model]
-        source, cache_dir, trained_on = _data_to_score(args.data, args.cache_dir, origins)
-        data = load_cifar10(source, cache_dir, download=False, setting="--data")
+        scored = _images_to_score(args.data, args.cache_dir, args.split, origins)
     except UserError as err:
         print(f"cifar.evaluate: error: {err}", file=sys.stderr)
         return 2
-    images, labels = (data.test_images, data.test_labels) if args.split == "test" else (
-        data.train_images, data.train_labels)
-    results = [score(model, images, labels, args.batch_size or default_eval_batch_size(device), device)
+    for failure in scored.skipped:
+        print(f"cifar.evaluate: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    results = [score(model, scored.images, scored.labels, args.batch_size or default_eval_batch_size(device), device)
                for model, device in models]
+    status = 1 if scored.skipped else 0
     if args.json:
         for n, (model, origin, result) in enumerate(zip(args.model, origins, results), 1):
             against = {"against_model_1": paired(result, results[0]).as_dict()} if n > 1 else {}
-            print(json.dumps({"model": model, "run_name": origin.run_name, "data": str(source), "split": args.split,
-                              "data_hash": data.content_hash, **result.as_dict(), **against}))
-        return 0
+            print(json.dumps({"model": model, "run_name": origin.run_name, "data": str(scored.source),
+                              "split": scored.split, "data_hash": scored.data_hash, **result.as_dict(), **against}))
+        return status
     headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
     for heading, model, origin in zip(headings, args.model, origins):
         print(f"{heading:<9} {model}" + (f" (MLflow run {origin.run_name!r})" if origin.run_name else ""))
-    print(f"data      {source} ({args.split} split, content hash {data.content_hash[:12]}"
-          + (f", {trained_on})\n" if trained_on else ")\n"))
+    print(f"data      {scored.source} ({scored.described})\n")
     print(to_markdown(results), end="")
-    return 0
+    return status
+
+
+@dataclass
+class ImagesToScore:
+    source: str | Path
+    split: str | None  # None for a folder of labelled images
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) class indices
+    data_hash: str
+    described: str  # what the heading says of them, after their source: their kind, hash and provenance
+    skipped: list[Failure]  # the files of a folder of labelled images that could not be read
+
+
+def _images_to_score(data: str | None, cache_dir: str | None, split: str,
+                     origins: list[Provenance]) -> ImagesToScore:
+    """The ``split`` of ``--data`` (decoded into ``cache_dir``), or of the data the models trained on
+    (:func:`_data_to_score`); or, where ``--data`` is one, a folder of labelled images (:func:`labelled_folder`)."""
+    from cifar.data import load_cifar10
+
+    if data is not None and (folder := labelled_folder(Path(data))):
+        if split != "test":
+            raise UserError(f"--split {split}: --data={data} is a folder of labelled images, which has no splits: "
+                            "drop --split")
+        return read_labelled(folder)
+    source, cache_dir, trained_on = _data_to_score(data, cache_dir, origins)
+    dataset = load_cifar10(source, cache_dir, download=False, setting="--data")
+    images, labels = (dataset.test_images, dataset.test_labels) if split == "test" else (
+        dataset.train_images, dataset.train_labels)
+    described = f"{split} split, content hash {dataset.content_hash[:12]}" + (f", {trained_on}" if trained_on else "")
+    return ImagesToScore(source, split, images, labels, dataset.content_hash, described, [])
+
+
+def labelled_folder(path: Path) -> Path | None:
+    """The folder of class folders at ``path``, or in its ``test/`` where it has no ``train/``: images labelled by
+    hand, such as one's own photos, which the CIFAR-10 layouts do not take (they need a train split, 32x32 images
+    and every class). None where ``path`` holds no class folder; a UserError where it holds others beside them."""
+    if not path.is_dir():
+        return None
+    folders = {p.name.lower(): p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if "test" in folders and "train" not in folders:
+        return labelled_folder(folders["test"])
+    if not folders.keys() & set(CLASSES):
+        return None
+    if unknown := sorted(name for name in folders if name not in CLASSES):
+        raise UserError(f"--data={path} holds class folders and others ({', '.join(unknown)}): name each folder after "
+                        f"the class of its images, one of {', '.join(CLASSES)}")
+    return path
+
+
+def read_labelled(folder: Path) -> ImagesToScore:
+    """The images under ``folder``'s class folders, in path order, read as cifar.predict reads files (any size);
+    a UserError where there is none."""
+    from cifar.data import content_hash
+
+    files, _ = image_files([str(folder)])
+    unlabelled = [Failure(str(path), "not in a class folder") for path in files if path.parent == folder]
+    files = [path for path in files if path.parent != folder]
+    if not files:
+        raise UserError(f"--data={folder} has no image files in its class folders: put the images of each class "
+                        "in the folder named after it")
+    images, read, skipped = read_images(files)
+    skipped = unlabelled + skipped
+    if not read:
+        raise UserError(f"--data={folder}: none of its {len(files)} image files can be read ({skipped[0].path}: "
+                        f"{skipped[0].reason})")
+    labels = np.array([CLASSES.index(path.relative_to(folder).parts[0].lower()) for path in read], dtype=np.int64)
+    data_hash = content_hash(images, labels)
+    return ImagesToScore(folder, None, images, labels, data_hash,
+                         f"images labelled by their class folders, content hash {data_hash[:12]}", skipped)
 
 
 def _data_to_score(data: str | None, cache_dir: str | None,

@@ -85,7 +85,8 @@ def read_image(path: Path) -> np.ndarray:
         raise ValueError(first_line(err)) from err
 
 
-def _read_chunk(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure]]:
+def read_images(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure]]:
+    """The images of ``files`` that can be read, as (N, 32, 32, 3) uint8; the files they are; those that cannot."""
     images, read, failures = [], [], []
     with data.corrupt_exif_ignored():
         for path in files:
@@ -105,11 +106,11 @@ def classify(model, files: list[Path], batch_size: int, top_k: int, device) -> I
 
     chunks = [files[i : i + READ_CHUNK] for i in range(0, len(files), READ_CHUNK)]
     with ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():
-        pending = reader.submit(_read_chunk, chunks[0]) if chunks else None
+        pending = reader.submit(read_images, chunks[0]) if chunks else None
         for index in range(len(chunks)):
             images, read, failures = pending.result()
             if index + 1 < len(chunks):
-                pending = reader.submit(_read_chunk, chunks[index + 1])
+                pending = reader.submit(read_images, chunks[index + 1])
             yield from failures
             for start in range(0, len(read), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(device)

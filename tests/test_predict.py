@@ -255,9 +255,83 @@ def test_a_registered_version_whose_run_is_gone_is_scored_on_the_data_given(trai
     assert f"| all | {len(trained.data.test_labels)} |" in out
 
 
+def test_evaluate_scores_images_labelled_by_their_class_folders_as_predict_classifies_them(trained, capsys,
+                                                                                              tmp_path):
+    """One's own photos, sorted into class folders (any case, nested, any size, not every class), one unreadable."""
+    folder = tmp_path / "mine"
+    for i, image in enumerate(trained.data.test_images[:12]):
+        path = folder / ("Cat", "dog", "ship")[i % 3] / ("" if i < 9 else "more") / f"{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).resize((64 + i, 48)).save(path, quality=95)
+    (folder / "dog" / "notes.png").write_text("not an image")
+    code, out, err = _predict(capsys, *(str(folder / c) for c in ("Cat", "dog", "ship")), "--model",
+                              str(trained.checkpoint), "--json")
+    predicted = {Path(path).relative_to(folder): row["label"] for path, row in _json_lines(out).items()}
+    assert code == 1 and len(predicted) == 12
+    Image.fromarray(trained.data.test_images[0]).save(folder / "unsorted.png")
+
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(folder), "--json"]) == 1
+    out, err = capsys.readouterr()
+    scored = json.loads(out)
+    assert err.splitlines() == [
+        f"cifar.evaluate: skipped {folder / 'unsorted.png'}: not in a class folder",
+        f"cifar.evaluate: skipped {folder / 'dog' / 'notes.png'}: not a readable image (not an image format that "
+        "Pillow reads)"]
+    confusion = np.zeros((10, 10), dtype=int)
+    for path, label in predicted.items():
+        confusion[CLASSES.index(path.parts[0].lower()), CLASSES.index(label)] += 1
+    assert scored["confusion"] == confusion.tolist() and scored["images"] == 12 and scored["split"] is None
+    assert [c for c, a in scored["class_accuracy"].items() if a is not None] == ["cat", "dog", "ship"]
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(folder)]) == 1
+    table = capsys.readouterr().out
+    assert f"data      {folder} (images labelled by their class folders, content hash {scored['data_hash'][:12]})" \
+        in table
+    assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")] == [
+        "| class", "| all", "| cat", "| dog", "| ship"]  # the classes that have images
+
+
+def test_a_test_folder_of_its_own_scores_as_the_test_split_of_its_dataset(trained, capsys, tmp_path):
+    dataset = fakedata.write_image_folders(tmp_path / "dataset", train_per_class=2, test_per_class=3)
+    shutil.copytree(dataset / "fake-cifar" / "test", tmp_path / "test-only" / "test")
+    scored = {}
+    for data in (dataset, tmp_path / "test-only", dataset / "fake-cifar" / "test"):
+        assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(data), "--cache-dir",
+                              str(tmp_path / "cache"), "--json"]) == 0
+        scored[data] = json.loads(capsys.readouterr().out)
+    dataset_split, *labelled = scored.values()
+    assert dataset_split["split"] == "test" and [s["split"] for s in labelled] == [None, None]
+    for each in labelled:
+        assert (each["confusion"], each["data_hash"]) == (dataset_split["confusion"], labelled[0]["data_hash"])
+
+
+@pytest.mark.parametrize("files, args, refusal", [
+    ({"cat/x.png": "image", "cats/y.png": "image"}, [],
+     "--data={} holds class folders and others (cats): name each folder after the class of its images, one of "
+     "airplane, automobile, "),
+    ({"cat/x.png": "image"}, ["--split", "train"],
+     "--split train: --data={} is a folder of labelled images, which has no splits: drop --split"),
+    ({"cat/notes.txt": "text", "dog/": "folder"}, [],
+     "--data={} has no image files in its class folders: put the images of each class in the folder named after it"),
+    ({"cat/x.png": "text"}, [], "--data={}: none of its 1 image files can be read ({}/cat/x.png: not a readable image"),
+], ids=["another folder", "a split", "no image", "none readable"])
+def test_a_bad_folder_of_labelled_images_is_one_line_and_exit_2(files, args, refusal, trained, capsys, tmp_path):
+    folder = tmp_path / "mine"
+    for name, content in files.items():
+        path = folder / name
+        (path if content == "folder" else path.parent).mkdir(parents=True, exist_ok=True)
+        if content == "image":
+            Image.fromarray(trained.data.test_images[0]).save(path)
+        elif content == "text":
+            path.write_text("not an image")
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(folder), *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("cifar.evaluate: error: " + refusal.format(folder, folder)), err
+
+
 @pytest.mark.parametrize("args, refusal", [
-    (["--data", "nowhere"], "No CIFAR-10 data in nowhere: put cifar-10-python.tar.gz or train/<class>/ image folders "
-                            "there, or set --data to your copy"),
+    (["--data", "nowhere"], "No CIFAR-10 data in nowhere: put cifar-10-python.tar.gz, train/<class>/ image folders "
+                            "or labelled images in <class>/ folders there, or set --data to your copy"),
     (["--model", "nothing-here.pt"], "--model nothing-here.pt is not a checkpoint file"),
 ])
 def test_evaluate_on_bad_input_is_one_line_and_exit_2(args, refusal, trained, official_dir, capsys, tmp_path):
