@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for cifar.train (data.*, seed)")
-    parser.add_argument("--grid", type=Path, metavar="FILE.png", help="write sample images per class here")
+    parser.add_argument("--grid", type=lambda path: Path(path).expanduser(), metavar="FILE.png",  # --grid=~/...
+                        help="write sample images per class here")
     args = parser.parse_args(argv)
     if args.grid is not None and args.grid.suffix.lower() != ".png":
         print(f"cifar.data: error: --grid {args.grid} is not a .png file: give a FILE.png", file=sys.stderr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,11 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cifar.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, several=True)
-    parser.add_argument("--data", metavar="PATH", help="the labelled images, in any layout data.path takes, or in "
-                                                       "<class>/ folders, of any size (default: the data the models "
-                                                       f"trained on, else {DEFAULT_DATA})")
-    parser.add_argument("--cache-dir", help="where the decoded data is cached (default: the models' training cache "
-                                            f"where they trained on the data, else {DEFAULT_CACHE_DIR})")
+    parser.add_argument("--data", metavar="PATH", type=os.path.expanduser,
+                        help="the labelled images, in any layout data.path takes, or in <class>/ folders, of any size "
+                             f"(default: the data the models trained on, else {DEFAULT_DATA})")
+    parser.add_argument("--cache-dir", type=os.path.expanduser,
+                        help="where the decoded data is cached (default: the models' training cache where they trained "
+                             f"on the data, else {DEFAULT_CACHE_DIR})")
     parser.add_argument("--split", choices=SPLITS, default="test",
                         help="test (default), or train: every training image, the validation hold-out included")
     parser.add_argument("--json", action="store_true", help="one JSON object a model, with its confusion matrix "

@@ -5,8 +5,9 @@
     python -m cifar.predict photos/ --model models:/cifar-simplecnn/1 --json
     python -m cifar.predict photos/ --model multirun/2026-11-23/10-00-00   # a sweep: its best job's model
 
-Images of any size and colour mode are resized to 32x32 RGB (the whole image, its aspect ratio
-not kept; 16-bit grey scaled to 8 bits) and normalised as in training. Folders are searched
+Images of any size and colour mode are turned upright as their EXIF orientation says (as viewers
+show them), resized to 32x32 RGB (the whole image, its aspect ratio not kept; 16-bit grey scaled to
+8 bits) and normalised as in training. Folders are searched
 recursively for image files (png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as
 an image is reported on stderr and skipped; the exit status is 1 if any was, 2 if the model cannot
 be loaded.
@@ -173,6 +174,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) 
     """The options that say which model (``several``: one or more, each ``--model``), and where it runs
     (``cifar.predict``'s and ``cifar.evaluate``'s)."""
     parser.add_argument("--model", required=True, metavar="SOURCE", action="append" if several else "store",
+                        type=os.path.expanduser,  # ~ left by the shell in --model=~/...
                         help="a best.pt/last.pt (or the run dir holding best.pt), an MLflow run id, a sweep's "
                              "dir or parent run id (its best job's model), or a models:/NAME/VERSION URI"
                              + ("; give --model again for each other model" if several else ""))

@@ -489,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else the store of a "
                                                "--sweep dir, else sqlite:///mlflow.db)")
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR", action="append",
+    scope.add_argument("--sweep", metavar="RUN_ID_OR_DIR", action="append", type=os.path.expanduser,
                        help="the sweep's parent run id, or its sweep dir (default: the latest sweep); given again, "
                             "each sweep's runs in one table")
     scope.add_argument("--all", action="store_true", help="every training run of the experiment")
@@ -498,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "'params.model.name = \"resnet18\" and metrics.\"test/acc\" > 0.8'")
     parser.add_argument("--csv", action="store_true",
                         help="the runs as CSV: a row each, a column for each param that differs between them")
-    parser.add_argument("--output", help="also write the table to this file (as CSV where it ends in .csv)")
+    parser.add_argument("--output", type=os.path.expanduser,
+                        help="also write the table to this file (as CSV where it ends in .csv)")
     args = parser.parse_args(argv)
 
     from mlflow.tracking import MlflowClient

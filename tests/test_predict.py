@@ -304,6 +304,18 @@ def test_a_test_folder_of_its_own_scores_as_the_test_split_of_its_dataset(traine
         assert (each["confusion"], each["data_hash"]) == (dataset_split["confusion"], labelled[0]["data_hash"])
 
 
+def test_a_path_given_as_option_equals_tilde_is_in_the_home_folder(trained, capsys, tmp_path, monkeypatch):
+    """The shell leaves the ~ of --model=~/... as it is; the tools take it as the home folder, as it would."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(trained.checkpoint, tmp_path / "best.pt")
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    Image.fromarray(trained.data.test_images[0]).save(tmp_path / "photos" / "cat" / "x.png")
+    code, out, _ = _predict(capsys, str(tmp_path / "photos"), "--model=~/best.pt", "--json")
+    assert code == 0 and len(_json_lines(out)) == 1
+    assert evaluate.main(["--model=~/best.pt", "--data=~/photos", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == str(tmp_path / "photos")
+
+
 @pytest.mark.parametrize("files, args, refusal", [
     ({"cat/x.png": "image", "cats/y.png": "image"}, [],
      "--data={} holds class folders and others (cats): name each folder after the class of its images, one of "

@@ -515,6 +515,10 @@ def test_a_sweep_dir_is_reported_from_anywhere_from_its_own_store_and_experiment
     assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
     assert report.main(["--tracking-uri", uri, "--sweep", parent]) == 0  # by its id: its experiment, not "cifar"
     assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+    monkeypatch.setenv("HOME", str(tmp_path / "store"))  # --sweep=~/... and --output=~/...: the shell leaves the ~
+    assert report.main(["--sweep=~/multirun/sweep", "--output=~/table.md"]) == 0
+    assert [r[0] for r in table_rows(capsys.readouterr().out)] == ["seed=0"]
+    assert [r[0] for r in table_rows((tmp_path / "store" / "table.md").read_text())] == ["seed=0"]
 
 
 def test_a_sweep_records_its_store_as_a_process_in_another_folder_finds_it(tmp_path, monkeypatch):

@@ -149,10 +149,11 @@ def test_env_and_data_report_a_bad_override_in_one_line(capsys):
                                     "Fix the override or the config file.\n"
 
 
-def test_data_summary_counts_the_splits_a_run_trains_on(official_dir, tmp_path, capsys):
+def test_data_summary_counts_the_splits_a_run_trains_on(official_dir, tmp_path, capsys, monkeypatch):
     grid = tmp_path / "grid.png"
+    monkeypatch.setenv("HOME", str(tmp_path))  # --grid=~/...: the shell leaves the ~, cifar.data takes it as home
     code, out, _ = _run(data_summary.main, capsys, f"data.path={official_dir}", f"data.cache_dir={tmp_path / 'cache'}",
-                        "data.download=false", "data.val_size=40", "data.test_limit=30", "--grid", str(grid))
+                        "data.download=false", "data.val_size=40", "data.test_limit=30", "--grid=~/grid.png")
     assert code == 0
     table = {line.split()[0]: [int(n) for n in line.split()[1:]] for line in out.splitlines()
              if line.split() and line.split()[0] in (*CLASSES, "total")}
