@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cifar.data import CLASSES
+from cifar.data import CLASSES, corrupt_exif_ignored
 from cifar.errors import UserError, exit_status
 from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images
 
@@ -250,7 +250,8 @@ def read_labelled(folder: Path) -> ImagesToScore:
     if not files:
         raise UserError(f"--data={folder} has no image files in its class folders: put the images of each class "
                         "in the folder named after it")
-    images, read, skipped = read_images(files)
+    with corrupt_exif_ignored():
+        images, read, skipped = read_images(files)
     skipped = unlabelled + skipped
     if not read:
         raise UserError(f"--data={folder}: none of its {len(files)} image files can be read ({skipped[0].path}: "

@@ -89,15 +89,14 @@ def read_image(path: Path) -> np.ndarray:
 def read_images(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure]]:
     """The images of ``files`` that can be read, as (N, 32, 32, 3) uint8; the files they are; those that cannot."""
     images, read, failures = [], [], []
-    with data.corrupt_exif_ignored():
-        for path in files:
-            try:
-                images.append(read_image(path))
-                read.append(path)
-            except ValueError as err:
-                failures.append(Failure(str(path), f"not a readable image ({err})"))
-            except OSError as err:  # unreadable file, or truncated image data
-                failures.append(Failure(str(path), f"not a readable image ({os_reason(err)})"))
+    for path in files:
+        try:
+            images.append(read_image(path))
+            read.append(path)
+        except ValueError as err:
+            failures.append(Failure(str(path), f"not a readable image ({err})"))
+        except OSError as err:  # unreadable file, or truncated image data
+            failures.append(Failure(str(path), f"not a readable image ({os_reason(err)})"))
     return np.stack(images) if images else np.empty((0, SIDE, SIDE, 3), np.uint8), read, failures
 
 
@@ -106,7 +105,9 @@ def classify(model, files: list[Path], batch_size: int, top_k: int, device) -> I
     import torch
 
     chunks = [files[i : i + READ_CHUNK] for i in range(0, len(files), READ_CHUNK)]
-    with ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():
+    # the warnings filter is the process's: set here, not in the reader thread, whose setting and restoring it
+    # would race with the main thread's
+    with data.corrupt_exif_ignored(), ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():
         pending = reader.submit(read_images, chunks[0]) if chunks else None
         for index in range(len(chunks)):
             images, read, failures = pending.result()

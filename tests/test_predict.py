@@ -419,10 +419,14 @@ def test_a_corrupt_exif_block_reads_as_stored_without_a_warning(trained, tmp_pat
     blob = (tmp_path / "x.jpg").read_bytes()
     tiff = blob.index(b"Exif\x00\x00") + 6  # the EXIF block's TIFF header, then its first IFD's offset
     (tmp_path / "x.jpg").write_bytes(blob[:tiff + 4] + b"\xff\xff\xff\xff" + blob[tiff + 8:])
+    (tmp_path / "labelled" / "cat").mkdir(parents=True)
+    shutil.copy(tmp_path / "x.jpg", tmp_path / "labelled" / "cat")
     with warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
         code, out, err = _predict(capsys, str(tmp_path / "x.jpg"), "--model", str(trained.checkpoint), "--json")
+        scored = evaluate.main(["--model", str(trained.checkpoint), "--data", str(tmp_path / "labelled"), "--json"])
     assert (code, err, warned) == (0, "", []) and len(_json_lines(out)) == 1
+    assert scored == 0 and json.loads(capsys.readouterr().out)["images"] == 1
     with pytest.warns(UserWarning, match="Corrupt EXIF data"):  # as Pillow reads the file on its own
         np.testing.assert_array_equal(predict.read_image(tmp_path / "x.jpg"),
                                       np.asarray(Image.open(tmp_path / "x.jpg").convert("RGB")))
