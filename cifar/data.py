@@ -228,7 +228,7 @@ def fingerprint(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path) -> list[Path]:
     """The files under ``root`` but hidden ones and those in hidden folders, such as the staging folder
     of a download that was killed (``_download``) or the ``._`` files that macOS leaves beside images."""
     files = []
@@ -244,7 +244,7 @@ def _visible_files(root: Path) -> list[Path]:
 class _DirectoryTree:
     def __init__(self, root: Path):
         self.root = root
-        self.names = [file.relative_to(root).as_posix() for file in _visible_files(root)]
+        self.names = [file.relative_to(root).as_posix() for file in visible_files(root)]
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:
         for name in names:

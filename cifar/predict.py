@@ -7,10 +7,9 @@
 
 Images of any size and colour mode are turned upright as their EXIF orientation says (as viewers
 show them), resized to 32x32 RGB (the whole image, its aspect ratio not kept; 16-bit grey scaled to
-8 bits) and normalised as in training. Folders are searched
-recursively for image files (png, jpg, jpeg, bmp, webp, gif, tif). A file that cannot be read as
-an image is reported on stderr and skipped; the exit status is 1 if any was, 2 if the model cannot
-be loaded.
+8 bits) and normalised as in training. Folders are searched recursively for image files (png, jpg,
+jpeg, bmp, webp, gif, tif), hidden files and folders apart. A file that cannot be read as an image is
+reported on stderr and skipped; the exit status is 1 if any was, 2 if the model cannot be loaded.
 """
 
 from __future__ import annotations
@@ -59,8 +58,7 @@ def image_files(paths: Sequence[str]) -> tuple[list[Path], list[Failure]]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not p.name.startswith("."))
+            files += sorted(p for p in data.visible_files(path) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             files.append(path)
         else:

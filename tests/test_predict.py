@@ -445,6 +445,9 @@ def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path
     (tmp_path / "notes.png").write_text("not an image")
     (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
     (tmp_path / "readme.txt").write_text("ignored: not an image suffix")
+    (tmp_path / "._good.png").write_bytes(b"\0\5\26\7")  # macOS's metadata beside a file: hidden, not read
+    (tmp_path / ".thumbnails").mkdir()  # a viewer's: images in a hidden folder are not read either
+    Image.fromarray(trained.data.test_images[1]).save(tmp_path / ".thumbnails" / "good.png")
     code, out, err = _predict(capsys, str(tmp_path), str(tmp_path / "missing.jpg"), "--model", str(trained.checkpoint))
     assert code == 1
     lines = out.splitlines()
