@@ -1,5 +1,6 @@
-"""``python -m cifar.evaluate``: score trained models on a labelled CIFAR-10 set: their accuracy and each
-class's, side by side; for one model, also the class each is most often taken for.
+"""``python -m cifar.evaluate``: score trained models on a labelled CIFAR-10 set, or on images of one's own
+sorted into class folders: their accuracy and each class's, side by side; for one model, also the class each
+is most often taken for.
 
     python -m cifar.evaluate --model outputs/2026-11-23/10-00-00/best.pt      # the test set it trained with
     python -m cifar.evaluate --model RUN_ID --data ../cifar10-jpeg.tar.gz
