@@ -516,5 +516,6 @@ if __name__ == "__main__":  # python -m cifar.data: a summary of the prepared da
     import sys
 
     from cifar.data_summary import main
+    from cifar.errors import exit_status
 
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -317,4 +317,6 @@ def _verdict(checks: list[Check], device) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from cifar.errors import exit_status
+
+    sys.exit(exit_status(main))

@@ -54,7 +54,9 @@ class AbortRun(BaseException):
 
 def exit_status(main: Callable[[], int]) -> int:
     """The exit status of a tool's ``main``; 128 + SIGPIPE, silently, where the reader of its output left
-    (``| head``): Python printed a BrokenPipeError traceback, or "Exception ignored" at exit."""
+    (``| head``): Python printed a BrokenPipeError traceback, or "Exception ignored" at exit; 128 + SIGINT,
+    silently too, on Ctrl-C, where Python printed the KeyboardInterrupt's traceback (the tools write files
+    only through a temp file, which is removed)."""
     try:
         status = main()
         sys.stdout.flush()  # here, not at exit, where the error could not be caught
@@ -62,6 +64,8 @@ def exit_status(main: Callable[[], int]) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
 
 
 def first_line(err: BaseException) -> str:

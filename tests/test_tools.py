@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import signal
 import subprocess
 import sys
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from cifar import data_summary, env
 from cifar.data import CLASSES, load_cifar10
+from cifar.errors import exit_status
 from cifar.parallel import cpu_cores
 from tests.conftest import with_overrides
 
@@ -176,6 +178,27 @@ def test_a_grid_that_cannot_be_written_is_one_line_and_exit_2(official_dir, tmp_
         assert code == 2 and err.startswith("cifar.data: error: ") and err.endswith(f"{message}\n")
         assert err.count("\n") == 1 and str(grid) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "taken.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("module", ["cifar.env", "cifar.data"])
+def test_a_reader_that_leaves_early_ends_the_tool_quietly(module, official_dir, tmp_path):
+    """``python -m cifar.env | head``: no BrokenPipeError traceback, and the status of a process that SIGPIPE ended."""
+    proc = subprocess.Popen([sys.executable, "-m", module, f"data.path={official_dir}", f"data.cache_dir={tmp_path}",
+                             "data.download=false", "data.val_size=40"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `head` does once it has read its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 128 + signal.SIGPIPE
+    assert "Traceback" not in err, err
+
+
+def test_ctrl_c_ends_a_tool_quietly_with_the_status_of_sigint(capsys):
+    def interrupted() -> int:
+        print("a line before")
+        raise KeyboardInterrupt
+
+    assert exit_status(interrupted) == 128 + signal.SIGINT
+    assert capsys.readouterr() == ("a line before\n", "")
 
 
 def test_data_summary_runs_as_a_module(official_dir, tmp_path):
