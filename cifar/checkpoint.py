@@ -14,8 +14,6 @@ import torch
 from cifar.errors import CheckpointError, ConfigError, first_line, os_reason
 from cifar.files import atomic_write
 
-BEST = "best.pt"
-LAST = "last.pt"
 
 log = logging.getLogger(__name__)
 

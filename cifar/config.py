@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar.errors import AbortRun, ConfigError
+from cifar.files import LAST
 from cifar.output_dirs import is_time_named
 from cifar.tracking import NOTE_TAG, is_own_tag
 
@@ -274,7 +275,7 @@ def _check_resumable(run: DictConfig) -> None:
                           "gives the command), or drop trainer.resume")
     from cifar import checkpoint  # torch: which a resumed run imports next
 
-    if not (last := Path(run.dir) / checkpoint.LAST).exists():
+    if not (last := Path(run.dir) / LAST).exists():
         raise checkpoint.nothing_to_resume(last)
 
 

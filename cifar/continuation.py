@@ -14,6 +14,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cifar.files import LAST
 from cifar.sweeper import is_optuna_sweep
 
 RESUME = "trainer.resume"
@@ -45,8 +46,6 @@ def how_to_continue(args: list[str]) -> str:
         return f"finished trials are kept; the same command finishes the study: {train_command(args)}"
     if started.kind == "sweep":
         return f"finished jobs are kept; continue with: {train_command(_in_dir(args, 'hydra.sweep.dir', started))}"
-    from cifar.checkpoint import LAST  # torch: imported already once a run has started
-
     if not (Path(started.output_dir) / LAST).exists():
         return "no epoch had finished, so there is no checkpoint to continue from"
     return (f"the last epoch's checkpoint ({LAST}) is kept; continue with: "

@@ -11,6 +11,11 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+# A run's checkpoints in its output dir: the weights of its best epoch, and all that resuming needs. Named
+# here, away from torch, for what must not import it: saying how to continue a run interrupted in its import.
+BEST = "best.pt"
+LAST = "last.pt"
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))

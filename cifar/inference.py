@@ -23,6 +23,7 @@ from cifar.batches import normalization
 from cifar.data import CLASSES
 from cifar.engine import TTA, predict_logits
 from cifar.errors import CheckpointError, UserError, first_line
+from cifar.files import BEST
 from cifar.models import build_model
 
 SPEC = "inference"  # in both checkpoints: what turns their weights into a Classifier
@@ -63,9 +64,9 @@ def from_checkpoint(path: Path) -> Classifier:
     if path.is_dir():
         from cifar.tracking import sweep_near  # Hydra: only for a dir without its best.pt
 
-        if not (path / checkpoint.BEST).exists() and (near := sweep_near(path, "--model")):
+        if not (path / BEST).exists() and (near := sweep_near(path, "--model")):
             raise UserError(near)
-        path = path / checkpoint.BEST
+        path = path / BEST
     try:
         state = checkpoint.load(path)
     except CheckpointError as err:
@@ -124,7 +125,7 @@ def best_job(run, named: str) -> str | None:
 
 def _sweep_in(path: Path) -> dict | None:
     """The sweep whose dir ``path`` is (:func:`cifar.tracking.read_sweep`), None for any other path."""
-    if not path.is_dir() or (path / checkpoint.BEST).exists():
+    if not path.is_dir() or (path / BEST).exists():
         return None
     from cifar.tracking import read_sweep
 
@@ -205,7 +206,7 @@ def _load_run(run_id: str, tracking_uri: str, named: str) -> nn.Module:
     if model_uri is not None:
         return _load_logged(model_uri, tracking_uri)
     output_dir = run.data.tags.get(OUTPUT_DIR_TAG)
-    best = Path(output_dir) / checkpoint.BEST if output_dir else None
+    best = Path(output_dir) / BEST if output_dir else None
     experiment = run.data.tags.get(EXP_NAME_TAG)  # a DVC experiment's run: DVC keeps its best.pt
     restore = f"restore it with dvc exp apply {experiment}" if experiment else None
     if best is None or not best.exists():

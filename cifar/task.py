@@ -29,7 +29,7 @@ from cifar.models import build_model, check_fits, summarize, whiten_first_conv
 from cifar.optim import build_optimizer, build_scheduler
 from cifar.engine import TTA, Evaluation
 from cifar.errors import CheckpointError, DivergedError
-from cifar.files import atomic_write_text
+from cifar.files import BEST, LAST, atomic_write_text
 from cifar.lookahead import Lookahead
 from cifar.outages import Retrying
 from cifar.study import SweepTrial
@@ -158,7 +158,7 @@ def run(cfg: DictConfig) -> float | None:
             _record_results(output_dir, result, test, splits.test_labels.cpu().numpy(), cfg.mlflow.log_plots, retrying)
             if cfg.mlflow.log_model:  # a sweep registers its best job's model when it ends
                 registered_name = cfg.mlflow.model_name if cfg.mlflow.register_model and not multirun else None
-                retrying(registry.log_model, output_dir / checkpoint.BEST, data.test_images, registered_name)
+                retrying(registry.log_model, output_dir / BEST, data.test_images, registered_name)
             _log_run_seconds(trainer, result, retrying)
             scored = ("no validation set; last epoch" if result.best_val_acc is None
                       else f"best val/acc {result.best_val_acc:.4f} at epoch")
@@ -246,7 +246,7 @@ def _lookahead(model: torch.nn.Module, cfg_trainer: DictConfig, total_steps: int
 def _warn_of_an_earlier_run(output_dir: Path) -> None:
     """Say that a run writes over the checkpoints of an earlier run in ``output_dir`` (a dir named on the command
     line, run again), and how to keep them or continue that run; a sweep says so of its jobs' dirs."""
-    if (output_dir / checkpoint.LAST).exists():
+    if (output_dir / LAST).exists():
         log.warning("hydra.run.dir=%s holds an earlier run's checkpoints: this run writes over them (that run's MLflow "
                     "run and logged model stay). To keep them, stop this run and give it another hydra.run.dir; "
                     "where that run was stopped, continue it with trainer.resume=true", output_dir)
@@ -255,7 +255,7 @@ def _warn_of_an_earlier_run(output_dir: Path) -> None:
 def _last_checkpoint(output_dir: Path, stopped_parent) -> dict | None:
     """The interrupted run's ``last.pt``, to resume from (``trainer.resume=true``); None for a job of
     a resumed sweep (``stopped_parent``) that had saved no epoch yet: it starts from the beginning."""
-    path = output_dir / checkpoint.LAST
+    path = output_dir / LAST
     if path.exists():
         try:
             return checkpoint.load(path)  # on the CPU: RNG states must stay there
@@ -338,7 +338,7 @@ def _record_results(
     timings = {"train_seconds": sum(m.train_seconds for m in result.history), "warmup_seconds": result.warmup_seconds}
     retrying(mlflow.log_metrics, {**metrics, **timings})
     tags = {"stopped_early": str(result.stop_reason == "patience").lower()}
-    if (best := output_dir / checkpoint.BEST).exists():  # later runs into the same dir write over it
+    if (best := output_dir / BEST).exists():  # later runs into the same dir write over it
         tags[tracking.BEST_CHECKPOINT_TAG] = file_md5(best)
     retrying(mlflow.set_tags, tags)
     if not with_plots:

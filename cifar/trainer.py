@@ -18,6 +18,7 @@ from cifar.batches import Augmenter, Normalizer, steps_per_epoch, to_tensors, tr
 from cifar.data import Cifar10, split_indices
 from cifar.device import Runtime
 from cifar.engine import TTA, Evaluation, Pass, evaluate, train_epoch
+from cifar.files import BEST, LAST
 from cifar.inference import SPEC
 from cifar.interrupts import interrupts_held
 from cifar.lookahead import Lookahead
@@ -177,8 +178,8 @@ class Trainer:
                     val = metrics.val
                     if val is None or result.best_val_acc is None or val.acc > result.best_val_acc:
                         result.best_val_acc, result.best_epoch = val.acc if val is not None else None, epoch
-                        files[self.checkpoint_dir / checkpoint.BEST] = self._best_state(epoch, result)
-                    files[self.checkpoint_dir / checkpoint.LAST] = self._state(epoch, result)
+                        files[self.checkpoint_dir / BEST] = self._best_state(epoch, result)
+                    files[self.checkpoint_dir / LAST] = self._state(epoch, result)
                     # written while the next epoch trains, or kept until the next write
                     writer.submit(files, write=epoch % self.checkpoint_every == 0)
                 if result.stop_reason is None and patience is not None and epoch - result.best_epoch >= patience:
@@ -272,7 +273,7 @@ class Trainer:
 
     def test_best(self) -> Evaluation:
         """Load ``best.pt`` into the evaluated model and score it on the test split."""
-        state = checkpoint.load(self.checkpoint_dir / checkpoint.BEST, self.runtime.device)
+        state = checkpoint.load(self.checkpoint_dir / BEST, self.runtime.device)
         self.eval_model.load_state_dict(state["model"])
         return self.evaluate(self.splits.test_images, self.splits.test_labels, self.tta)
 

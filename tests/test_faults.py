@@ -331,6 +331,32 @@ def test_a_run_stopped_by_an_interrupt_or_an_exit_ends_killed_and_one_stopped_by
     assert MlflowClient(tracking_uri).get_run(run.info.run_id).info.status == status
 
 
+# Ctrl-C while the run imports torch: the first seconds of a run (a sitecustomize.py raises it in that import)
+INTERRUPTED_IMPORT = """
+import importlib.abc, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch.nn":
+            sys.meta_path.remove(self)
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+"""
+
+
+def test_ctrl_c_while_a_run_imports_torch_is_one_line_and_status_130(cli):
+    """Saying how to continue imported torch again, half-imported: a traceback, or a segmentation fault."""
+    (cli.tmp_path / "interrupt").mkdir()
+    (cli.tmp_path / "interrupt" / "sitecustomize.py").write_text(INTERRUPTED_IMPORT)
+    args, env = cli.command()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cli.tmp_path / "interrupt"), env.get("PYTHONPATH")]))
+    proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("cifar.train: interrupted by SIGINT: "), proc.stderr
+
+
 def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what_is_reported(
         tracking_uri, monkeypatch, clock):
     import mlflow

@@ -10,6 +10,7 @@ from cifar import checkpoint
 from cifar.batches import Augmenter, Normalizer
 from cifar.device import Runtime
 from cifar.engine import TTA, evaluate
+from cifar.files import BEST, LAST
 from cifar.models import simplecnn
 from cifar.trainer import Splits, Trainer
 
@@ -67,14 +68,14 @@ def test_without_a_validation_set_best_pt_holds_the_last_epoch_and_the_fit_resum
     result = trainer.fit(2, None, lambda metrics: None)
     assert result.best_val_acc is None and result.best_epoch == 2
     assert all(m.val is None and "val/acc" not in m.as_dict() and "val" not in m.summary(2) for m in result.history)
-    best = checkpoint.load(tmp_path / checkpoint.BEST)
+    best = checkpoint.load(tmp_path / BEST)
     assert best["epoch"] == 2 and best["best_val_acc"] is None
     assert all(torch.equal(value, trainer.model.state_dict()[name]) for name, value in best["model"].items())
 
     resumed = _trainer(tmp_path, compile=False, val_size=0)
-    more = resumed.fit(3, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / checkpoint.LAST))
+    more = resumed.fit(3, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / LAST))
     assert [m.epoch for m in more.history] == [1, 2, 3] and more.best_epoch == 3
-    assert checkpoint.load(tmp_path / checkpoint.BEST)["epoch"] == 3
+    assert checkpoint.load(tmp_path / BEST)["epoch"] == 3
     assert resumed.test_best().images == 32
 
 
@@ -87,11 +88,11 @@ def test_a_resumed_fit_counts_the_run_seconds_on_from_its_last_pt(tmp_path):
         return time.perf_counter() - start
 
     first_s = timed_fit(1)
-    last = checkpoint.load(tmp_path / checkpoint.LAST)
+    last = checkpoint.load(tmp_path / LAST)
     assert 0 < last["run_seconds"] <= first_s
     last["run_seconds"] = 1000.0  # the processes before it took long
     resumed_s = timed_fit(2, resume_from=last)
-    assert 1000 < checkpoint.load(tmp_path / checkpoint.LAST)["run_seconds"] <= 1000 + resumed_s
+    assert 1000 < checkpoint.load(tmp_path / LAST)["run_seconds"] <= 1000 + resumed_s
 
 
 @pytest.mark.parametrize("in_validation", [True, False])
@@ -119,7 +120,7 @@ def test_a_resumed_fit_draws_the_dropout_masks_the_uninterrupted_fit_would(tmp_p
     _trainer(tmp_path, compile=False, device=device).fit(1, None, lambda metrics: None)
     expected = next_mask()  # what dropout draws next where the fit goes on
     resumed = _trainer(tmp_path, compile=False, device=device)  # seeds the generators afresh, as a new process
-    resumed.fit(1, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / checkpoint.LAST))
+    resumed.fit(1, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / LAST))
     assert torch.equal(next_mask(), expected)
 
 
@@ -137,7 +138,7 @@ def test_the_first_bias_trains_for_whiten_bias_epochs_then_stays_fixed_also_afte
 
     resumed = _trainer(tmp_path, compile=False, batch_norm=False)
     resumed.whiten_bias_epochs = 1
-    resumed.fit(3, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / checkpoint.LAST))
+    resumed.fit(3, None, lambda metrics: None, resume_from=checkpoint.load(tmp_path / LAST))
     assert torch.equal(resumed.model[0].bias, bias_1) and not torch.equal(resumed.model[-1].weight, weights_2)
 
 
@@ -158,8 +159,8 @@ def test_checkpoints_written_in_the_background_are_the_bytes_a_direct_save_write
     trainer.run_seconds = lambda: 12.5  # the one value in last.pt that the time it is made changes
     result = trainer.fit(2, None, lambda metrics: None)
     checkpoint.save(tmp_path / "direct.pt", trainer._state(2, result))
-    assert (tmp_path / checkpoint.LAST).read_bytes() == (tmp_path / "direct.pt").read_bytes()
-    best = checkpoint.load(tmp_path / checkpoint.BEST)
+    assert (tmp_path / LAST).read_bytes() == (tmp_path / "direct.pt").read_bytes()
+    best = checkpoint.load(tmp_path / BEST)
     assert best["epoch"] == result.best_epoch and best["best_val_acc"] == result.best_val_acc
 
 
@@ -176,14 +177,14 @@ def test_checkpoint_every_n_writes_every_nth_epoch_and_the_last_and_trains_the_s
     def written(every, name):
         return [epoch for run, file, epoch in saved if (run, file) == (str(every), name)]
 
-    assert written(1, checkpoint.LAST) == [1, 2, 3, 4, 5, 6, 7]
-    assert written(3, checkpoint.LAST) == [3, 6, 7]  # the last epoch too, though not a multiple of 3
+    assert written(1, LAST) == [1, 2, 3, 4, 5, 6, 7]
+    assert written(3, LAST) == [3, 6, 7]  # the last epoch too, though not a multiple of 3
     # best.pt: at each write, the newest best since the write before, if any
-    bests = written(1, checkpoint.BEST)
+    bests = written(1, BEST)
     expected = [max(e for e in bests if before < e <= upto) for before, upto in ((0, 3), (3, 6), (6, 7))
                 if any(before < e <= upto for e in bests)]
-    assert written(3, checkpoint.BEST) == expected
-    for name in (checkpoint.BEST, checkpoint.LAST):
+    assert written(3, BEST) == expected
+    for name in (BEST, LAST):
         every_epoch, every_third = (checkpoint.load(tmp_path / str(every) / name) for every in (1, 3))
         assert every_epoch["epoch"] == every_third["epoch"]
         assert all(torch.equal(value, every_third["model"][key]) for key, value in every_epoch["model"].items())
@@ -208,7 +209,7 @@ def test_sigterm_while_an_epoch_is_reported_stops_the_fit_once_that_epoch_is_che
             trainer.fit(5, None, report)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    assert reported == [2] and checkpoint.load(tmp_path / checkpoint.LAST)["epoch"] == 2
+    assert reported == [2] and checkpoint.load(tmp_path / LAST)["epoch"] == 2
 
 
 def test_train_images_are_spread_over_a_class_sorted_split_and_uncropped():
