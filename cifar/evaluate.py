@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cifar.data import CLASSES, corrupt_exif_ignored
+from cifar.data import CLASSES, content_hash, corrupt_exif_ignored, load_cifar10
 from cifar.errors import UserError, exit_status
 from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images
 
@@ -208,8 +208,6 @@ def _images_to_score(data: str | None, cache_dir: str | None, split: str,
                      origins: list[Provenance]) -> ImagesToScore:
     """The ``split`` of ``--data`` (decoded into ``cache_dir``), or of the data the models trained on
     (:func:`_data_to_score`); or, where ``--data`` is one, a folder of labelled images (:func:`labelled_folder`)."""
-    from cifar.data import load_cifar10
-
     if data is not None and (folder := labelled_folder(Path(data))):
         if split != "test":
             raise UserError(f"--split {split}: --data={data} is a folder of labelled images, which has no splits: "
@@ -243,8 +241,6 @@ def labelled_folder(path: Path) -> Path | None:
 def read_labelled(folder: Path) -> ImagesToScore:
     """The images under ``folder``'s class folders, in path order, read as cifar.predict reads files (any size);
     a UserError where there is none."""
-    from cifar.data import content_hash
-
     files, _ = image_files([str(folder)])
     unlabelled = [Failure(str(path), "not in a class folder") for path in files if path.parent == folder]
     files = [path for path in files if path.parent != folder]
@@ -252,15 +248,14 @@ def read_labelled(folder: Path) -> ImagesToScore:
         raise UserError(f"--data={folder} has no image files in its class folders: put the images of each class "
                         "in the folder named after it")
     with corrupt_exif_ignored():
-        images, read, skipped = read_images(files)
-    skipped = unlabelled + skipped
+        images, read, unreadable = read_images(files)
     if not read:
-        raise UserError(f"--data={folder}: none of its {len(files)} image files can be read ({skipped[0].path}: "
-                        f"{skipped[0].reason})")
+        raise UserError(f"--data={folder}: none of its {len(files)} image files can be read ({unreadable[0].path}: "
+                        f"{unreadable[0].reason})")
     labels = np.array([CLASSES.index(path.relative_to(folder).parts[0].lower()) for path in read], dtype=np.int64)
     data_hash = content_hash(images, labels)
-    return ImagesToScore(folder, None, images, labels, data_hash,
-                         f"images labelled by their class folders, content hash {data_hash[:12]}", skipped)
+    described = f"images labelled by their class folders, content hash {data_hash[:12]}"
+    return ImagesToScore(folder, None, images, labels, data_hash, described, unlabelled + unreadable)
 
 
 def _data_to_score(data: str | None, cache_dir: str | None,

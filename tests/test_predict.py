@@ -324,7 +324,8 @@ def test_a_path_given_as_option_equals_tilde_is_in_the_home_folder(trained, caps
      "--split train: --data={} is a folder of labelled images, which has no splits: drop --split"),
     ({"cat/notes.txt": "text", "dog/": "folder"}, [],
      "--data={} has no image files in its class folders: put the images of each class in the folder named after it"),
-    ({"cat/x.png": "text"}, [], "--data={}: none of its 1 image files can be read ({}/cat/x.png: not a readable image"),
+    ({"cat/x.png": "text", "y.png": "image"}, [],
+     "--data={}: none of its 1 image files can be read ({}/cat/x.png: not a readable image"),
 ], ids=["another folder", "a split", "no image", "none readable"])
 def test_a_bad_folder_of_labelled_images_is_one_line_and_exit_2(files, args, refusal, trained, capsys, tmp_path):
     folder = tmp_path / "mine"
