@@ -18,8 +18,8 @@ on, where their run dirs say which (:mod:`cifar.provenance`), else on data/raw. 
 normalisation and TTA, as ``cifar.predict`` would their files. A model given by a run id, a sweep or a
 ``runs:/`` or ``models:/`` URI is named by the MLflow run that trained it too (``run_name`` in ``--json``).
 Each model after the first is set against it on the images that only one of the two classifies right, with
-McNemar's exact test. ``--json`` prints one object a model, a line each, with its confusion matrix (rows:
-true class; columns: predicted).
+McNemar's exact test (and, for two comparisons or more, its p-value adjusted by Holm's method). ``--json``
+prints one object a model, a line each, with its confusion matrix (rows: true class; columns: predicted).
 """
 
 from __future__ import annotations
@@ -107,6 +107,25 @@ def paired(model: Score, reference: Score) -> Paired:
     return Paired(int(np.sum(model.right & ~reference.right)), int(np.sum(~model.right & reference.right)))
 
 
+def against_first(results: list[Score]) -> list[tuple[Paired, float]]:
+    """Each model after the first set against it (:func:`paired`), with its p-value adjusted by Holm's method
+    for the comparisons made together (:func:`holm`)."""
+    comparisons = [paired(result, results[0]) for result in results[1:]]
+    return list(zip(comparisons, holm([c.p_value for c in comparisons])))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together: each one is the smallest level at which the
+    procedure says its two models differ, so that chance alone makes any of the comparisons look like a
+    difference at that level no more often than the level says. The smallest p-value is multiplied by the
+    number of comparisons, the next by one less, and so on, kept in order and at most 1."""
+    adjusted, largest = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(sorted(range(len(p_values)), key=p_values.__getitem__)):
+        largest = max(largest, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = largest
+    return adjusted
+
+
 def to_markdown(results: list[Score]) -> str:
     """A row of every image, then one a class: the images, and each model's accuracy on them, a column each; with
     one model, the class each is most often taken for; with several, each against the first (:func:`paired`)."""
@@ -125,10 +144,11 @@ def to_markdown(results: list[Score]) -> str:
     if not one:
         lines += ["", "Against model 1, on the images that only one of the two classifies right (McNemar's exact test; "
                       "p: the chance of a split at least this uneven between two models as good as each other):"]
-    for n, result in enumerate(results[1:], 2):
-        against = paired(result, results[0])
+    comparisons = len(results) - 1
+    for n, (against, adjusted) in enumerate(against_first(results), 2):
+        holms = f" ({adjusted:.2g} by Holm's method for the {comparisons} comparisons)" if comparisons > 1 else ""
         lines.append(f"- model {n}: right on {against.better} that model 1 gets wrong, wrong on {against.worse} "
-                     f"that it gets right; p = {against.p_value:.2g}")
+                     f"that it gets right; p = {against.p_value:.2g}{holms}")
     return "\n".join(lines) + "\n"
 
 
@@ -180,8 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                for model, device in models]
     status = 1 if scored.skipped else 0
     if args.json:
-        for n, (model, origin, result) in enumerate(zip(args.model, origins, results), 1):
-            against = {"against_model_1": paired(result, results[0]).as_dict()} if n > 1 else {}
+        comparisons = [{}] + [{"against_model_1": {**against.as_dict(), "p_value_holm": adjusted}}
+                              for against, adjusted in against_first(results)]
+        for model, origin, result, against in zip(args.model, origins, results, comparisons):
             print(json.dumps({"model": model, "run_name": origin.run_name, "data": str(scored.source),
                               "split": scored.split, "data_hash": scored.data_hash, **result.as_dict(), **against}))
         return status

@@ -154,8 +154,20 @@ def test_evaluate_scores_several_models_side_by_side(trained, official_dir, caps
     # each against model 1: the airplanes that it gets wrong are all the second's gains; its other rights, losses
     gains, losses = 5 - first["confusion"][0][0], sum(first["confusion"][i][i] for i in range(1, 10))
     assert (second["against_model_1"]["better"], second["against_model_1"]["worse"]) == (gains, losses)
-    assert third["against_model_1"] == {"better": 0, "worse": 0, "p_value": 1.0}  # the same model
-    assert "p = 1\n" in table and f"- model 2: right on {gains} that model 1 gets wrong, wrong on {losses}" in table
+    assert third["against_model_1"] == {"better": 0, "worse": 0, "p_value": 1.0, "p_value_holm": 1.0}  # the same
+    p_value = second["against_model_1"]["p_value"]  # the smaller of the two: Holm's method doubles it
+    assert second["against_model_1"]["p_value_holm"] == pytest.approx(min(1.0, 2 * p_value))
+    assert f"- model 2: right on {gains} that model 1 gets wrong, wrong on {losses} that it gets right; p = " \
+           f"{p_value:.2g} ({min(1.0, 2 * p_value):.2g} by Holm's method for the 2 comparisons)\n" in table
+    assert "- model 3: right on 0 that model 1 gets wrong, wrong on 0 that it gets right; p = 1 (1 by Holm's " \
+           "method for the 2 comparisons)\n" in table
+
+
+def test_holms_method_multiplies_the_ordered_p_values_by_the_comparisons_left_and_keeps_their_order():
+    assert evaluate.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01, 2 x 0.03, then kept
+    assert evaluate.holm([0.2, 0.001]) == pytest.approx([0.2, 0.002])
+    assert evaluate.holm([0.6, 0.5]) == [1.0, 1.0]  # at most 1
+    assert evaluate.holm([0.04]) == [0.04]  # one comparison: as it was
 
 
 def test_mcnemars_p_value_is_the_two_sided_binomial_tail_of_the_images_that_one_model_alone_gets_right():
