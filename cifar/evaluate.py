@@ -28,7 +28,7 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -221,8 +221,14 @@ class ImagesToScore:
     images: np.ndarray  # (N, 32, 32, 3) uint8
     labels: np.ndarray  # (N,) class indices
     data_hash: str
-    described: str  # what the heading says of them, after their source: their kind, hash and provenance
-    skipped: list[Failure]  # the files of a folder of labelled images that could not be read
+    skipped: list[Failure] = field(default_factory=list)  # a folder of labelled images' files not read
+    trained_on: str = ""  # "the data the model(s) trained on", where they are (:func:`_data_to_score`)
+
+    @property
+    def described(self) -> str:
+        """What the heading says of them, after their source."""
+        kind = "images labelled by their class folders" if self.split is None else f"{self.split} split"
+        return f"{kind}, content hash {self.data_hash[:12]}" + (f", {self.trained_on}" if self.trained_on else "")
 
 
 def _images_to_score(data: str | None, cache_dir: str | None, split: str,
@@ -238,8 +244,7 @@ def _images_to_score(data: str | None, cache_dir: str | None, split: str,
     dataset = load_cifar10(source, cache_dir, download=False, setting="--data")
     images, labels = (dataset.test_images, dataset.test_labels) if split == "test" else (
         dataset.train_images, dataset.train_labels)
-    described = f"{split} split, content hash {dataset.content_hash[:12]}" + (f", {trained_on}" if trained_on else "")
-    return ImagesToScore(source, split, images, labels, dataset.content_hash, described, [])
+    return ImagesToScore(source, split, images, labels, dataset.content_hash, trained_on=trained_on)
 
 
 def labelled_folder(path: Path) -> Path | None:
@@ -274,9 +279,7 @@ def read_labelled(folder: Path) -> ImagesToScore:
         raise UserError(f"--data={folder}: none of its {len(files)} image files can be read ({unreadable[0].path}: "
                         f"{unreadable[0].reason})")
     labels = np.array([CLASSES.index(path.relative_to(folder).parts[0].lower()) for path in read], dtype=np.int64)
-    data_hash = content_hash(images, labels)
-    described = f"images labelled by their class folders, content hash {data_hash[:12]}"
-    return ImagesToScore(folder, None, images, labels, data_hash, described, unlabelled + unreadable)
+    return ImagesToScore(folder, None, images, labels, content_hash(images, labels), unlabelled + unreadable)
 
 
 def _data_to_score(data: str | None, cache_dir: str | None,
