@@ -37,6 +37,7 @@ import numpy as np
 from cifar.data import CLASSES, content_hash, corrupt_exif_ignored, load_cifar10
 from cifar.errors import UserError, exit_status
 from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images
+from cifar.significance import holm
 
 if TYPE_CHECKING:
     from cifar.provenance import Provenance
@@ -112,18 +113,6 @@ def against_first(results: list[Score]) -> list[tuple[Paired, float]]:
     for the comparisons made together (:func:`holm`)."""
     comparisons = [paired(result, results[0]) for result in results[1:]]
     return list(zip(comparisons, holm([c.p_value for c in comparisons])))
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment of p-values tested together: each one is the smallest level at which the
-    procedure says its two models differ, so that chance alone makes any of the comparisons look like a
-    difference at that level no more often than the level says. The smallest p-value is multiplied by the
-    number of comparisons, the next by one less, and so on, kept in order and at most 1."""
-    adjusted, largest = [1.0] * len(p_values), 0.0
-    for rank, i in enumerate(sorted(range(len(p_values)), key=p_values.__getitem__)):
-        largest = max(largest, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = largest
-    return adjusted
 
 
 def to_markdown(results: list[Score]) -> str:

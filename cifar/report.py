@@ -3,7 +3,8 @@
 For an Optuna sweep, the table says each run's trial and state (finished, pruned, failed), and a
 line above it sums up the study from its storage: trials by state, best value and parameters.
 Where a configuration finished more than once (``-m ... seed=0,1,2``), a second table gives its mean
-and standard deviation over those runs.
+and standard deviation over those runs, and each one's p-value against the best (Welch's t-test; adjusted
+by Holm's method too, for two comparisons or more).
 
     python -m cifar.report                      # the latest sweep in experiment "cifar"
     python -m cifar.report --sweep RUN_ID       # one sweep, by its parent run id
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 from cifar.credentials import without_passwords
 from cifar.errors import UserError, exit_status, first_line, os_reason
 from cifar.files import atomic_write_text
+from cifar.significance import holm
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
@@ -421,6 +423,8 @@ def to_markdown(report: Report) -> str:
         ("wall time", "---:", lambda r: "" if r.seconds is None else f"{r.seconds:.0f} s"),
     ], report.rows)
     if repeated := repeated_configs(report.rows):
+        p_values = dict(zip(map(id, repeated), against_best(repeated)))
+        adjusted = sum(p is not None for p, _ in p_values.values()) > 1
         lines += ["", "#### Over seeds: each configuration that finished more than once, mean ± standard deviation", ""]
         lines += _table([
             *[("sweep", "---", lambda g: "; ".join(g.sweeps))] * report.has_several_sweeps,  # as the runs' table
@@ -429,9 +433,19 @@ def to_markdown(report: Report) -> str:
             ("runs", "---:", lambda g: str(g.runs)),
             ("best val acc, %", "---:", lambda g: _spread(g.val_acc)),
             ("test acc, %", "---:", lambda g: _spread(g.test_acc)),
-            ("p against the first", "---:", lambda g: "" if g is repeated[0] else _p_value(g.p_against(repeated[0]))),
+            ("p against the first", "---:", lambda g: _p_value(p_values[id(g)][0])),
+            *[("p by Holm's method", "---:", lambda g: _p_value(p_values[id(g)][1]))] * adjusted,
         ], repeated)
     return "\n".join(lines) + "\n"
+
+
+def against_best(repeated: list[Repeated]) -> list[tuple[float | None, float | None]]:
+    """Each configuration's p-value against the first, the best (:meth:`Repeated.p_against`), plain and adjusted by
+    Holm's method for the comparisons made together (those that give one): both None for the first, and where the
+    runs do not say."""
+    plain = [None, *(config.p_against(repeated[0]) for config in repeated[1:])]
+    adjusted = iter(holm([p for p in plain if p is not None]))
+    return [(p, None if p is None else next(adjusted)) for p in plain]
 
 
 def _table(columns: list[tuple[str, str, Callable[[Any], str]]], items: list) -> list[str]:

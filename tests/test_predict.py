@@ -163,13 +163,6 @@ def test_evaluate_scores_several_models_side_by_side(trained, official_dir, caps
            "method for the 2 comparisons)\n" in table
 
 
-def test_holms_method_multiplies_the_ordered_p_values_by_the_comparisons_left_and_keeps_their_order():
-    assert evaluate.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01, 2 x 0.03, then kept
-    assert evaluate.holm([0.2, 0.001]) == pytest.approx([0.2, 0.002])
-    assert evaluate.holm([0.6, 0.5]) == [1.0, 1.0]  # at most 1
-    assert evaluate.holm([0.04]) == [0.04]  # one comparison: as it was
-
-
 def test_mcnemars_p_value_is_the_two_sided_binomial_tail_of_the_images_that_one_model_alone_gets_right():
     reference = evaluate.Score(np.zeros((10, 10)), np.array([True] * 5 + [False] * 10 + [True] * 7))
     model = evaluate.Score(np.zeros((10, 10)), np.array([False] * 2 + [True] * 3 + [True] * 10 + [True] * 7))

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -357,6 +358,35 @@ def test_the_p_value_against_the_first_configuration_is_left_out_where_the_runs_
     assert group([0.60, 0.60]).p_against(best) == pytest.approx(_welch_p([0.70, 0.72], [0.60, 0.60]))
     assert group([0.60, 0.60]).p_against(group([0.70, 0.70])) is None  # no spread in either: a test of constants
     assert group([0.60, 0.62], data="85549d1b2c02").p_against(best) is None  # other data: other validation images
+
+
+def test_several_configurations_against_the_best_get_their_p_values_adjusted_by_holms_method_too():
+    """Each comparison alone lets chance make a configuration look worse than the best as often as its p says; made
+    together, one of them does so more often, the more there are: Holm's method makes up for it."""
+    def run(lr, seed, val_acc, data="e00b28a47d65"):
+        params = {"optimizer.lr": str(lr), "seed": str(seed)}
+        return report.Row(run_id=f"{lr}-{seed}", name=f"optimizer.lr={lr},seed={seed}", val_acc=val_acc,
+                          test_acc=None, epochs=5, state="finished", seconds=None, params=params, tags={},
+                          config=report._config(params, data), data=data)
+
+    accuracies = {0.1: [0.70, 0.72, 0.71], 0.01: [0.60, 0.62, 0.64], 0.5: [0.66, 0.71, 0.68], 1.0: [0.40, 0.40]}
+    runs = [run(lr, seed, acc) for lr, scores in accuracies.items() for seed, acc in enumerate(scores)]
+    other_data = [run(0.05, 0, 0.65, "85549d1b2c02"), run(0.05, 1, 0.66, "85549d1b2c02")]  # no p-value: not counted
+    plain = {lr: _welch_p(accuracies[0.1], accuracies[lr]) for lr in (0.01, 0.5, 1.0)}
+    three = sorted(plain, key=plain.get)  # smallest first: times 3, times 2, times 1, each at least the one before
+    holm = dict(zip(three, itertools.accumulate((min(1.0, (3 - rank) * plain[lr]) for rank, lr in enumerate(three)),
+                                                max)))
+    assert len(set(holm.values())) == 3 and holm[three[0]] == 3 * plain[three[0]]  # no step is kept at the one before
+    out = report.to_markdown(report.Report("runs", runs + other_data))
+    header, *rows = [line for line in out.split("#### Over seeds")[1].splitlines() if line.startswith("| ")]
+    assert header.endswith("| p against the first | p by Holm's method |")
+    cells = {row[0]: row[-2:] for row in table_rows("\n".join([header, *rows]))}
+    assert cells["optimizer.lr=0.1"] == ["", ""] and cells["optimizer.lr=0.05"] == ["", ""]
+    assert {lr: cells[f"optimizer.lr={lr}"] for lr in plain} == {
+        lr: [f"{plain[lr]:.2g}", f"{holm[lr]:.2g}"] for lr in plain}
+    one = report.to_markdown(report.Report("runs", runs[:6] + other_data))  # one comparison: nothing to adjust
+    assert "Holm" not in one
+    assert [row[-1] for row in table_rows(one.split("#### Over seeds")[1])] == ["", "", f"{plain[0.01]:.2g}"]
 
 
 def test_configurations_that_tie_on_their_mean_are_in_one_order_whatever_the_runs_order():
