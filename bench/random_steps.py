@@ -57,4 +57,5 @@ class RandomSteps:
         """One pass of ``model`` over the batches, as ``cifar.engine.train_epoch`` trains an epoch."""
         batches = ((self.images[i : i + self.batch], self.labels[i : i + self.batch])
                    for i in range(0, len(self.images), self.batch))
-        train_epoch(model, batches, self.normalize, optimizer, None, nn.CrossEntropyLoss(), self.runtime)
+        train_epoch(model, batches, self.normalize, optimizer, None, nn.CrossEntropyLoss(), self.runtime,
+                    self.runtime.grad_scaler())

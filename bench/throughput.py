@@ -100,7 +100,8 @@ def ours(images: np.ndarray, labels: np.ndarray, mean, std, amp: bool, channels_
     def epoch(images: np.ndarray, labels: np.ndarray) -> int:
         x, y = to_tensors(images, labels, runtime.device)
         batches = train_batches(augment.prepare(x), y, BATCH, augment, torch.Generator().manual_seed(0))
-        return train_epoch(model, batches, normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime).images
+        return train_epoch(model, batches, normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime,
+                           runtime.grad_scaler()).images
 
     if compile_warmup_images:
         model.compile()  # as cifar.task does with trainer.compile

@@ -1,10 +1,11 @@
-"""Device choice and the per-device speed settings (bf16 autocast, channels_last, threads)."""
+"""Device choice and the per-device speed settings (autocast in bf16 or fp16, channels_last, threads)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import platform
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +19,26 @@ class Runtime:
     amp: bool
     channels_last: bool
     compile: bool = False
+    amp_dtype: torch.dtype = torch.bfloat16  # float16 on CUDA GPUs without native bf16 (:func:`amp_dtype`)
+
+    @property
+    def amp_name(self) -> str:
+        """``trainer.amp`` as the logs say it: bf16, fp16 or off."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype] if self.amp else "off"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Scales the loss up before the backward pass, so that small float16 gradients do not flush to zero, and
+        skips the steps whose gradients overflow; passes everything through unless autocast is in float16 (bf16
+        has float32's range)."""
+        enabled = self.amp and self.amp_dtype == torch.float16
+        if enabled:  # a skipped step leaves the optimizer unstepped; the schedule goes on, a step a batch, as planned
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+        return torch.amp.GradScaler(self.device.type, enabled=enabled)
 
 
 def resolve_device(name: str, job_slot: int = 0, setting: str = "trainer.device") -> torch.device:
@@ -71,10 +87,33 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """True for NVIDIA GPUs of compute capability 8.0 and up (Ampere: A100, RTX 30xx, and later) and AMD GPUs.
+
+    ``torch.cuda.is_bf16_supported()`` also says yes for older NVIDIA GPUs (T4, V100), which only emulate bf16:
+    cuDNN has no bf16 convolutions for them, and bf16 matrix products run slower than float32's.
+    """
+    return bool(torch.version.hip) or torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def cuda_has_fp16_tensor_cores(device: torch.device) -> bool:
+    """True from compute capability 7.0 (Volta: V100; Turing: T4, RTX 20xx): float16 products on tensor cores."""
+    return torch.cuda.get_device_capability(device)[0] >= 7
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """What autocast computes in: bf16, but float16 on CUDA GPUs without native bf16 (with a gradient scaler,
+    :meth:`Runtime.grad_scaler`)."""
+    if device.type == "cuda" and not cuda_has_native_bf16(device):
+        return torch.float16
+    return torch.bfloat16
+
+
 def default_amp(device: torch.device) -> bool:
-    """bf16 autocast where it pays: CUDA GPUs with bf16, CPUs with native bf16 (measured in bench/)."""
+    """Autocast where it pays: CUDA GPUs with native bf16 or float16 tensor cores, CPUs with native bf16 (measured
+    in bench/)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return cuda_has_native_bf16(device) or cuda_has_fp16_tensor_cores(device)
     if device.type == "cpu":
         return cpu_has_native_bf16()
     return False
@@ -118,5 +157,6 @@ def make_runtime(
         amp=default_amp(device) if amp is None else amp,
         channels_last=default_channels_last(device) if channels_last is None else channels_last,
         compile=default_compile(device) if compile is None else compile,
+        amp_dtype=amp_dtype(device),
     )
 

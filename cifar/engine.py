@@ -31,9 +31,11 @@ def train_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     loss_fn: nn.Module,
     runtime: Runtime,
+    scaler: torch.amp.GradScaler,
     on_step: Callable[[], None] | None = None,
 ) -> Pass:
-    """Train over ``batches``; sums stay on the device so no step waits for a host sync."""
+    """Train over ``batches``; sums stay on the device so no step waits for a host sync. ``scaler`` is the
+    run's (:meth:`Runtime.grad_scaler`), kept from epoch to epoch."""
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
@@ -43,8 +45,9 @@ def train_epoch(
             logits = model(normalize(x))
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.detach().float() * len(y)

@@ -109,12 +109,26 @@ def devices(threads: int | None, hydra_cfg) -> list[Check]:
     if torch.cuda.is_available():
         for index in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
-            checks.append(Check(f"cuda:{index}", OK, f"{props.name}, {props.total_memory / 2**30:.1f} GiB, "
-                                                     f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}"))
+            checks.append(Check(f"cuda:{index}", OK, f"{props.name} (compute capability {props.major}.{props.minor}), "
+                                                     f"{props.total_memory / 2**30:.1f} GiB, {_gpu_amp(index)}"))
     else:
         checks.append(Check("CUDA", OK, f"not available (torch {torch.__version__})"))
     checks.append(Check("MPS", OK, "available" if torch.backends.mps.is_available() else "not available"))
     return checks
+
+
+def _gpu_amp(index: int) -> str:
+    """What autocast computes in on CUDA GPU ``index`` by default (:func:`cifar.device.default_amp`)."""
+    import torch
+
+    from cifar.device import amp_dtype, default_amp
+
+    gpu = torch.device("cuda", index)
+    if not default_amp(gpu):
+        return "no native bf16 nor fp16 tensor cores (amp off by default)"
+    if amp_dtype(gpu) == torch.float16:
+        return "no native bf16: amp in fp16, with loss scaling"
+    return "native bf16"
 
 
 def _cpu_name() -> str:
@@ -259,11 +273,12 @@ def training_step(cfg) -> str:
     labels = torch.randint(0, 10, (8,), device=runtime.device)
     with runtime.autocast():
         loss = torch.nn.functional.cross_entropy(model(images), labels)
-    loss.backward()
-    optimizer.step()
+    scaler = runtime.grad_scaler()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
     if not torch.isfinite(loss):
         raise RuntimeError(f"the loss is {loss.item()}")
-    return (f"{cfg.model.name}, batch 8, on {runtime.device} (amp={runtime.amp}, "
+    return (f"{cfg.model.name}, batch 8, on {runtime.device} (amp={runtime.amp_name}, "
             f"channels_last={runtime.channels_last}): loss {loss.item():.3f}")
 
 

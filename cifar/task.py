@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     log.info(
         "%s on %s (amp=%s, channels_last=%s): %d train / %d val / %d test images; %s parameters, %s FLOPs per image",
-        cfg.model.name, runtime.device, runtime.amp, runtime.channels_last, splits.n_train,
+        cfg.model.name, runtime.device, runtime.amp_name, runtime.channels_last, splits.n_train,
         len(splits.val_labels), len(splits.test_labels),
         f"{model_info['model.parameters']:,}", f"{model_info['model.flops_per_image']:,}",
     )
@@ -196,6 +196,7 @@ def _run_tags(
         tracking.DATA_HASH_TAG: content_hash,
         "device": str(runtime.device),
         "amp": str(runtime.amp).lower(),
+        **({"amp.dtype": str(runtime.amp_dtype).removeprefix("torch.")} if runtime.amp else {}),
         "compile": str(runtime.compile).lower(),
         "torch.version": torch.__version__,
         "torch.threads": str(torch.get_num_threads()),

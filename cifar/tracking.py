@@ -69,8 +69,8 @@ NOT_PARAMS = ("trainer.resume", "mlflow.store_wait_s", "mlflow.run_name", "mlflo
 # The tags that runs and sweeps' parent runs set themselves (MLflow's own too): mlflow.tags may not set them
 OWN_TAG_PREFIXES = ("mlflow.", "cifar.", "hydra.", "git.", "data.", "dvc.", "optuna.", "torch.", "submitit.", "best.",
                     "best_")
-OWN_TAGS = frozenset({"device", "amp", "compile", "cuda_visible_devices", PRUNED_TAG, "diverged", "stopped_early",
-                      REGISTERED_RUN_TAG, "registered_model"})
+OWN_TAGS = frozenset({"device", "amp", "amp.dtype", "compile", "cuda_visible_devices", PRUNED_TAG, "diverged",
+                      "stopped_early", REGISTERED_RUN_TAG, "registered_model"})
 STOPPED_RUN_WAIT_S = 60  # how long a run stopped by an interrupt or an error waits for its store to record it
 STORE_SETUP_ATTEMPTS = 5  # first contacts with a database store whose tables another worker is creating
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

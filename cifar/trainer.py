@@ -130,8 +130,12 @@ class Trainer:
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
     _bias_hook: RemovableHandle | None = field(default=None, init=False, repr=False)
+    _scaler: torch.amp.GradScaler = field(init=False, repr=False)  # the runtime's, kept from epoch to epoch
     _started: float = field(default_factory=time.perf_counter, init=False, repr=False)
     _seconds_before: float = field(default=0.0, init=False, repr=False)  # a resumed run's, up to its last.pt
+
+    def __post_init__(self) -> None:
+        self._scaler = self.runtime.grad_scaler()
 
     def run_seconds(self) -> float:
         """The run's wall time so far: since this trainer was made and, where it resumed, in the processes
@@ -211,6 +215,7 @@ class Trainer:
                 self.scheduler,
                 self.loss_fn,
                 self.runtime,
+                self._scaler,
                 on_step=lambda: self._after_step(progress),
             )
         if self.lookahead is not None and epoch == epochs:
@@ -301,6 +306,7 @@ class Trainer:
             "best_val_acc": result.best_val_acc,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self._scaler.state_dict() if self._scaler.is_enabled() else None,
             "best_epoch": result.best_epoch,
             "history": list(result.history),
             "generator": self.generator.get_state(),
@@ -319,6 +325,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self._scaler.is_enabled() and state.get("grad_scaler") is not None:  # float16: its loss scale so far
+            self._scaler.load_state_dict(state["grad_scaler"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if self.runtime.device.type != "cpu" and state.get("device_rng") is not None:

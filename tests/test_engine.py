@@ -5,7 +5,7 @@ import torch
 
 from cifar.batches import Normalizer
 from cifar.device import Runtime
-from cifar.engine import TTA, evaluate, predict_logits
+from cifar.engine import TTA, evaluate, predict_logits, train_epoch
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror_image():
@@ -44,3 +44,37 @@ def test_translate_tta_adds_the_views_shifted_a_pixel_diagonally_each_way_at_hal
             actual = predict_logits(model, x, TTA(flip=flip, translate=True))
             torch.testing.assert_close(actual, expected)
             assert not torch.equal(actual.argmax(1), view(x).argmax(1))  # the shifted views change some predictions
+
+
+class _FirstLossBlownUp(torch.nn.Module):
+    """Cross-entropy, but the first batch's times 1e8: float16 gradients that overflow."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, logits, labels):
+        self.calls += 1
+        return torch.nn.functional.cross_entropy(logits, labels) * (1e8 if self.calls == 1 else 1.0)
+
+
+def test_in_fp16_a_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_backs_off():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10))
+    images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
+    labels = (images.float().mean((1, 2, 3)) > 127.5).long()  # a class the images show
+    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=False)
+    runtime = Runtime(device=torch.device("cpu"), amp=True, channels_last=False, amp_dtype=torch.float16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = runtime.grad_scaler()
+    first = [(images[:16], labels[:16])]
+    before = [p.detach().clone() for p in model.parameters()]
+    train_epoch(model, first, normalize, optimizer, None, _FirstLossBlownUp(), runtime, scaler)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # skipped, not inf or NaN weights
+    assert scaler.get_scale() == 2.0 ** 15  # halved from 2 ** 16
+    batches = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
+    losses = [train_epoch(model, batches, normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime,
+                          scaler).loss for _ in range(10)]
+    assert all(p.isfinite().all() for p in model.parameters())
+    assert losses[-1] < 0.7 * losses[0]  # the other steps train

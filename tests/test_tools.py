@@ -246,3 +246,14 @@ def test_env_warns_only_where_runs_would_compile_the_stack_every_time(tmp_path, 
     cached.touch()
     check = env.bytecode()
     assert check.status == "ok" and "cached" in check.detail
+
+
+def test_env_says_what_autocast_computes_in_on_each_kind_of_gpu(monkeypatch):
+    """Before, a T4 or V100 read "bf16 yes" (torch.cuda.is_bf16_supported() counts emulated bf16) and trained in
+    it; now they autocast in fp16, and a Pascal GPU, without fp16 tensor cores, in fp32."""
+    capabilities = {0: (9, 0), 1: (7, 5), 2: (6, 1)}  # H100, T4, GTX 1080
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capabilities[torch.device(device).index])
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert [env._gpu_amp(index) for index in capabilities] == [
+        "native bf16", "no native bf16: amp in fp16, with loss scaling",
+        "no native bf16 nor fp16 tensor cores (amp off by default)"]

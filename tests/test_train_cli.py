@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from cifar import report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
+from cifar.device import cpu_has_native_bf16
 from cifar.tracking import FIXED_OVERRIDES_TAG
 from tests.conftest import (
     REAL_DATA, WRITES_OVER, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store,
@@ -52,6 +53,8 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert tags["git.dirty"] in ("true", "false", "unknown")
     assert len(tags["data.hash"]) == 64 and tags["device"] == "cpu" and tags["torch.version"]
     assert tags["compile"] == "false"
+    # autocast and its dtype, as the default gives them on this CPU: bf16 where it has native bf16, else none
+    assert (tags["amp"], tags.get("amp.dtype")) == (("true", "bfloat16") if cpu_has_native_bf16() else ("false", None))
     assert_tags_are_the_runs_own(run)
     [data_input] = run.inputs.dataset_inputs  # the runs table's Dataset column: name and digest
     dataset = data_input.dataset

@@ -12,12 +12,13 @@ from cifar.device import Runtime
 from cifar.engine import TTA, evaluate
 from cifar.files import BEST, LAST
 from cifar.models import simplecnn
-from cifar.trainer import Splits, Trainer
+from cifar.trainer import FitResult, Splits, Trainer
 
 
-def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = True, device: str = "cpu") -> Trainer:
+def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = True, device: str = "cpu",
+             amp_dtype: torch.dtype | None = None, loss_fn: torch.nn.Module | None = None) -> Trainer:
     """simplecnn (with dropout, and BatchNorm or else conv biases) on random images; ``compile`` only asks for
-    the warm-up here."""
+    the warm-up here; with ``amp_dtype``, autocast in it."""
     data = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (320, 3, 32, 32), dtype=torch.uint8, generator=data).to(device)
     labels = torch.randint(0, 10, (320,), generator=data).to(device)
@@ -26,10 +27,11 @@ def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = Tru
     splits = Splits(augment.prepare(images[:256]), labels[:256], images[val], labels[val], images[288:], labels[288:])
     torch.manual_seed(0)
     model = simplecnn([8, 16], hidden=32, dropout=0.5, batch_norm=batch_norm).to(device)
-    runtime = Runtime(device=torch.device(device), amp=False, channels_last=False, compile=compile)
+    runtime = Runtime(device=torch.device(device), amp=amp_dtype is not None, channels_last=False, compile=compile,
+                      amp_dtype=amp_dtype or torch.bfloat16)
     return Trainer(
         model=model, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), scheduler=None,
-        loss_fn=torch.nn.CrossEntropyLoss(), splits=splits,
+        loss_fn=loss_fn or torch.nn.CrossEntropyLoss(), splits=splits,
         normalize=Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, False), augment=augment,
         runtime=runtime, batch_size=64, eval_batch_size=16, generator=torch.Generator(device).manual_seed(0),
         checkpoint_dir=tmp_path, show_progress=False,
@@ -50,6 +52,26 @@ def test_the_compile_warm_up_is_timed_apart_and_leaves_training_as_it_was(tmp_pa
     assert curves[0] == curves[1]  # same dropout draws, same BatchNorm statistics, same steps
     for name, value in plain.model.state_dict().items():
         assert torch.equal(value, warmed.model.state_dict()[name]), name
+
+
+def test_a_resumed_fp16_fit_goes_on_with_the_loss_scale_it_had_reached(tmp_path):
+    """The scale starts high and backs off at each overflow: a resumed fit that started again from 2 ** 16 would
+    skip those steps again."""
+    blown_up = iter([1e8])  # the first batch's loss: its float16 gradients overflow, and the scale halves
+
+    class Loss(torch.nn.CrossEntropyLoss):
+        def forward(self, logits, labels):
+            return super().forward(logits, labels) * next(blown_up, 1.0)
+
+    trainer = _trainer(tmp_path, compile=False, amp_dtype=torch.float16, loss_fn=Loss())
+    trainer.fit(1, None, lambda metrics: None)
+    last = checkpoint.load(tmp_path / LAST)
+    assert last["grad_scaler"]["scale"] == trainer._scaler.get_scale() <= 2.0 ** 15
+    resumed = _trainer(tmp_path, compile=False, amp_dtype=torch.float16)
+    resumed.fit(1, None, lambda metrics: None, resume_from=last)
+    assert resumed._scaler.get_scale() == last["grad_scaler"]["scale"]
+    assert _trainer(tmp_path / "bf16", compile=False, amp_dtype=torch.bfloat16)._state(1, FitResult())[
+        "grad_scaler"] is None  # nothing to scale
 
 
 def test_the_warm_up_puts_back_batchnorm_statistics_and_the_rng(tmp_path):

@@ -1,0 +1,111 @@
+"""What autocast and its loss scaler cost a training step, on this machine's device.
+
+Trains the model of ``--overrides`` (default ``model=simplecnn``, at its config's batch size) on about
+``--images`` random uint8 images with ``cifar.engine.train_epoch``, each way in turn over ``--rounds``
+rounds (each way first in turn), each with a fresh model; the first pass of each round is a warm-up.
+The ways:
+
+- ``fp32``: no autocast, the loss scaler passed through (``trainer.amp=false``);
+- ``fp32, no scaler``: the same step calling ``backward`` and ``optimizer.step`` directly, as it did
+  before the scaler: what the scaler costs a step where it is off;
+- ``bf16``: autocast in bf16 (the default on CPUs and GPUs with native bf16);
+- ``fp16 + scaler``: autocast in fp16 with ``torch.amp.GradScaler`` (the default on GPUs without
+  native bf16, such as a T4 or V100); on a GPU only: CPUs have no fp16 arithmetic to speak of (simplecnn
+  trained at 0.06x fp32's images/s in fp16 on an AMD EPYC with native bf16).
+
+Prints the median training images/s of each way and its speed relative to the first.
+
+    uv run python bench/amp_step.py --rounds 5
+    uv run python bench/amp_step.py --device cuda --overrides "experiment=resnet9_fast" --images 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cifar.batches import Normalizer  # noqa: E402
+from cifar.config import compose  # noqa: E402
+from cifar.device import Runtime, default_channels_last, resolve_device  # noqa: E402
+from cifar.engine import train_epoch  # noqa: E402
+from cifar.models import build_model  # noqa: E402
+from cifar.optim import build_optimizer  # noqa: E402
+
+
+class NoScaler:
+    """The step as it was before the loss scaler: ``backward`` and ``optimizer.step`` called directly."""
+
+    @staticmethod
+    def scale(loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    @staticmethod
+    def step(optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    @staticmethod
+    def update() -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--overrides", default="model=simplecnn", help="the config of the model and its batch size")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    cfg = compose(args.overrides.split())
+    device = resolve_device(args.device)
+    channels_last = default_channels_last(device)
+    ways = {
+        "fp32": (Runtime(device, amp=False, channels_last=channels_last), None),
+        "fp32, no scaler": (Runtime(device, amp=False, channels_last=channels_last), NoScaler()),
+        "bf16": (Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.bfloat16), None),
+    }
+    if device.type == "cuda":
+        ways["fp16 + scaler"] = Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.float16), None
+    batch = cfg.data.batch_size
+    steps = math.ceil(args.images / batch)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (len(images),), device=device)
+    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, device, channels_last)
+    batches = [(images[i : i + batch], labels[i : i + batch]) for i in range(0, len(images), batch)]
+    print(f"{cfg.model.name} on {device}, batch {batch}, {len(images)} images a pass, {args.rounds} rounds")
+
+    speeds: dict[str, list[float]] = {name: [] for name in ways}
+    names = list(ways)
+    for round_ in range(args.rounds):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # each way first in turn
+            runtime, scaler = ways[name]
+            model = build_model(cfg.model).to(device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = build_optimizer(cfg.optimizer, model, device)
+            scaler = scaler or runtime.grad_scaler()
+            loss_fn = torch.nn.CrossEntropyLoss()
+            for timed in (False, True):  # a warm-up pass, then the timed one
+                start = time.perf_counter()
+                train_epoch(model, batches, normalize, optimizer, None, loss_fn, runtime, scaler)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if timed:
+                    speeds[name].append(len(images) / (time.perf_counter() - start))
+    first = statistics.median(next(iter(speeds.values())))
+    for name, values in speeds.items():
+        median = statistics.median(values)
+        print(f"{name:16s} {median:9,.0f} images/s  {median / first:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
