@@ -121,12 +121,14 @@ def start_at_once(tmp_path: Path, what: str, where: str, processes: int = 4) -> 
     return ended
 
 
+@pytest.mark.slow  # four processes import torch and mlflow at once: 11 s a test on 2 cores
 @pytest.mark.parametrize("store", ["mlflow", "optuna"])
 def test_processes_that_start_at_once_on_a_new_sqlite_store_all_use_it(tmp_path, store):
     ended = start_at_once(tmp_path, store, f"sqlite:///{tmp_path / 'store.db'}")
     assert len({out.strip() for out, _ in ended}) == 1  # the same experiment, or tables, for every process
 
 
+@pytest.mark.slow  # four processes import torch and mlflow at once: 11 s a test on 2 cores
 def test_runs_that_start_at_once_on_new_data_decode_it_once(tmp_path, official_dir):
     source = tmp_path / "data"
     shutil.copytree(official_dir, source)
