@@ -134,6 +134,7 @@ class TrainerConfig:
     compile: Optional[bool] = MISSING
     patience: Optional[int] = MISSING
     label_smoothing: float = MISSING
+    grad_clip_norm: Optional[float] = MISSING
     tta_flip: bool = MISSING
     tta_translate: bool = MISSING
     tta_in_validation: bool = MISSING
@@ -355,6 +356,8 @@ def validate(cfg: Any) -> None:
             "needs data.augment.flip=true",
         ),
         ("trainer.label_smoothing", 0 <= cfg.trainer.label_smoothing < 1, "must be in [0, 1)"),
+        ("trainer.grad_clip_norm", cfg.trainer.grad_clip_norm is None or cfg.trainer.grad_clip_norm > 0,
+         "must be > 0 or null (off)"),
         ("trainer.checkpoint_every", cfg.trainer.checkpoint_every >= 1, "must be >= 1"),
         ("trainer.threads", cfg.trainer.threads is None or cfg.trainer.threads >= 1, "must be >= 1 or null (auto)"),
         ("mlflow.experiment", bool(cfg.mlflow.experiment.strip()), "must not be empty"),

@@ -33,9 +33,11 @@ def train_epoch(
     runtime: Runtime,
     scaler: torch.amp.GradScaler,
     on_step: Callable[[], None] | None = None,
+    max_grad_norm: float | None = None,
 ) -> Pass:
     """Train over ``batches``; sums stay on the device so no step waits for a host sync. ``scaler`` is the
-    run's (:meth:`Runtime.grad_scaler`), kept from epoch to epoch."""
+    run's (:meth:`Runtime.grad_scaler`), kept from epoch to epoch. ``max_grad_norm``: the gradients of all the
+    parameters together are scaled down to this L2 norm where it is above (``trainer.grad_clip_norm``)."""
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
@@ -46,6 +48,9 @@ def train_epoch(
             loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        if max_grad_norm is not None:
+            scaler.unscale_(optimizer)  # the norm of the true gradients, not of the scaled-up ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         if scheduler is not None:

@@ -142,6 +142,7 @@ def run(cfg: DictConfig) -> float | None:
                 ema=_ema(model, cfg.trainer.ema_decay),
                 lookahead=_lookahead(model, cfg.trainer, steps * cfg.trainer.epochs),
                 whiten_bias_epochs=cfg.trainer.whiten_bias_epochs,
+                max_grad_norm=cfg.trainer.grad_clip_norm,
                 checkpoint_every=cfg.trainer.checkpoint_every,
                 inference_spec=inference.spec(cfg.model, data.mean, data.std, tta),
                 checkpoint_extra={MLFLOW_RUN_ID: run.info.run_id},

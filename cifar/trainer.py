@@ -126,6 +126,7 @@ class Trainer:
     ema: AveragedModel | None = None  # updated after every step; evaluated and saved instead of the model
     lookahead: Lookahead | None = None  # synced after every step; the model takes its slow weights at the end
     whiten_bias_epochs: int | None = None  # then the first convolution's bias stays as it is: see _freeze_first_bias
+    max_grad_norm: float | None = None  # clip the gradients' L2 norm to it before each step (trainer.grad_clip_norm)
     checkpoint_every: int = 1  # write the checkpoints every N epochs (and at the end): see fit
     inference_spec: dict[str, Any] = field(default_factory=dict)  # in both checkpoints: see cifar.inference
     checkpoint_extra: dict[str, Any] = field(default_factory=dict)  # saved with last.pt as is
@@ -217,6 +218,7 @@ class Trainer:
                 self.runtime,
                 self._scaler,
                 on_step=lambda: self._after_step(progress),
+                max_grad_norm=self.max_grad_norm,
             )
         if self.lookahead is not None and epoch == epochs:
             self.lookahead.finish(self.model)

@@ -78,3 +78,25 @@ def test_in_fp16_a_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_b
                           scaler).loss for _ in range(10)]
     assert all(p.isfinite().all() for p in model.parameters())
     assert losses[-1] < 0.7 * losses[0]  # the other steps train
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.float16])
+def test_grad_clip_norm_scales_each_step_down_to_that_norm_of_the_true_gradients(amp_dtype):
+    """A step of plain SGD at lr 1 moves the weights by the gradients: clipped, by exactly the norm given, in fp16
+    too, where the clipping must see the gradients unscaled (the scaler's 2 ** 16 would make every norm huge)."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,))
+    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=False)
+    runtime = Runtime(device=torch.device("cpu"), amp=amp_dtype is not None, channels_last=False,
+                      amp_dtype=amp_dtype or torch.bfloat16)
+    moved = {}
+    for clip in (None, 1e-2):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        train_epoch(model, [(images, labels)], normalize, torch.optim.SGD(model.parameters(), lr=1.0), None,
+                    torch.nn.CrossEntropyLoss(), runtime, runtime.grad_scaler(), max_grad_norm=clip)
+        moved[clip] = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
+    assert moved[None] > 0.1  # unclipped: the gradients' own norm, well above the clip
+    assert moved[1e-2] == pytest.approx(1e-2, rel=1e-3)

@@ -401,6 +401,7 @@ BAD_INPUT = [
      "copy is not key=value: quote an override whose value holds spaces, as 'data.path=/my data', or drop copy"),
     ("trainer.ema_decay=1.5", "trainer.ema_decay=1.5 is out of range: it must be in (0, 1) or null (off)"),
     ("trainer.lookahead_every=0", "trainer.lookahead_every=0 is out of range: it must be >= 1 or null (off)"),
+    ("trainer.grad_clip_norm=0", "trainer.grad_clip_norm=0.0 is out of range: it must be > 0 or null (off)"),
     ("trainer.lookahead_decay=1", "trainer.lookahead_decay=1.0 is out of range: it must be in [0, 1)"),
     ("trainer.checkpoint_every=0", "trainer.checkpoint_every=0 is out of range: it must be >= 1"),
     ("trainer.whiten_bias_epochs=3", "trainer.whiten_bias_epochs=3 is out of range: it needs trainer.whiten=true"),

@@ -1,4 +1,4 @@
-"""What autocast and its loss scaler cost a training step, on this machine's device.
+"""What autocast, its loss scaler and gradient clipping cost a training step, on this machine's device.
 
 Trains the model of ``--overrides`` (default ``model=simplecnn``, at its config's batch size) on about
 ``--images`` random uint8 images with ``cifar.engine.train_epoch``, each way in turn over ``--rounds``
@@ -8,6 +8,7 @@ The ways:
 - ``fp32``: no autocast, the loss scaler passed through (``trainer.amp=false``);
 - ``fp32, no scaler``: the same step calling ``backward`` and ``optimizer.step`` directly, as it did
   before the scaler: what the scaler costs a step where it is off;
+- ``fp32, clipped``: the gradients' norm clipped to 1 before each step (``trainer.grad_clip_norm=1``);
 - ``bf16``: autocast in bf16 (the default on CPUs and GPUs with native bf16);
 - ``fp16 + scaler``: autocast in fp16 with ``torch.amp.GradScaler`` (the default on GPUs without
   native bf16, such as a T4 or V100); on a GPU only: CPUs have no fp16 arithmetic to speak of (simplecnn
@@ -15,8 +16,8 @@ The ways:
 
 Prints the median training images/s of each way and its speed relative to the first.
 
-    uv run python bench/amp_step.py --rounds 5
-    uv run python bench/amp_step.py --device cuda --overrides "experiment=resnet9_fast" --images 20000
+    uv run python bench/step_cost.py --rounds 9
+    uv run python bench/step_cost.py --device cuda --overrides "experiment=resnet9_fast" --images 20000
 """
 
 from __future__ import annotations
@@ -67,13 +68,16 @@ def main() -> None:
     cfg = compose(args.overrides.split())
     device = resolve_device(args.device)
     channels_last = default_channels_last(device)
-    ways = {
-        "fp32": (Runtime(device, amp=False, channels_last=channels_last), None),
-        "fp32, no scaler": (Runtime(device, amp=False, channels_last=channels_last), NoScaler()),
-        "bf16": (Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.bfloat16), None),
+    fp32 = Runtime(device, amp=False, channels_last=channels_last)
+    ways = {  # the runtime, the scaler (None: the runtime's) and the clipping norm
+        "fp32": (fp32, None, None),
+        "fp32, no scaler": (fp32, NoScaler(), None),
+        "fp32, clipped": (fp32, None, 1.0),
+        "bf16": (Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.bfloat16), None, None),
     }
     if device.type == "cuda":
-        ways["fp16 + scaler"] = Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.float16), None
+        ways["fp16 + scaler"] = (Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.float16),
+                                 None, None)
     batch = cfg.data.batch_size
     steps = math.ceil(args.images / batch)
     torch.manual_seed(0)
@@ -87,7 +91,7 @@ def main() -> None:
     names = list(ways)
     for round_ in range(args.rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # each way first in turn
-            runtime, scaler = ways[name]
+            runtime, scaler, clip = ways[name]
             model = build_model(cfg.model).to(device)
             if channels_last:
                 model = model.to(memory_format=torch.channels_last)
@@ -96,7 +100,7 @@ def main() -> None:
             loss_fn = torch.nn.CrossEntropyLoss()
             for timed in (False, True):  # a warm-up pass, then the timed one
                 start = time.perf_counter()
-                train_epoch(model, batches, normalize, optimizer, None, loss_fn, runtime, scaler)
+                train_epoch(model, batches, normalize, optimizer, None, loss_fn, runtime, scaler, max_grad_norm=clip)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if timed:
