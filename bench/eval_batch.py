@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     runtime = make_runtime(args.device, amp=None, channels_last=None, compile=False, threads=None)
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    print(f"{runtime.device}, amp={runtime.amp}, channels_last={runtime.channels_last}, "
+    print(f"{runtime.device}, amp={runtime.amp_name}, channels_last={runtime.channels_last}, "
           f"{torch.get_num_threads()} threads; default eval batch {default_eval_batch_size(runtime.device)}; "
           f"images/s, medians of {args.repeats}:")
     print("| model | " + " | ".join(f"batch {b}" for b in BATCHES) + " |")
