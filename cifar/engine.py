@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -21,6 +21,7 @@ class Pass:
     loss: float
     acc: float
     images: int
+    grad_norm: float | None = field(default=None, kw_only=True)  # with max_grad_norm: the steps' mean, unclipped
 
 
 def train_epoch(
@@ -37,10 +38,14 @@ def train_epoch(
 ) -> Pass:
     """Train over ``batches``; sums stay on the device so no step waits for a host sync. ``scaler`` is the
     run's (:meth:`Runtime.grad_scaler`), kept from epoch to epoch. ``max_grad_norm``: the gradients of all the
-    parameters together are scaled down to this L2 norm where it is above (``trainer.grad_clip_norm``)."""
+    parameters together are scaled down to this L2 norm where it is above (``trainer.grad_clip_norm``); their
+    norm before, which that computes anyway, is averaged over the steps (those whose fp16 gradients overflowed,
+    which the scaler skips, left out)."""
     model.train()
     loss_sum = torch.zeros((), device=runtime.device)
     correct = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    norm_sum = torch.zeros((), device=runtime.device)
+    norm_steps = torch.zeros((), dtype=torch.int64, device=runtime.device)
     images = 0
     for x, y in batches:
         with runtime.autocast():
@@ -50,7 +55,10 @@ def train_epoch(
         scaler.scale(loss).backward()
         if max_grad_norm is not None:
             scaler.unscale_(optimizer)  # the norm of the true gradients, not of the scaled-up ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+            finite = norm.isfinite()
+            norm_sum += torch.where(finite, norm, 0.0)
+            norm_steps += finite
         scaler.step(optimizer)
         scaler.update()
         if scheduler is not None:
@@ -63,7 +71,10 @@ def train_epoch(
     mean_loss = loss_sum.item() / max(images, 1)
     if not math.isfinite(mean_loss):
         raise DivergedError(f"train/loss is {mean_loss}")
-    return Pass(loss=mean_loss, acc=correct.item() / max(images, 1), images=images)
+    grad_norm = None
+    if max_grad_norm is not None:  # NaN where every step overflowed: the column stays, in epochs.csv too
+        grad_norm = norm_sum.item() / steps if (steps := norm_steps.item()) else math.nan
+    return Pass(loss=mean_loss, acc=correct.item() / max(images, 1), images=images, grad_norm=grad_norm)
 
 
 @dataclass(frozen=True)

@@ -357,7 +357,8 @@ def _epochs_csv(result: FitResult) -> str:
     """One row per epoch: losses, accuracies (no val/* without a validation set) and lr (no timings,
     so that reruns give the same file)."""
     epochs = [(m.epoch, m.as_dict()) for m in result.history]
-    columns = [c for c in ("train/loss", "train/acc", "val/loss", "val/acc", "lr") if c in epochs[0][1]]
+    columns = [c for c in ("train/loss", "train/acc", "train/grad_norm", "val/loss", "val/acc", "lr")
+               if c in epochs[0][1]]
     rows = [",".join(["epoch", *columns])]
     rows += [",".join([str(epoch), *(repr(values[c]) for c in columns)]) for epoch, values in epochs]
     return "\n".join(rows) + "\n"

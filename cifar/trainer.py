@@ -87,6 +87,7 @@ class EpochMetrics:
             "lr": self.lr,
             "epoch_seconds": self.seconds,
             "train/images_per_s": self.train.images / self.train_seconds,
+            **({"train/grad_norm": self.train.grad_norm} if self.train.grad_norm is not None else {}),
         }
 
     def summary(self, epochs: int) -> str:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -90,13 +92,36 @@ def test_grad_clip_norm_scales_each_step_down_to_that_norm_of_the_true_gradients
     normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=False)
     runtime = Runtime(device=torch.device("cpu"), amp=amp_dtype is not None, channels_last=False,
                       amp_dtype=amp_dtype or torch.bfloat16)
-    moved = {}
+    moved, passes = {}, {}
     for clip in (None, 1e-2):
         torch.manual_seed(1)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-        train_epoch(model, [(images, labels)], normalize, torch.optim.SGD(model.parameters(), lr=1.0), None,
-                    torch.nn.CrossEntropyLoss(), runtime, runtime.grad_scaler(), max_grad_norm=clip)
+        passes[clip] = train_epoch(model, [(images, labels)], normalize, torch.optim.SGD(model.parameters(), lr=1.0),
+                                   None, torch.nn.CrossEntropyLoss(), runtime, runtime.grad_scaler(),
+                                   max_grad_norm=clip)
         moved[clip] = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()
     assert moved[None] > 0.1  # unclipped: the gradients' own norm, well above the clip
     assert moved[1e-2] == pytest.approx(1e-2, rel=1e-3)
+    assert passes[None].grad_norm is None  # not clipped: not computed
+    assert passes[1e-2].grad_norm == pytest.approx(moved[None], rel=1e-2)  # the norm before clipping
+
+
+def test_the_mean_gradient_norm_leaves_out_the_fp16_steps_that_overflowed():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (32,))
+    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, torch.device("cpu"), channels_last=False)
+    runtime = Runtime(device=torch.device("cpu"), amp=True, channels_last=False, amp_dtype=torch.float16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay: each batch's norm is its own
+    batches = [(images[:16], labels[:16]), (images[16:], labels[16:])]
+    first = _FirstLossBlownUp()
+    blown_up = train_epoch(model, batches, normalize, optimizer, None, first, runtime, runtime.grad_scaler(),
+                           max_grad_norm=1e9)
+    alone = train_epoch(model, batches[1:], normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime,
+                        runtime.grad_scaler(), max_grad_norm=1e9)
+    assert math.isfinite(blown_up.grad_norm) and blown_up.grad_norm == pytest.approx(alone.grad_norm, rel=1e-3)
+    every_step = train_epoch(model, batches[:1], normalize, optimizer, None, _FirstLossBlownUp(), runtime,
+                             runtime.grad_scaler(), max_grad_norm=1e9)
+    assert math.isnan(every_step.grad_norm)  # no step to average

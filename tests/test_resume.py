@@ -50,9 +50,9 @@ def test_sigterm_ends_the_run_killed_and_keeps_the_last_epoch(cli):
 
 
 # The states that only some recipes hold (EMA weights, lookahead's slow weights, alternate flips, cutout's
-# draws, a frozen whitening layer) must resume too.
+# draws, a frozen whitening layer) must resume too, and the clipped steps, whose norms are logged.
 TRICKS = ("trainer.ema_decay=0.9", "trainer.lookahead_every=3", "data.augment.alternate_flip=true",
-          "data.augment.cutout=8", "trainer.whiten=true")
+          "data.augment.cutout=8", "trainer.whiten=true", "trainer.grad_clip_norm=1.0")
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflow_run(cli):
@@ -81,6 +81,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_metrics_in_the_same_mlflo
     client, run = client_for(cli), runs[str(run_dir)]
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert {m.step for m in history} == set(range(1, 13))  # one run holds every epoch
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "train/grad_norm")} == set(range(1, 13))
     assert len(run.inputs.dataset_inputs) == 1  # its data, logged again by the resumed process
     # the run's wall time: the killed process's up to its last.pt, then the resumed one's; not the time between
     epoch_seconds = {m.step: m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"),

@@ -42,6 +42,7 @@ def test_single_run_logs_params_metrics_tags_and_artifacts(cli):
     assert int(params["model.parameters"]) > 0 and int(params["model.flops_per_image"]) > 0
     for key in ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds", "train/images_per_s"):
         assert len(metric_history(cli, run.info.run_id, key)) == 2, key
+    assert "train/grad_norm" not in run.data.metrics  # computed where trainer.grad_clip_norm clips, only
     metrics = run.data.metrics
     assert 0 <= metrics["test/acc"] <= 1 and math.isfinite(metrics["test/loss"])
     epochs_seconds = sum(metric_history(cli, run.info.run_id, "epoch_seconds"))
@@ -340,6 +341,16 @@ def test_val_size_0_trains_on_every_training_image_and_tests_the_last_epoch(cli)
     assert final.keys() == {"best_epoch", "epochs_run", "test/loss", "test/acc"}
     plots = {a.path for a in client_for(cli).list_artifacts(run.info.run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/learning_curves.png"}
+
+
+def test_grad_clip_norm_logs_each_epochs_mean_gradient_norm_before_clipping(cli):
+    cli("trainer.grad_clip_norm=0.5")
+    [run] = all_runs(cli)
+    assert run.info.run_name == "data.batch_size=32,data.val_size=40,trainer.epochs=2,trainer.grad_clip_norm=0.5"
+    norms = metric_history(cli, run.info.run_id, "train/grad_norm")
+    assert len(norms) == 2 and all(0 < norm < math.inf for norm in norms)
+    assert (cli.tmp_path / "run/epochs.csv").read_text().splitlines()[0] == \
+        "epoch,train/loss,train/acc,train/grad_norm,val/loss,val/acc,lr"
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
