@@ -257,10 +257,13 @@ def matmul(device) -> str:
 
 
 def training_step(cfg) -> str:
-    """One forward/backward/optimizer step of the configured model on random images, with the run's settings."""
+    """One training step of the configured model on random images, with the run's settings: the runs' own
+    (:func:`cifar.engine.train_epoch`, on one batch)."""
     import torch
 
+    from cifar.batches import Normalizer
     from cifar.device import make_runtime
+    from cifar.engine import train_epoch
     from cifar.models import build_model
     from cifar.optim import build_optimizer
 
@@ -269,17 +272,13 @@ def training_step(cfg) -> str:
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model, runtime.device)
-    images = torch.randn(8, 3, 32, 32, device=runtime.device)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, device=runtime.device)
     labels = torch.randint(0, 10, (8,), device=runtime.device)
-    with runtime.autocast():
-        loss = torch.nn.functional.cross_entropy(model(images), labels)
-    scaler = runtime.grad_scaler()
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    if not torch.isfinite(loss):
-        raise RuntimeError(f"the loss is {loss.item()}")
+    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, runtime.device, runtime.channels_last)
+    step = train_epoch(model, [(images, labels)], normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime,
+                       runtime.grad_scaler(), max_grad_norm=cfg.trainer.grad_clip_norm)  # a NaN loss: DivergedError
     return (f"{cfg.model.name}, batch 8, on {runtime.device} (amp={runtime.amp_name}, "
-            f"channels_last={runtime.channels_last}): loss {loss.item():.3f}")
+            f"channels_last={runtime.channels_last}): loss {step.loss:.3f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
