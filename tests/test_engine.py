@@ -8,6 +8,7 @@ import torch
 from cifar.batches import Normalizer
 from cifar.device import Runtime
 from cifar.engine import TTA, evaluate, predict_logits, train_epoch
+from tests.fp16 import FirstLossBlownUp
 
 
 def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror_image():
@@ -48,18 +49,6 @@ def test_translate_tta_adds_the_views_shifted_a_pixel_diagonally_each_way_at_hal
             assert not torch.equal(actual.argmax(1), view(x).argmax(1))  # the shifted views change some predictions
 
 
-class _FirstLossBlownUp(torch.nn.Module):
-    """Cross-entropy, but the first batch's times 1e8: float16 gradients that overflow."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, logits, labels):
-        self.calls += 1
-        return torch.nn.functional.cross_entropy(logits, labels) * (1e8 if self.calls == 1 else 1.0)
-
-
 def test_in_fp16_a_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_backs_off():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -72,7 +61,7 @@ def test_in_fp16_a_step_whose_gradients_overflow_is_skipped_and_the_loss_scale_b
     scaler = runtime.grad_scaler()
     first = [(images[:16], labels[:16])]
     before = [p.detach().clone() for p in model.parameters()]
-    train_epoch(model, first, normalize, optimizer, None, _FirstLossBlownUp(), runtime, scaler)
+    train_epoch(model, first, normalize, optimizer, None, FirstLossBlownUp(), runtime, scaler)
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))  # skipped, not inf or NaN weights
     assert scaler.get_scale() == 2.0 ** 15  # halved from 2 ** 16
     batches = [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
@@ -116,12 +105,11 @@ def test_the_mean_gradient_norm_leaves_out_the_fp16_steps_that_overflowed():
     runtime = Runtime(device=torch.device("cpu"), amp=True, channels_last=False, amp_dtype=torch.float16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay: each batch's norm is its own
     batches = [(images[:16], labels[:16]), (images[16:], labels[16:])]
-    first = _FirstLossBlownUp()
-    blown_up = train_epoch(model, batches, normalize, optimizer, None, first, runtime, runtime.grad_scaler(),
-                           max_grad_norm=1e9)
+    blown_up = train_epoch(model, batches, normalize, optimizer, None, FirstLossBlownUp(), runtime,
+                           runtime.grad_scaler(), max_grad_norm=1e9)
     alone = train_epoch(model, batches[1:], normalize, optimizer, None, torch.nn.CrossEntropyLoss(), runtime,
                         runtime.grad_scaler(), max_grad_norm=1e9)
     assert math.isfinite(blown_up.grad_norm) and blown_up.grad_norm == pytest.approx(alone.grad_norm, rel=1e-3)
-    every_step = train_epoch(model, batches[:1], normalize, optimizer, None, _FirstLossBlownUp(), runtime,
+    every_step = train_epoch(model, batches[:1], normalize, optimizer, None, FirstLossBlownUp(), runtime,
                              runtime.grad_scaler(), max_grad_norm=1e9)
     assert math.isnan(every_step.grad_norm)  # no step to average

@@ -13,6 +13,7 @@ from cifar.engine import TTA, evaluate
 from cifar.files import BEST, LAST
 from cifar.models import simplecnn
 from cifar.trainer import FitResult, Splits, Trainer
+from tests.fp16 import FirstLossBlownUp
 
 
 def _trainer(tmp_path, compile: bool, val_size: int = 32, batch_norm: bool = True, device: str = "cpu",
@@ -57,13 +58,8 @@ def test_the_compile_warm_up_is_timed_apart_and_leaves_training_as_it_was(tmp_pa
 def test_a_resumed_fp16_fit_goes_on_with_the_loss_scale_it_had_reached(tmp_path):
     """The scale starts high and backs off at each overflow: a resumed fit that started again from 2 ** 16 would
     skip those steps again."""
-    blown_up = iter([1e8])  # the first batch's loss: its float16 gradients overflow, and the scale halves
-
-    class Loss(torch.nn.CrossEntropyLoss):
-        def forward(self, logits, labels):
-            return super().forward(logits, labels) * next(blown_up, 1.0)
-
-    trainer = _trainer(tmp_path, compile=False, amp_dtype=torch.float16, loss_fn=Loss())
+    # the first batch's float16 gradients overflow, and the scale halves
+    trainer = _trainer(tmp_path, compile=False, amp_dtype=torch.float16, loss_fn=FirstLossBlownUp())
     trainer.fit(1, None, lambda metrics: None)
     last = checkpoint.load(tmp_path / LAST)
     assert last["grad_scaler"]["scale"] == trainer._scaler.get_scale() <= 2.0 ** 15
