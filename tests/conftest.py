@@ -33,6 +33,22 @@ def temp_dir(tmp_path_factory) -> Iterator[Path]:
         yield temp
 
 
+@pytest.fixture(autouse=True)
+def mlflow_globals_put_back() -> Iterator[None]:
+    """``mlflow.set_tracking_uri`` and ``mlflow.set_experiment`` (a test's own, or ``cifar.tracking.use_experiment``
+    called in the test's process) set globals of the process and MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_ID: these
+    are put back after each test. Before, a test that reads MLflow's default store (``./mlflow.db``) read the one an
+    earlier test on the same worker had set, and the runs that later tests start inherited both variables."""
+    before = {name: value for name, value in os.environ.items() if name.startswith("MLFLOW_")}
+    yield
+    mlflow = sys.modules.get("mlflow")  # not imported: nothing was set
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
+    for name in [name for name in os.environ if name.startswith("MLFLOW_")]:
+        del os.environ[name]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def official_dir(tmp_path_factory) -> Path:
     return fakedata.write_official(tmp_path_factory.mktemp("official"))
