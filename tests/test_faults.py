@@ -300,10 +300,8 @@ def test_a_sweep_job_that_finds_its_store_down_as_it_starts_waits_for_it_and_the
     """A job that reaches its first MLflow call after the store stopped answering (its data took a while to
     load): before, that call ran outside ``Retrying``, in MLflow's own 7 retries (about 4 minutes), and then
     failed the job with a traceback instead of stopping the sweep to be resumed."""
-    from mlflow.tracking._tracking_service import utils
 
     monkeypatch.delenv(outages.MLFLOW_RETRIES_VAR, raising=False)
-    monkeypatch.setattr(utils, "_tracking_uri", None)
     url = f"http://127.0.0.1:{free_port()}"  # refused
     with pytest.raises(outages.StoreOutage, match=rf"the MLflow store {url} failed for 10 s "):
         tracking.use_experiment(url, "sweep", outages.Retrying(10, url))
@@ -377,13 +375,11 @@ def test_an_interrupt_during_an_outage_stops_the_run_within_a_minute_and_is_what
 
 def test_a_sweep_stopped_while_its_store_is_down_ends_without_mlflow_own_retries(monkeypatch, caplog):
     """After Ctrl-C, Hydra calls on_multirun_end, whose MLflow calls would each retry for minutes."""
-    from mlflow.tracking._tracking_service import utils
     from omegaconf import OmegaConf
 
     monkeypatch.delenv(outages.MLFLOW_RETRIES_VAR, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")  # MLflow's retries, were they made: at once
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # refused
-    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
     callback = sweep_run.SweepCallback()
     callback.parent_run_id = "0" * 32
     try:
@@ -399,11 +395,9 @@ def test_a_sweep_whose_jobs_logged_no_run_under_its_parent_says_where_they_look(
                                                                               tmp_path, jobs):
     """As a Ray sweep did whose jobs ran in another directory: they returned, and their runs were not the sweep's."""
     from mlflow.tracking import MlflowClient
-    from mlflow.tracking._tracking_service import utils
     from omegaconf import OmegaConf
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = client.create_experiment(f"{tmp_path.name}-{jobs}")
     parent = client.create_run(experiment_id)
@@ -604,13 +598,11 @@ def test_a_sweep_that_submitit_lost_a_job_of_ends_that_jobs_run_wherever_it_ran(
     left RUNNING, was refused by the job of the continued sweep (still RUNNING, in a process that is gone)."""
     submitit = pytest.importorskip("submitit.core.utils", reason="uv sync --extra submitit")
     from mlflow.tracking import MlflowClient
-    from mlflow.tracking._tracking_service import utils
     from omegaconf import OmegaConf
 
     from cifar.launchers import SUBMITIT_JOB_TAG
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test: the variable is read
     client = MlflowClient(tracking_uri=tracking_uri)
     experiment_id = client.create_experiment(tmp_path.name)
     parent = client.create_run(experiment_id)

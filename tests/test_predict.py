@@ -38,8 +38,11 @@ MODEL_NAME = "predict-tests"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, official_dir, tracking_uri):
+def trained(tmp_path_factory, official_dir):
+    """A run that logged and registered its model, in a store of its own: where the module's tests do not run
+    one after another (a run of the tests in another order), the fixture is made again, as the first time."""
     tmp = tmp_path_factory.mktemp("trained")
+    tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
     overrides = with_overrides(FAST, (
         f"data.path={official_dir}", f"data.cache_dir={tmp / 'cache'}", f"hydra.run.dir={tmp / 'run'}",
         "mlflow.experiment=predict-tests", "mlflow.log_model=true", "mlflow.register_model=true",
@@ -178,7 +181,6 @@ def test_evaluate_reads_each_model_from_its_own_store(trained, official_dir, cap
     """A run of the default store, then a sweep by its dir, whose store is another: loading the run's model set
     MLflow's store for the process, and the sweep was looked for in the default store."""
     from mlflow.tracking import MlflowClient
-    from mlflow.tracking._tracking_service import utils
 
     from cifar.tracking import BEST_RUN_TAG, OUTPUT_DIR_TAG, SWEEP_DIR_TAG, SWEEP_FILE
 
@@ -194,7 +196,6 @@ def test_evaluate_reads_each_model_from_its_own_store(trained, official_dir, cap
     (sweep_dir / SWEEP_FILE).write_text(json.dumps({"parent_run_id": parent.info.run_id, "swept_keys": [],
                                                     "tracking_uri": other}))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test
     monkeypatch.chdir(Path(trained.tracking_uri.removeprefix("sqlite:///")).parent)  # its mlflow.db: the default
     assert evaluate.main(["--model", trained.run.info.run_id, "--model", str(sweep_dir), "--data", str(official_dir),
                           "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -71,7 +71,6 @@ def test_the_code_of_a_run_is_its_commit_and_the_diff_of_its_tracked_files_and_n
 
 def test_a_sqlite_store_in_a_dvc_experiments_temp_copy_is_the_repos_own(tmp_path, monkeypatch):
     import mlflow
-    from mlflow.tracking._tracking_service import utils
     from omegaconf import OmegaConf
 
     from cifar import dvc_exp
@@ -83,7 +82,6 @@ def test_a_sqlite_store_in_a_dvc_experiments_temp_copy_is_the_repos_own(tmp_path
     (copy / "stage").mkdir()
     monkeypatch.setenv("DVC_ROOT", str(repo))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(utils, "_tracking_uri", None)  # as set by another test
     monkeypatch.chdir(copy)
     default = OmegaConf.create({"tracking_uri": None})
     assert mlflow.get_tracking_uri() == f"sqlite:///{copy / 'mlflow.db'}"  # MLflow's default: the copy's
