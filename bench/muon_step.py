@@ -62,7 +62,7 @@ def main() -> None:
     optimizer_share: dict[str, list[float]] = {name: [] for name in ways}
     for _ in range(args.rounds):
         for name, cfg in ways.items():
-            model = steps[name].in_memory_format(build_model(cfg.model))  # airbench's first layer trained, not whitened
+            model = steps[name].on_device(build_model(cfg.model))  # airbench's first layer trained, not whitened
             optimizer = TimedSteps(build_optimizer(cfg.optimizer, model, steps[name].runtime.device))
             steps[name].train(model, optimizer)  # warm-up
             optimizer.seconds = 0.0

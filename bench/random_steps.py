@@ -1,5 +1,6 @@
 """This trainer's training step on random uint8 images, for the benchmarks of the step alone
-(``profile_step.py``, ``layer_order.py``): no data, no validation, the CPU's defaults."""
+(``profile_step.py``, ``layer_order.py``, ``step_cost.py``): no data, no validation, the device's defaults
+(the CPU's unless told)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from cifar.batches import Normalizer
 from cifar.config import compose
-from cifar.device import make_runtime
+from cifar.device import Runtime, make_runtime
 from cifar.engine import train_epoch
 from cifar.models import build_model
 
@@ -35,27 +36,33 @@ def keep_freed_memory() -> None:
 
 
 class RandomSteps:
-    """``steps`` batches of ``batch`` random images and labels, and the runtime the CPU's defaults give."""
+    """``steps`` batches of ``batch`` random images and labels on ``device`` (``trainer.device``'s values), and the
+    runtime its defaults give."""
 
-    def __init__(self, batch: int, steps: int):
+    def __init__(self, batch: int, steps: int, device: str = "cpu"):
         keep_freed_memory()
-        self.runtime = make_runtime("cpu", amp=None, channels_last=None, compile=False, threads=None)
+        self.runtime = make_runtime(device, amp=None, channels_last=None, compile=False, threads=None)
         torch.manual_seed(0)
         self.batch = batch
-        self.images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8)
-        self.labels = torch.randint(0, 10, (len(self.images),))
+        self.images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, device=self.runtime.device)
+        self.labels = torch.randint(0, 10, (len(self.images),), device=self.runtime.device)
         self.normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, self.runtime.device, self.runtime.channels_last)
 
     def model(self, name: str) -> nn.Module:
         """An option of conf/model, built as its config says, in the runtime's memory format."""
-        return self.in_memory_format(build_model(compose([f"model={name}"]).model))
+        return self.on_device(build_model(compose([f"model={name}"]).model))
 
-    def in_memory_format(self, model: nn.Module) -> nn.Module:
+    def on_device(self, model: nn.Module) -> nn.Module:
+        """``model`` on the runtime's device, in its memory format."""
+        model = model.to(self.runtime.device)
         return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
-    def train(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """One pass of ``model`` over the batches, as ``cifar.engine.train_epoch`` trains an epoch."""
+    def train(self, model: nn.Module, optimizer: torch.optim.Optimizer, runtime: Runtime | None = None,
+              scaler: torch.amp.GradScaler | None = None, max_grad_norm: float | None = None) -> None:
+        """One pass of ``model`` over the batches, as ``cifar.engine.train_epoch`` trains an epoch: with the
+        runtime's defaults, or ``runtime`` (on the same device), its scaler unless ``scaler``, and clipping."""
+        runtime = runtime or self.runtime
         batches = ((self.images[i : i + self.batch], self.labels[i : i + self.batch])
                    for i in range(0, len(self.images), self.batch))
-        train_epoch(model, batches, self.normalize, optimizer, None, nn.CrossEntropyLoss(), self.runtime,
-                    self.runtime.grad_scaler())
+        train_epoch(model, batches, self.normalize, optimizer, None, nn.CrossEntropyLoss(), runtime,
+                    scaler or runtime.grad_scaler(), max_grad_norm=max_grad_norm)

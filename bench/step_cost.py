@@ -1,8 +1,9 @@
 """What autocast, its loss scaler and gradient clipping cost a training step, on this machine's device.
 
 Trains the model of ``--overrides`` (default ``model=simplecnn``, at its config's batch size) on about
-``--images`` random uint8 images with ``cifar.engine.train_epoch``, each way in turn over ``--rounds``
-rounds (each way first in turn), each with a fresh model; the first pass of each round is a warm-up.
+``--images`` random uint8 images with ``cifar.engine.train_epoch`` (``random_steps.py``), each way in turn
+over ``--rounds`` rounds (each way first in turn), each with a fresh model; the first pass of each round is
+a warm-up.
 The ways:
 
 - ``fp32``: no autocast, the loss scaler passed through (``trainer.amp=false``);
@@ -23,6 +24,7 @@ Prints the median training images/s of each way and its speed relative to the fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import sys
@@ -33,10 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cifar.batches import Normalizer  # noqa: E402
+from bench.random_steps import RandomSteps  # noqa: E402
 from cifar.config import compose  # noqa: E402
-from cifar.device import Runtime, default_channels_last, resolve_device  # noqa: E402
-from cifar.engine import train_epoch  # noqa: E402
 from cifar.models import build_model  # noqa: E402
 from cifar.optim import build_optimizer  # noqa: E402
 
@@ -66,45 +66,36 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = compose(args.overrides.split())
-    device = resolve_device(args.device)
-    channels_last = default_channels_last(device)
-    fp32 = Runtime(device, amp=False, channels_last=channels_last)
+    batch = cfg.data.batch_size
+    steps = RandomSteps(batch, math.ceil(args.images / batch), args.device)
+    device = steps.runtime.device
+    fp32 = dataclasses.replace(steps.runtime, amp=False)
     ways = {  # the runtime, the scaler (None: the runtime's) and the clipping norm
         "fp32": (fp32, None, None),
         "fp32, no scaler": (fp32, NoScaler(), None),
         "fp32, clipped": (fp32, None, 1.0),
-        "bf16": (Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.bfloat16), None, None),
+        "bf16": (dataclasses.replace(fp32, amp=True, amp_dtype=torch.bfloat16), None, None),
     }
     if device.type == "cuda":
-        ways["fp16 + scaler"] = (Runtime(device, amp=True, channels_last=channels_last, amp_dtype=torch.float16),
-                                 None, None)
-    batch = cfg.data.batch_size
-    steps = math.ceil(args.images / batch)
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 10, (len(images),), device=device)
-    normalize = Normalizer.from_stats((0.5,) * 3, (0.25,) * 3, device, channels_last)
-    batches = [(images[i : i + batch], labels[i : i + batch]) for i in range(0, len(images), batch)]
-    print(f"{cfg.model.name} on {device}, batch {batch}, {len(images)} images a pass, {args.rounds} rounds")
+        ways["fp16 + scaler"] = (dataclasses.replace(fp32, amp=True, amp_dtype=torch.float16), None, None)
+    images = len(steps.images)
+    print(f"{cfg.model.name} on {device}, batch {batch}, {images} images a pass, {args.rounds} rounds")
 
     speeds: dict[str, list[float]] = {name: [] for name in ways}
     names = list(ways)
     for round_ in range(args.rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:  # each way first in turn
             runtime, scaler, clip = ways[name]
-            model = build_model(cfg.model).to(device)
-            if channels_last:
-                model = model.to(memory_format=torch.channels_last)
+            model = steps.on_device(build_model(cfg.model))
             optimizer = build_optimizer(cfg.optimizer, model, device)
-            scaler = scaler or runtime.grad_scaler()
-            loss_fn = torch.nn.CrossEntropyLoss()
+            scaler = scaler or runtime.grad_scaler()  # one for both passes, as a run keeps its own
             for timed in (False, True):  # a warm-up pass, then the timed one
                 start = time.perf_counter()
-                train_epoch(model, batches, normalize, optimizer, None, loss_fn, runtime, scaler, max_grad_norm=clip)
+                steps.train(model, optimizer, runtime, scaler, max_grad_norm=clip)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 if timed:
-                    speeds[name].append(len(images) / (time.perf_counter() - start))
+                    speeds[name].append(images / (time.perf_counter() - start))
     first = statistics.median(next(iter(speeds.values())))
     for name, values in speeds.items():
         median = statistics.median(values)
