@@ -6,6 +6,7 @@ answer at once; the task itself is in :mod:`cifar.task`.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -47,6 +48,10 @@ USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # named as its dir in the sweep's: an Optuna sweep's by the trial's number
+        job_dir = str(hydra_cfg.sweep.subdir)
+        tag_console_lines(f"[#{job_dir if job_dir.isdigit() else hydra_cfg.job.num}]")
     try:
         validate(cfg)  # checked before (config.RunConfigCheck, cifar.sweeper) but in the DVC stage and other sweepers
         from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
@@ -56,6 +61,25 @@ def train(cfg: DictConfig) -> float | None:
         if HydraConfig.get().mode == RunMode.RUN:
             raise AbortRun(err) from err
         raise  # in a sweep Hydra names the failed job's overrides first
+
+
+class _Tagged(logging.Formatter):
+    """A formatter that starts each record's text with a tag, then formats it as ``inner`` does."""
+
+    def __init__(self, inner: logging.Formatter, tag: str):
+        super().__init__()
+        self.inner, self.tag = inner, tag
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.tag + self.inner.format(record)
+
+
+def tag_console_lines(tag: str) -> None:
+    """Start each line that this job logs to the console with ``tag``, which names the job: the jobs that a launcher
+    runs at once write their lines to one console. Its log file stays as it is."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(_Tagged(handler.formatter or logging.Formatter(), tag))
 
 
 def main() -> None:

@@ -459,6 +459,8 @@ def test_rerunning_a_sweep_resumes_its_study_up_to_n_trials(cli):
     proc = cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", "trainer.epochs=1", "+mlflow.tags.phase=2",
                multirun=True)
     assert f"Study {cli.experiment}-optuna has 1 finished trial: running 2 more" in proc.stderr + proc.stdout
+    # each trial's console lines are named by its number, as its dir is, not by its job's in this command (0, 1)
+    assert [line.split("]")[0] for line in proc.stdout.splitlines() if " epoch 1/1 " in line] == ["[#1", "[#2"]
     study = load_study(cli)
     trials = study.trials
     assert [t.state for t in trials] == [COMPLETE] * 3

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -19,6 +22,7 @@ from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
 from cifar.device import cpu_has_native_bf16
 from cifar.tracking import FIXED_OVERRIDES_TAG
+from cifar.train import tag_console_lines
 from tests.conftest import (
     REAL_DATA, WRITES_OVER, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store,
     run_without_module, sweep_parent_and_children,
@@ -176,6 +180,10 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     best = max(children, key=lambda c: c.data.metrics["val/best_acc"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
     assert_tags_are_the_runs_own(parent, *children)
+    # each job's console lines start with its number (jobs run at once share the console); its log file's do not
+    assert sorted(line.split("]")[0] for line in proc.stdout.splitlines() if " epoch 1/1 " in line) == [
+        "[#0", "[#1", "[#2", "[#3"]
+    assert all(re.match(r"\[\d{4}-", (cli.tmp_path / "sweep" / str(n) / "train.log").read_text()) for n in range(4))
     # the sweep's last line: its outcome, its best job, and the report of it, which works as printed
     [line] = [line for line in proc.stdout.splitlines() if "Sweep ended:" in line]
     best_acc = best.data.metrics["val/best_acc"]
@@ -198,6 +206,25 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     logged = Path(client.download_artifacts(parent.info.run_id, "report", str(cli.tmp_path)))
     assert (logged / "runs.md").read_text() == table
     assert report.main(["--sweep", ".", "--csv"]) == 0 and (logged / "runs.csv").read_text() == capsys.readouterr().out
+
+
+def test_a_tagged_job_starts_its_console_lines_with_the_tag_and_leaves_its_log_file_as_formatted(tmp_path):
+    formatter = logging.Formatter("[%(name)s] %(message)s")
+    console_text = io.StringIO()
+    console, log_file = logging.StreamHandler(console_text), logging.FileHandler(tmp_path / "job.log")
+    root = logging.getLogger()
+    kept = root.handlers[:]
+    try:
+        for handler in (console, log_file):
+            handler.setFormatter(formatter)
+        root.handlers = [console, log_file]
+        tag_console_lines("[#3]")
+        logging.getLogger("cifar.trainer").warning("epoch 1/2")
+    finally:
+        root.handlers = kept
+        log_file.close()
+    assert console_text.getvalue() == "[#3][cifar.trainer] epoch 1/2\n"
+    assert (tmp_path / "job.log").read_text() == "[cifar.trainer] epoch 1/2\n"
 
 
 @pytest.mark.slow  # 24 s: a run and a sweep of two jobs
