@@ -205,13 +205,29 @@ def _hydra_key_swept(key: str, values: str) -> str:
     return f"{line}: give {key} one value, and run a command for each"
 
 
+# The plugins whose settings are under hydra.launcher and hydra.sweeper, and how to choose one that has a key
+_PLUGIN_CHOICES = {"launcher": "hydra/launcher=joblib, ...: `--hydra-help` lists them",
+                   "sweeper": "hparams_search=optuna or hydra/sweeper=optuna"}
+
+
+def _hydra_key_fix(key: str) -> str:
+    """The fix for an unknown ``hydra.*`` key: Hydra's own keys are listed by ``--cfg hydra``, not ``--cfg job``;
+    the launcher's and the sweeper's are those of the plugin chosen (the basic launcher has no ``n_jobs``)."""
+    plugin = key.split(".")[1]
+    if plugin in _PLUGIN_CHOICES:
+        return (f": the {plugin} chosen has no such key: fix it, choose a {plugin} that has it "
+                f"({_PLUGIN_CHOICES[plugin]}) or drop it; `--cfg hydra` lists the keys of the {plugin} chosen")
+    return ": fix or drop it; `--cfg hydra` lists Hydra's keys"
+
+
 def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:
     """The fix, which OmegaConf's messages leave out, for an unknown key or a value of the wrong type."""
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
         if config_file is None and (err.full_key or "").startswith(USER_TAG_KEYS):  # a new tag
             return f": a tag of your own takes a +, as in +{err.full_key}=VALUE"
         if config_file is None:  # an override's
-            return f": fix or drop it; {LISTS_THE_KEYS}"
+            return _hydra_key_fix(err.full_key) if (err.full_key or "").startswith("hydra.") else \
+                f": fix or drop it; {LISTS_THE_KEYS}"
         group, _, key_in_group = (err.full_key or "").partition(".")
         if not key_in_group:
             return f": fix {config_file}"

@@ -397,6 +397,15 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
 BAD_INPUT = [
     ("optimizer.lrr=1",
      "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr): fix or drop it; `--cfg job` lists"),
+    # Hydra's keys: where the line said `--cfg job` lists them, which lists the app's
+    ("hydra.run.dirr=x",
+     "Did you mean: 'dir'? (key: hydra.run.dirr): fix or drop it; `--cfg hydra` lists Hydra's keys"),
+    ("hydra.launcher.n_jobs=2",  # the basic launcher's: joblib's key
+     "Key 'n_jobs' not in 'BasicLauncherConf' (key: hydra.launcher.n_jobs): the launcher chosen has no such key: fix "
+     "it, choose a launcher that has it (hydra/launcher=joblib, ...: `--hydra-help` lists them) or drop it; "
+     "`--cfg hydra` lists the keys of the launcher chosen"),
+    ("hydra.sweeper.n_trials=5", "the sweeper chosen has no such key: fix it, choose a sweeper that has it "
+                                 "(hparams_search=optuna or hydra/sweeper=optuna) or drop it"),
     ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer (key: data.batch_size). "
                             "Fix the override or the config file."),
     ("model=vgg", "Could not find 'model/vgg'. Available options: airbench, resnet18, resnet9, simplecnn"),
