@@ -64,14 +64,16 @@ def train(cfg: DictConfig) -> float | None:
 
 
 class _Tagged(logging.Formatter):
-    """A formatter that starts each record's text with a tag, then formats it as ``inner`` does."""
+    """A formatter that formats a record as ``inner`` does, then puts a tag before it: ``[#1][2026-...]`` where the
+    text starts with a bracket, as Hydra's does, and ``[#1] epoch 1/5 ...`` otherwise."""
 
     def __init__(self, inner: logging.Formatter, tag: str):
         super().__init__()
         self.inner, self.tag = inner, tag
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.tag + self.inner.format(record)
+        text = self.inner.format(record)
+        return f"{self.tag}{'' if text.startswith('[') else ' '}{text}"
 
 
 def tag_console_lines(tag: str) -> None:

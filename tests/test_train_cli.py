@@ -208,8 +208,13 @@ def test_multirun_nests_four_jobs_under_one_parent(cli, monkeypatch, capsys):
     assert report.main(["--sweep", ".", "--csv"]) == 0 and (logged / "runs.csv").read_text() == capsys.readouterr().out
 
 
-def test_a_tagged_job_starts_its_console_lines_with_the_tag_and_leaves_its_log_file_as_formatted(tmp_path):
-    formatter = logging.Formatter("[%(name)s] %(message)s")
+@pytest.mark.parametrize("line_format,line,tagged", [
+    ("[%(name)s] %(message)s", "[cifar.trainer] epoch 1/2", "[#3][cifar.trainer] epoch 1/2"),  # as Hydra's format
+    ("%(message)s", "epoch 1/2", "[#3] epoch 1/2"),  # as hydra/job_logging=stdout's
+])
+def test_a_tagged_job_starts_its_console_lines_with_the_tag_and_leaves_its_log_file_as_formatted(
+        tmp_path, line_format, line, tagged):
+    formatter = logging.Formatter(line_format)
     console_text = io.StringIO()
     console, log_file = logging.StreamHandler(console_text), logging.FileHandler(tmp_path / "job.log")
     root = logging.getLogger()
@@ -223,8 +228,8 @@ def test_a_tagged_job_starts_its_console_lines_with_the_tag_and_leaves_its_log_f
     finally:
         root.handlers = kept
         log_file.close()
-    assert console_text.getvalue() == "[#3][cifar.trainer] epoch 1/2\n"
-    assert (tmp_path / "job.log").read_text() == "[cifar.trainer] epoch 1/2\n"
+    assert console_text.getvalue() == f"{tagged}\n"
+    assert (tmp_path / "job.log").read_text() == f"{line}\n"
 
 
 @pytest.mark.slow  # 24 s: a run and a sweep of two jobs
