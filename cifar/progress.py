@@ -11,8 +11,8 @@ class Progress:
     of "leaked semaphore objects" after the sweep's one line."""
 
     def __init__(self, total_images: int, description: str, enabled: bool):
-        self._bar = tqdm(total=total_images, desc=description, unit="img", unit_scale=True, leave=False) \
-            if enabled else None
+        self._bar = (tqdm(total=total_images, desc=description, unit="img", unit_scale=True, leave=False)
+                     if enabled else None)
 
     def advance(self, images: int) -> None:
         if self._bar is not None:

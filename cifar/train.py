@@ -49,7 +49,7 @@ USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 @hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:  # named as its dir in the sweep's: an Optuna sweep's by the trial's number
+    if hydra_cfg.mode == RunMode.MULTIRUN:  # a sweep's job, tagged as its dir is named: by its number (a trial's)
         job_dir = str(hydra_cfg.sweep.subdir)
         tag_console_lines(f"[#{job_dir if job_dir.isdigit() else hydra_cfg.job.num}]")
     try:
@@ -227,9 +227,10 @@ def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
         if config_file is None and (err.full_key or "").startswith(USER_TAG_KEYS):  # a new tag
             return f": a tag of your own takes a +, as in +{err.full_key}=VALUE"
+        if config_file is None and (err.full_key or "").startswith("hydra."):
+            return _hydra_key_fix(err.full_key)
         if config_file is None:  # an override's
-            return _hydra_key_fix(err.full_key) if (err.full_key or "").startswith("hydra.") else \
-                f": fix or drop it; {LISTS_THE_KEYS}"
+            return f": fix or drop it; {LISTS_THE_KEYS}"
         group, _, key_in_group = (err.full_key or "").partition(".")
         if not key_in_group:
             return f": fix {config_file}"
