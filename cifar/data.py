@@ -10,6 +10,7 @@ new cache replaces the old one. A decoded ``.npz`` (such a cache, or the DVC pip
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -24,8 +25,8 @@ import zipfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -100,8 +101,9 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
     with one_process_at_a_time(cache_file):  # runs started at once decode the source once
         if (cached := _cached(cache_file, quiet=True)) is not None:
             return cached  # decoded by another run while this one waited
+        decode = source_decoder(source)  # a source without a CIFAR-10 layout is refused before the line below
         log.info("Decoding %s into %s (once per source)", source, cache_file)
-        decoded = _write_cache(cache_file, *read_source(source), source=source,
+        decoded = _write_cache(cache_file, *decode(), source=source,
                                fix="free some disk space or set data.cache_dir to a writable directory")
         _remove_earlier_caches(source, keep=cache_file)
     return decoded
@@ -276,16 +278,41 @@ class _ArchiveTree:
         return (self.files[name] for name in names)
 
 
-def read_source(source: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def unpack(archive: Path, into: Path) -> None:
+    """Write ``archive``'s files under ``into``, but those whose names would leave it (absolute, or with ``..``) and
+    the resource forks of macOS's ``__MACOSX/``; a DataError where it cannot be read."""
+    for name, content in _ArchiveTree(archive).files.items():
+        parts = PurePosixPath(name).parts
+        if not parts or parts[0] in ("/", "__MACOSX") or ".." in parts:
+            continue
+        path = into.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+class NoLayoutError(DataError):
+    """A source that holds neither CIFAR-10 layout."""
+
+
+Decoded = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_images, train_labels, test_images, test_labels
+
+
+def read_source(source: Path) -> Decoded:
     """Decode a source into (train_images, train_labels, test_images, test_labels)."""
+    return source_decoder(source)()
+
+
+def source_decoder(source: Path) -> Callable[[], Decoded]:
+    """What decodes ``source``, once its layout is found from its file names (an archive's files are read into
+    memory); a NoLayoutError where it holds neither CIFAR-10 layout."""
     tree = _ArchiveTree(source) if source.is_file() else _DirectoryTree(source)
     official = _official_members(tree.names)
     if official:
-        return _read_official(tree, official)
+        return functools.partial(_read_official, tree, official)
     images = _image_members(tree.names)
     if images:
-        return _read_image_folders(tree, images, source)
-    raise DataError(
+        return functools.partial(_read_image_folders, tree, images, source)
+    raise NoLayoutError(
         f"{source} holds no CIFAR-10 layout: expected {OFFICIAL_DIR}/data_batch_1..5 and test_batch, "
         "or train/<class>/ and test/<class>/ image folders"
     )

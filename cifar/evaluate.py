@@ -11,11 +11,11 @@ is most often taken for.
 ``--data`` takes any source that ``data.path`` does (the official batches or archive, image folders,
 a .tar.gz or .zip of them, a prepared .npz), decoded once into ``--cache-dir`` as in training; it is
 never downloaded; or a folder of images labelled by the class folders they are in (``<class>/``, or
-``test/<class>/`` without a train/), such as one's own photos: of any size, and not every class, read as
-``cifar.predict`` reads files and not cached. Without it, the models are scored on the data they trained
-on, where their run dirs say which (:mod:`cifar.provenance`), else on data/raw. ``--model`` takes what
-``cifar.predict`` does. The model classifies the split's images as they are decoded, with its run's
-normalisation and TTA, as ``cifar.predict`` would their files. A model given by a run id, a sweep or a
+``test/<class>/`` without a train/), or a .zip or .tar.gz of one, such as one's own photos: of any size,
+and not every class, read as ``cifar.predict`` reads files and not cached. Without it, the models are scored
+on the data they trained on, where their run dirs say which (:mod:`cifar.provenance`), else on data/raw.
+``--model`` takes what ``cifar.predict`` does. The model classifies the split's images as they are decoded,
+with its run's normalisation and TTA, as ``cifar.predict`` would their files. A model given by a run id, a sweep or a
 ``runs:/`` or ``models:/`` URI is named by the MLflow run that trained it too (``run_name`` in ``--json``).
 Each model after the first is set against it on the images that only one of the two classifies right, with
 McNemar's exact test (and, for two comparisons or more, its p-value adjusted by Holm's method). ``--json``
@@ -28,13 +28,14 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cifar.data import CLASSES, content_hash, corrupt_exif_ignored, load_cifar10
+from cifar.data import CLASSES, NoLayoutError, content_hash, corrupt_exif_ignored, load_cifar10, unpack
 from cifar.errors import UserError, exit_status
 from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images
 from cifar.significance import holm
@@ -160,8 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser, several=True)
     parser.add_argument("--data", metavar="PATH", type=os.path.expanduser,
-                        help="the labelled images, in any layout data.path takes, or in <class>/ folders, of any size "
-                             f"(default: the data the models trained on, else {DEFAULT_DATA})")
+                        help="the labelled images, in any layout data.path takes, or in <class>/ folders (or a .zip "
+                             f"or .tar.gz of them), of any size (default: the data the models trained on, else "
+                             f"{DEFAULT_DATA})")
     parser.add_argument("--cache-dir", type=os.path.expanduser,
                         help="where the decoded data is cached (default: the models' training cache where they trained "
                              f"on the data, else {DEFAULT_CACHE_DIR})")
@@ -223,17 +225,50 @@ class ImagesToScore:
 def _images_to_score(data: str | None, cache_dir: str | None, split: str,
                      origins: list[Provenance]) -> ImagesToScore:
     """The ``split`` of ``--data`` (decoded into ``cache_dir``), or of the data the models trained on
-    (:func:`_data_to_score`); or, where ``--data`` is one, a folder of labelled images (:func:`labelled_folder`)."""
+    (:func:`_data_to_score`); or, where ``--data`` is one, a folder of labelled images (:func:`labelled_folder`) or an
+    archive of one that holds no CIFAR-10 layout (:func:`read_labelled_archive`)."""
     if data is not None and (folder := labelled_folder(Path(data))):
-        if split != "test":
-            raise UserError(f"--split {split}: --data={data} is a folder of labelled images, which has no splits: "
-                            "drop --split")
+        _refuse_splits(split, data, "a folder")
         return read_labelled(folder)
     source, cache_dir, trained_on = _data_to_score(data, cache_dir, origins)
-    dataset = load_cifar10(source, cache_dir, download=False, setting="--data")
+    try:
+        dataset = load_cifar10(source, cache_dir, download=False, setting="--data")
+    except NoLayoutError:
+        if data is None or not Path(data).is_file() or (labelled := read_labelled_archive(Path(data), split)) is None:
+            raise
+        return labelled
     images, labels = (dataset.test_images, dataset.test_labels) if split == "test" else (
         dataset.train_images, dataset.train_labels)
     return ImagesToScore(source, split, images, labels, dataset.content_hash, trained_on=trained_on)
+
+
+def _refuse_splits(split: str, data: str | Path, kind: str) -> None:
+    if split != "test":
+        raise UserError(f"--split {split}: --data={data} is {kind} of labelled images, which has no splits: "
+                        "drop --split")
+
+
+def read_labelled_archive(archive: Path, split: str) -> ImagesToScore | None:
+    """The labelled images of an archive (.zip, .tar.gz) of class folders, as :func:`read_labelled` reads them from
+    the folder it unpacks to, in a temp folder, or from that folder's one folder (``my-photos.zip``:
+    ``my-photos/cat/...``); its files named as ``ARCHIVE/cat/...``. None where it holds no class folder."""
+    with tempfile.TemporaryDirectory(prefix="cifar-labelled-") as temp:
+        root = Path(temp)
+        unpack(archive, root)
+
+        def named(text: str) -> str:  # the paths under the temp folder, named as in the archive
+            return text.replace(temp, str(archive))
+
+        try:
+            folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            folder = labelled_folder(root) or (labelled_folder(folders[0]) if len(folders) == 1 else None)
+            if folder is None:
+                return None
+            _refuse_splits(split, archive, "an archive")
+            scored = read_labelled(folder)
+        except UserError as err:
+            raise UserError(named(str(err))) from err
+    return replace(scored, source=archive, skipped=[Failure(named(f.path), f.reason) for f in scored.skipped])
 
 
 def labelled_folder(path: Path) -> Path | None:

@@ -62,7 +62,7 @@ def test_cache_is_reused_and_mean_std_are_the_train_pixels(official_dir, tmp_pat
     cache_files = list((tmp_path / "cache").iterdir())
     assert [f.name for f in cache_files] == [first.cache_file.name]  # no temp file left behind
 
-    monkeypatch.setattr(data, "read_source", lambda source: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(data, "source_decoder", lambda source: pytest.fail("decoded again despite the cache"))
     second = load_cifar10(official_dir, tmp_path / "cache", download=False)
     np.testing.assert_array_equal(first.train_images, second.train_images)
     pixels = first.train_images.reshape(-1, 3) / 255.0
@@ -78,8 +78,8 @@ def test_a_cache_inside_the_data_folder_is_reused_until_the_data_changes(layout,
     first = load_cifar10(source, cache, download=False)
     (source / "notes.txt").write_text("written beside the data")
     decodes = []
-    real_read_source = data.read_source
-    monkeypatch.setattr(data, "read_source", lambda src: decodes.append(src) or real_read_source(src))
+    real_source_decoder = data.source_decoder
+    monkeypatch.setattr(data, "source_decoder", lambda src: decodes.append(src) or real_source_decoder(src))
     assert load_cifar10(source, cache, download=False).cache_file == first.cache_file and decodes == []
     read_file = next(p for p in sorted(source.rglob("*")) if p.name == "data_batch_1" or p.suffix == ".png")
     os.utime(read_file, ns=(0, 0))

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -294,6 +295,45 @@ def test_evaluate_scores_images_labelled_by_their_class_folders_as_predict_class
         in table
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")] == [
         "| class", "| all", "| cat", "| dog", "| ship"]  # the classes that have images
+
+
+@pytest.mark.parametrize("top", ["mine/", ""], ids=["zipped with its folder", "its class folders zipped"])
+def test_evaluate_scores_an_archive_of_class_folders_as_the_folder_unpacked(top, trained, capsys, tmp_path):
+    folder = tmp_path / "mine"
+    for i, image in enumerate(trained.data.test_images[:6]):
+        path = folder / ("cat", "Dog")[i % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    (folder / "Dog" / "notes.png").write_text("not an image")
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(folder), "--json"]) == 1
+    unpacked = json.loads(capsys.readouterr().out)
+    archive, outside = tmp_path / "mine.zip", Path(tempfile.gettempdir()) / f"outside-{os.getpid()}.png"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(folder.rglob("*.png")):
+            zipped.write(path, f"{top}{path.relative_to(folder).as_posix()}")
+        zipped.writestr(f"__MACOSX/{top}cat/._0.png", b"a resource fork, as macOS zips hold")
+        zipped.writestr(f"../{outside.name}", b"a name that would leave the folder it unpacks to")
+
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(archive), "--json"]) == 1
+    out, err = capsys.readouterr()
+    scored = json.loads(out)
+    assert scored["data"] == str(archive) and scored["split"] is None
+    assert [scored[key] for key in ("images", "confusion", "data_hash")] == [
+        unpacked[key] for key in ("images", "confusion", "data_hash")]
+    assert err == f"cifar.evaluate: skipped {archive}/{top}Dog/notes.png: not a readable image (not an image format " \
+                  "that Pillow reads)\n"
+    assert not outside.exists()
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(archive), "--split", "train"]) == 2
+    assert capsys.readouterr().err == (f"cifar.evaluate: error: --split train: --data={archive} is an archive of "
+                                       "labelled images, which has no splits: drop --split\n")
+
+
+def test_an_archive_of_neither_class_folders_nor_a_cifar_layout_is_refused_as_before(trained, capsys, tmp_path):
+    archive = tmp_path / "notes.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr("notes/readme.txt", "no images")
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(archive)]) == 2
+    assert capsys.readouterr().err.startswith(f"cifar.evaluate: error: {archive} holds no CIFAR-10 layout: expected ")
 
 
 def test_a_test_folder_of_its_own_scores_as_the_test_split_of_its_dataset(trained, capsys, tmp_path):
