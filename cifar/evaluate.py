@@ -28,16 +28,15 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from cifar.data import CLASSES, NoLayoutError, content_hash, corrupt_exif_ignored, load_cifar10, unpack
+from cifar.data import CLASSES, NoLayoutError, content_hash, corrupt_exif_ignored, load_cifar10
 from cifar.errors import UserError, exit_status
-from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images
+from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images, unpacked
 from cifar.significance import holm
 
 if TYPE_CHECKING:
@@ -250,15 +249,10 @@ def _refuse_splits(split: str, data: str | Path, kind: str) -> None:
 
 def read_labelled_archive(archive: Path, split: str) -> ImagesToScore | None:
     """The labelled images of an archive (.zip, .tar.gz) of class folders, as :func:`read_labelled` reads them from
-    the folder it unpacks to, in a temp folder, or from that folder's one folder (``my-photos.zip``:
-    ``my-photos/cat/...``); its files named as ``ARCHIVE/cat/...``. None where it holds no class folder."""
-    with tempfile.TemporaryDirectory(prefix="cifar-labelled-") as temp:
-        root = Path(temp)
-        unpack(archive, root)
-
-        def named(text: str) -> str:  # the paths under the temp folder, named as in the archive
-            return text.replace(temp, str(archive))
-
+    the temp folder it unpacks to (:func:`cifar.predict.unpacked`), or from that folder's one folder
+    (``my-photos.zip``: ``my-photos/cat/...``), named as in the archive. None where it holds no class folder."""
+    with unpacked([str(archive)]) as ([unpacked_to], named):
+        root = Path(unpacked_to)
         try:
             folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
             folder = labelled_folder(root) or (labelled_folder(folders[0]) if len(folders) == 1 else None)

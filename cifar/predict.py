@@ -8,21 +8,25 @@
 Images of any size and colour mode are turned upright as their EXIF orientation says (as viewers
 show them), resized to 32x32 RGB (the whole image, its aspect ratio not kept; 16-bit grey scaled to
 8 bits) and normalised as in training. Folders are searched recursively for image files (png, jpg,
-jpeg, bmp, webp, gif, tif), hidden files and folders apart. A file that cannot be read as an image is
-reported on stderr and skipped; the exit status is 1 if any was, 2 if the model cannot be loaded.
+jpeg, bmp, webp, gif, tif), hidden files and folders apart; an archive given (.zip, .tar.gz, .tgz, .tar)
+is unpacked into a temp folder and searched so, its files named as in it (``photos.zip/cat/1.jpg``). A
+file that cannot be read as an image is reported on stderr and skipped; the exit status is 1 if any was,
+2 if the model or an archive cannot be read.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -140,19 +144,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
 
-    from cifar.device import default_eval_batch_size  # torch: imported once the arguments are valid
-
-    files, missing = image_files(args.paths)
     try:
         model, device = load_on_device(args.model, args.tracking_uri, args.device)
+        with unpacked(args.paths) as (paths, named):
+            return _print_predictions(model, device, paths, named, args)
     except UserError as err:
         print(f"cifar.predict: error: {err}", file=sys.stderr)
         return 2
-    width = max((len(str(f)) for f in files), default=4)
+
+
+def _print_predictions(model, device, paths: list[str], named: Callable[[str], str], args: argparse.Namespace) -> int:
+    """Classify the image files of ``paths`` and print each one's classes, as ``named`` names them; the exit
+    status."""
+    from cifar.device import default_eval_batch_size
+
+    files, missing = image_files(paths)
+    width = max((len(named(str(f))) for f in files), default=4)
     header = None if args.json else f"{'path':<{width}}  {'label':<10}  confidence"  # above the first row, if any
     failed = 0
     batch_size = args.batch_size or default_eval_batch_size(device)
     for result in itertools.chain(missing, classify(model, files, batch_size, args.top_k, device)):
+        result = replace(result, path=named(result.path))
         if isinstance(result, Failure):
             failed += 1
             print(f"cifar.predict: skipped {result.path}: {result.reason}", file=sys.stderr)
@@ -167,6 +179,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cifar.predict: no image files in {' '.join(args.paths)}", file=sys.stderr)
         return 1
     return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def unpacked(paths: Sequence[str]) -> Iterator[tuple[list[str], Callable[[str], str]]]:
+    """``paths`` with each archive file among them (.zip, .tar.gz, .tgz, .tar) unpacked into a temp folder that
+    lasts as long as the context (:func:`cifar.data.unpack`), and what names the paths in a text as in their
+    archives (``photos.zip/cat/1.jpg``); a DataError where an archive cannot be read."""
+    with contextlib.ExitStack() as stack:
+        given, archives = [], {}  # the temp folder an archive was unpacked into: the archive's path
+        for path in paths:
+            if path.endswith(data.ARCHIVE_SUFFIXES) and Path(path).is_file():
+                folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="cifar-unpacked-"))
+                data.unpack(Path(path), Path(folder))
+                archives[folder] = path
+                path = folder
+            given.append(path)
+
+        def named(text: str) -> str:
+            for folder, archive in archives.items():
+                text = text.replace(folder, archive)
+            return text
+
+        yield given, named
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:

@@ -11,11 +11,13 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -326,6 +328,26 @@ def test_evaluate_scores_an_archive_of_class_folders_as_the_folder_unpacked(top,
     assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(archive), "--split", "train"]) == 2
     assert capsys.readouterr().err == (f"cifar.evaluate: error: --split train: --data={archive} is an archive of "
                                        "labelled images, which has no splits: drop --split\n")
+
+
+def test_predict_classifies_an_archives_images_as_those_of_its_folder_named_as_in_it(trained, capsys, tmp_path):
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(trained.folder, arcname="photos")
+    model = ["--model", str(trained.checkpoint)]
+    from_folder = _json_lines(_predict(capsys, str(trained.folder), *model, "--json")[1])
+    code, out, err = _predict(capsys, str(archive), *model, "--json")
+    assert code == 0 and err == ""
+    assert _json_lines(out) == {
+        f"{archive}/photos/{Path(path).relative_to(trained.folder).as_posix()}": {**row, "path": ANY}
+        for path, row in from_folder.items()}
+    code, out, _ = _predict(capsys, str(archive), *model)
+    assert code == 0 and any(line.startswith(f"{archive}/photos/sub/000.png  ") for line in out.splitlines())
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(archive.read_bytes()[:100])
+    code, out, err = _predict(capsys, str(cut), *model)
+    assert code == 2 and out == ""
+    assert err.startswith(f"cifar.predict: error: {cut} is truncated or not a zip archive (") and err.count("\n") == 1
 
 
 def test_an_archive_of_neither_class_folders_nor_a_cifar_layout_is_refused_as_before(trained, capsys, tmp_path):
