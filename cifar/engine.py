@@ -122,8 +122,10 @@ def evaluate(
     batch_size: int,
     runtime: Runtime,
     tta: TTA = TTA(),
+    on_batch: Callable[[int], None] | None = None,
 ) -> Evaluation:
-    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches (TTA: see predict_logits)."""
+    """Loss, accuracy and predicted classes over uint8 ``images``, in large batches (TTA: see predict_logits);
+    ``on_batch`` is given each batch's number of images once it is scored."""
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device)
     predictions = torch.empty_like(labels)
@@ -133,6 +135,8 @@ def evaluate(
             logits = predict_logits(model, normalize(x), tta)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
         predictions[start : start + batch_size] = logits.argmax(1)
+        if on_batch is not None:
+            on_batch(len(y))
     n = max(len(labels), 1)
     return Evaluation(
         loss=loss_sum.item() / n,

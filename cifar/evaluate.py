@@ -71,15 +71,19 @@ class Score:
                 "classes": list(CLASSES), "confusion": self.confusion.tolist()}
 
 
-def score(model, images: np.ndarray, labels: np.ndarray, batch_size: int, device) -> Score:
-    """The confusion matrix of ``model`` (a classifier of uint8 NHWC images) on ``images``."""
+def score(model, images: np.ndarray, labels: np.ndarray, batch_size: int, device, bar: str = "") -> Score:
+    """The confusion matrix of ``model`` (a classifier of uint8 NHWC images) on ``images``, behind a live bar named
+    ``bar`` where stderr is a terminal."""
     import torch
 
+    from cifar.progress import Progress
+
     predicted = np.empty(len(images), dtype=np.int64)
-    with torch.inference_mode():
+    with torch.inference_mode(), Progress(len(images), bar, sys.stderr.isatty()) as progress:
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(images[start:start + batch_size]).to(device)
             predicted[start:start + len(batch)] = model(batch).argmax(1).cpu().numpy()
+            progress.advance(len(batch))
     confusion = np.zeros((len(CLASSES), len(CLASSES)), dtype=np.int64)
     np.add.at(confusion, (labels, predicted), 1)
     return Score(confusion, predicted == labels)
@@ -186,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for failure in scored.skipped:
         print(f"cifar.evaluate: skipped {failure.path}: {failure.reason}", file=sys.stderr)
-    results = [score(model, scored.images, scored.labels, args.batch_size or default_eval_batch_size(device), device)
-               for model, device in models]
+    headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
+    results = [score(model, scored.images, scored.labels, args.batch_size or default_eval_batch_size(device), device,
+                     heading) for (model, device), heading in zip(models, headings)]
     status = 1 if scored.skipped else 0
     if args.json:
         comparisons = [{}] + [{"against_model_1": {**against.as_dict(), "p_value_holm": adjusted}}
@@ -196,7 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"model": model, "run_name": origin.run_name, "data": str(scored.source),
                               "split": scored.split, "data_hash": scored.data_hash, **result.as_dict(), **against}))
         return status
-    headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
     for heading, model, origin in zip(headings, args.model, origins):
         print(f"{heading:<9} {model}" + (f" (MLflow run {origin.run_name!r})" if origin.run_name else ""))
     print(f"data      {scored.source} ({scored.described})\n")

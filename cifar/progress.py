@@ -6,9 +6,9 @@ from tqdm import tqdm
 
 
 class Progress:
-    """An epoch's bar where ``enabled``; otherwise nothing at all. tqdm makes a multiprocessing lock even for a
-    disabled bar, which a sweep's worker process stopped by Ctrl-C leaves behind, and the resource tracker then warns
-    of "leaked semaphore objects" after the sweep's one line."""
+    """A bar of images (an epoch's, a validation's, a test's) where ``enabled``; otherwise nothing at all. tqdm
+    makes a multiprocessing lock even for a disabled bar, which a sweep's worker process stopped by Ctrl-C leaves
+    behind, and the resource tracker then warns of "leaked semaphore objects" after the sweep's one line."""
 
     def __init__(self, total_images: int, description: str, enabled: bool):
         self._bar = (tqdm(total=total_images, desc=description, unit="img", unit_scale=True, leave=False)

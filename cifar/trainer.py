@@ -226,7 +226,8 @@ class Trainer:
         train_seconds = time.perf_counter() - start
         val = None
         if self.splits.validates:
-            val = self.evaluate(self.splits.val_images, self.splits.val_labels, self.val_tta)
+            val = self.evaluate(self.splits.val_images, self.splits.val_labels, self.val_tta,
+                                f"epoch {epoch}/{epochs} val")
         return EpochMetrics(
             epoch=epoch,
             train=train,
@@ -276,14 +277,17 @@ class Trainer:
     def val_tta(self) -> TTA:
         return self.tta if self.tta_in_validation else TTA()
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: TTA) -> Evaluation:
-        return evaluate(self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, tta)
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: TTA, bar: str | None = None) -> Evaluation:
+        """Score the evaluated model; with ``bar``, behind a live bar of that name where progress is shown."""
+        with Progress(len(labels), bar or "", self.show_progress and bar is not None) as progress:
+            return evaluate(self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, tta,
+                            on_batch=progress.advance)
 
     def test_best(self) -> Evaluation:
         """Load ``best.pt`` into the evaluated model and score it on the test split."""
         state = checkpoint.load(self.checkpoint_dir / BEST, self.runtime.device)
         self.eval_model.load_state_dict(state["model"])
-        return self.evaluate(self.splits.test_images, self.splits.test_labels, self.tta)
+        return self.evaluate(self.splits.test_images, self.splits.test_labels, self.tta, "test")
 
     def _after_step(self, progress: Progress) -> None:
         if self.lookahead is not None:

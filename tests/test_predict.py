@@ -169,6 +169,18 @@ def test_evaluate_scores_several_models_side_by_side(trained, official_dir, caps
            "method for the 2 comparisons)\n" in table
 
 
+def test_evaluate_shows_a_bar_of_each_models_images_on_a_terminal_only(trained, official_dir, capsys, tmp_path,
+                                                                        monkeypatch):
+    args = ["--model", str(trained.checkpoint), "--model", str(trained.checkpoint), "--data", str(official_dir),
+            "--cache-dir", str(tmp_path / "cache")]
+    assert evaluate.main(args) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert evaluate.main(args) == 0
+    err = capsys.readouterr().err
+    assert all(f"model {n}:   0%|          | 0.00/50.0 [" in err for n in (1, 2)), err
+
+
 def test_mcnemars_p_value_is_the_two_sided_binomial_tail_of_the_images_that_one_model_alone_gets_right():
     reference = evaluate.Score(np.zeros((10, 10)), np.array([True] * 5 + [False] * 10 + [True] * 7))
     model = evaluate.Score(np.zeros((10, 10)), np.array([False] * 2 + [True] * 3 + [True] * 10 + [True] * 7))
