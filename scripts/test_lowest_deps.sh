@@ -4,8 +4,12 @@
 # older packages gives a working install. It runs in a throwaway clone of HEAD: uv.lock and .venv
 # stay as they are (a lowest-direct `uv sync` rewrites the lock). Arguments go to pytest.
 #
+# With TORCH set, torch is of that release and torchvision of its match (2.11 and 0.26), the oldest
+# pyproject.toml does not admit but the code must keep working on: the GPU machines' (README, On a GPU).
+#
 #   bash scripts/test_lowest_deps.sh              # the whole suite
 #   bash scripts/test_lowest_deps.sh -m "not slow"
+#   TORCH=2.11 bash scripts/test_lowest_deps.sh -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -16,6 +20,9 @@ if [ -d ../shared ]; then  # the real data copy, which the slow tests find at ..
 fi
 cd "$work/cifar"
 uv sync --quiet --resolution lowest-direct --compile-bytecode --extra postgres --extra submitit --extra ray
+if [ -n "${TORCH:-}" ]; then  # torchvision 0.(minor + 15) is built for torch 2.minor
+    uv pip install --quiet --compile-bytecode "torch==$TORCH.*" "torchvision==0.$((${TORCH#2.} + 15)).*"
+fi
 uv run --no-sync python - <<'EOF'
 import re
 import tomllib
