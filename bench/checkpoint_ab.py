@@ -51,8 +51,8 @@ def ways(every: int | None) -> dict[str, tuple[list[str], list[str]]]:
 
 def run_once(entry: list[str], overrides: list[str], workdir: Path, index: int) -> dict[str, float]:
     """Train once; the run's training images/s and mean epoch wall seconds, epoch 1 left out."""
-    client, experiment = train_into_store(workdir, entry, [*overrides, f"hydra.run.dir={workdir / f'run{index}'}"])
-    run = client.search_runs([experiment], order_by=["attributes.start_time DESC"], max_results=1)[0]
+    client, experiments = train_into_store(workdir, entry, [*overrides, f"hydra.run.dir={workdir / f'run{index}'}"])
+    run = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)[0]
     epochs = sorted(client.get_metric_history(run.info.run_id, "train/images_per_s"), key=lambda m: m.step)
     if len(epochs) < 3:
         sys.exit("checkpoint_ab: a run needs 3 epochs or more (trainer.epochs=3): the first one's wall time "

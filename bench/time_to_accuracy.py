@@ -40,9 +40,10 @@ sys.path.insert(0, str(REPO / "bench"))
 QUIET = ["data.download=false", "mlflow.log_plots=false", "mlflow.log_model=false", "trainer.progress=false"]
 
 
-def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> tuple[Any, str]:
+def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> tuple[Any, list[str]]:
     """Run ``python ENTRY QUIET OVERRIDES`` (``entry``: ``-m cifar.train``, or a script that runs it) in the
-    repository with a fresh MLflow store in ``workdir``; that store's client and its experiment ``cifar``'s id."""
+    repository with a fresh MLflow store in ``workdir``; that store's client and its experiments' ids (``cifar``'s,
+    or the one ``debug=smoke`` or ``mlflow.experiment`` chose: all of them hold this command's runs alone)."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -51,16 +52,16 @@ def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> t
     if trained.returncode:  # the command said why in its own line
         sys.exit(trained.returncode)
     client = MlflowClient(tracking_uri=uri)
-    return client, client.get_experiment_by_name("cifar").experiment_id
+    return client, [experiment.experiment_id for experiment in client.search_experiments()]
 
 
 def train_seeds(preset: str | None, seeds: range, data: str, workdir: Path, overrides: list[str]) -> list[dict]:
     """Run the sweep over seeds; one dict per run: seed, test acc, train and run seconds, images/s, params."""
-    client, experiment = train_into_store(workdir, ["-m", "cifar.train", "-m"], [
+    client, experiments = train_into_store(workdir, ["-m", "cifar.train", "-m"], [
         f"seed={','.join(map(str, seeds))}", *([f"experiment={preset}"] if preset else []), f"data.path={data}",
         f"hydra.sweep.dir={workdir / 'sweep'}", *overrides,
     ])
-    runs = client.search_runs([experiment], filter_string="tags.mlflow.parentRunId != ''")
+    runs = client.search_runs(experiments, filter_string="tags.mlflow.parentRunId != ''")
     rows = []
     for run in runs:
         speeds = [m.value for m in client.get_metric_history(run.info.run_id, "train/images_per_s")]
