@@ -588,6 +588,7 @@ JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_j
 KILLED_SWEEPS = {  # launcher overrides, the signal, and whether it goes to a job's worker process or to the sweep
     "basic, SIGKILL": ((), signal.SIGKILL, False),
     "joblib, SIGTERM": (JOBLIB, signal.SIGTERM, False),
+    "joblib with live bars, SIGTERM": ((*JOBLIB, "trainer.progress=true"), signal.SIGTERM, False),
     "joblib, a worker SIGKILLed": (JOBLIB, signal.SIGKILL, True),  # as where memory runs out; joblib stops the rest
 }
 
