@@ -277,9 +277,9 @@ class Trainer:
     def val_tta(self) -> TTA:
         return self.tta if self.tta_in_validation else TTA()
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: TTA, bar: str | None = None) -> Evaluation:
-        """Score the evaluated model; with ``bar``, behind a live bar of that name where progress is shown."""
-        with Progress(len(labels), bar or "", self.show_progress and bar is not None) as progress:
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, tta: TTA, bar: str = "") -> Evaluation:
+        """Score the evaluated model; with a ``bar`` name, behind a live bar of it where progress is shown."""
+        with Progress(len(labels), bar, self.show_progress and bool(bar)) as progress:
             return evaluate(self.eval_model, images, labels, self.normalize, self.eval_batch_size, self.runtime, tta,
                             on_batch=progress.advance)
 
