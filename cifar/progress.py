@@ -9,25 +9,22 @@ from tqdm import tqdm
 # tqdm's default lock holds a multiprocessing lock (made with the first bar, even a disabled one), which a sweep's
 # worker process stopped by Ctrl-C leaves behind: the resource tracker then warns of "leaked semaphore objects" after
 # the sweep's one line. It keeps apart only the bars of processes forked after it, and a sweep's workers are spawned.
-_BARS_LOCK = threading.RLock()
+tqdm.set_lock(threading.RLock())
 
 
 class Progress:
-    """A bar of images (an epoch's, a validation's, a test's) where ``enabled``; otherwise nothing at all."""
+    """A bar of images (an epoch's, a validation's, a test's), shown where ``enabled``."""
 
     def __init__(self, total_images: int, description: str, enabled: bool):
-        self._bar = None
-        if enabled:
-            tqdm.set_lock(_BARS_LOCK)
-            self._bar = tqdm(total=total_images, desc=description, unit="img", unit_scale=True, leave=False)
+        self._bar = tqdm(
+            total=total_images, desc=description, unit="img", unit_scale=True, leave=False, disable=not enabled
+        )
 
     def advance(self, images: int) -> None:
-        if self._bar is not None:
-            self._bar.update(images)
+        self._bar.update(images)
 
     def __enter__(self) -> "Progress":
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.close()
+        self._bar.close()
