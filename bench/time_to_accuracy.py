@@ -111,7 +111,7 @@ def main() -> None:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         rows = train_seeds(args.preset, seeds, args.data, Path(tmp), args.overrides)
     recipe = " ".join([f"experiment={args.preset}" if args.preset else "(defaults)", *args.overrides])
-    print(f"\n{recipe}: {len(rows)} seeds, {rows[0]['params']['trainer.epochs']} epochs, "
+    print(f"\n{recipe}: {len(rows)} seed{'s' if len(rows) > 1 else ''}, {rows[0]['params']['trainer.epochs']} epochs, "
           f"model {rows[0]['params']['model.name']}, batch {rows[0]['params']['data.batch_size']}\n")
     print("| seed | test acc | train seconds | warm-up seconds | run seconds | images/s |\n"
           "|---:|---:|---:|---:|---:|---:|")

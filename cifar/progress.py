@@ -12,12 +12,17 @@ from tqdm import tqdm
 tqdm.set_lock(threading.RLock())
 
 
+# tqdm's own, but with whole counts of images: its unit scale, kept for the rate, shows 16 of 50 as "16.0/50.0".
+BAR_FORMAT = "{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+
 class Progress:
     """A bar of images (an epoch's, a validation's, a test's), shown where ``enabled``."""
 
     def __init__(self, total_images: int, description: str, enabled: bool):
         self._bar = tqdm(
-            total=total_images, desc=description, unit="img", unit_scale=True, leave=False, disable=not enabled
+            total=total_images, desc=description, unit="img", unit_scale=True, leave=False, disable=not enabled,
+            bar_format=BAR_FORMAT,
         )
 
     def advance(self, images: int) -> None:
