@@ -132,16 +132,21 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
             groups.setdefault(finished.config, []).append(finished)
-    repeated = [_summed_up(group) for group in groups.values() if len(group) > 1]
+    of_one_sweep = len({r.sweep_id for r in rows}) == 1
+    repeated = [_summed_up(group, of_one_sweep) for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: (-group.mean_val_acc, -max(group.val_acc), group.name))
 
 
-def _summed_up(runs: list[Row]) -> Repeated:
+def _summed_up(runs: list[Row], of_one_sweep: bool) -> Repeated:
     """The finished ``runs`` of one configuration as a :class:`Repeated`, named (and its sweeps listed) best run
-    first."""
+    first. Where all the runs are jobs of one sweep, what it fixed for every job tells no two apart: a configuration
+    is then named by what the sweep swept, where that names it (not in ``-m model=resnet9 seed=0,1,2``, whose jobs'
+    names give only their seeds)."""
     best_first = sorted(runs, key=lambda r: -r.val_acc)
-    return Repeated(_configuration_name([r.name for r in best_first], [o for r in best_first for o in r.fixed]),
-                    runs[0].data, len(runs),
+    swept = _configuration_name([r.name for r in best_first])
+    name = swept if of_one_sweep and swept != DEFAULTS_NAME else _configuration_name(
+        [r.name for r in best_first], [o for r in best_first for o in r.fixed])
+    return Repeated(name, runs[0].data, len(runs),
                     [r.val_acc for r in runs], [r.test_acc for r in runs if r.test_acc is not None],
                     tuple(dict.fromkeys(r.sweep for r in best_first if r.sweep)))  # a single run's: none
 

@@ -273,10 +273,9 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     assert report.main(["--tracking-uri", uri, "--sweep", parent]) == 0
     table, over_seeds = capsys.readouterr().out.split("#### Over seeds")
     assert len(table_rows(table)) == 9
-    assert table_rows(over_seeds) == [  # named by what the jobs' names and their sweep's fixed overrides say
-        ["model=simplecnn,optimizer.lr=0.0005,trainer.epochs=5", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41",
-         ""],
-        ["model=simplecnn,optimizer.lr=0.001,trainer.epochs=5", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00",
+    assert table_rows(over_seeds) == [  # named by what the jobs' names say the sweep swept: it fixed the rest for all
+        ["optimizer.lr=0.0005", "e00b28a47d65", "2", "71.00 ± 1.41", "70.00 ± 1.41", ""],
+        ["optimizer.lr=0.001", "e00b28a47d65", "3", "62.00 ± 2.00", "61.00 ± 2.00",
          f"{_welch_p([0.70, 0.72], [0.60, 0.62, 0.64]):.2g}"],  # 0.011: against the first, the best
     ]
     from cifar.sweep_run import _best_job, _closing_line
@@ -286,10 +285,10 @@ def test_a_configuration_trained_over_seeds_is_summed_up_by_its_mean_and_spread(
     best = _best_job(jobs)
     assert _closing_line(client.get_run(parent), jobs, best, ["--sweep", parent]).endswith(
         f"{best.info.run_name} (MLflow run {best.info.run_id}); best mean val/best_acc 0.7100 over 2 runs: "
-        f"model=simplecnn,optimizer.lr=0.0005,trainer.epochs=5. All of them: python -m cifar.report --sweep {parent}")
+        f"optimizer.lr=0.0005. All of them: python -m cifar.report --sweep {parent}")
     # with another sweep's jobs, of a sweep from before its fixed overrides were tagged: a configuration's runs may be
-    # of both, and its name from its jobs' names alone (what they swept) another configuration's too; a sweep column
-    # tells them apart (its best run's sweep first)
+    # of both, and its name from its jobs' names alone (what they swept) another configuration's too; the first
+    # sweep's fixed overrides name its configurations again, and a sweep column tells them apart (best run's first)
     other = client.create_run(experiment, run_name="sweep model=resnet9 optimizer.lr=1e-3,5e-4 seed=3,4,5",
                               tags={SWEEP_DIR_TAG: str(tmp_path / "other")}).info.run_id
     job(0.0005, 3, 0.74, 0.73, sweep=other)
