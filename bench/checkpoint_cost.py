@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cifar import checkpoint  # noqa: E402
 from cifar.config import compose  # noqa: E402
+from cifar.files import BEST, LAST  # noqa: E402
 from cifar.models import build_model  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def host_epoch(ops: int) -> None:
 
 def run(name: str, epochs: int, ops: int, directory: Path) -> dict[str, dict[str, list[float]]]:
     best, last = epoch_states(name)
-    files = {directory / checkpoint.BEST: best, directory / checkpoint.LAST: last}
+    files = {directory / BEST: best, directory / LAST: last}
     times = {way: {"epoch": [], "checkpoints": []} for way in ("in place", "in the background")}
 
     def epoch(way: str, write: Callable[[], object]) -> None:

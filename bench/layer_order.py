@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=25)
     parser.add_argument("--steps", type=int, default=8, help="steps per model per round")
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error(f"--rounds {args.rounds}: the ratio's quartiles need 2 rounds or more")
 
     steps = RandomSteps(args.batch, args.steps)
     ours = steps.model(args.model)

@@ -56,7 +56,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        mlflow.set_experiment("logging-cost")
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment("logging-cost", Path(tmp, "mlruns").as_uri()))
         first_export = None
         for name, cfg in MODELS.items():
             model = build_model(OmegaConf.create(cfg))

@@ -1,0 +1,70 @@
+"""Each benchmark runs to its table on a few images (no timing is checked: bench/ measures, tests do not). A bench
+script is run by hand, rarely, and a change elsewhere broke one unseen: checkpoint_cost.py took the checkpoints'
+names from cifar.checkpoint after they had moved to cifar.files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FAST, REPO, with_overrides
+
+SMALL = {  # script: its arguments for a short run, and what its result holds
+    "augment_cost.py": (["--images", "256", "--repeats", "1"], "| ... with alternating flips |"),
+    "checkpoint_cost.py": (["--models", "simplecnn", "--epochs", "1", "--epoch-ops", "100"],
+                           "| simplecnn | in the background |"),
+    "config_checks.py": (["--repeats", "1"], "| check the search space |"),
+    "eval_batch.py": (["--images", "256", "--resnet-images", "64", "--repeats", "1"], "| resnet18 |"),
+    "layer_order.py": (["--rounds", "2", "--steps", "1", "--batch", "16"], "labs' step / this project's step: "),
+    "logging_cost.py": (["--repeats", "1"], "| resnet18 |"),
+    "muon_step.py": (["--images", "128", "--batch", "64", "--rounds", "1"], "| muon | airbench | muon | 64 |"),
+    "pooling.py": (["--rounds", "1", "--batch", "16"], "| float32 | contiguous |"),
+    "profile_step.py": (["--model", "simplecnn", "--steps", "1", "--batch", "16"], "| aten::"),
+    "step_cost.py": (["--images", "256", "--rounds", "1"], " images/s  1.00x"),
+    "threads.py": (["--steps", "1", "--repeats", "1", "--threads", "1", "2", "--batch", "16"], "\n| 2 | "),
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, official_dir) -> tuple[Path, Path]:
+    """A checkpoint of a short run on the fake data, and that data's cache."""
+    tmp = tmp_path_factory.mktemp("bench-trained")
+    overrides = with_overrides(FAST, (f"data.path={official_dir}", f"data.cache_dir={tmp / 'cache'}",
+                                      f"hydra.run.dir={tmp / 'run'}", "trainer.epochs=1"))
+    subprocess.run([sys.executable, "-m", "cifar.train", *overrides], cwd=tmp, check=True, capture_output=True,
+                   env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"},
+                   timeout=600)
+    [cache] = (tmp / "cache").glob("*.npz")
+    return tmp / "run" / "best.pt", cache
+
+
+def run_bench(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(out: str) -> list[str]:
+    """The rows of the markdown tables in ``out``, their headings and rules left out."""
+    return [line for line in out.splitlines() if line.startswith("|") and not line.startswith("|--")][1:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMALL))
+def test_a_benchmark_runs_to_its_result(script):
+    args, result = SMALL[script]
+    assert result in run_bench(script, *args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["tta.py", "predict_speed.py"])
+def test_a_benchmark_of_a_trained_model_runs_to_its_table(script, trained):
+    checkpoint, cache = trained
+    out = run_bench(script, "--checkpoint", str(checkpoint), "--data", str(cache), "--repeats", "1",
+                    *(["--images", "64"] if script == "predict_speed.py" else []))
+    assert len(table_rows(out)) >= 3, out
