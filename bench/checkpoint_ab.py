@@ -79,7 +79,7 @@ def main() -> None:
             way = list(compared)[index % len(compared)]
             entry, added = compared[way]
             results[way].append(run_once(entry, [*args.overrides, *added], Path(tmp), index))
-    print(f"\n{' '.join(args.overrides)}: {args.rounds} runs each way, in turn\n")
+    print(f"\n{' '.join(args.overrides)}: {args.rounds} run{'s' * (args.rounds != 1)} each way, in turn\n")
     print("| checkpoints written | images/s (training steps) | epoch seconds (with checkpoints) | "
           "images/s, epoch seconds: median / background's |\n|---|---|---|---|")
     medians = {way: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for way, runs in results.items()}

@@ -42,16 +42,23 @@ QUIET = ["data.download=false", "mlflow.log_plots=false", "mlflow.log_model=fals
 
 def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> tuple[Any, list[str]]:
     """Run ``python ENTRY QUIET OVERRIDES`` (``entry``: ``-m cifar.train``, or a script that runs it) in the
-    repository with a fresh MLflow store in ``workdir``; that store's client and its experiments' ids (``cifar``'s,
-    or the one ``debug=smoke`` or ``mlflow.experiment`` chose: all of them hold this command's runs alone)."""
+    repository, into the MLflow store in ``workdir`` (made by the first call, and the benchmark's alone); that
+    store's client and its experiments' ids (``cifar``'s, or the one ``debug=smoke`` or ``mlflow.experiment``
+    chose). The experiment keeps its runs' files in ``workdir`` too: by default, MLflow's, they went to the
+    repository's ``mlruns``, among those of one's own runs, and stayed there once the store was deleted."""
     from mlflow.tracking import MlflowClient
 
+    from cifar.config import compose
+
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    name = compose([o for o in overrides if o.startswith(("debug=", "mlflow.experiment="))]).mlflow.experiment
+    if client.get_experiment_by_name(name) is None:
+        client.create_experiment(name, (workdir / "mlruns").as_uri())
     trained = subprocess.run([sys.executable, *entry, *QUIET, *overrides], cwd=REPO,
                              env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     if trained.returncode:  # the command said why in its own line
         sys.exit(trained.returncode)
-    client = MlflowClient(tracking_uri=uri)
     return client, [experiment.experiment_id for experiment in client.search_experiments()]
 
 
@@ -111,8 +118,9 @@ def main() -> None:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         rows = train_seeds(args.preset, seeds, args.data, Path(tmp), args.overrides)
     recipe = " ".join([f"experiment={args.preset}" if args.preset else "(defaults)", *args.overrides])
-    print(f"\n{recipe}: {len(rows)} seed{'s' if len(rows) > 1 else ''}, {rows[0]['params']['trainer.epochs']} epochs, "
-          f"model {rows[0]['params']['model.name']}, batch {rows[0]['params']['data.batch_size']}\n")
+    params, epochs = rows[0]["params"], int(rows[0]["params"]["trainer.epochs"])
+    print(f"\n{recipe}: {len(rows)} seed{'s' * (len(rows) != 1)}, {epochs} epoch{'s' * (epochs != 1)}, "
+          f"model {params['model.name']}, batch {params['data.batch_size']}\n")
     print("| seed | test acc | train seconds | warm-up seconds | run seconds | images/s |\n"
           "|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -68,3 +68,18 @@ def test_a_benchmark_of_a_trained_model_runs_to_its_table(script, trained):
     out = run_bench(script, "--checkpoint", str(checkpoint), "--data", str(cache), "--repeats", "1",
                     *(["--images", "64"] if script == "predict_speed.py" else []))
     assert len(table_rows(out)) >= 3, out
+
+
+@pytest.mark.slow
+def test_the_benchmarks_that_train_runs_leave_no_files_beside_them(official_dir, tmp_path):
+    """time_to_accuracy.py and checkpoint_ab.py train in the repository, into a store of their own, which keeps its
+    runs' files in its temp dir: MLflow's default put them in the repository's mlruns, and left them there."""
+    mlruns = REPO / "mlruns"
+    before = set(mlruns.rglob("*")) if mlruns.exists() else set()
+    data = [f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=40", "data.batch_size=32", "data.test_limit=50"]
+    out = run_bench("time_to_accuracy.py", "--seeds", "2", "--data", str(official_dir), "trainer.epochs=1", *data)
+    assert "| mean ± std |" in out and ": 2 seeds, 1 epoch, model simplecnn, batch 32" in out, out
+    out = run_bench("checkpoint_ab.py", "--rounds", "1", "--every", "2", f"data.path={official_dir}",
+                    "trainer.epochs=3", *data)
+    assert len(table_rows(out)) == 3 and "1 run each way" in out, out
+    assert (set(mlruns.rglob("*")) if mlruns.exists() else set()) == before
