@@ -62,6 +62,13 @@ def test_a_benchmark_runs_to_its_result(script):
 
 
 @pytest.mark.slow
+def test_the_throughput_benchmark_runs_to_its_table(official_dir, tmp_path):
+    out = run_bench("throughput.py", "--data", str(official_dir), "--cache-dir", str(tmp_path), "--images", "128",
+                    "--amp-images", "64", "--warmup-images", "32", "--repeats", "1")
+    assert "| classic (PIL + DataLoader, fp32) |" in out and len(table_rows(out)) >= 5, out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["tta.py", "predict_speed.py"])
 def test_a_benchmark_of_a_trained_model_runs_to_its_table(script, trained):
     checkpoint, cache = trained
