@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cifar import hydra_plugin
-from cifar.config import FIX_THE_VALUE, LISTS_THE_KEYS, validate
+from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, validate
 from cifar.continuation import how_to_continue
 from cifar.errors import (
     AbortRun, DivergedError, JobConfigError, UserError, unparsed_override, unwritable_output_dir,
@@ -46,7 +46,9 @@ EX_TEMPFAIL = 75  # sysexits.h: a failure that may go away; run the command agai
 USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 
 
-@hydra.main(config_path="../conf", config_name="config", execution_whitelist=EXECUTION_WHITELIST)
+# By its absolute path: "../conf", relative to this module, Hydra took for the package "conf" where main() is
+# called from another module (as by the cifar-train command), and found no config.
+@hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a sweep's job, tagged as its dir is named: by its number (a trial's)

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import shlex
 import subprocess
@@ -858,6 +859,22 @@ def test_every_experiment_preset_composes_validates_and_builds_its_model(preset)
 
     cfg = compose([f"experiment={preset}"])
     assert isinstance(build_model(cfg.model), torch.nn.Module)
+
+
+def test_the_cifar_train_command_runs_the_cli_and_completes_its_config_groups_and_keys(tmp_path):
+    """``cifar-train``, installed with the project, is ``python -m cifar.train`` for Hydra's tab completion, which
+    takes a command (with ``python -m``, its shell function completes nothing). It calls ``cifar.train.main`` from
+    another module, where Hydra took the config's path relative to cifar/train.py for a package and found none."""
+    command = str(Path(sys.executable).with_name("cifar-train"))
+    shown = subprocess.run([command, "--cfg", "job", "optimizer=sgd"], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=120)
+    assert shown.returncode == 0 and "name: sgd" in shown.stdout, shown.stderr
+    for line, completions in [("cifar-train optimizer=", "optimizer=adam optimizer=adamw optimizer=muon optimizer=sgd"),
+                              ("cifar-train -m hparams_search=optuna trainer.epo", "trainer.epochs=")]:
+        env = {**os.environ, "COMP_LINE": line, "COMP_POINT": str(len(line))}
+        query = subprocess.run([command, "-sc", "query=bash"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                               timeout=120)
+        assert query.stdout.strip() == completions, query.stderr
 
 
 def test_each_groups_options_name_themselves_but_the_presets_whose_choice_is_a_param_and_a_sweeps_column():
