@@ -88,7 +88,10 @@ class SweepCallback(Callback):
             run_id = parent.info.run_id
             _take_up(client, run_id, config)
         else:
-            _warn_of_an_earlier_sweep(config.hydra.sweep.dir)
+            try:
+                _check_an_earlier_sweep(client, config.hydra.sweep.dir)
+            except ConfigError as err:
+                raise AbortRun(err) from err
             run_id = new_run()
         self.parent_run_id = run_id
         sweep = {"parent_run_id": run_id, "swept_keys": tracking.swept_keys(config),
@@ -236,16 +239,26 @@ def _make_sweep_dir(config: DictConfig) -> Path | None:
         raise AbortRun(unwritable) from unwritable  # Hydra only warns of a callback's Exception
 
 
-def _warn_of_an_earlier_sweep(sweep_dir: str) -> None:
-    """Say that a new grid sweep writes over the job dirs of the earlier one in ``sweep_dir`` (a dir named on the
-    command line, run again), and how to keep them or continue that sweep; an Optuna sweep there continues its
-    study."""
+def _check_an_earlier_sweep(client: Any, sweep_dir: str) -> None:
+    """Refuse a new grid sweep in ``sweep_dir`` (a dir named on the command line, run again) while the sweep there
+    still runs (its parent run RUNNING, in a process that is not gone): each would write over the other's job dirs,
+    and that sweep's jobs that started after this one logged under this one's parent run. Else, where a sweep ran
+    there, say that this one writes over its jobs' dirs and checkpoints, and how to keep them or continue that
+    sweep; an Optuna sweep there continues its study."""
     earlier = tracking.read_sweep(sweep_dir)
-    if earlier is not None:
-        log.warning("hydra.sweep.dir=%s holds the sweep of MLflow parent run %s: this sweep's jobs write over its "
-                    "jobs' dirs and checkpoints (their MLflow runs and logged models stay). To keep them, stop this "
-                    "sweep and give it another hydra.sweep.dir; where that sweep was stopped, continue it with "
-                    "trainer.resume=true", sweep_dir, earlier["parent_run_id"])
+    if earlier is None:
+        return
+    parent = tracking.existing_run(client, earlier["parent_run_id"])  # None where it logged to another store
+    if parent is not None and parent.info.status == "RUNNING" and not tracking.owner_is_gone(parent):
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} holds a sweep that is still running (MLflow parent run "
+            f"{parent.info.run_id}, in process {parent.data.tags.get(OWNER_TAG, '(unknown)')}): give this sweep "
+            "another hydra.sweep.dir, or stop that sweep (Ctrl-C or SIGTERM) first"
+        )
+    log.warning("hydra.sweep.dir=%s holds the sweep of MLflow parent run %s: this sweep's jobs write over its "
+                "jobs' dirs and checkpoints (their MLflow runs and logged models stay). To keep them, stop this "
+                "sweep and give it another hydra.sweep.dir; where that sweep was stopped, continue it with "
+                "trainer.resume=true", sweep_dir, earlier["parent_run_id"])
 
 
 def _new_parent_run(client: Any, experiment_id: str, config: DictConfig) -> str:

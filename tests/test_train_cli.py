@@ -305,7 +305,10 @@ def test_a_sweeps_job_without_trainer_threads_takes_torchs_default_not_the_job_b
 
 
 @pytest.mark.slow
-def test_a_grid_sweep_run_again_in_its_dir_says_it_writes_over_the_earlier_ones_jobs(cli):
+def test_a_grid_sweep_run_again_in_its_dir_says_it_writes_over_the_earlier_ones_jobs_and_not_while_it_runs(cli):
+    from cifar import owner
+    from cifar.tracking import OWNER_TAG
+
     grid = ("seed=1,2", "trainer.epochs=1", "mlflow.log_model=false", "mlflow.log_plots=false")
     first = cli(*grid, multirun=True)
     parent, _ = sweep_parent_and_children(all_runs(cli))
@@ -313,6 +316,20 @@ def test_a_grid_sweep_run_again_in_its_dir_says_it_writes_over_the_earlier_ones_
     assert "holds the sweep" not in first.stdout + first.stderr
     assert (f"hydra.sweep.dir={cli.tmp_path / 'sweep'} holds the sweep of MLflow parent run {parent.info.run_id}: "
             "this sweep's jobs write over its jobs' dirs and checkpoints") in second.stdout + second.stderr
+    # the second sweep as if it still ran, in this live process: a third in its dir is refused before any run
+    [running] = [r for r in all_runs(cli)
+                 if "mlflow.parentRunId" not in r.data.tags and r.info.run_id != parent.info.run_id]
+    client = client_for(cli)
+    client.set_tag(running.info.run_id, OWNER_TAG, owner.current())
+    client.update_run(running.info.run_id, status="RUNNING")
+    runs = len(all_runs(cli))
+    third = cli(*grid, multirun=True, check=False)
+    client.set_terminated(running.info.run_id)
+    assert third.returncode == 2 and third.stderr.strip() == (
+        f"cifar.train: error: hydra.sweep.dir={cli.tmp_path / 'sweep'} holds a sweep that is still running (MLflow "
+        f"parent run {running.info.run_id}, in process {owner.current()}): give this sweep another hydra.sweep.dir, "
+        "or stop that sweep (Ctrl-C or SIGTERM) first"), third.stderr
+    assert len(all_runs(cli)) == runs
 
 
 @pytest.mark.slow  # 27 s
