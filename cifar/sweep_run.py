@@ -249,7 +249,7 @@ def _check_an_earlier_sweep(client: Any, sweep_dir: str) -> None:
     if earlier is None:
         return
     parent = tracking.existing_run(client, earlier["parent_run_id"])  # None where it logged to another store
-    if parent is not None and parent.info.status == "RUNNING" and not tracking.owner_is_gone(parent):
+    if parent is not None and tracking.still_running(parent):
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} holds a sweep that is still running (MLflow parent run "
             f"{parent.info.run_id}, in process {parent.data.tags.get(OWNER_TAG, '(unknown)')}): give this sweep "

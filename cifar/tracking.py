@@ -458,10 +458,14 @@ def owner_is_gone(run: Any) -> bool:
     return owner.is_gone(run.data.tags.get(OWNER_TAG, ""))
 
 
+def still_running(run: Any) -> bool:
+    """Whether ``run`` is RUNNING in a process that is not gone: another process still runs it."""
+    return run.info.status == "RUNNING" and not owner_is_gone(run)
+
+
 def refuse_running(run: Any, what: str) -> None:
-    """Refuse (ConfigError) to take up ``run`` (``what`` names it) while it is RUNNING in a process that is
-    not gone: another process still runs it."""
-    if run.info.status == "RUNNING" and not owner_is_gone(run):
+    """Refuse (ConfigError) to take up ``run`` (``what`` names it) while another process still runs it."""
+    if still_running(run):
         raise ConfigError(
             f"trainer.resume=true but {what} {run.info.run_id} is still RUNNING, in process "
             f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "
