@@ -121,7 +121,12 @@ class Report:
     def has_several_sweeps(self) -> bool:
         """Its runs (every run of an experiment) are jobs of more than one sweep, or some are single runs: a
         column gives each one's sweep."""
-        return len({row.sweep_id for row in self.rows}) > 1
+        return of_several_sweeps(self.rows)
+
+
+def of_several_sweeps(rows: list[Row]) -> bool:
+    """Whether ``rows`` are jobs of more than one sweep, or some are single runs."""
+    return len({row.sweep_id for row in rows}) > 1
 
 
 def repeated_configs(rows: list[Row]) -> list[Repeated]:
@@ -132,7 +137,7 @@ def repeated_configs(rows: list[Row]) -> list[Repeated]:
     for finished in rows:
         if finished.state == "finished" and finished.config is not None and finished.val_acc is not None:
             groups.setdefault(finished.config, []).append(finished)
-    of_one_sweep = len({r.sweep_id for r in rows}) == 1
+    of_one_sweep = not of_several_sweeps(rows)
     repeated = [_summed_up(group, of_one_sweep) for group in groups.values() if len(group) > 1]
     return sorted(repeated, key=lambda group: (-group.mean_val_acc, -max(group.val_acc), group.name))
 
@@ -143,9 +148,10 @@ def _summed_up(runs: list[Row], of_one_sweep: bool) -> Repeated:
     is then named by what the sweep swept, where that names it (not in ``-m model=resnet9 seed=0,1,2``, whose jobs'
     names give only their seeds)."""
     best_first = sorted(runs, key=lambda r: -r.val_acc)
-    swept = _configuration_name([r.name for r in best_first])
+    names = [r.name for r in best_first]
+    swept = _configuration_name(names)
     name = swept if of_one_sweep and swept != DEFAULTS_NAME else _configuration_name(
-        [r.name for r in best_first], [o for r in best_first for o in r.fixed])
+        names, [o for r in best_first for o in r.fixed])
     return Repeated(name, runs[0].data, len(runs),
                     [r.val_acc for r in runs], [r.test_acc for r in runs if r.test_acc is not None],
                     tuple(dict.fromkeys(r.sweep for r in best_first if r.sweep)))  # a single run's: none
