@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import FAST, REPO, with_overrides
+from tests.conftest import REPO, train_command
 
 SMALL = {  # script: its arguments for a short run, and what its result holds
     "augment_cost.py": (["--images", "256", "--repeats", "1"], "| ... with alternating flips |"),
@@ -56,10 +56,9 @@ def test_the_throughput_benchmark_runs_to_its_table(official_dir, tmp_path):
 
 @pytest.mark.slow
 def test_the_benchmarks_of_a_trained_model_run_to_their_tables(official_dir, tmp_path):
-    overrides = with_overrides(FAST, (f"data.path={official_dir}", f"data.cache_dir={tmp_path / 'cache'}",
-                                      f"hydra.run.dir={tmp_path / 'run'}", "trainer.epochs=1"))
-    subprocess.run([sys.executable, "-m", "cifar.train", *overrides], cwd=tmp_path, check=True, capture_output=True,
-                   env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}, timeout=600)
+    subprocess.run(train_command(official_dir, tmp_path, "trainer.epochs=1"), cwd=tmp_path, check=True,
+                   capture_output=True, timeout=600,
+                   env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     [cache] = (tmp_path / "cache").glob("*.npz")
     trained = ["--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(cache), "--repeats", "1"]
     out = run_bench("tta.py", *trained)
