@@ -19,6 +19,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+from cifar import dvc_exp, tracking
 from cifar.errors import AbortRun, ConfigError
 from cifar.files import LAST
 from cifar.output_dirs import is_time_named
@@ -240,7 +241,8 @@ def compose_with_hydra(overrides: list[str]) -> tuple[DictConfig, DictConfig]:
 
 class RunConfigCheck(Callback):
     """Checks a single run's config before Hydra makes the run's output dir (``hydra.callbacks.config_check``,
-    first), so that a bad value leaves no dir of a run that never started. A grid's jobs are checked before the
+    first), so that a bad value leaves no dir of a run that never started, and that a run still running in that dir
+    keeps its files. A grid's jobs are checked before the
     sweep starts (``cifar.sweeper.check_grid``), an Optuna search's by its sweeper as each starts
     (``cifar.sweeper_impl``), after a check of its search space."""
 
@@ -254,6 +256,8 @@ class RunConfigCheck(Callback):
             if config.trainer.resume:
                 _check_resumable(config.hydra.run)
             validate_job(config)
+            if not config.trainer.resume:
+                _check_no_run_in(config)
         except ConfigError as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
 
@@ -266,6 +270,21 @@ def check_working_dir(hydra_cfg: DictConfig) -> None:
         raise ConfigError("hydra.job.chdir=true is not supported: runs find data.path, the MLflow store and their "
                           "sweep's files from the directory they start in, and write their checkpoints and logs to "
                           "their output dir all the same: drop hydra.job.chdir")
+
+
+def _check_no_run_in(config: DictConfig) -> None:
+    """Refuse a run in ``hydra.run.dir`` (a dir named on the command line, run again) while another process still
+    runs a run there: each would write over the other's checkpoints, and Hydra this one's config over that one's
+    ``.hydra/`` files first. A time-named dir is new (:mod:`cifar.output_dirs`); a DVC stage's runs one at a time."""
+    run_dir = Path(config.hydra.run.dir)
+    if is_time_named(config.hydra.run) or dvc_exp.runs_a_stage() or not run_dir.is_dir():
+        return
+    if (running := tracking.run_still_running_in(config.mlflow, run_dir)) is not None:
+        raise ConfigError(
+            f"hydra.run.dir={run_dir} holds a run that is still running (MLflow run {running.info.run_id}, in process "
+            f"{running.data.tags.get(tracking.OWNER_TAG, '(unknown)')}): give this run another hydra.run.dir, or stop "
+            "that run (Ctrl-C or SIGTERM) first"
+        )
 
 
 def _check_resumable(run: DictConfig) -> None:

@@ -473,6 +473,27 @@ def refuse_running(run: Any, what: str) -> None:
         )
 
 
+def run_still_running_in(cfg_mlflow: Any, output_dir: Path) -> Any | None:
+    """The MLflow run, in the experiment that ``cfg_mlflow`` logs to, that another process still runs in
+    ``output_dir`` (:func:`still_running`); None where there is none, or where the store cannot be read yet (a
+    SQLite file not made, a server that does not answer: the run says so itself, in one line)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = store_uri(cfg_mlflow)
+    database = sqlite_file(uri)
+    if (database is not None and not database.exists()) or unusable_mlflow_store(uri):
+        return None
+    try:
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(cfg_mlflow.experiment)
+        running = [] if experiment is None else search_all_runs(client, [experiment.experiment_id],
+                                                                "attributes.status = 'RUNNING'")
+    except store_errors():
+        return None
+    here = str(output_dir.resolve())
+    return next((run for run in running if run.data.tags.get(OUTPUT_DIR_TAG) == here and still_running(run)), None)
+
+
 def changed_settings(before: dict[str, str], after: dict[str, Any]) -> list[str]:
     """The keys of both whose values differ (``after``'s as MLflow logs them: strings), sorted, as one names the
     change: a config group switched to another option by its ``name`` alone, not each of its keys, and the model's

@@ -18,11 +18,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar import report
+from cifar import owner, report
 from cifar.config import CONF_DIR, compose
 from cifar.data import CLASSES
 from cifar.device import cpu_has_native_bf16
-from cifar.tracking import FIXED_OVERRIDES_TAG
+from cifar.tracking import FIXED_OVERRIDES_TAG, OWNER_TAG
 from cifar.train import tag_console_lines
 from tests.conftest import (
     REAL_DATA, WRITES_OVER, all_runs, assert_tags_are_the_runs_own, client_for, run_on_configured_store,
@@ -332,14 +332,28 @@ def test_a_grid_sweep_run_again_in_its_dir_says_it_writes_over_the_earlier_ones_
     assert len(all_runs(cli)) == runs
 
 
-@pytest.mark.slow  # 27 s
-def test_a_run_in_a_dir_that_holds_an_earlier_runs_checkpoints_says_it_writes_over_them(cli):
+@pytest.mark.slow  # 30 s
+def test_a_run_in_a_dir_that_holds_an_earlier_runs_checkpoints_says_it_writes_over_them_and_not_while_it_runs(cli):
     first = cli("trainer.epochs=1")
     again = cli("trainer.epochs=1")  # the fixture's hydra.run.dir, as a command run again
     assert WRITES_OVER not in first.stdout + first.stderr
-    assert (f"hydra.run.dir={cli.tmp_path / 'run'} holds an earlier run's checkpoints: {WRITES_OVER}"
-            in again.stdout + again.stderr)
+    run_dir = cli.tmp_path / "run"
+    assert f"hydra.run.dir={run_dir} holds an earlier run's checkpoints: {WRITES_OVER}" in again.stdout + again.stderr
     assert len(all_runs(cli)) == 2
+
+    # the second run, as if still running in this test's live process: a third in its dir is refused
+    running = max(all_runs(cli), key=lambda run: run.info.start_time)
+    client = client_for(cli)
+    client.set_tag(running.info.run_id, OWNER_TAG, owner.current())
+    client.update_run(running.info.run_id, status="RUNNING")
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    third = cli("trainer.epochs=2", check=False)
+    client.set_terminated(running.info.run_id)
+    assert third.returncode == 2 and third.stderr.strip() == (
+        f"cifar.train: error: hydra.run.dir={run_dir} holds a run that is still running (MLflow run "
+        f"{running.info.run_id}, in process {owner.current()}): give this run another hydra.run.dir, or stop that "
+        "run (Ctrl-C or SIGTERM) first"), third.stderr
+    assert len(all_runs(cli)) == 2 and (run_dir / ".hydra" / "config.yaml").read_text() == config
 
 
 def test_a_sweeps_jobs_are_named_by_every_swept_key_and_a_run_by_what_changes_its_training():
