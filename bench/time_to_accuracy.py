@@ -44,15 +44,17 @@ def train_into_store(workdir: Path, entry: list[str], overrides: list[str]) -> t
     """Run ``python ENTRY QUIET OVERRIDES`` (``entry``: ``-m cifar.train``, or a script that runs it) in the
     repository, into the MLflow store in ``workdir`` (made by the first call, and the benchmark's alone); that
     store's client and its experiments' ids (``cifar``'s, or the one that ``mlflow.experiment``, ``debug=smoke`` or
-    an ``experiment=`` preset chose). The experiment keeps its runs' files in ``workdir`` too: by default, MLflow's, they went to the
-    repository's ``mlruns``, among those of one's own runs, and stayed there once the store was deleted."""
+    an ``experiment=`` preset chose). The experiment keeps its runs' files in ``workdir`` too: by default,
+    MLflow's, they went to the repository's ``mlruns``, among those of one's own runs, and stayed there once the
+    store was deleted."""
     from mlflow.tracking import MlflowClient
 
     from cifar.config import compose
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)
-    name = compose([o for o in overrides if o.startswith(("debug=", "experiment=", "mlflow.experiment="))]).mlflow.experiment
+    naming = [o for o in overrides if o.startswith(("debug=", "experiment=", "mlflow.experiment="))]
+    name = compose(naming).mlflow.experiment
     if client.get_experiment_by_name(name) is None:
         client.create_experiment(name, (workdir / "mlruns").as_uri())
     trained = subprocess.run([sys.executable, *entry, *QUIET, *overrides], cwd=REPO,

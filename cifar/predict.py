@@ -36,6 +36,7 @@ from cifar.errors import UserError, exit_status, first_line, os_reason
 
 IMAGE_SUFFIXES = (*data.IMAGE_SUFFIXES, ".gif", ".tif", ".tiff")  # any image Pillow reads, not only dataset formats
 SIDE = 32
+MAX_DECODED_PIXELS = 178_956_970  # Pillow's limit, where it refuses an image as a decompression bomb
 READ_CHUNK = 512  # files decoded at a time, in a thread, while the model classifies the previous ones
 
 
@@ -71,21 +72,39 @@ def image_files(paths: Sequence[str]) -> tuple[list[Path], list[Failure]]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The image at ``path`` as (32, 32, 3) uint8 RGB; OSError if it cannot be read, ValueError if not an image."""
+    """The image at ``path`` as (32, 32, 3) uint8 RGB; OSError if it cannot be read, ValueError if not an image, or
+    if more than ``MAX_DECODED_PIXELS`` would be decoded: Pillow's guard against decompression bombs, but counted
+    where a JPEG is decoded at a smaller scale, so that a phone's 200-megapixel photo is read (as 3 megapixels)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with _pillows_size_check_off(), Image.open(path) as image:
             if image.format == "JPEG":
                 image.draft("RGB", (SIDE, SIDE))  # decode at the smallest scale that is still >= 32x32
+            if (pixels := image.width * image.height) > MAX_DECODED_PIXELS:
+                raise ValueError(f"{image.width}x{image.height}: {pixels:,} pixels to decode, over Pillow's limit "
+                                 f"of {MAX_DECODED_PIXELS:,}, its guard against decompression bombs; shrink it first")
             image = data.upright_rgb(image)
             if image.size != (SIDE, SIDE):
                 image = image.resize((SIDE, SIDE), Image.Resampling.BILINEAR)  # antialiased when shrinking
             return np.asarray(image)
     except UnidentifiedImageError as err:
         raise ValueError("not an image format that Pillow reads") from err
-    except (SyntaxError, Image.DecompressionBombError) as err:  # Pillow's errors for corrupt headers, huge images
+    except SyntaxError as err:  # Pillow's error for a corrupt header
         raise ValueError(first_line(err)) from err
+
+
+@contextlib.contextmanager
+def _pillows_size_check_off() -> Iterator[None]:
+    """Pillow's check of an image's size as it opens, off (:func:`read_image` checks what it decodes instead).
+    The setting is the process's: images are opened in one thread at a time here."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def read_images(files: list[Path]) -> tuple[np.ndarray, list[Path], list[Failure]]:

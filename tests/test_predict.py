@@ -467,6 +467,28 @@ def test_a_16_bit_grayscale_image_reads_as_its_8_bit_pixels(suffix, tmp_path):
                                   predict.read_image(tmp_path / f"gray8{suffix}"))
 
 
+def test_a_jpeg_over_pillows_size_limit_is_read_at_its_draft_scale_and_any_other_image_refused(tmp_path,
+                                                                                                 monkeypatch):
+    photo = Image.fromarray(fakedata.images_for(np.array([3]), seed=5)[0]).resize((256, 256))
+    photo.save(tmp_path / "photo.jpg", quality=95)  # decoded at 1/8 of each side: 32x32
+    photo.save(tmp_path / "photo.png")
+    photo.resize((60, 60)).save(tmp_path / "small.png")
+    as_read = predict.read_image(tmp_path / "photo.jpg")
+    # the limits scaled down: a phone's 200-megapixel JPEG over them, Pillow's warning (over half) and error
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2_000)
+    monkeypatch.setattr(predict, "MAX_DECODED_PIXELS", 4_000)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        images, read, failures = predict.read_images([tmp_path / "photo.jpg", tmp_path / "photo.png",
+                                                      tmp_path / "small.png"])
+    np.testing.assert_array_equal(images[0], as_read)
+    assert read == [tmp_path / "photo.jpg", tmp_path / "small.png"] and warned == []
+    assert failures == [predict.Failure(str(tmp_path / "photo.png"), "not a readable image (256x256: 65,536 pixels to "
+                                        "decode, over Pillow's limit of 4,000, its guard against decompression "
+                                        "bombs; shrink it first)")]
+    assert Image.MAX_IMAGE_PIXELS == 2_000  # Pillow's own check is on again for the rest of the process
+
+
 # EXIF orientation: the transpose a viewer applies to show the stored pixels upright, and its inverse
 SHOWN_BY = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_270, 8: Image.Transpose.ROTATE_90}
 STORED_BY = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
