@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar import dvc_exp, tracking
-from cifar.errors import AbortRun, ConfigError
+from cifar.errors import AbortRun, ConfigError, DataError
 from cifar.files import LAST
 from cifar.output_dirs import is_time_named
 from cifar.tracking import NOTE_TAG, is_own_tag
@@ -247,6 +247,8 @@ class RunConfigCheck(Callback):
     (``cifar.sweeper_impl``), after a check of its search space."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from cifar.data import check_data_path  # numpy: once a run starts
+
         try:
             check_working_dir(config.hydra)
             search = config.hydra.runtime.choices.get("hparams_search")
@@ -256,9 +258,10 @@ class RunConfigCheck(Callback):
             if config.trainer.resume:
                 _check_resumable(config.hydra.run)
             validate_job(config)
+            check_data_path(Path(config.data.path), config.data.download)
             if not config.trainer.resume:
                 _check_no_run_in(config)
-        except ConfigError as err:
+        except (ConfigError, DataError) as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
 
 

@@ -140,9 +140,28 @@ def _remove_earlier_caches(source: Path, keep: Path) -> None:
 # --- finding the source ---------------------------------------------------------------------
 
 
+def check_data_path(path: Path, download: bool) -> None:
+    """Refuse (DataError) a ``data.path`` with no data that a run can read or download, as :func:`load_cifar10` would:
+    from the file system alone, before a run imports torch and builds its model (seconds)."""
+    if path.suffix == ".npz":
+        if not path.exists():
+            raise _no_decoded(path, "data.path")
+    else:
+        find_source(path, download)
+
+
 def locate_source(path: Path, download: bool, setting: str = "data.path") -> Path:
     """Return the directory or archive to read, downloading the official archive if allowed; ``setting`` is the
     option that gave ``path``, which errors name."""
+    if (found := find_source(path, download, setting)) is not None:
+        return found
+    _download(path)
+    return path
+
+
+def find_source(path: Path, download: bool, setting: str = "data.path") -> Path | None:
+    """The directory or archive to read at ``path``; None where there is none and ``download`` allows downloading
+    the official archive there. A DataError where ``path`` cannot be read."""
     if path.is_symlink() and not path.exists():
         raise DataError(f"{setting}={path} is a broken link (to {os.readlink(path)}): point it at your copy of the "
                         "data")
@@ -166,8 +185,7 @@ def locate_source(path: Path, download: bool, setting: str = "data.path") -> Pat
         if setting == "data.path":
             fixes.append("set data.download=true")  # a run's setting
         raise DataError(f"No CIFAR-10 data in {path}: {', '.join(fixes[:-1])}, or {fixes[-1]}")
-    _download(path)
-    return path
+    return None
 
 
 def _find_in_directory(path: Path, setting: str) -> Path | None:
@@ -489,13 +507,15 @@ def read_decoded(path: Path, setting: str = "data.path") -> Cifar10:
     try:
         return _read_cache(path)
     except FileNotFoundError:
-        raise DataError(
-            f"{setting}={path} does not exist: run `dvc repro prepare` or point {setting} at the raw data"
-        ) from None
+        raise _no_decoded(path, setting) from None
     except UNREADABLE_CACHE as err:
         raise DataError(
             f"{setting}={path} is not a decoded CIFAR-10 .npz ({err}): point {setting} at the raw data"
         ) from err
+
+
+def _no_decoded(path: Path, setting: str) -> DataError:
+    return DataError(f"{setting}={path} does not exist: run `dvc repro prepare` or point {setting} at the raw data")
 
 
 def write_decoded(path: Path, source: Path, setting: str) -> Cifar10:

@@ -733,11 +733,18 @@ def test_an_experiment_that_was_deleted_is_refused_in_one_line_naming_the_restor
     assert client.search_runs([experiment_id]) == [] and not (cli.tmp_path / "sweep").exists()
 
 
-def test_missing_data_fails_with_one_line(cli):
-    proc = cli(data=cli.tmp_path / "missing", check=False)
+@pytest.mark.parametrize("name,refused", [
+    ("missing", "No CIFAR-10 data in {path}: put cifar-10-python.tar.gz or train/<class>/ image folders there, set "
+                "data.path to your copy, or set data.download=true"),
+    ("missing.tar.gz", "data.path={path} does not exist: check the path, or set data.path to a directory"),
+    ("missing.npz", "data.path={path} does not exist: run `dvc repro prepare` or point data.path at the raw data"),
+])
+def test_missing_data_fails_with_one_line_before_hydra_writes_to_the_run_dir(cli, name, refused):
+    """Refused from the file system, before the run imports torch."""
+    proc = cli(data=cli.tmp_path / name, check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().startswith("cifar.train: error: No CIFAR-10 data in")
-    assert "data.download=true" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"cifar.train: error: {refused.format(path=cli.tmp_path / name)}", proc.stderr
+    assert not (cli.tmp_path / "run").exists() and all_runs(cli) == []
 
 
 def test_diverging_run_ends_failed_with_a_clear_message(cli):
