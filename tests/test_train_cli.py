@@ -489,7 +489,7 @@ BAD_INPUT = [
     ("trainer.lookahead_decay=1", "trainer.lookahead_decay=1.0 is out of range: it must be in [0, 1)"),
     ("trainer.checkpoint_every=0", "trainer.checkpoint_every=0 is out of range: it must be >= 1"),
     ("trainer.whiten_bias_epochs=3", "trainer.whiten_bias_epochs=3 is out of range: it needs trainer.whiten=true"),
-    ("trainer.whiten=true trainer.whiten_bias_epochs=3 data.path=no-data data.download=false",  # before reading data
+    ("trainer.whiten=true trainer.whiten_bias_epochs=3 data.path=no-data data.download=true",  # before a download
      "trainer.whiten_bias_epochs=3 fixes the first convolution's bias, which model=simplecnn does not have"),
     ("scheduler.anneal=sqrt", "scheduler.anneal=sqrt is out of range: it must be one of ('cos', 'linear')"),
     ("data.augment.cutout=40",
