@@ -322,13 +322,14 @@ def _recorded_sweep(sweep_dir: str) -> dict:
 
 
 def row(run, client=None, sweeps: dict | None = None) -> Row:
-    """A run's row; ``client`` reads the metrics so far of a job still running (without it, it has none), and
-    ``sweeps`` (parent runs by their ids) names the sweep of a job."""
+    """A run's row; ``client`` reads the metrics so far of a job that did not finish (still running, or stopped or
+    failed and not resumed; without it, it has none), and ``sweeps`` (parent runs by their ids) names the sweep of a
+    job."""
     metrics, info, tags = run.data.metrics, run.info, run.data.tags
     sweep_id = tags.get("mlflow.parentRunId")
     parent = (sweeps or {}).get(sweep_id)
     val_acc, epochs = metrics.get(BEST_VAL_ACC), int(metrics["epochs_run"]) if "epochs_run" in metrics else None
-    if info.status == "RUNNING" and epochs is None and client is not None:
+    if info.status != "FINISHED" and epochs is None and client is not None:
         val_acc, epochs = _so_far(client, info.run_id)
     return Row(
         run_id=info.run_id,
@@ -401,8 +402,8 @@ def wall_seconds(run) -> float | None:
 
 
 def _so_far(client, run_id: str) -> tuple[float | None, int | None]:
-    """The best validation accuracy and the epochs of a job still running, from its per-epoch metrics (its
-    val/best_acc and epochs_run are logged when it ends)."""
+    """The best validation accuracy and the epochs of a job still running, stopped or failed, from its per-epoch
+    metrics (its val/best_acc and epochs_run are logged when it finishes)."""
     val_acc = [m.value for m in client.get_metric_history(run_id, "val/acc")]
     epochs = {m.step for m in client.get_metric_history(run_id, "train/loss")}  # an epoch's step is its number
     return max(val_acc, default=None), len(epochs) or None

@@ -63,18 +63,21 @@ def test_latest_sweep_is_reported_best_first(store, capsys, tmp_path):
     assert (tmp_path / "r.md").read_text() == out
 
 
-def test_a_job_still_running_shows_its_best_validation_accuracy_and_epochs_so_far(store, capsys):
+@pytest.mark.parametrize("status", ["RUNNING", "KILLED", "FAILED"])  # stopped or failed, and not resumed
+def test_a_job_running_or_stopped_shows_its_best_validation_accuracy_and_epochs_so_far(status, store, capsys):
     uri, new, _ = store
     client = MlflowClient(tracking_uri=uri)
-    running = client.create_run(client.get_experiment_by_name("cifar").experiment_id, run_name="optimizer.lr=0.002",
-                                tags={"mlflow.parentRunId": new}, start_time=3004)
+    job = client.create_run(client.get_experiment_by_name("cifar").experiment_id, run_name="optimizer.lr=0.002",
+                            tags={"mlflow.parentRunId": new}, start_time=3004)
     for epoch, (loss, acc) in enumerate([(2.0, 0.41), (1.5, 0.66), (1.2, 0.63)], start=1):
-        client.log_metric(running.info.run_id, "train/loss", loss, step=epoch)
-        client.log_metric(running.info.run_id, "val/acc", acc, step=epoch)
-        client.log_metric(running.info.run_id, "run_seconds", 30.0 * epoch, step=epoch)
+        client.log_metric(job.info.run_id, "train/loss", loss, step=epoch)
+        client.log_metric(job.info.run_id, "val/acc", acc, step=epoch)
+        client.log_metric(job.info.run_id, "run_seconds", 30.0 * epoch, step=epoch)
+    if status != "RUNNING":
+        client.set_terminated(job.info.run_id, status, end_time=3004 + 500 * 1000)
     assert report.main(["--tracking-uri", uri]) == 0
     rows = {row[0]: row for row in table_rows(capsys.readouterr().out)}
-    assert rows["optimizer.lr=0.002"] == ["optimizer.lr=0.002", "66.00%", "", "3", "running", "90 s"]
+    assert rows["optimizer.lr=0.002"] == ["optimizer.lr=0.002", "66.00%", "", "3", status.lower(), "90 s"]
 
 
 def test_the_wall_time_of_a_resumed_job_leaves_out_the_time_it_was_stopped(store, capsys):
