@@ -23,7 +23,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from cifar import hydra_plugin
 from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, validate
-from cifar.continuation import how_to_continue
+from cifar.continuation import how_to_continue, train_command
+from cifar.credentials import without_passwords
 from cifar.errors import (
     AbortRun, DivergedError, JobConfigError, UserError, unparsed_override, unwritable_output_dir,
 )
@@ -166,6 +167,8 @@ def describe(err: BaseException) -> str:
         return unparsed_override(err)
     if isinstance(err, ConfigCompositionException) and (swept := _HYDRA_KEY_SWEPT.match(str(err))):
         return _hydra_key_swept(*swept.groups())
+    if isinstance(err, ConfigCompositionException) and (swept := _SWEEP_WITHOUT_M.match(str(err))):
+        return _sweep_without_m(*swept.groups())
     if isinstance(err, ConfigCompositionException) and (added := _GROUP_ADDED_AGAIN.match(str(err))):
         group, choice = added.groups()
         return (f"+{group}={choice}: {group} is in the config's defaults already, so it takes no +: "
@@ -195,6 +198,8 @@ _MERGING_FILE = re.compile(r"In '([^']+)': \w+ raised while composing config")  
 
 _HYDRA_KEY_SWEPT = re.compile(r"Sweeping over Hydra's configuration is not supported : '([^=]+)=(.*)'$")  # Hydra's
 SWEEPER_PARAMS = "hydra.sweeper.params."
+# Hydra's words for values to sweep over (a,b or range(), choice(), ...) given without -m
+_SWEEP_WITHOUT_M = re.compile(r"(Ambiguous value for argument|Sweep parameters) '(.*?)'(?:\n| requires --multirun$)")
 # Hydra's words for a config group added (+group=option) on the command line where the defaults list has it
 _GROUP_ADDED_AGAIN = re.compile(
     r"Multiple values for (\S+)\.[^\n]*\nConflicting choices: .*'([^']*)' from 'command line'")
@@ -207,6 +212,16 @@ def _hydra_key_swept(key: str, values: str) -> str:
     if (searched := key.removeprefix(SWEEPER_PARAMS)) != key:
         return f"{line}: give the search range as {searched}='{values}', which replaces the preset's"
     return f"{line}: give {key} one value, and run a command for each"
+
+
+def _sweep_without_m(hydras_words: str, override: str) -> str:
+    """The line for values to sweep over given without ``-m``, with the command that sweeps them; a comma-separated
+    list of them may be meant as a string, or as a list, which Hydra writes otherwise."""
+    command = without_passwords(train_command(["-m", *sys.argv[1:]]))
+    line = f"{override} gives several values, which run only as a sweep: add -m ({command})"
+    if hydras_words.startswith("Ambiguous"):  # a,b
+        return f"{line}; one value that holds commas is quoted, as 'key=\"a,b\"', and a list is written key=[a,b]"
+    return line
 
 
 # The plugins whose settings are under hydra.launcher and hydra.sweeper, and how to choose one that has a key

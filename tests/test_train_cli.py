@@ -537,6 +537,20 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.parametrize("override,hint", [
+    ("optimizer.lr=1e-3,5e-4", "; one value that holds commas is quoted, as 'key=\"a,b\"', and a list is written "
+                               "key=[a,b]"),  # where Hydra's line listed three fixes, with its quotes escaped: \'
+    ("optimizer.lr=range(1e-3,1e-2,1e-3)", ""),  # where it said that sweep parameters require --multirun
+])
+def test_values_to_sweep_over_without_m_are_refused_with_the_command_that_sweeps_them(cli, override, hint):
+    proc = cli(override, "optimizer.weight_decay=0.01", check=False)
+    args, _ = cli.command(override, "optimizer.weight_decay=0.01")
+    sweep = shlex.join(["python", "-m", "cifar.train", "-m", *args[3:]])
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"cifar.train: error: {override} gives several values, which run only as a sweep: add -m ({sweep}){hint}")
+    assert not (cli.tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("override,message", BAD_INPUT, ids=[o for o, _ in BAD_INPUT])
 def test_bad_input_fails_with_one_line_and_no_run(cli, override, message):
     proc = cli(*override.split(), check=False)
