@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
+import typing
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
@@ -197,6 +198,18 @@ GROUP_SCHEMAS = {
 
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def key_paths(schema: type = Config, prefix: str = "") -> set[str]:
+    """Every key of the config, dotted, as the schemas give them (a group's keys: those of all its options)."""
+    hints = typing.get_type_hints(schema)
+    paths = set()
+    for field in dataclasses.fields(schema):
+        path, kind = f"{prefix}{field.name}", hints[field.name]
+        nested = (GROUP_SCHEMAS[path].values() if path in GROUP_SCHEMAS
+                  else [kind] if dataclasses.is_dataclass(kind) else [])
+        paths |= set().union(*(key_paths(option, f"{path}.") for option in nested)) if nested else {path}
+    return paths
 
 
 def config_groups() -> str:

@@ -434,6 +434,10 @@ def test_same_seed_gives_identical_metrics_and_another_seed_does_not(cli):
 BAD_INPUT = [
     ("optimizer.lrr=1",
      "Key 'lrr' not in 'AdamConfig'. Did you mean: 'lr'? (key: optimizer.lrr): fix or drop it; `--cfg job` lists"),
+    # a key of another place, as a params.yaml has it at its top: where the line said only to fix or drop it
+    ("lr=1e-3", "Key 'lr' not in 'Config' (key: lr): did you mean optimizer.lr? fix or drop it; `--cfg job` lists"),
+    ("data.epochs=3", "Key 'epochs' not in 'DataConfig' (key: data.epochs): did you mean diagnostics.epochs or "
+                      "trainer.epochs? fix or drop it"),
     # Hydra's keys: where the line said `--cfg job` lists them, which lists the app's
     ("hydra.run.dirr=x",
      "Did you mean: 'dir'? (key: hydra.run.dirr): fix or drop it; `--cfg hydra` lists Hydra's keys"),
