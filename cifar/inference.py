@@ -62,9 +62,11 @@ def spec(model_cfg: Any, mean: Sequence[float], std: Sequence[float], tta: TTA) 
 def from_checkpoint(path: Path) -> Classifier:
     """The Classifier of a ``best.pt`` or ``last.pt`` (or of the run dir holding them: its best.pt), on the CPU."""
     if path.is_dir():
-        from cifar.tracking import sweep_near  # Hydra: only for a dir without its best.pt
+        from cifar.output_dirs import latest_below  # Hydra: only for a dir without its best.pt
+        from cifar.tracking import sweep_near
 
-        if not (path / BEST).exists() and (near := sweep_near(path, "--model")):
+        if not (path / BEST).exists() and (near := sweep_near(path, "--model") or
+                                           latest_below(path, BEST, "run", "--model")):
             raise UserError(near)
         path = path / BEST
     try:

@@ -93,6 +93,19 @@ def make_output_dir(config: DictConfig, mode: str) -> Path | None:
     return made if made is not None and made != wanted.absolute() else path.absolute()
 
 
+def latest_below(folder: Path, marker: str, kind: str, option: str) -> str | None:
+    """For a folder of output dirs (``outputs/``, ``multirun/<date>/``) that ``option`` was given in place of one of
+    them: what it is, and the latest of the dirs below it that hold ``marker`` (``kind``'s: a run's best.pt, a sweep's
+    sweep file) to give instead. None where none is one or two levels below."""
+    found = [file.parent for pattern in (f"*/{marker}", f"*/*/{marker}") for file in folder.glob(pattern)]
+    if not found:
+        return None
+    latest = max(found, key=lambda output_dir: (output_dir / marker).stat().st_mtime)
+    count = f"{len(found)} {kind}s" if len(found) > 1 else f"a {kind}"
+    return (f"{option} {folder} is a folder of {count}, not a {kind}'s dir: give one, such as the latest: "
+            f"{option} {latest}")
+
+
 def is_time_named(dir_node: DictConfig) -> bool:
     """Whether ``dir_node.dir`` (``hydra.run`` or ``hydra.sweep``) is named by Hydra's ``now`` resolver."""
     return TIME_RESOLVER in str(OmegaConf.to_container(dir_node, resolve=False)["dir"])

@@ -25,6 +25,7 @@ from cifar import dvc_exp, owner
 from cifar.credentials import without_passwords
 from cifar.errors import ConfigError, UserError, first_line
 from cifar.outages import Retrying, StoreOutage, try_once
+from cifar.output_dirs import latest_below
 from cifar.stores import opened_one_at_a_time, sqlite_file, unusable
 
 log = logging.getLogger(__name__)
@@ -409,12 +410,7 @@ def sweep_near(path: Path, option: str) -> str | None:
     written). None elsewhere."""
     if (path.parent / SWEEP_FILE).exists():
         return f"{option} {path} is a job's dir of a sweep: give {option} {path.parent}, the sweep"
-    sweeps = [file.parent for pattern in (f"*/{SWEEP_FILE}", f"*/*/{SWEEP_FILE}") for file in path.glob(pattern)]
-    if not sweeps:
-        return None
-    latest = max(sweeps, key=lambda sweep: (sweep / SWEEP_FILE).stat().st_mtime)
-    count = f"{len(sweeps)} sweeps" if len(sweeps) > 1 else "a sweep"
-    return f"{option} {path} is a folder of {count}, not a sweep's dir: give one, such as the latest: {option} {latest}"
+    return latest_below(path, SWEEP_FILE, "sweep", option)
 
 
 def search_all_runs(client: Any, experiment_ids: list[str], filter_string: str = "") -> list[Any]:

@@ -674,6 +674,23 @@ def test_a_sweep_by_its_dir_or_its_parent_runs_id_predicts_with_its_best_job(tra
         f"latest: --model {sweep_dir}\n")
 
 
+def test_a_folder_of_runs_given_as_the_model_is_refused_naming_its_latest_run(trained, capsys, tmp_path):
+    outputs = tmp_path / "outputs"
+    runs = [outputs / day / time for day, time in
+            [("2026-12-01", "10-00-00"), ("2026-12-02", "09-00-00"), ("2026-12-02", "11-00-00")]]
+    for age, run_dir in zip((300, 100, 200), runs):  # seconds ago: the second run wrote its best.pt last
+        run_dir.mkdir(parents=True)
+        shutil.copy(trained.checkpoint, run_dir / "best.pt")
+        os.utime(run_dir / "best.pt", (1_800_000_000 - age, 1_800_000_000 - age))
+    image = str(trained.images[0])
+    for folder, what, latest in [(outputs, "3 runs", runs[1]), (runs[0].parent, "a run", runs[0])]:
+        code, out, err = _predict(capsys, image, "--model", str(folder))
+        assert (code, out) == (2, "") and err == (
+            f"cifar.predict: error: --model {folder} is a folder of {what}, not a run's dir: give one, such as the "
+            f"latest: --model {latest}\n")
+    assert _predict(capsys, image, "--model", str(runs[1]))[0] == 0
+
+
 @pytest.mark.slow  # 14 s: a run of its own
 def test_a_run_whose_best_pt_was_written_over_is_refused_by_run_id(cli, capsys, tmp_path):
     image = tmp_path / "image.png"
