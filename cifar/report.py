@@ -40,10 +40,10 @@ from cifar.significance import holm
 from cifar.stores import unusable
 from cifar.sweeper import SQLITE
 from cifar.tracking import (
-    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, DEFAULTS_NAME, FIXED_OVERRIDES_TAG, PRUNED_TAG,
-    RUN_SECONDS, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store,
-    existing_run, existing_store, is_own_tag, names_the_training, override_key, read_sweep, search_all_runs,
-    store_errors, sweep_jobs, sweep_near, unreadable_store,
+    BEST_RUN_TAG, BEST_VAL_ACC, DATA_HASH_TAG, DATASET_DIGEST_CHARS, DEFAULTS_NAME, FIXED_OVERRIDES_TAG,
+    MODEL_SIZE_PARAMS, PRESET_GROUPS, PRUNED_TAG, RUN_SECONDS, STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG,
+    SWEEP_FILE, TRIAL_NUMBER_TAG, chosen_store, existing_run, existing_store, is_own_tag, names_the_training,
+    override_key, read_sweep, search_all_runs, store_errors, sweep_jobs, sweep_near, unreadable_store,
 )
 
 
@@ -181,11 +181,29 @@ def sweep_report(client, parent, where: str = "") -> Report:
 def checked(report: Report, where: str) -> Report:
     """``report``, its title saying ``where``, the filter; NothingToReport where it has no rows."""
     if not report.rows:
-        raise NothingToReport(f"{report.title}: no run matches --filter {where}" if where else
-                              f"{report.title} has no runs")
+        raise NothingToReport(f"{report.title}: no run matches --filter {where}{_params_elsewhere(where)}" if where
+                              else f"{report.title} has no runs")
     if where:
         report.title += f", runs where {where}"
     return report
+
+
+_FILTERED_PARAM = re.compile(r"""params\.(?:`([^`]+)`|"([^"]+)"|([\w./-]+))""")  # params.KEY in a search filter
+
+
+def _params_elsewhere(where: str) -> str:
+    """`` (no run logs a param lr: did you mean params.optimizer.lr?)`` where the filter ``where`` names a param that
+    no run logs, whose name is a config key's elsewhere (:func:`cifar.config.key_paths`); else ``""``."""
+    from cifar.config import key_paths
+
+    logged = key_paths() | set(MODEL_SIZE_PARAMS) | set(PRESET_GROUPS)
+    hints = []
+    for match in _FILTERED_PARAM.finditer(where):
+        key = next(filter(None, match.groups()))
+        elsewhere = sorted(f"params.{path}" for path in logged if path.rpartition(".")[2] == key.rpartition(".")[2])
+        if key not in logged and elsewhere:
+            hints.append(f"no run logs a param {key}: did you mean {' or '.join(elsewhere)}?")
+    return f" ({'; '.join(hints)})" if hints else ""
 
 
 def of_sweeps(reports: list[Report]) -> Report:

@@ -202,6 +202,14 @@ def test_a_filter_reports_the_runs_it_finds_as_the_mlflow_ui_does(store, capsys,
     assert report.main(["--tracking-uri", uri, "--sweep", old, "--filter", below, *output]) == 1
     assert capsys.readouterr().err == (f"cifar.report: nothing to report: Sweep 'sweep old' ({old}): no run matches "
                                        f"--filter {below}\n")
+    # a param by its name alone, as a params.yaml with every setting at its top has it; a key with its place is
+    # none of that: a value that no run has
+    unplaced = "params.lr = '0.001' and params.`data.batch_size` = '128' and params.`epochs` = '5'"
+    assert report.main(["--tracking-uri", uri, "--sweep", new, "--filter", unplaced]) == 1
+    assert capsys.readouterr().err == (
+        f"cifar.report: nothing to report: Sweep 'sweep optimizer.lr=1e-3,5e-4' ({new}): no run matches --filter "
+        f"{unplaced} (no run logs a param lr: did you mean params.optimizer.lr?; no run logs a param epochs: did you "
+        "mean params.diagnostics.epochs or params.trainer.epochs?)\n")
     for bad in ("metrics.val/best_acc > 0.6", "params.model.name = resnet18"):  # unquoted: a key with /, a value
         assert report.main(["--tracking-uri", uri, "--all", "--filter", bad, *output]) == 2
         err = capsys.readouterr().err
