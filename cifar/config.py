@@ -212,6 +212,13 @@ def key_paths(schema: type = Config, prefix: str = "") -> set[str]:
     return paths
 
 
+def keys_named(name: str) -> list[str]:
+    """The config's keys (:func:`key_paths`) whose last part is ``name``'s (``lr``, ``data.epochs``): where a key
+    given by its name alone, as a params.yaml with every setting at its top has it, is."""
+    last = name.rpartition(".")[2]
+    return sorted(path for path in key_paths() if path.rpartition(".")[2] == last)
+
+
 def config_groups() -> str:
     """``group: option, option`` lines for the config groups under ``conf/`` (used by ``--help``)."""
     lines = []

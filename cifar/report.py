@@ -194,15 +194,14 @@ _FILTERED_PARAM = re.compile(r"""params\.(?:`([^`]+)`|"([^"]+)"|([\w./-]+))""") 
 def _params_elsewhere(where: str) -> str:
     """`` (no run logs a param lr: did you mean params.optimizer.lr?)`` where the filter ``where`` names a param that
     no run logs, whose name is a config key's elsewhere (:func:`cifar.config.key_paths`); else ``""``."""
-    from cifar.config import key_paths
+    from cifar.config import key_paths, keys_named
 
     logged = key_paths() | set(MODEL_SIZE_PARAMS) | set(PRESET_GROUPS)
     hints = []
     for match in _FILTERED_PARAM.finditer(where):
         key = next(filter(None, match.groups()))
-        elsewhere = sorted(f"params.{path}" for path in logged if path.rpartition(".")[2] == key.rpartition(".")[2])
-        if key not in logged and elsewhere:
-            hints.append(f"no run logs a param {key}: did you mean {' or '.join(elsewhere)}?")
+        if key not in logged and (elsewhere := keys_named(key)):
+            hints.append(f"no run logs a param {key}: did you mean {' or '.join(f'params.{p}' for p in elsewhere)}?")
     return f" ({'; '.join(hints)})" if hints else ""
 
 

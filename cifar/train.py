@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cifar import hydra_plugin
-from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, key_paths, validate
+from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, keys_named, validate
 from cifar.continuation import how_to_continue, train_command
 from cifar.credentials import without_passwords
 from cifar.errors import (
@@ -242,8 +242,7 @@ def _hydra_key_fix(key: str) -> str:
 def _key_elsewhere(full_key: str) -> str:
     """``did you mean optimizer.lr? `` for an unknown key (``lr``, ``data.epochs``) whose name is a key's elsewhere in
     the config, as a params.yaml with every setting at its top has it; else ``""``."""
-    name = full_key.rpartition(".")[2]
-    elsewhere = sorted(path for path in key_paths() if path.rpartition(".")[2] == name and path != full_key)
+    elsewhere = [path for path in keys_named(full_key) if path != full_key]
     return f"did you mean {' or '.join(elsewhere)}? " if elsewhere else ""
 
 
