@@ -219,6 +219,13 @@ def keys_named(name: str) -> list[str]:
     return sorted(path for path in key_paths() if path.rpartition(".")[2] == last)
 
 
+def key_elsewhere(unknown: str) -> str:
+    """``did you mean optimizer.lr? `` for an unknown key (``lr``, ``data.epochs``) whose name is a key's elsewhere
+    in the config (:func:`keys_named`); else ``""``."""
+    elsewhere = [path for path in keys_named(unknown) if path != unknown]
+    return f"did you mean {' or '.join(elsewhere)}? " if elsewhere else ""
+
+
 def config_groups() -> str:
     """``group: option, option`` lines for the config groups under ``conf/`` (used by ``--help``)."""
     lines = []
@@ -352,7 +359,7 @@ IMAGE_SIZE = 32  # CIFAR-10 images are 32x32
 def validate(cfg: Any) -> None:
     """Check the keys and ranges that types cannot express; raise ConfigError naming the key and the fix."""
     for key in _unknown_keys(cfg):
-        raise ConfigError(f"{key} is not a config key (added with +?): drop it; {LISTS_THE_KEYS}")
+        raise ConfigError(f"{key} is not a config key (added with +?): {key_elsewhere(key)}drop it; {LISTS_THE_KEYS}")
     _check_group_names(cfg)
     _check_tags(cfg.mlflow.tags)
     checks = [
@@ -525,16 +532,24 @@ def _check_group_names(cfg: Any) -> None:
                               "settings together")
 
 
-def _unknown_keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
-    """Keys that no schema declares: Hydra lets ``+key=value`` add them, and nothing would read them."""
-    schema = OmegaConf.get_type(node)
-    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+def _unknown_keys(node: DictConfig, prefix: str = "", schema: type | None = Config,
+                  own_keys: bool = True) -> Iterator[str]:
+    """Keys that no schema declares: Hydra lets ``+key=value`` add them, and nothing would read them. A node without
+    its schema (a DVC run's params.yaml holds the config untyped, and ``dvc exp run -S +lr=1e-3`` adds to it) is
+    checked against the one of its place, ``schema``; an untyped named group's own keys are
+    :func:`_check_group_names`' (not ``own_keys``), the keys below them its named option's."""
+    if dataclasses.is_dataclass(typed := OmegaConf.get_type(node)):
+        schema, own_keys = typed, True
+    declared = typing.get_type_hints(schema) if schema is not None else {}
     for key in node:
-        if declared is not None and key not in declared:
+        if own_keys and schema is not None and key not in declared:
             yield f"{prefix}{key}"
         child = node._get_node(key)
         if isinstance(child, DictConfig):
-            yield from _unknown_keys(child, f"{prefix}{key}.")
+            named = schema is Config and key in NAMED_GROUPS
+            place = GROUP_SCHEMAS[key].get(child.get("name")) if named else declared.get(key)
+            yield from _unknown_keys(child, f"{prefix}{key}.", place if dataclasses.is_dataclass(place) else None,
+                                     own_keys=not named)
 
 
 def _registrable(name: str) -> bool:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cifar import hydra_plugin
-from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, keys_named, validate
+from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, key_elsewhere, validate
 from cifar.continuation import how_to_continue, train_command
 from cifar.credentials import without_passwords
 from cifar.errors import (
@@ -239,13 +239,6 @@ def _hydra_key_fix(key: str) -> str:
     return ": fix or drop it; `--cfg hydra` lists Hydra's keys"
 
 
-def _key_elsewhere(full_key: str) -> str:
-    """``did you mean optimizer.lr? `` for an unknown key (``lr``, ``data.epochs``) whose name is a key's elsewhere in
-    the config, as a params.yaml with every setting at its top has it; else ``""``."""
-    elsewhere = [path for path in keys_named(full_key) if path != full_key]
-    return f"did you mean {' or '.join(elsewhere)}? " if elsewhere else ""
-
-
 def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:
     """The fix, which OmegaConf's messages leave out, for an unknown key or a value of the wrong type."""
     if isinstance(err, (ConfigAttributeError, ConfigKeyError)):
@@ -254,7 +247,7 @@ def _config_fix(err: OmegaConfBaseException, config_file: str | None) -> str:
         if config_file is None and (err.full_key or "").startswith("hydra."):
             return _hydra_key_fix(err.full_key)
         if config_file is None:  # an override's
-            return f": {_key_elsewhere(err.full_key or '')}fix or drop it; {LISTS_THE_KEYS}"
+            return f": {key_elsewhere(err.full_key or '')}fix or drop it; {LISTS_THE_KEYS}"
         group, _, key_in_group = (err.full_key or "").partition(".")
         if not key_in_group:
             return f": fix {config_file}"

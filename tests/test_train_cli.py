@@ -1033,6 +1033,26 @@ def test_a_group_name_of_no_option_or_of_other_settings_is_refused(overrides, me
     assert str(refused.value).startswith(message)
 
 
+@pytest.mark.parametrize(("added", "message"), [
+    ("lr=0.01", "lr is not a config key (added with +?): did you mean optimizer.lr? drop it"),
+    ("trainer.epoch=3", "trainer.epoch is not a config key (added with +?): drop it"),
+    ("data.augment.flips=true", "data.augment.flips is not a config key"),
+    ("optimizer.momentum=0.9", "optimizer.name=adam does not match the optimizer's other settings (adam has no "
+                               "momentum)"),
+])
+def test_a_key_added_to_a_params_yaml_is_refused_as_one_added_on_the_command_line(added, message):
+    """As ``dvc exp run -S +lr=0.01`` adds it, where DVC's own line says to add a key so: the untyped config of the
+    DVC stage's run, whose keys no schema declares. Before, the run trained and the key was never read."""
+    from cifar.config import validate
+    from cifar.errors import ConfigError
+
+    untyped = OmegaConf.create(OmegaConf.to_container(compose([])))
+    untyped.merge_with_dotlist([added])
+    with pytest.raises(ConfigError) as refused:
+        validate(untyped)
+    assert str(refused.value).startswith(message)
+
+
 def test_a_group_name_of_an_option_with_the_same_settings_is_taken():
     assert compose(["optimizer.name=adamw"]).optimizer.name == "adamw"  # adam's settings are adamw's
 
