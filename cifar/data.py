@@ -172,7 +172,11 @@ def find_source(path: Path, download: bool, setting: str = "data.path") -> Path 
             )
         return path
     if path.is_dir():
-        found = _find_in_directory(path, setting)
+        try:
+            found = _find_in_directory(path, setting)
+        except OSError as err:  # no permission to list it, a failing disk
+            raise DataError(f"{setting}={path} cannot be read ({os_reason(err)}): fix its permissions, or point "
+                            f"{setting} at a readable copy") from err
         if found is not None:
             return found
     if path.name.endswith(ARCHIVE_SUFFIXES):

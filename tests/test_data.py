@@ -136,6 +136,25 @@ def test_a_broken_link_as_the_data_path_is_named_without_a_download(tmp_path, mo
         load_cifar10(tmp_path / "data", tmp_path / "cache", download=True)
 
 
+def test_a_data_dir_that_cannot_be_listed_is_one_line_before_the_run_starts(tmp_path, monkeypatch):
+    from cifar.data import check_data_path
+
+    (tmp_path / "data").mkdir()
+    listed = Path.iterdir
+
+    def iterdir(path):  # as a dir without the read permission, which root is never refused
+        if path == tmp_path / "data":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listed(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    said = f"data.path={tmp_path / 'data'} cannot be read (Permission denied): fix its permissions, or point data.path"
+    with pytest.raises(DataError, match=re.escape(said)):  # where a callback's PermissionError was a warning
+        check_data_path(tmp_path / "data", download=True)
+    with pytest.raises(DataError, match=re.escape(said)):  # where the task's was a traceback
+        load_cifar10(tmp_path / "data", tmp_path / "cache", download=True)
+
+
 def test_missing_data_is_downloaded_with_torchvision(official_dir, tmp_path, monkeypatch):
     calls = []
 
