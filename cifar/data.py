@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from cifar.errors import ConfigError, DataError, first_line, os_reason
-from cifar.files import atomic_write, one_process_at_a_time
+from cifar.files import atomic_write, first_missing, one_process_at_a_time, remove_made
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +223,17 @@ def _download(root: Path) -> None:
     from torchvision.datasets import CIFAR10
 
     log.info("Downloading CIFAR-10 into %s", root)
+    made = first_missing(root)  # removed again where the download fails: a data.path mistyped leaves no folder
     try:
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as staging:
             CIFAR10(root=staging, train=True, download=True)
             for downloaded in sorted(Path(staging).iterdir()):  # the archive and the folder it extracts to
                 downloaded.rename(root / downloaded.name)
-    except Exception as err:  # network errors come in many types: report any of them the same way
+    except BaseException as err:  # network errors come in many types: report any of them the same way
+        remove_made(root, made)
+        if not isinstance(err, Exception):  # Ctrl-C
+            raise
         raise DataError(
             f"No CIFAR-10 data in {root} and the download failed ({type(err).__name__}: {err}). "
             f"Put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there, or set data.path to your copy"

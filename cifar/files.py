@@ -17,6 +17,26 @@ BEST = "best.pt"
 LAST = "last.pt"
 
 
+def first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` (made absolute) that does not exist: the first that making ``path`` with its
+    parents makes; None where ``path`` exists."""
+    return next((d for d in reversed([path.absolute(), *path.absolute().parents]) if not d.exists()), None)
+
+
+def remove_made(folder: Path, made: Path | None) -> None:
+    """Remove the folders made from ``made`` (:func:`first_missing`) down to ``folder``, from ``folder`` up, while
+    empty."""
+    if made is None:
+        return
+    for parent in [folder.absolute(), *folder.absolute().parents]:
+        try:
+            parent.rmdir()  # only an empty folder: whatever another process wrote there stays
+        except OSError:
+            return
+        if parent == made:
+            return
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cifar.errors import AbortRun
+from cifar.files import first_missing, remove_made
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +55,12 @@ class RunDirCallback(Callback):
                 remove_made(run_dir.parent, self.made)
 
 
-def remove_made(folder: Path, made: Path | None) -> None:
-    """Remove the folders that :func:`make_output_dir` made, from ``folder`` up to ``made``, while empty."""
-    if made is None:
-        return
-    for parent in [folder.absolute(), *folder.absolute().parents]:
-        try:
-            parent.rmdir()  # only an empty folder: whatever another process wrote there stays
-        except OSError:
-            return
-        if parent == made:
-            return
-
-
 def make_output_dir(config: DictConfig, mode: str) -> Path | None:
     """Make ``hydra.<mode>.dir`` (``mode``: run or sweep) and its parents. A time-named dir is one this
     process makes itself: where another run or sweep made it first, the first free ``<dir>_2``, ``<dir>_3``,
     ... is made instead, and the config points there. Returns the topmost folder made, None where none was."""
     wanted = Path(config.hydra[mode].dir)
-    made = next((d for d in reversed([wanted.absolute(), *wanted.absolute().parents]) if not d.exists()), None)
+    made = first_missing(wanted)
     if not is_time_named(config.hydra[mode]):
         wanted.mkdir(parents=True, exist_ok=True)
         return made

@@ -26,9 +26,9 @@ from cifar import continuation, launchers, owner, parallel, report, sweeper, tra
 from cifar.config import check_working_dir
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
-from cifar.files import atomic_write_text
+from cifar.files import atomic_write_text, remove_made
 from cifar.outages import one_request_a_try, store_outage, try_once
-from cifar.output_dirs import make_output_dir, remove_made
+from cifar.output_dirs import make_output_dir
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, FIXED_OVERRIDES_TAG, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG,
     STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,

@@ -189,7 +189,7 @@ def test_an_interrupted_download_leaves_nothing_and_the_next_run_downloads_again
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
     with pytest.raises(KeyboardInterrupt):
         load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
-    assert list((tmp_path / "raw").iterdir()) == []
+    assert not (tmp_path / "raw").exists()  # made for the download, and removed with it
     assert load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True).train_images.shape == (200, 32, 32, 3)
     assert len(calls) == 2
 
@@ -202,7 +202,13 @@ def test_a_failed_download_says_where_to_put_the_data(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="download failed.*Name or service not known.*data.path"):
+        load_cifar10(tmp_path / "typo" / "raw", tmp_path / "cache", download=True)
+    assert list(tmp_path.iterdir()) == []  # typo/raw, made for the download, removed with it
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="download failed"):
         load_cifar10(tmp_path / "raw", tmp_path / "cache", download=True)
+    assert [p.name for p in (tmp_path / "raw").iterdir()] == ["notes.txt"]  # a folder of one's own stays as it was
 
 
 def test_hidden_folders_and_files_are_not_read(official_dir, tmp_path):

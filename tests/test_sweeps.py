@@ -427,7 +427,7 @@ def test_a_trial_told_at_the_grids_end_is_told_without_the_stop_that_optuna_refu
 
 
 def test_a_refused_sweep_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):
-    from cifar.output_dirs import remove_made
+    from cifar.files import remove_made
     from cifar.sweep_run import _make_sweep_dir
 
     day = tmp_path / "multirun" / "2026-12-03"
