@@ -256,14 +256,19 @@ def fingerprint(source: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path, unlisted: Callable[[OSError], None] | None = None) -> list[Path]:
     """The files under ``root`` but hidden ones and those in hidden folders, such as the staging folder
-    of a download that was killed (``_download``) or the ``._`` files that macOS leaves beside images."""
+    of a download that was killed (``_download``) or the ``._`` files that macOS leaves beside images. A folder
+    that cannot be listed is a DataError, or is given to ``unlisted``: ``os.walk`` left its files out unsaid."""
     files = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted or _refuse_unlisted):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
     return files
+
+
+def _refuse_unlisted(err: OSError) -> None:
+    raise DataError(f"{err.filename} cannot be read ({os_reason(err)}): fix its permissions, or remove it") from err
 
 
 # --- reading a source -----------------------------------------------------------------------

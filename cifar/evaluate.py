@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from cifar.data import CLASSES, NoLayoutError, content_hash, corrupt_exif_ignored, load_cifar10
-from cifar.errors import UserError, exit_status
+from cifar.errors import UserError, exit_status, os_reason
 from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images, unpacked
 from cifar.significance import holm
 
@@ -275,7 +275,11 @@ def labelled_folder(path: Path) -> Path | None:
     and every class). None where ``path`` holds no class folder; a UserError where it holds others beside them."""
     if not path.is_dir():
         return None
-    folders = {p.name.lower(): p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    try:
+        folders = {p.name.lower(): p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    except OSError as err:  # no permission to list it, a failing disk
+        raise UserError(f"--data={path} cannot be read ({os_reason(err)}): fix its permissions, or point --data at "
+                        "a readable copy") from err
     if "test" in folders and "train" not in folders:
         return labelled_folder(folders["test"])
     if not folders.keys() & set(CLASSES):
@@ -289,8 +293,8 @@ def labelled_folder(path: Path) -> Path | None:
 def read_labelled(folder: Path) -> ImagesToScore:
     """The images under ``folder``'s class folders, in path order, read as cifar.predict reads files (any size);
     a UserError where there is none."""
-    files, _ = image_files([str(folder)])
-    unlabelled = [Failure(str(path), "not in a class folder") for path in files if path.parent == folder]
+    files, unlisted = image_files([str(folder)])  # unlisted: its folders that cannot be listed
+    unlabelled = unlisted + [Failure(str(path), "not in a class folder") for path in files if path.parent == folder]
     files = [path for path in files if path.parent != folder]
     if not files:
         raise UserError(f"--data={folder} has no image files in its class folders: put the images of each class "

@@ -58,12 +58,18 @@ class Failure:
 
 
 def image_files(paths: Sequence[str]) -> tuple[list[Path], list[Failure]]:
-    """The files to classify: each file given, and the image files under each folder given (sorted)."""
+    """The files to classify: each file given, and the image files under each folder given (sorted); those that
+    cannot be: a path that does not exist, a folder that cannot be listed."""
     files, failures = [], []
+
+    def unlisted(err: OSError) -> None:
+        failures.append(Failure(str(err.filename), f"not a readable folder ({os_reason(err)})"))
+
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            files += sorted(p for p in data.visible_files(path) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += sorted(p for p in data.visible_files(path, unlisted)
+                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             files.append(path)
         else:

@@ -155,6 +155,22 @@ def test_a_data_dir_that_cannot_be_listed_is_one_line_before_the_run_starts(tmp_
         load_cifar10(tmp_path / "data", tmp_path / "cache", download=True)
 
 
+def test_an_image_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    fakedata.write_image_folders(tmp_path / "folders")
+    locked = tmp_path / "folders" / "fake-cifar" / "train" / "cat"
+    listed = os.scandir
+
+    def scandir(path="."):  # as a folder without the read permission, which root is never refused
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return listed(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError) as refused:  # where its images were left out without a word
+        load_cifar10(tmp_path / "folders", tmp_path / "cache", download=False)
+    assert str(refused.value) == f"{locked} cannot be read (Permission denied): fix its permissions, or remove it"
+
+
 def test_missing_data_is_downloaded_with_torchvision(official_dir, tmp_path, monkeypatch):
     calls = []
 

@@ -422,6 +422,23 @@ def test_a_bad_folder_of_labelled_images_is_one_line_and_exit_2(files, args, ref
     assert err.startswith("cifar.evaluate: error: " + refusal.format(folder, folder)), err
 
 
+def test_a_folder_of_labelled_images_that_cannot_be_listed_is_one_line_and_exit_2(trained, capsys, tmp_path,
+                                                                                    monkeypatch):
+    (tmp_path / "mine" / "cat").mkdir(parents=True)
+    listed = Path.iterdir
+
+    def iterdir(path):  # as a folder without the read permission, which root is never refused
+        if path == tmp_path / "mine":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listed(path)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(tmp_path / "mine")]) == 2
+    assert capsys.readouterr().err == (  # where it was a PermissionError's traceback
+        f"cifar.evaluate: error: --data={tmp_path / 'mine'} cannot be read (Permission denied): fix its permissions, "
+        "or point --data at a readable copy\n")
+
+
 @pytest.mark.parametrize("args, refusal", [
     (["--data", "nowhere"], "No CIFAR-10 data in nowhere: put cifar-10-python.tar.gz, train/<class>/ image folders "
                             "or labelled images in <class>/ folders there, or set --data to your copy"),
@@ -561,6 +578,24 @@ def test_unreadable_files_are_reported_and_skipped_with_exit_1(trained, tmp_path
     assert "readme.txt" not in err
     code, out, err = _predict(capsys, str(tmp_path / "notes.png"), "--model", str(trained.checkpoint))
     assert (code, out) == (1, "") and err.startswith("cifar.predict: skipped ")  # no table without a row
+
+
+def test_a_folder_that_cannot_be_listed_is_reported_and_skipped_with_exit_1(trained, tmp_path, capsys, monkeypatch):
+    (tmp_path / "photos" / "locked").mkdir(parents=True)
+    Image.fromarray(trained.data.test_images[0]).save(tmp_path / "photos" / "good.png")
+    Image.fromarray(trained.data.test_images[1]).save(tmp_path / "photos" / "locked" / "x.png")
+    listed = os.scandir
+
+    def scandir(path="."):  # as a folder without the read permission, which root is never refused
+        if Path(path) == tmp_path / "photos" / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listed(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    code, out, err = _predict(capsys, str(tmp_path / "photos"), "--model", str(trained.checkpoint))
+    assert code == 1 and [line.split()[0] for line in out.splitlines()] == ["path", str(tmp_path / "photos/good.png")]
+    assert err == (f"cifar.predict: skipped {tmp_path / 'photos' / 'locked'}: not a readable folder (Permission "
+                   "denied)\n")  # where its images were left out without a word
 
 
 def test_a_bad_model_source_is_one_line_and_exit_2(trained, tmp_path, capsys):
