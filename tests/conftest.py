@@ -268,3 +268,16 @@ def backdate_heartbeat(db: Path, trial_number: int, seconds: int) -> None:
         connection.execute(
             "UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = "
             "(SELECT trial_id FROM trials WHERE number = ?)", (f"-{seconds} seconds", trial_number))
+
+
+def unlistable(monkeypatch, folder: Path) -> None:
+    """Make listing ``folder`` fail as it does without the read permission, which root (who runs the tests here) is
+    never refused: ``Path.iterdir`` and ``os.scandir`` (``os.walk``'s) raise PermissionError for it."""
+    iterdir, scandir = Path.iterdir, os.scandir
+
+    def refused(path) -> None:
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "iterdir", lambda path: refused(path) or iterdir(path))
+    monkeypatch.setattr(os, "scandir", lambda path=".": refused(path) or scandir(path))

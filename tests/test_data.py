@@ -15,7 +15,7 @@ from cifar import data
 from cifar.data import CLASSES, load_cifar10
 from cifar.errors import DataError
 from tests import fakedata
-from tests.conftest import REAL_DATA
+from tests.conftest import REAL_DATA, unlistable
 
 
 def expected_official():
@@ -140,14 +140,7 @@ def test_a_data_dir_that_cannot_be_listed_is_one_line_before_the_run_starts(tmp_
     from cifar.data import check_data_path
 
     (tmp_path / "data").mkdir()
-    listed = Path.iterdir
-
-    def iterdir(path):  # as a dir without the read permission, which root is never refused
-        if path == tmp_path / "data":
-            raise PermissionError(13, "Permission denied", str(path))
-        return listed(path)
-
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    unlistable(monkeypatch, tmp_path / "data")
     said = f"data.path={tmp_path / 'data'} cannot be read (Permission denied): fix its permissions, or point data.path"
     with pytest.raises(DataError, match=re.escape(said)):  # where a callback's PermissionError was a warning
         check_data_path(tmp_path / "data", download=True)
@@ -158,14 +151,7 @@ def test_a_data_dir_that_cannot_be_listed_is_one_line_before_the_run_starts(tmp_
 def test_an_image_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
     fakedata.write_image_folders(tmp_path / "folders")
     locked = tmp_path / "folders" / "fake-cifar" / "train" / "cat"
-    listed = os.scandir
-
-    def scandir(path="."):  # as a folder without the read permission, which root is never refused
-        if Path(path) == locked:
-            raise PermissionError(13, "Permission denied", str(path))
-        return listed(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unlistable(monkeypatch, locked)
     with pytest.raises(DataError) as refused:  # where its images were left out without a word
         load_cifar10(tmp_path / "folders", tmp_path / "cache", download=False)
     assert str(refused.value) == f"{locked} cannot be read (Permission denied): fix its permissions, or remove it"

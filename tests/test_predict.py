@@ -34,7 +34,7 @@ from cifar.provenance import provenance
 from tests import fakedata
 from tests.conftest import (
     FAST, REFUSING_DATABASE, all_runs, assert_tags_are_the_runs_own, client_for, sweep_parent_and_children,
-    unreadable_database, with_overrides,
+    unlistable, unreadable_database, with_overrides,
 )
 
 MODEL_NAME = "predict-tests"
@@ -425,14 +425,7 @@ def test_a_bad_folder_of_labelled_images_is_one_line_and_exit_2(files, args, ref
 def test_a_folder_of_labelled_images_that_cannot_be_listed_is_one_line_and_exit_2(trained, capsys, tmp_path,
                                                                                     monkeypatch):
     (tmp_path / "mine" / "cat").mkdir(parents=True)
-    listed = Path.iterdir
-
-    def iterdir(path):  # as a folder without the read permission, which root is never refused
-        if path == tmp_path / "mine":
-            raise PermissionError(13, "Permission denied", str(path))
-        return listed(path)
-
-    monkeypatch.setattr(Path, "iterdir", iterdir)
+    unlistable(monkeypatch, tmp_path / "mine")
     assert evaluate.main(["--model", str(trained.checkpoint), "--data", str(tmp_path / "mine")]) == 2
     assert capsys.readouterr().err == (  # where it was a PermissionError's traceback
         f"cifar.evaluate: error: --data={tmp_path / 'mine'} cannot be read (Permission denied): fix its permissions, "
@@ -584,14 +577,7 @@ def test_a_folder_that_cannot_be_listed_is_reported_and_skipped_with_exit_1(trai
     (tmp_path / "photos" / "locked").mkdir(parents=True)
     Image.fromarray(trained.data.test_images[0]).save(tmp_path / "photos" / "good.png")
     Image.fromarray(trained.data.test_images[1]).save(tmp_path / "photos" / "locked" / "x.png")
-    listed = os.scandir
-
-    def scandir(path="."):  # as a folder without the read permission, which root is never refused
-        if Path(path) == tmp_path / "photos" / "locked":
-            raise PermissionError(13, "Permission denied", str(path))
-        return listed(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unlistable(monkeypatch, tmp_path / "photos" / "locked")
     code, out, err = _predict(capsys, str(tmp_path / "photos"), "--model", str(trained.checkpoint))
     assert code == 1 and [line.split()[0] for line in out.splitlines()] == ["path", str(tmp_path / "photos/good.png")]
     assert err == (f"cifar.predict: skipped {tmp_path / 'photos' / 'locked'}: not a readable folder (Permission "
