@@ -92,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = load_cifar10(cfg.data.path, cfg.data.cache_dir, cfg.data.download)
         counts = split_counts(data, cfg.data, cfg.seed)
     except USER_ERRORS as err:
-        print(f"cifar.data: error: {describe_error(err)}", file=sys.stderr)
+        print(f"cifar.data: error: {describe_error(err, sweeps=False)}", file=sys.stderr)
         return 2
     print(describe(data, counts))
     if args.grid:

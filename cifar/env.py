@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg, hydra_cfg = compose_with_hydra(args.overrides)
     except USER_ERRORS as err:
-        print(f"cifar.env: error: {describe(err)}", file=sys.stderr)
+        print(f"cifar.env: error: {describe(err, sweeps=False)}", file=sys.stderr)
         return 2
     from cifar.device import resolve_device
 

@@ -155,8 +155,9 @@ def _interrupt(number: int, frame: object) -> None:
     raise KeyboardInterrupt(number)
 
 
-def describe(err: BaseException) -> str:
-    """One line naming the problem, from Hydra's and OmegaConf's multi-line messages."""
+def describe(err: BaseException, sweeps: bool = True) -> str:
+    """One line naming the problem, from Hydra's and OmegaConf's multi-line messages; ``sweeps``: whether the command
+    that composed the config can sweep (``cifar.train``), not a tool that takes one config (``cifar.env``)."""
     if isinstance(err, AbortRun):
         err = err.__cause__
     if isinstance(err, DivergedError):
@@ -168,7 +169,7 @@ def describe(err: BaseException) -> str:
     if isinstance(err, ConfigCompositionException) and (swept := _HYDRA_KEY_SWEPT.match(str(err))):
         return _hydra_key_swept(*swept.groups())
     if isinstance(err, ConfigCompositionException) and (swept := _SWEEP_WITHOUT_M.match(str(err))):
-        return _sweep_without_m(*swept.groups())
+        return _sweep_without_m(*swept.groups(), sweeps)
     if isinstance(err, ConfigCompositionException) and (added := _GROUP_ADDED_AGAIN.match(str(err))):
         group, choice = added.groups()
         return (f"+{group}={choice}: {group} is in the config's defaults already, so it takes no +: "
@@ -214,11 +215,15 @@ def _hydra_key_swept(key: str, values: str) -> str:
     return f"{line}: give {key} one value, and run a command for each"
 
 
-def _sweep_without_m(hydras_words: str, override: str) -> str:
-    """The line for values to sweep over given without ``-m``, with the command that sweeps them; a comma-separated
-    list of them may be meant as a string, or as a list, which Hydra writes otherwise."""
-    command = without_passwords(train_command(["-m", *sys.argv[1:]]))
-    line = f"{override} gives several values, which run only as a sweep: add -m ({command})"
+def _sweep_without_m(hydras_words: str, override: str, sweeps: bool) -> str:
+    """The line for values to sweep over given without ``-m``, with the command that sweeps them (where it is
+    ``cifar.train``: ``sweeps``; a tool takes one value); a comma-separated list of them may be meant as a string,
+    or as a list, which Hydra writes otherwise."""
+    if sweeps:
+        command = without_passwords(train_command(["-m", *sys.argv[1:]]))
+        line = f"{override} gives several values, which run only as a sweep: add -m ({command})"
+    else:
+        line = f"{override} gives several values, where this command takes one: give one"
     if hydras_words.startswith("Ambiguous"):  # a,b
         return f"{line}; one value that holds commas is quoted, as 'key=\"a,b\"', and a list is written key=[a,b]"
     return line

@@ -149,6 +149,10 @@ def test_env_and_data_report_a_bad_override_in_one_line(capsys):
         code, _, err = _run(main, capsys, "optimizer.lr=-1")
         assert code == 2 and err == f"{prog}: error: optimizer.lr=-1.0 is out of range: it must be > 0. " \
                                     "Fix the override or the config file.\n"
+        code, _, err = _run(main, capsys, "optimizer.lr=1e-3,5e-4")  # no sweep to add -m to, as cifar.train's
+        assert code == 2 and err == (f"{prog}: error: optimizer.lr=1e-3,5e-4 gives several values, where this command "
+                                     "takes one: give one; one value that holds commas is quoted, as 'key=\"a,b\"', "
+                                     "and a list is written key=[a,b]\n")
 
 
 def test_data_summary_counts_the_splits_a_run_trains_on(official_dir, tmp_path, capsys, monkeypatch):
