@@ -310,11 +310,7 @@ def _check_no_run_in(config: DictConfig) -> None:
     if is_time_named(config.hydra.run) or dvc_exp.runs_a_stage() or not run_dir.is_dir():
         return
     if (running := tracking.run_still_running_in(config.mlflow, run_dir)) is not None:
-        raise ConfigError(
-            f"hydra.run.dir={run_dir} holds a run that is still running (MLflow run {running.info.run_id}, in process "
-            f"{running.data.tags.get(tracking.OWNER_TAG, '(unknown)')}): give this run another hydra.run.dir, or stop "
-            "that run (Ctrl-C or SIGTERM) first"
-        )
+        raise tracking.dir_in_use("hydra.run.dir", run_dir, "run", running, "MLflow run")
 
 
 def _check_resumable(run: DictConfig) -> None:

@@ -250,11 +250,7 @@ def _check_an_earlier_sweep(client: Any, sweep_dir: str) -> None:
         return
     parent = tracking.existing_run(client, earlier["parent_run_id"])  # None where it logged to another store
     if parent is not None and tracking.still_running(parent):
-        raise ConfigError(
-            f"hydra.sweep.dir={sweep_dir} holds a sweep that is still running (MLflow parent run "
-            f"{parent.info.run_id}, in process {parent.data.tags.get(OWNER_TAG, '(unknown)')}): give this sweep "
-            "another hydra.sweep.dir, or stop that sweep (Ctrl-C or SIGTERM) first"
-        )
+        raise tracking.dir_in_use("hydra.sweep.dir", sweep_dir, "sweep", parent, "MLflow parent run")
     log.warning("hydra.sweep.dir=%s holds the sweep of MLflow parent run %s: this sweep's jobs write over its "
                 "jobs' dirs and checkpoints (their MLflow runs and logged models stay). To keep them, stop this "
                 "sweep and give it another hydra.sweep.dir; where that sweep was stopped, continue it with "

@@ -459,14 +459,27 @@ def still_running(run: Any) -> bool:
     return run.info.status == "RUNNING" and not owner_is_gone(run)
 
 
+def running_process(run: Any) -> str:
+    """The process that runs ``run`` (its owner tag), as a refusal to take it up or share its dir names it."""
+    return run.data.tags.get(OWNER_TAG, "(unknown)")
+
+
 def refuse_running(run: Any, what: str) -> None:
     """Refuse (ConfigError) to take up ``run`` (``what`` names it) while another process still runs it."""
     if still_running(run):
         raise ConfigError(
-            f"trainer.resume=true but {what} {run.info.run_id} is still RUNNING, in process "
-            f"{run.data.tags.get(OWNER_TAG, '(unknown)')}: stop that process (Ctrl-C or SIGTERM) or wait for it, "
-            "then resume"
+            f"trainer.resume=true but {what} {run.info.run_id} is still RUNNING, in process {running_process(run)}: "
+            "stop that process (Ctrl-C or SIGTERM) or wait for it, then resume"
         )
+
+
+def dir_in_use(dir_key: str, output_dir: str | Path, what: str, run: Any, run_kind: str) -> ConfigError:
+    """The refusal of a new ``what`` (run, sweep) in ``dir_key`` (``hydra.run.dir``) = ``output_dir``, where the
+    ``what`` there still runs (``run``, its ``run_kind``: MLflow run, or parent run): each would write over the
+    other's files."""
+    return ConfigError(f"{dir_key}={output_dir} holds a {what} that is still running ({run_kind} {run.info.run_id}, in "
+                       f"process {running_process(run)}): give this {what} another {dir_key}, or stop that {what} "
+                       "(Ctrl-C or SIGTERM) first")
 
 
 def run_still_running_in(cfg_mlflow: Any, output_dir: Path) -> Any | None:
@@ -475,16 +488,12 @@ def run_still_running_in(cfg_mlflow: Any, output_dir: Path) -> Any | None:
     SQLite file not made, a server that does not answer: the run says so itself, in one line)."""
     from mlflow.tracking import MlflowClient
 
-    uri = store_uri(cfg_mlflow)
-    database = sqlite_file(uri)
-    if (database is not None and not database.exists()) or unusable_mlflow_store(uri):
-        return None
     try:
-        client = MlflowClient(uri)
+        client = MlflowClient(existing_store(store_uri(cfg_mlflow)))
         experiment = client.get_experiment_by_name(cfg_mlflow.experiment)
         running = [] if experiment is None else search_all_runs(client, [experiment.experiment_id],
                                                                 "attributes.status = 'RUNNING'")
-    except store_errors():
+    except (UserError, *store_errors()):
         return None
     here = str(output_dir.resolve())
     return next((run for run in running if run.data.tags.get(OUTPUT_DIR_TAG) == here and still_running(run)), None)
