@@ -573,9 +573,7 @@ def _read_cache(cache_file: Path) -> Cifar10:
 
 
 if __name__ == "__main__":  # python -m cifar.data: a summary of the prepared data
-    import sys
-
     from cifar.data_summary import main
-    from cifar.errors import exit_status
+    from cifar.errors import exit_with_status_of
 
-    sys.exit(exit_status(main))
+    exit_with_status_of(main)

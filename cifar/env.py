@@ -331,6 +331,6 @@ def _verdict(checks: list[Check], device) -> int:
 
 
 if __name__ == "__main__":
-    from cifar.errors import exit_status
+    from cifar.errors import exit_with_status_of
 
-    sys.exit(exit_status(main))
+    exit_with_status_of(main)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from cifar.data import CLASSES, NoLayoutError, content_hash, corrupt_exif_ignored, load_cifar10
-from cifar.errors import UserError, exit_status, os_reason
+from cifar.errors import UserError, exit_with_status_of, os_reason
 from cifar.predict import Failure, add_model_arguments, image_files, load_on_device, read_images, unpacked
 from cifar.significance import holm
 
@@ -328,4 +328,4 @@ def _data_to_score(data: str | None, cache_dir: str | None,
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main))
+    exit_with_status_of(main)

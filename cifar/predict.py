@@ -32,7 +32,7 @@ import numpy as np
 
 from cifar import data
 from cifar.data import CLASSES
-from cifar.errors import UserError, exit_status, first_line, os_reason
+from cifar.errors import UserError, exit_with_status_of, first_line, os_reason
 
 IMAGE_SUFFIXES = (*data.IMAGE_SUFFIXES, ".gif", ".tif", ".tiff")  # any image Pillow reads, not only dataset formats
 SIDE = 32
@@ -260,4 +260,4 @@ def load_on_device(source: str, tracking_uri: str | None, device_name: str):
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main))
+    exit_with_status_of(main)

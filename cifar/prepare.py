@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cifar.data import write_decoded
-from cifar.errors import DataError, exit_status
+from cifar.errors import DataError, exit_with_status_of
 from cifar.files import atomic_write_text
 
 DECODED = "cifar10.npz"
@@ -41,4 +41,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main))
+    exit_with_status_of(main)

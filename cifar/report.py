@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from cifar.credentials import without_passwords
-from cifar.errors import UserError, exit_status, first_line, os_reason
+from cifar.errors import UserError, exit_with_status_of, first_line, os_reason
 from cifar.files import atomic_write_text
 from cifar.significance import holm
 from cifar.stores import unusable
@@ -587,4 +587,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(exit_status(main))
+    exit_with_status_of(main)

@@ -26,7 +26,8 @@ from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, key_elsewhere,
 from cifar.continuation import how_to_continue, train_command
 from cifar.credentials import without_passwords
 from cifar.errors import (
-    AbortRun, DivergedError, JobConfigError, UserError, unparsed_override, unwritable_output_dir,
+    AbortRun, DivergedError, JobConfigError, UserError, skip_collection_at_exit, unparsed_override,
+    unwritable_output_dir,
 )
 from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
@@ -124,6 +125,8 @@ def main() -> None:
         line, status = known
         print(f"cifar.train: error: {line}", file=sys.stderr)
         sys.exit(status)
+    finally:
+        skip_collection_at_exit()
 
 
 def _known_failure(err: Exception) -> tuple[str, int] | None:

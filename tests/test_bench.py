@@ -18,6 +18,7 @@ SMALL = {  # script: its arguments for a short run, and what its result holds
                            "| simplecnn | in the background |"),
     "config_checks.py": (["--repeats", "1"], "| check the search space |"),
     "eval_batch.py": (["--images", "256", "--resnet-images", "64", "--repeats", "1"], "| resnet18 |"),
+    "exit_cost.py": (["--repeats", "1"], "| evaluate | "),
     "layer_order.py": (["--rounds", "2", "--steps", "1", "--batch", "16"], "labs' step / this project's step: "),
     "logging_cost.py": (["--repeats", "1"], "| resnet18 |"),
     "muon_step.py": (["--images", "128", "--batch", "64", "--rounds", "1"], "| muon | airbench | muon | 64 |"),
