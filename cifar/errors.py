@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import gc
 import os
 import re
@@ -71,20 +73,20 @@ def exit_status(main: Callable[[], int]) -> int:
 
 def exit_with_status_of(main: Callable[[], int]) -> NoReturn:
     """Exit this process with the :func:`exit_status` of a tool's ``main``, skipping the collections at exit."""
-    status = exit_status(main)
     skip_collection_at_exit()
-    sys.exit(status)
+    sys.exit(exit_status(main))
 
 
+@functools.cache  # once a process
 def skip_collection_at_exit() -> None:
-    """Leave the objects of this process, which is about to exit, out of Python's garbage collections at exit.
+    """Leave the objects of this process out of Python's garbage collections at its exit.
 
     Those collections go over every object of every imported module: after torch and MLflow, 2 s of a run's
     end on a 2-core machine (bench/exit_cost.py). Nothing is lost: files are closed and flushed by their
-    owners and by the exit handlers (``atexit``, logging's), which still run, and the memory goes back to the
+    owners and by the exit handlers (this is one), which all still run, and the memory goes back to the
     system with the process.
     """
-    gc.freeze()
+    atexit.register(gc.freeze)
 
 
 def first_line(err: BaseException) -> str:

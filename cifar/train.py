@@ -52,6 +52,7 @@ USER_ERRORS = (UserError, HydraException, OmegaConfBaseException)
 # called from another module (as by the cifar-train command), and found no config.
 @hydra.main(config_path=str(CONF_DIR), config_name="config", execution_whitelist=EXECUTION_WHITELIST)
 def train(cfg: DictConfig) -> float | None:
+    skip_collection_at_exit()  # also where this runs in a launcher's worker (joblib's: 2 s of a sweep's end)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:  # a sweep's job, tagged as its dir is named: by its number (a trial's)
         job_dir = str(hydra_cfg.sweep.subdir)
@@ -100,6 +101,7 @@ def main() -> None:
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    skip_collection_at_exit()
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         train()
@@ -125,8 +127,6 @@ def main() -> None:
         line, status = known
         print(f"cifar.train: error: {line}", file=sys.stderr)
         sys.exit(status)
-    finally:
-        skip_collection_at_exit()
 
 
 def _known_failure(err: Exception) -> tuple[str, int] | None:

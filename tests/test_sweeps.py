@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import re
 import shlex
 import signal
 import sqlite3
+import subprocess
+import textwrap
 from pathlib import Path
 
 import optuna
@@ -543,6 +547,34 @@ def test_a_search_logged_to_another_experiment_is_a_study_of_its_own(cli):
                multirun=True)
     assert "has 1 finished trial" not in proc.stderr + proc.stdout  # not the first search's study, which is full
     assert len(load_study(cli).trials) == 1 and len(load_study(cli, f"{other}-optuna").trials) == 1
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_and_its_workers_leave_their_objects_out_of_the_collections_at_exit(cli, tmp_path):
+    """The workers' collections at exit, over the objects that torch and MLflow made, held a sweep's end: its last
+    line was 2.4 s from its exit, 0.6 s without them. Each Python process of the sweep gets an exit handler that
+    runs after its own (from a sitecustomize), which says how many objects it left out."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import atexit, gc, sys
+
+        def left_out():
+            main = getattr(sys.modules["__main__"].__spec__, "name", "-")  # cifar.train, loky's worker, ...
+            print("process", main, "cifar.task" in sys.modules, gc.get_freeze_count(), file=sys.stderr)
+
+        atexit.register(left_out)
+        """))
+    args, env = cli.command("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "mlflow.log_model=false",
+                            multirun=True)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    proc = subprocess.run(args, cwd=cli.tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    processes = re.findall(r"^process (\S+) (True|False) (\d+)$", proc.stderr, re.MULTILINE)
+    sweep = [int(count) for main, _, count in processes if main == "cifar.train"]
+    workers = [int(count) for main, ran_a_job, count in processes if main != "cifar.train" and ran_a_job == "True"]
+    assert len(sweep) == 1 and len(workers) == 2, proc.stderr
+    assert min(sweep + workers) > 1000, proc.stderr
 
 
 @pytest.mark.slow
