@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
-import functools
-import gc
 import os
 import re
 import signal
 import sys
 from typing import TYPE_CHECKING, Callable, NoReturn
 
+from cifar.collector import skip_collection_at_exit
 from cifar.credentials import without_passwords
 
 if TYPE_CHECKING:
@@ -75,18 +73,6 @@ def exit_with_status_of(main: Callable[[], int]) -> NoReturn:
     """Exit this process with the :func:`exit_status` of a tool's ``main``, skipping the collections at exit."""
     skip_collection_at_exit()
     sys.exit(exit_status(main))
-
-
-@functools.cache  # once a process
-def skip_collection_at_exit() -> None:
-    """Leave the objects of this process out of Python's garbage collections at its exit.
-
-    Those collections go over every object of every imported module: after torch and MLflow, 2 s of a run's
-    end on a 2-core machine (bench/exit_cost.py). Nothing is lost: files are closed and flushed by their
-    owners and by the exit handlers (this is one), which all still run, and the memory goes back to the
-    system with the process.
-    """
-    atexit.register(gc.freeze)
 
 
 def first_line(err: BaseException) -> str:

@@ -22,12 +22,12 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from cifar import hydra_plugin
+from cifar.collector import import_for_good, skip_collection_at_exit
 from cifar.config import CONF_DIR, FIX_THE_VALUE, LISTS_THE_KEYS, key_elsewhere, validate
 from cifar.continuation import how_to_continue, train_command
 from cifar.credentials import without_passwords
 from cifar.errors import (
-    AbortRun, DivergedError, JobConfigError, UserError, skip_collection_at_exit, unparsed_override,
-    unwritable_output_dir,
+    AbortRun, DivergedError, JobConfigError, UserError, unparsed_override, unwritable_output_dir,
 )
 from cifar.launchers import lost_job, submitit_launchers
 from cifar.outages import StoreOutage, store_outage
@@ -59,7 +59,9 @@ def train(cfg: DictConfig) -> float | None:
         tag_console_lines(f"[#{job_dir if job_dir.isdigit() else hydra_cfg.job.num}]")
     try:
         validate(cfg)  # checked before (config.RunConfigCheck, cifar.sweeper) but in the DVC stage and other sweepers
-        from cifar.task import run  # heavy imports (torch, MLflow) only once the config is valid
+        # Heavy imports (torch, MLflow) only once the config is valid; torch._dynamo: the first optimizer's
+        import_for_good("cifar.task", "torch._dynamo")
+        from cifar.task import run
 
         return run(cfg)
     except UserError as err:
