@@ -27,17 +27,16 @@ COLLECTIONS_WHILE_IMPORTED = _collections() - _before
 """
 
 
-def run_python(code: str, cwd) -> str:
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
+def run_python(code: str, cwd) -> subprocess.CompletedProcess:
+    """``python -c code`` (dedented) in a fresh process, in ``cwd``."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
 
 
 def test_modules_imported_for_good_set_off_no_collection_and_are_left_out_of_later_ones(tmp_path):
     (tmp_path / "heavy.py").write_text(HEAVY_MODULE)
     (tmp_path / "heavy_too.py").write_text(HEAVY_MODULE)
-    out = run_python("""
+    proc = run_python("""
         import gc, weakref
         from cifar.collector import import_for_good
 
@@ -55,7 +54,8 @@ def test_modules_imported_for_good_set_off_no_collection_and_are_left_out_of_lat
         print(heavy_too.COLLECTIONS_WHILE_IMPORTED, heavy.COLLECTIONS_WHILE_IMPORTED, collected_first() is None,
               gc.isenabled(), frozen, gc.get_freeze_count() == frozen)
     """, tmp_path)
-    collections_plain, collections_for_good, collected_first, enabled, frozen, frozen_once = out.split()
+    assert proc.returncode == 0, proc.stderr
+    collections_plain, collections_for_good, collected_first, enabled, frozen, frozen_once = proc.stdout.split()
     assert int(collections_plain) > 0  # the module sets off collections where it is imported as usual
     assert int(collections_for_good) == 0
     assert collected_first == "True"  # the garbage from before was collected, not left out with the imports
@@ -67,11 +67,11 @@ def test_a_command_leaves_its_objects_out_of_the_collections_at_exit(command, tm
     """Python's collections at exit would go over every object that torch and MLflow made: 2 s of each run's end
     (bench/collector_cost.py). An exit handler that runs after the command's own end counts the objects left out."""
     module = command[0]
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    proc = run_python(f"""
         import atexit, gc, runpy, sys
         atexit.register(lambda: print("left out:", gc.get_freeze_count()))
         sys.argv = {command!r}
         runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
-    """)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    """, tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith(f"{module}: error: "), proc.stderr
     assert int(proc.stdout.split("left out:")[-1]) > 1000
