@@ -274,7 +274,8 @@ class RunConfigCheck(Callback):
     (``cifar.sweeper_impl``), after a check of its search space."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from cifar.data import check_data_path  # numpy: once a run starts
+        from cifar.data import cached_training_images, check_data_path, check_split  # numpy: once a run starts
+        from cifar.parallel import check_threads
 
         try:
             check_working_dir(config.hydra)
@@ -285,7 +286,13 @@ class RunConfigCheck(Callback):
             if config.trainer.resume:
                 _check_resumable(config.hydra.run)
             validate_job(config)
-            check_data_path(Path(config.data.path), config.data.download)
+            check_threads(config.trainer.threads)
+            data_path = Path(config.data.path)
+            check_data_path(data_path, config.data.download)
+            # the split too, where the data was decoded (else the run checks it once it has decoded it)
+            if (training_images := cached_training_images(data_path, Path(config.data.cache_dir),
+                                                          config.data.download)) is not None:
+                check_split(config.data, training_images)
             if not config.trainer.resume:
                 _check_no_run_in(config)
         except (ConfigError, DataError) as err:

@@ -150,6 +150,22 @@ def check_data_path(path: Path, download: bool) -> None:
         find_source(path, download)
 
 
+def cached_training_images(path: Path, cache_dir: Path, download: bool) -> int | None:
+    """How many training images the data at ``path`` holds, from the labels of its decoded cache alone (no image is
+    read: a run's split is checked before it imports torch); None where it has no readable cache yet."""
+    if path.suffix == ".npz":
+        cache_file = path
+    elif (source := find_source(path, download)) is not None:
+        cache_file = cache_dir / f"cifar10-{fingerprint(source)}.npz"
+    else:
+        return None  # to download
+    try:
+        with np.load(cache_file) as npz:
+            return len(npz["train_labels"])
+    except UNREADABLE_CACHE:  # none (FileNotFoundError), or damaged: the run decodes the source again
+        return None
+
+
 def locate_source(path: Path, download: bool, setting: str = "data.path") -> Path:
     """Return the directory or archive to read, downloading the official archive if allowed; ``setting`` is the
     option that gave ``path``, which errors name."""

@@ -65,8 +65,10 @@ def check_threads(threads: int | None) -> None:
     """Refuse a ``trainer.threads`` above the CPU cores that this process may use, where each training step
     waits on threads that take turns on the cores: on 2 cores, simplecnn's steps took 5.0x as long with 4 threads
     as with 2, and 37.5x with 64 (``bench/threads.py``, medians of 3 runs)."""
+    if threads is None:  # the job takes its share (threads_per_job)
+        return
     cores = cpu_cores()
-    if threads is not None and threads > cores:
+    if threads > cores:
         raise ConfigError(f"trainer.threads={threads} is more than the {_cpu_cores(cores)} that this process may use "
                           f"(threads that take turns on the cores slow each step: 5x for 4 threads on 2 cores): set "
                           f"trainer.threads to {cores} or less, or null (all of them)")

@@ -110,6 +110,18 @@ def test_a_corrupt_cache_is_decoded_again(damage, official_dir, tmp_path):
     assert again.content_hash == first.content_hash
 
 
+def test_the_training_set_size_is_read_from_the_cache_alone_and_none_where_there_is_no_readable_one(
+        official_dir, tmp_path):
+    cache = tmp_path / "cache"
+    assert data.cached_training_images(official_dir, cache, download=False) is None  # not decoded yet
+    decoded = load_cifar10(official_dir, cache, download=False)
+    assert data.cached_training_images(official_dir, cache, download=False) == len(decoded.train_labels) == 200
+    assert data.cached_training_images(decoded.cache_file, tmp_path / "unused", download=False) == 200  # a .npz given
+    assert data.cached_training_images(tmp_path / "to-download", cache, download=True) is None
+    decoded.cache_file.write_bytes(decoded.cache_file.read_bytes()[:1000])  # cut short: the run decodes again
+    assert data.cached_training_images(official_dir, cache, download=False) is None
+
+
 def test_a_failed_cache_write_leaves_no_file(official_dir, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("disk full")

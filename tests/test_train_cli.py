@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from cifar import owner, report
 from cifar.config import CONF_DIR, compose
-from cifar.data import CLASSES
+from cifar.data import CLASSES, load_cifar10
 from cifar.device import cpu_has_native_bf16
 from cifar.tracking import FIXED_OVERRIDES_TAG, OWNER_TAG
 from cifar.train import tag_console_lines
@@ -456,6 +456,7 @@ BAD_INPUT = [
                    "folder or archive, or . for this folder"),
     ("data.cache_dir=", "data.cache_dir= is out of range: it must not be empty: give a folder, or . for this folder"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
+    # a source not decoded yet: the run decodes it, then refuses its split (refused before it decodes a decoded one)
     ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (200 images)"),
     ("data.val_size=-1", "data.val_size=-1 is out of range: it must be >= 0 (0: train on every training image"),
     ("data.val_size=0 trainer.patience=2",
@@ -470,7 +471,6 @@ BAD_INPUT = [
     ("hydra.job.chdir=true",  # where the run logged to an MLflow store of its own, in its output dir
      "hydra.job.chdir=true is not supported: runs find data.path, the MLflow store and their sweep's files from the "
      "directory they start in"),
-    ("trainer.threads=4096", "trainer.threads=4096 is more than the "),  # the CPU cores: where it trained 4x slower
     ("model.channels=[0,64,128]", "model.channels=[0, 64, 128] is out of range: it must be 1 to 5 widths > 0"),
     ("model.hidden=0", "model.hidden=0 is out of range: it must be > 0"),
     ("optimizer.betas=[1.5,0.999]", "optimizer.betas=[1.5, 0.999] is out of range: it must be 2 values in [0, 1)"),
@@ -762,6 +762,23 @@ def test_missing_data_fails_with_one_line_before_hydra_writes_to_the_run_dir(cli
     proc = cli(data=cli.tmp_path / name, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"cifar.train: error: {refused.format(path=cli.tmp_path / name)}", proc.stderr
+    assert not (cli.tmp_path / "run").exists() and all_runs(cli) == []
+
+
+@pytest.mark.parametrize("override,refused", [
+    ("data.val_size=200", "data.val_size=200 must be smaller than the training set (200 images): lower data.val_size"),
+    ("data.batch_size=161",
+     "data.batch_size=161 is larger than the 160 training images: lower data.batch_size or data.val_size"),
+    ("trainer.threads=4096", "trainer.threads=4096 is more than the "),  # the CPU cores: where it trained 4x slower
+])
+def test_a_split_of_decoded_data_or_threads_that_a_run_cannot_use_fail_before_hydra_writes_to_the_run_dir(
+        cli, official_dir, override, refused):
+    """Refused in a second, before the run imports torch: the split from the labels of the data's cache. Where
+    the run refused it once it had decoded the data (6 s), it left its dir with Hydra's files and a log."""
+    load_cifar10(official_dir, cli.tmp_path / "cache", download=False)
+    proc = cli(override, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"cifar.train: error: {refused}"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
     assert not (cli.tmp_path / "run").exists() and all_runs(cli) == []
 
 
