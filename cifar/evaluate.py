@@ -178,11 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
 
-    from cifar.device import default_eval_batch_size  # torch: imported once the arguments are valid
-    from cifar.provenance import provenance
-
     try:  # the models first: a wrong one is said before a new source is decoded
-        models = [load_on_device(source, args.tracking_uri, args.device) for source in args.model]
+        models = [load_on_device(source, args.tracking_uri, args.device) for source in args.model]  # imports torch
+        from cifar.provenance import provenance  # torch's modules too
         origins = [provenance(source, args.tracking_uri) for source in args.model]
         scored = _images_to_score(args.data, args.cache_dir, args.split, origins)
     except UserError as err:
@@ -190,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for failure in scored.skipped:
         print(f"cifar.evaluate: skipped {failure.path}: {failure.reason}", file=sys.stderr)
+    from cifar.device import default_eval_batch_size
+
     headings = ["model"] if len(args.model) == 1 else [f"model {n}" for n in range(1, len(args.model) + 1)]
     results = [score(model, scored.images, scored.labels, args.batch_size or default_eval_batch_size(device), device,
                      heading) for (model, device), heading in zip(models, headings)]

@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from cifar import data
+from cifar.collector import import_for_good
 from cifar.data import CLASSES
 from cifar.errors import UserError, exit_with_status_of, first_line, os_reason
 
@@ -245,6 +246,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, several: bool = False) 
 
 def load_on_device(source: str, tracking_uri: str | None, device_name: str):
     """The classifier of ``--model`` on the ``--device``, and that device; a UserError where either is wrong."""
+    import_for_good("cifar.inference")  # torch's modules: without the collections that importing them sets off
     import torch
 
     from cifar import inference
