@@ -10,6 +10,7 @@ new cache replaces the old one. A decoded ``.npz`` (such a cache, or the DVC pip
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import io
@@ -26,6 +27,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import Callable, Iterator
 
 import numpy as np
@@ -262,25 +264,43 @@ def fingerprint(source: Path) -> str:
     as it is."""
     digest = hashlib.sha256(f"cifar10-cache-v{CACHE_FORMAT}".encode())
     if source.is_file():
-        files = {source.name: source}
-    else:
-        files = {name: source / name for name in _layout_files(_DirectoryTree(source).names)}
-    for name, file in sorted(files.items()):
-        if file.is_file():  # a broken link is named when the decode reads it
-            stat = file.stat()
+        files = [(source.name, str(source))]
+    else:  # paths as strings: pathlib's objects took 1.5 of the 2 s that 60,000 image files took
+        files = [(name, os.path.join(source, name)) for name in _layout_files(_DirectoryTree(source).names)]
+    for name, file in sorted(files):
+        if (stat := _stat_of_file(file)) is not None:  # a broken link is named when the decode reads it
             digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _stat_of_file(path: str) -> os.stat_result | None:
+    """``os.stat(path)`` where ``path`` is a regular file (or a link to one), None where it is not one or is a
+    broken link, as ``Path.is_file`` says."""
+    try:
+        stat = os.stat(path)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return None
+        raise
+    return stat if S_ISREG(stat.st_mode) else None
 
 
 def visible_files(root: Path, unlisted: Callable[[OSError], None] | None = None) -> list[Path]:
     """The files under ``root`` but hidden ones and those in hidden folders, such as the staging folder
     of a download that was killed (``_download``) or the ``._`` files that macOS leaves beside images. A folder
     that cannot be listed is a DataError, or is given to ``unlisted``: ``os.walk`` left its files out unsaid."""
-    files = []
+    return [root / name for name in visible_names(root, unlisted)]
+
+
+def visible_names(root: Path, unlisted: Callable[[OSError], None] | None = None) -> list[str]:
+    """:func:`visible_files`, as their paths relative to ``root`` written with ``/``."""
+    names = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted or _refuse_unlisted):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        files += [Path(dirpath) / f for f in filenames if not f.startswith(".")]
-    return files
+        folder = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        prefix = "" if folder == "." else f"{folder}/"
+        names += [prefix + name for name in filenames if not name.startswith(".")]
+    return names
 
 
 def _refuse_unlisted(err: OSError) -> None:
@@ -293,7 +313,7 @@ def _refuse_unlisted(err: OSError) -> None:
 class _DirectoryTree:
     def __init__(self, root: Path):
         self.root = root
-        self.names = [file.relative_to(root).as_posix() for file in visible_files(root)]
+        self.names = visible_names(root)
 
     def read_many(self, names: list[str]) -> Iterator[bytes]:
         for name in names:
