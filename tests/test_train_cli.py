@@ -456,13 +456,12 @@ BAD_INPUT = [
                    "folder or archive, or . for this folder"),
     ("data.cache_dir=", "data.cache_dir= is out of range: it must not be empty: give a folder, or . for this folder"),
     ("trainer.epochs=0", "trainer.epochs=0 is out of range: it must be >= 1"),
-    # a source not decoded yet: the run decodes it, then refuses its split (refused before it decodes a decoded one)
-    ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (200 images)"),
     ("data.val_size=-1", "data.val_size=-1 is out of range: it must be >= 0 (0: train on every training image"),
     ("data.val_size=0 trainer.patience=2",
      "trainer.patience=2 is out of range: it needs a validation set: set data.val_size > 0, or trainer.patience=null"),
     ("data.val_size=0 diagnostics=all",
      "diagnostics.epochs=[1, 2] is out of range: it needs a validation set (the diagnostics come from its pass)"),
+    # a source not decoded yet: the run decodes it, then refuses its split (refused before it decodes a decoded one)
     ("data.batch_size=500",
      "data.batch_size=500 is larger than the 160 training images: lower data.batch_size or data.val_size"),
     ("data.limit=-5", "data.limit=-5 is out of range: it must be > 0 or null (all)"),
@@ -574,7 +573,8 @@ TIME_NAMED_RUN_DIR = "hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"  # 
     ("trainer.epochs=0", "trainer.epochs=0 is out of range"),  # before the dir is made, as those below
     ("hparams_search=optuna", "hparams_search=optuna is a search"),
     ("trainer.resume=true", "trainer.resume=true continues the run in hydra.run.dir, here a new dir named by the time"),
-    ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set"),  # the task's: dir removed
+    # the task's, once it decoded the data: the dir removed
+    ("data.val_size=100000", "data.val_size=100000 must be smaller than the training set (200 images): lower"),
     ("data.path=nowhere data.download=false", "No CIFAR-10 data in "),
 ])
 def test_a_run_refused_for_its_input_leaves_no_output_dir(cli, override, refused):
