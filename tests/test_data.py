@@ -369,7 +369,6 @@ def test_folder_without_any_layout_is_reported(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("real data copy")
 def test_real_jpeg_copy_has_the_standard_split(real_data_cache):
     loaded = load_cifar10(REAL_DATA, real_data_cache, download=False)
     assert loaded.train_images.shape == (50000, 32, 32, 3)

@@ -39,15 +39,12 @@ from tests.conftest import (
 )
 
 MODEL_NAME = "predict-tests"
-# On one worker of pytest-xdist (--dist loadgroup), which trains the run once: each worker trained it (20 s)
-pytestmark = pytest.mark.xdist_group("trained run")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, official_dir):
     """A run that logged and registered its model, in a store of its own: where the module's tests do not run
-    one after another (in another order, or spread over the workers by ``--dist load``), the fixture is made again,
-    as the first time."""
+    one after another (a run of the tests in another order), the fixture is made again, as the first time."""
     tmp = tmp_path_factory.mktemp("trained")
     tracking_uri = f"sqlite:///{tmp / 'mlflow.db'}"
     overrides = with_overrides(FAST, (
@@ -764,14 +761,6 @@ def test_the_tools_import_torch_without_the_collections_that_it_sets_off(tool, t
     """)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     status, frozen = proc.stdout.split()
     assert status == "0" and int(frozen) > 100_000, proc.stderr
-
-
-def test_the_modules_tests_are_sent_to_one_worker_as_their_group(request):
-    """Under ``--dist loadgroup``, pytest-xdist sends a group's tests together, by the group that it writes after
-    their node ids: pytest 9.2 keeps it from writing it, and the tests were spread over the workers unsaid."""
-    if not getattr(request.config.option, "loadgroup", False):
-        pytest.skip("not on a worker of --dist loadgroup")
-    assert request.node.nodeid.endswith("@trained run")
 
 
 def test_diagnostics_are_logged_at_the_chosen_epochs(trained, tmp_path):

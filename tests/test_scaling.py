@@ -196,7 +196,6 @@ def job_logs(sweep_dir: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray cluster")  # one worker, which starts the cluster once
 def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stops_one(cli, ray_cluster):
     # a relative sweep dir is the sweep's, though Ray's jobs start where `ray start` ran
     cli(*ray_cluster, "optimizer.lr=1e-3,5e-4", "trainer.epochs=1", "hydra.sweep.dir=sweep", multirun=True)
@@ -226,7 +225,6 @@ def test_ray_launcher_runs_a_two_job_sweep_on_a_running_cluster_and_sigterm_stop
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray cluster")
 def test_a_ray_job_whose_process_is_lost_resumes_from_its_last_epoch_in_the_same_run(cli, ray_cluster):
     """Ray runs a task again where its process is lost (killed, as here, or on a node that left the cluster); the
     job trained again from epoch 1 in a new MLflow run, its first left RUNNING."""

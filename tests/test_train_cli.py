@@ -822,7 +822,6 @@ def test_flags_that_do_not_go_together_fail_in_one_line(tmp_path, flags, refusal
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("real data copy")  # one worker, which decodes the 60,000 images once (23 s)
 def test_short_run_on_the_real_jpeg_copy_learns(cli, real_data_cache):
     cli(
         f"data.cache_dir={real_data_cache}", "data.limit=4096", "data.val_size=1000", "data.test_limit=2000",
