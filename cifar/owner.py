@@ -22,6 +22,11 @@ def current() -> str:
 
 
 _declared_gone: set[str] = set()
+# How far a live process's start time may have moved since its owner was written: psutil adds the boot time, which
+# /proc/stat gives in whole seconds, as the system clock has it now (psutil#2541), so a clock that NTP set a fraction
+# of a second moves every start time by 1 s. A pid taken again within 2 s of the start of the process that had it
+# would take as many new processes as there are pids (32,768 where pid_max is Linux's default).
+CLOCK_SLACK_S = 2.0
 
 
 def declare_gone(owner: str) -> None:
@@ -36,13 +41,13 @@ def is_gone(owner: str) -> bool:
         return True
     try:
         host, pid, started = owner.rsplit(":", 2)
-        number = int(pid)
+        number, started_at = int(pid), float(started)
     except ValueError:
         return False  # not an owner this module wrote
     if host != socket.gethostname():
         return False
     try:
-        return f"{psutil.Process(number).create_time():.2f}" != started
+        return abs(psutil.Process(number).create_time() - started_at) > CLOCK_SLACK_S
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:

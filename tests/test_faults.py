@@ -538,6 +538,10 @@ def gone_from_here() -> str:
 
 def test_owner_tells_a_live_process_from_a_gone_one():
     assert not owner.is_gone(owner.current())
+    host, pid, started = owner.current().split(":")
+    # the start time a second off, as after the system clock was set since: psutil moves every start time with it
+    assert not owner.is_gone(f"{host}:{pid}:{float(started) + 1:.2f}")
+    assert owner.is_gone(f"{host}:{pid}:{float(started) - 10:.2f}")  # another process that had this pid before
     gone = gone_from_here()
     assert owner.is_gone(gone)  # no such process now (or another one since)
     _, pid, started = gone.split(":")
