@@ -287,11 +287,9 @@ class RunConfigCheck(Callback):
                 _check_resumable(config.hydra.run)
             validate_job(config)
             check_threads(config.trainer.threads)
-            data_path = Path(config.data.path)
-            check_data_path(data_path, config.data.download)
+            found = check_data_path(Path(config.data.path), config.data.download)
             # the split too, where the data was decoded (else the run checks it once it has decoded it)
-            if (training_images := cached_training_images(data_path, Path(config.data.cache_dir),
-                                                          config.data.download)) is not None:
+            if (training_images := cached_training_images(found, Path(config.data.cache_dir))) is not None:
                 check_split(config.data, training_images)
             if not config.trainer.resume:
                 _check_no_run_in(config)

@@ -97,7 +97,7 @@ def load_cifar10(path: str | os.PathLike, cache_dir: str | os.PathLike, download
     if Path(path).suffix == ".npz":
         return read_decoded(Path(path), setting)
     source = locate_source(Path(path), download, setting)
-    cache_file = Path(cache_dir) / f"cifar10-{fingerprint(source)}.npz"
+    cache_file = cache_file_for(source, cache_dir)
     if (cached := _cached(cache_file)) is not None:
         return cached
     with one_process_at_a_time(cache_file):  # runs started at once decode the source once
@@ -142,25 +142,24 @@ def _remove_earlier_caches(source: Path, keep: Path) -> None:
 # --- finding the source ---------------------------------------------------------------------
 
 
-def check_data_path(path: Path, download: bool) -> None:
+def check_data_path(path: Path, download: bool) -> Path | None:
     """Refuse (DataError) a ``data.path`` with no data that a run can read or download, as :func:`load_cifar10` would:
-    from the file system alone, before a run imports torch and builds its model (seconds)."""
+    from the file system alone, before a run imports torch and builds its model (seconds). Returns what the run will
+    read: the decoded file or the source, None where it is to be downloaded."""
     if path.suffix == ".npz":
         if not path.exists():
             raise _no_decoded(path, "data.path")
-    else:
-        find_source(path, download)
+        return path
+    return find_source(path, download)
 
 
-def cached_training_images(path: Path, cache_dir: Path, download: bool) -> int | None:
-    """How many training images the data at ``path`` holds, from the labels of its decoded cache alone (no image is
-    read: a run's split is checked before it imports torch); None where it has no readable cache yet."""
-    if path.suffix == ".npz":
-        cache_file = path
-    elif (source := find_source(path, download)) is not None:
-        cache_file = cache_dir / f"cifar10-{fingerprint(source)}.npz"
-    else:
+def cached_training_images(found: Path | None, cache_dir: Path) -> int | None:
+    """How many training images the data that :func:`check_data_path` found holds, from the labels of its decoded
+    cache alone (no image is read: a run's split is checked before it imports torch); None where it has no readable
+    cache yet."""
+    if found is None:
         return None  # to download
+    cache_file = found if found.suffix == ".npz" else cache_file_for(found, cache_dir)
     try:
         with np.load(cache_file) as npz:
             return len(npz["train_labels"])
@@ -256,6 +255,11 @@ def _download(root: Path) -> None:
             f"No CIFAR-10 data in {root} and the download failed ({type(err).__name__}: {err}). "
             f"Put {OFFICIAL_ARCHIVE} or train/<class>/ image folders there, or set data.path to your copy"
         ) from err
+
+
+def cache_file_for(source: Path, cache_dir: str | os.PathLike) -> Path:
+    """The file in ``cache_dir`` that ``source``, as it is now, is decoded into."""
+    return Path(cache_dir) / f"cifar10-{fingerprint(source)}.npz"
 
 
 def fingerprint(source: Path) -> str:

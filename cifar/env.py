@@ -143,7 +143,7 @@ def _cpu_name() -> str:
 def data_presence(cfg_data) -> list[Check]:
     """The configured source and its decoded cache, and the run's split of it where it is decoded; missing
     data fails only where it will not be downloaded."""
-    from cifar.data import fingerprint, locate_source
+    from cifar.data import cache_file_for, locate_source
     from cifar.errors import DataError
 
     path = Path(cfg_data.path)
@@ -158,7 +158,7 @@ def data_presence(cfg_data) -> list[Check]:
         if cfg_data.download:
             return [Check("data", WARN, f"no data in {path}: the first run downloads it (data.download=true)")]
         return [Check("data", FAIL, str(err))]
-    cache = Path(cfg_data.cache_dir) / f"cifar10-{fingerprint(source)}.npz"
+    cache = cache_file_for(source, cfg_data.cache_dir)
     if not cache.exists():
         return [Check("data", OK, f"source {source}"),
                 Check("cache", WARN, f"{cache} not decoded yet: the first run decodes it once")]
