@@ -274,7 +274,7 @@ class RunConfigCheck(Callback):
     (``cifar.sweeper_impl``), after a check of its search space."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from cifar.data import cached_training_images, check_data_path, check_split  # numpy: once a run starts
+        from cifar.data import cached_training_images, check_split  # numpy: once a run starts
         from cifar.parallel import check_threads
 
         try:
@@ -287,9 +287,10 @@ class RunConfigCheck(Callback):
                 _check_resumable(config.hydra.run)
             validate_job(config)
             check_threads(config.trainer.threads)
-            found = check_data_path(Path(config.data.path), config.data.download)
-            # the split too, where the data was decoded (else the run checks it once it has decoded it)
-            if (training_images := cached_training_images(found, Path(config.data.cache_dir))) is not None:
+            # data.path refused where it holds no data; the split, where the data was decoded (else the run checks it
+            # once it has decoded it)
+            if (training_images := cached_training_images(Path(config.data.path), Path(config.data.cache_dir),
+                                                          config.data.download)) is not None:
                 check_split(config.data, training_images)
             if not config.trainer.resume:
                 _check_no_run_in(config)

@@ -153,11 +153,11 @@ def check_data_path(path: Path, download: bool) -> Path | None:
     return find_source(path, download)
 
 
-def cached_training_images(found: Path | None, cache_dir: Path) -> int | None:
-    """How many training images the data that :func:`check_data_path` found holds, from the labels of its decoded
-    cache alone (no image is read: a run's split is checked before it imports torch); None where it has no readable
-    cache yet."""
-    if found is None:
+def cached_training_images(path: Path, cache_dir: Path, download: bool) -> int | None:
+    """How many training images the data at ``path`` holds, from the labels of its decoded cache alone (no image is
+    read: a run's or sweep's split is checked before it imports torch); None where it has no readable cache yet.
+    A ``path`` with no data is refused first (:func:`check_data_path`)."""
+    if (found := check_data_path(path, download)) is None:
         return None  # to download
     cache_file = found if found.suffix == ".npz" else cache_file_for(found, cache_dir)
     try:

@@ -44,19 +44,20 @@ class SweepCallback(Callback):
     report_options: list[str] = []  # those with which cifar.report reads the sweep's store
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
         optuna_sweep = sweeper.is_optuna_sweep(config.hydra)
         try:  # before any job, run, study or dir (Hydra only warns of a callback's Exception)
             check_working_dir(config.hydra)
             parallel.check_launcher(config.hydra)
             launchers.check_cluster(config.hydra)
-            launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
             distributions, jobs = _checked_jobs(config, optuna_sweep)
             sweeper.check_machine(jobs)
+            training_images: dict[tuple[str, str, bool], int] = {}
+            sweeper.check_data(jobs, training_images, decode=False)  # what the data's caches say (cheap)
+            # the stores from here: finding MLflow's default imports MLflow (2 s), which a refused config need not
+            launchers.check_stores_reach_jobs(config.hydra, _store_settings(config, optuna_sweep))
             store = tracking.usable_store(config.mlflow)
             self.report_options = _report_options(store)
-            sweeper.check_data(jobs)  # the last check: it may download and decode the data
+            sweeper.check_data(jobs, training_images)  # the last check: it may download and decode the data
             experiment_id = tracking.use_experiment(store, config.mlflow.experiment)
         except UserError as err:
             raise AbortRun(err) from err
@@ -71,6 +72,8 @@ class SweepCallback(Callback):
             except ConfigError as err:
                 remove_made(Path(config.hydra.sweep.dir), made)  # the sweep did not start
                 raise AbortRun(err) from err  # not tried again by the sweeper (a server that does not answer: 8 s)
+        from mlflow.tracking import MlflowClient
+
         client = MlflowClient()
         tracking.close_stale_runs(client, experiment_id)
         new_run = functools.partial(_new_parent_run, client, experiment_id, config)
@@ -110,11 +113,11 @@ class SweepCallback(Callback):
         the store answers. A sweep that was stopped sends each request once: where the store does not answer,
         the next run or sweep of the experiment here ends the parent KILLED.
         """
-        from mlflow.tracking import MlflowClient
-
         run_id = self.parent_run_id
         if run_id is None:
             return  # the sweep was refused before it started
+        from mlflow.tracking import MlflowClient
+
         stopped_by = sys.exc_info()[1]  # Hydra calls this in a finally
         client = MlflowClient()
         if store_outage(stopped_by):  # the store was waited for already (here or in a job): one try, no summary

@@ -225,21 +225,27 @@ def check_machine(configs: Sequence[DictConfig]) -> None:
             resolve_device(device)
 
 
-def check_data(configs: Sequence[DictConfig], training_images: dict[tuple[str, str, bool], int] | None = None) -> None:
-    """Load the data of a sweep's jobs before the first starts, where they run on this machine (downloading and
-    decoding it where its first job would), and check each job's split of it (:func:`cifar.data.check_split`): a
-    data.path with no data, or a hold-out or batch that it is too small for, stops the sweep at once, not each of
-    its jobs in turn. Raises :class:`cifar.errors.DataError` or :class:`cifar.errors.ConfigError`.
-    ``training_images`` keeps the size of each source read, by source, for later calls."""
-    from cifar.data import check_split, load_cifar10  # numpy: only when sweeping
+def check_data(configs: Sequence[DictConfig], training_images: dict[tuple[str, str, bool], int] | None = None,
+               decode: bool = True) -> None:
+    """Check the data of a sweep's jobs before the first starts, where they run on this machine, and each job's split
+    of it (:func:`cifar.data.check_split`): a data.path with no data, or a hold-out or batch that it is too small for,
+    stops the sweep at once, not each of its jobs in turn. A source already decoded is sized from its cache's labels
+    alone; one that is not is downloaded and decoded, as its first job would, or with ``decode`` false, left for a
+    later call. Raises :class:`cifar.errors.DataError` or :class:`cifar.errors.ConfigError`. ``training_images``
+    keeps the size of each source read, by source, for later calls."""
+    from cifar.data import cached_training_images, check_split, load_cifar10  # numpy: only when sweeping
 
     training_images = {} if training_images is None else training_images
     for config in (c for c in configs if runs_jobs_here(c.hydra)):
         source = (config.data.path, config.data.cache_dir, config.data.download)
         if source not in training_images:
-            path, cache_dir, download = source
-            data = load_cifar10(to_absolute_path(path), to_absolute_path(cache_dir), download)
-            training_images[source] = len(data.train_labels)
+            path, cache_dir = (Path(to_absolute_path(p)) for p in (config.data.path, config.data.cache_dir))
+            size = cached_training_images(path, cache_dir, config.data.download)
+            if size is None and decode:
+                size = len(load_cifar10(path, cache_dir, config.data.download).train_labels)
+            if size is None:
+                continue  # not decoded yet
+            training_images[source] = size
         check_split(config.data, training_images[source])
 
 

@@ -113,16 +113,15 @@ def test_a_corrupt_cache_is_decoded_again(damage, official_dir, tmp_path):
 def test_the_training_set_size_is_read_from_the_cache_alone_and_none_where_there_is_no_readable_one(
         official_dir, tmp_path):
     cache = tmp_path / "cache"
-    found = data.check_data_path(official_dir, download=False)
-    assert data.cached_training_images(found, cache) is None  # not decoded yet
+    assert data.cached_training_images(official_dir, cache, download=False) is None  # not decoded yet
     decoded = load_cifar10(official_dir, cache, download=False)
-    assert data.cached_training_images(found, cache) == len(decoded.train_labels) == 200
-    given = data.check_data_path(decoded.cache_file, download=False)  # a .npz given
-    assert data.cached_training_images(given, tmp_path / "unused") == 200
-    assert data.check_data_path(tmp_path / "to-download", download=True) is None
-    assert data.cached_training_images(None, cache) is None
+    assert data.cached_training_images(official_dir, cache, download=False) == len(decoded.train_labels) == 200
+    assert data.cached_training_images(decoded.cache_file, tmp_path / "unused", download=False) == 200  # a .npz given
+    assert data.cached_training_images(tmp_path / "to-download", cache, download=True) is None
+    with pytest.raises(DataError, match="No CIFAR-10 data in "):
+        data.cached_training_images(tmp_path / "to-download", cache, download=False)
     decoded.cache_file.write_bytes(decoded.cache_file.read_bytes()[:1000])  # cut short: the run decodes again
-    assert data.cached_training_images(found, cache) is None
+    assert data.cached_training_images(official_dir, cache, download=False) is None
 
 
 def test_a_failed_cache_write_leaves_no_file(official_dir, tmp_path, monkeypatch):
