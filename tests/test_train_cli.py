@@ -629,8 +629,8 @@ def test_a_grid_that_its_jobs_configs_or_data_refuse_fails_before_any_run_or_dir
 ], ids=["a value out of range", "more threads than cores", "a hold-out of every decoded image", "no data"])
 def test_a_grid_refused_for_its_configs_or_decoded_data_is_refused_before_it_imports_mlflow(
         cli, official_dir, grid, refused):
-    """MLflow's import (2 s) waits for the checks that need no store: such a grid was refused in 3.5-4 s, now 1.2-1.6 s;
-    a split from the labels of the data's cache, as a single run's."""
+    """MLflow's import (2 s) waits for the checks that need no store: such a grid was refused in 3.3-3.8 s, now
+    1.1-1.6 s; a split from the labels of the data's cache, as a single run's."""
     load_cifar10(official_dir, cli.tmp_path / "cache", download=False)
     proc = run_without_module(cli, "mlflow", *grid.split(), multirun=True)
     assert proc.returncode == 2 and proc.stderr.startswith(f"cifar.train: error: {refused}"), proc.stderr
