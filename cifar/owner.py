@@ -10,22 +10,36 @@ alone: their processes cannot be seen from here, unless something that knows dec
 from __future__ import annotations
 
 import functools
+import os
 import socket
+import sys
+from pathlib import Path
 
 import psutil
 
 
 @functools.cache
 def current() -> str:
-    process = psutil.Process()
-    return f"{socket.gethostname()}:{process.pid}:{process.create_time():.2f}"
+    pid = os.getpid()
+    started = _since_boot(pid) if sys.platform.startswith("linux") else f"{psutil.Process(pid).create_time():.2f}"
+    return f"{socket.gethostname()}:{pid}:{started}"
+
+
+def _since_boot(pid: int) -> str:
+    """When process ``pid`` started, as ``<boot id>+<seconds since boot>``: Linux counts it in clock ticks since boot,
+    which no setting of the system clock moves. psutil's create_time adds the boot time as the clock has it now
+    (psutil#2541), so a clock set by NTP, or a virtual machine's clock set on resume, moves every start time."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()  # FileNotFoundError: no such process
+    ticks = int(stat.rsplit(b")", 1)[1].split()[19])  # field 22, starttime; the name before it may hold spaces
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text()[:8]
+    return f"{boot}+{ticks / os.sysconf('SC_CLK_TCK'):.2f}"
 
 
 _declared_gone: set[str] = set()
-# How far a live process's start time may have moved since its owner was written: psutil adds the boot time, which
-# /proc/stat gives in whole seconds, as the system clock has it now (psutil#2541), so a clock that NTP set a fraction
-# of a second moves every start time by 1 s. A pid taken again within 2 s of the start of the process that had it
-# would take as many new processes as there are pids (32,768 where pid_max is Linux's default).
+# How far a live process's start time, written as seconds since the epoch (elsewhere than Linux, or by a version of this
+# module before the boot form), may be off the one psutil gives now, for the reason :func:`_since_boot` gives. A pid
+# taken again within 2 s of the start of the process that had it would take as many new processes as there are pids
+# (32,768 where pid_max is Linux's default).
 CLOCK_SLACK_S = 2.0
 
 
@@ -41,14 +55,17 @@ def is_gone(owner: str) -> bool:
         return True
     try:
         host, pid, started = owner.rsplit(":", 2)
-        number, started_at = int(pid), float(started)
+        number, since_boot = int(pid), "+" in started
+        started_at = None if since_boot else float(started)
     except ValueError:
         return False  # not an owner this module wrote
     if host != socket.gethostname():
         return False
     try:
+        if since_boot:
+            return _since_boot(number) != started  # another boot id: the machine restarted since
         return abs(psutil.Process(number).create_time() - started_at) > CLOCK_SLACK_S
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
         return True
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return False  # a process this user may not inspect: alive

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
@@ -538,15 +539,32 @@ def gone_from_here() -> str:
 
 def test_owner_tells_a_live_process_from_a_gone_one():
     assert not owner.is_gone(owner.current())
-    host, pid, started = owner.current().split(":")
+    host, pid, _ = owner.current().split(":")
+    started = psutil.Process(int(pid)).create_time()  # as owners elsewhere than Linux, or older ones
     # the start time a second off, as after the system clock was set since: psutil moves every start time with it
-    assert not owner.is_gone(f"{host}:{pid}:{float(started) + 1:.2f}")
-    assert owner.is_gone(f"{host}:{pid}:{float(started) - 10:.2f}")  # another process that had this pid before
+    assert not owner.is_gone(f"{host}:{pid}:{started + 1:.2f}")
+    assert owner.is_gone(f"{host}:{pid}:{started - 10:.2f}")  # another process that had this pid before
     gone = gone_from_here()
     assert owner.is_gone(gone)  # no such process now (or another one since)
     _, pid, started = gone.split(":")
     assert not owner.is_gone(f"another-host:{pid}:{started}")  # cannot be seen from here: left alone
     assert not owner.is_gone("")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the start since boot is read from Linux's /proc")
+def test_a_live_process_is_not_gone_after_the_system_clock_is_set(monkeypatch):
+    import psutil._pslinux
+
+    live = owner.current()
+    real_boot_time = psutil._pslinux.boot_time
+    for step in (-3600.0, 5.0):  # psutil's start times move with a clock set since, by NTP or on a VM's resume
+        monkeypatch.setattr(psutil._pslinux, "boot_time", lambda step=step: real_boot_time() + step)
+        assert not owner.is_gone(live)
+    host, pid, started = live.split(":")
+    boot, since_boot = started.split("+")
+    assert owner.is_gone(f"{host}:{pid}:{boot}+{float(since_boot) - 10:.2f}")  # another process that had this pid
+    other_boot = f"{int(boot, 16) ^ 1:08x}"
+    assert owner.is_gone(f"{host}:{pid}:{other_boot}+{since_boot}")  # the same pid and start, before a restart
 
 
 LOKY = ("A worker process managed by the executor was unexpectedly terminated. This could be caused by a segmentation "
