@@ -31,8 +31,20 @@ def _since_boot(pid: int) -> str:
     (psutil#2541), so a clock set by NTP, or a virtual machine's clock set on resume, moves every start time."""
     stat = Path(f"/proc/{pid}/stat").read_bytes()  # FileNotFoundError: no such process
     ticks = int(stat.rsplit(b")", 1)[1].split()[19])  # field 22, starttime; the name before it may hold spaces
-    boot = Path("/proc/sys/kernel/random/boot_id").read_text()[:8]
-    return f"{boot}+{ticks / os.sysconf('SC_CLK_TCK'):.2f}"
+    return f"{_boot_id()}+{ticks / os.sysconf('SC_CLK_TCK'):.2f}"
+
+
+BOOT_ID_FILE = Path("/proc/sys/kernel/random/boot_id")
+
+
+@functools.cache
+def _boot_id() -> str:
+    """The first 8 characters of the id that Linux draws at each boot, or '' where a kernel gives none (WSL before
+    2018, some sandboxes)."""
+    try:
+        return BOOT_ID_FILE.read_text()[:8]
+    except OSError:
+        return ""
 
 
 _declared_gone: set[str] = set()

@@ -552,7 +552,7 @@ def test_owner_tells_a_live_process_from_a_gone_one():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the start since boot is read from Linux's /proc")
-def test_a_live_process_is_not_gone_after_the_system_clock_is_set(monkeypatch):
+def test_a_live_process_is_not_gone_after_the_system_clock_is_set(monkeypatch, tmp_path):
     import psutil._pslinux
 
     live = owner.current()
@@ -565,6 +565,13 @@ def test_a_live_process_is_not_gone_after_the_system_clock_is_set(monkeypatch):
     assert owner.is_gone(f"{host}:{pid}:{boot}+{float(since_boot) - 10:.2f}")  # another process that had this pid
     other_boot = f"{int(boot, 16) ^ 1:08x}"
     assert owner.is_gone(f"{host}:{pid}:{other_boot}+{since_boot}")  # the same pid and start, before a restart
+    monkeypatch.setattr(owner, "BOOT_ID_FILE", tmp_path / "none")  # a kernel that gives no boot id
+    owner._boot_id.cache_clear()
+    try:
+        assert not owner.is_gone(f"{host}:{pid}:+{since_boot}")
+        assert owner.is_gone(f"{host}:{pid}:+{float(since_boot) - 10:.2f}")
+    finally:
+        owner._boot_id.cache_clear()
 
 
 LOKY = ("A worker process managed by the executor was unexpectedly terminated. This could be caused by a segmentation "
