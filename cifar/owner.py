@@ -67,14 +67,14 @@ def is_gone(owner: str) -> bool:
         return True
     try:
         host, pid, started = owner.rsplit(":", 2)
-        number, since_boot = int(pid), "+" in started
-        started_at = None if since_boot else float(started)
+        number = int(pid)
+        started_at = None if "+" in started else float(started)  # None: the boot form (Linux)
     except ValueError:
         return False  # not an owner this module wrote
     if host != socket.gethostname():
         return False
     try:
-        if since_boot:
+        if started_at is None:
             return _since_boot(number) != started  # another boot id: the machine restarted since
         return abs(psutil.Process(number).create_time() - started_at) > CLOCK_SLACK_S
     except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
