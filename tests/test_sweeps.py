@@ -557,11 +557,12 @@ def test_a_joblib_sweep_and_its_workers_leave_their_objects_out_of_the_collectio
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(textwrap.dedent("""\
-        import atexit, gc, sys
+        import atexit, gc, os, sys
 
         def left_out():
             main = getattr(sys.modules["__main__"].__spec__, "name", "-")  # cifar.train, loky's worker, ...
-            print("process", main, "cifar.task" in sys.modules, gc.get_freeze_count(), file=sys.stderr)
+            line = f"process {main} {'cifar.task' in sys.modules} {gc.get_freeze_count()}\\n"
+            os.write(2, line.encode())  # one write: the workers' lines, which end at once, are not interleaved
 
         atexit.register(left_out)
         """))
