@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Sequence
 
@@ -12,6 +13,8 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR
 from cifar.models import first_conv
 from cifar.muon import Muon
 
+
+log = logging.getLogger(__name__)
 
 FUSED_DEVICES = ("cpu", "cuda")  # one kernel per step instead of one per parameter tensor
 
@@ -96,6 +99,11 @@ def build_scheduler(
         )
     if cfg.name == "cosine":
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        if warmup >= total:  # a dry run (debug=smoke: 1 epoch) of a longer run's schedule, or a slip
+            log.warning("scheduler.warmup_epochs=%s is not shorter than the run (trainer.epochs=%d): the rate rises "
+                        "for the whole run, to %.0f%% of optimizer.lr, and never decays: lower "
+                        "scheduler.warmup_epochs or raise trainer.epochs", cfg.warmup_epochs, epochs,
+                        100 * total / warmup)
         return LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total, cfg.min_lr_ratio))
     raise ValueError(f"unknown scheduler {cfg.name!r}")
 

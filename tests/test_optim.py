@@ -109,3 +109,19 @@ def test_a_left_out_parameter_is_in_no_group_even_a_norm_bias():
     groups = param_groups(model, lr=0.1, weight_decay=5e-4, norm_bias_lr_scale=64.0, leave_out=left_out)
     grouped = [id(p) for group in groups for p in group["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if all(p is not q for q in left_out))
+
+
+COSINE = {"name": "cosine", "min_lr_ratio": 0.0}
+
+
+@pytest.mark.parametrize("warmup_epochs,warned", [(0.5, False), (1.0, True), (2.0, True)])
+def test_a_cosine_warm_up_as_long_as_the_run_is_warned_of_with_the_peak_it_reaches(warmup_epochs, warned, caplog):
+    rates = schedule({**COSINE, "warmup_epochs": warmup_epochs}, 10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert bool(warnings) == warned
+    trained = rates[:-1]  # the rates of the run's steps
+    if warned:  # it rises at each step, to the last step's rate, which the warning gives
+        assert all(a < b for a, b in zip(trained, trained[1:]))
+        assert f"to {100 * trained[-1]:.0f}% of optimizer.lr" in warnings[0]
+    else:
+        assert rates[-1] == pytest.approx(0.0, abs=1e-9)
