@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from cifar import dvc_exp, tracking
 from cifar.errors import AbortRun, ConfigError, DataError
 from cifar.files import LAST
-from cifar.output_dirs import is_time_named
+from cifar.output_dirs import claim_named_dir, is_time_named
 from cifar.tracking import NOTE_TAG, is_own_tag
 
 
@@ -271,7 +271,10 @@ class RunConfigCheck(Callback):
     first), so that a bad value leaves no dir of a run that never started, and that a run still running in that dir
     keeps its files. A grid's jobs are checked before the
     sweep starts (``cifar.sweeper.check_grid``), an Optuna search's by its sweeper as each starts
-    (``cifar.sweeper_impl``), after a check of its search space."""
+    (``cifar.sweeper_impl``), after a check of its search space. It holds the claim on a dir named on the command
+    line for the run (:func:`cifar.output_dirs.claim_named_dir`)."""
+
+    claimed: Any = None  # the claim on hydra.run.dir, where it is named on the command line
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from cifar.data import cached_training_images, check_split  # numpy: once a run starts
@@ -294,8 +297,14 @@ class RunConfigCheck(Callback):
                 check_split(config.data, training_images)
             if not config.trainer.resume:
                 _check_no_run_in(config)
+            self.claimed = claim_named_dir(config, "run")
         except (ConfigError, DataError) as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.claimed is not None:
+            self.claimed.release()
+            self.claimed = None
 
 
 def check_working_dir(hydra_cfg: DictConfig) -> None:

@@ -1,5 +1,5 @@
 """Writing files so that a crash never leaves a half-written one in place, and processes that start at
-once do not all make the same one."""
+once do not all make the same one, nor write in the same output dir."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 # A run's checkpoints in its output dir: the weights of its best epoch, and all that resuming needs. Named
 # here, away from torch, for what must not import it: saying how to continue a run interrupted in its import.
@@ -67,6 +70,25 @@ def one_process_at_a_time(path: Path) -> Iterator[None]:
     makes the same ``path`` (a shared data cache) takes it in turn, where filelock's 0644 refused it."""
     from filelock import FileLock
 
-    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    with FileLock(Path(tempfile.gettempdir()) / f"cifar-{key}.lock", mode=0o666):
+    with FileLock(_lock_file(path), mode=0o666):
         yield
+
+
+def claim(path: Path) -> BaseFileLock | None:
+    """The claim on ``path`` (an output dir) that one process of this machine holds at a time, taken without
+    waiting and held until it is released: None where another process holds it. The system lets go of it when
+    the process that holds it ends, killed too."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(_lock_file(path, "dir-"), mode=0o666, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    return lock
+
+
+def _lock_file(path: Path, kind: str = "") -> Path:
+    """The lock file of ``path`` for ``kind`` of lock, in the temp dir, named by a hash of ``path``."""
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"cifar-{kind}{key}.lock"

@@ -16,13 +16,16 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cifar.errors import AbortRun
-from cifar.files import first_missing, remove_made
+from cifar.errors import AbortRun, ConfigError
+from cifar.files import claim, first_missing, remove_made
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,20 @@ def make_output_dir(config: DictConfig, mode: str) -> Path | None:
         config.hydra[mode].dir = str(path)
         config.hydra.overrides.hydra.append(f"hydra.{mode}.dir={path}")  # the jobs' configs are composed again
     return made if made is not None and made != wanted.absolute() else path.absolute()
+
+
+def claim_named_dir(config: DictConfig, mode: str) -> BaseFileLock | None:
+    """Claim ``hydra.<mode>.dir`` (``mode``: run or sweep) for this process where it is named on the command line
+    (:func:`cifar.files.claim`; a time-named dir is this process's own), to be released when the run or sweep ends:
+    a ConfigError where another run or sweep of this machine holds it. That one may have started moments ago, before
+    its MLflow run, by which a run or sweep still running there is refused too (on another machine as well)."""
+    if is_time_named(config.hydra[mode]):
+        return None
+    output_dir = config.hydra[mode].dir
+    if (claimed := claim(Path(output_dir))) is None:
+        raise ConfigError(f"hydra.{mode}.dir={output_dir} is in use by another {mode} started on this machine: give "
+                          f"this {mode} another hydra.{mode}.dir, or stop that {mode} (Ctrl-C or SIGTERM) first")
+    return claimed
 
 
 def latest_below(folder: Path, marker: str, kind: str, option: str) -> str | None:
