@@ -22,7 +22,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar import dvc_exp, tracking
 from cifar.errors import AbortRun, ConfigError, DataError
-from cifar.files import LAST
+from cifar.files import LAST, release_claim
 from cifar.output_dirs import claim_named_dir, is_time_named
 from cifar.tracking import NOTE_TAG, is_own_tag
 
@@ -274,7 +274,7 @@ class RunConfigCheck(Callback):
     (``cifar.sweeper_impl``), after a check of its search space. It holds the claim on a dir named on the command
     line for the run (:func:`cifar.output_dirs.claim_named_dir`)."""
 
-    claimed: Any = None  # the claim on hydra.run.dir, where it is named on the command line
+    claimed: Path | None = None  # hydra.run.dir, where it is named on the command line
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from cifar.data import cached_training_images, check_split  # numpy: once a run starts
@@ -303,8 +303,7 @@ class RunConfigCheck(Callback):
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.claimed is not None:
-            self.claimed.release()
-            self.claimed = None
+            release_claim(self.claimed)
 
 
 def check_working_dir(hydra_cfg: DictConfig) -> None:

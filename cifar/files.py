@@ -74,18 +74,29 @@ def one_process_at_a_time(path: Path) -> Iterator[None]:
         yield
 
 
-def claim(path: Path) -> BaseFileLock | None:
-    """The claim on ``path`` (an output dir) that one process of this machine holds at a time, taken without
-    waiting and held until it is released: None where another process holds it. The system lets go of it when
-    the process that holds it ends, killed too."""
+def claim(path: Path) -> bool:
+    """Claim ``path`` (an output dir) for this process, without waiting: False where another process holds the
+    claim, which one process of this machine holds at a time, until :func:`release_claim` or its end (the system
+    lets go of it then, killed too). The lock is this module's, not its caller's: launchers pickle the callbacks
+    that claim, and a lock does not pickle."""
     from filelock import FileLock, Timeout
 
     lock = FileLock(_lock_file(path, "dir-"), mode=0o666, timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        return None
-    return lock
+        return False
+    _claims[path] = lock
+    return True
+
+
+def release_claim(path: Path) -> None:
+    """Let go of this process's claim on ``path`` (:func:`claim`), where it holds one."""
+    if (lock := _claims.pop(path, None)) is not None:
+        lock.release()
+
+
+_claims: dict[Path, BaseFileLock] = {}  # this process's, by the path claimed
 
 
 def _lock_file(path: Path, kind: str = "") -> Path:

@@ -26,7 +26,7 @@ from cifar import continuation, launchers, owner, parallel, report, sweeper, tra
 from cifar.config import check_working_dir
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
-from cifar.files import atomic_write_text, remove_made
+from cifar.files import atomic_write_text, release_claim, remove_made
 from cifar.outages import one_request_a_try, store_outage, try_once
 from cifar.output_dirs import claim_named_dir, make_output_dir
 from cifar.tracking import (
@@ -41,7 +41,7 @@ class SweepCallback(Callback):
     """Opens the multirun's parent run before the first job and closes it with a summary."""
 
     parent_run_id: str | None = None  # set once the sweep's parent run is open
-    claimed: Any = None  # the claim on a grid sweep's hydra.sweep.dir, where it is named on the command line
+    claimed: Path | None = None  # a grid sweep's hydra.sweep.dir, where it is named on the command line
     report_options: list[str] = []  # those with which cifar.report reads the sweep's store
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -115,8 +115,7 @@ class SweepCallback(Callback):
             self._end_parent_run(config)
         finally:
             if self.claimed is not None:
-                self.claimed.release()
-                self.claimed = None
+                release_claim(self.claimed)
 
     def _end_parent_run(self, config: DictConfig) -> None:
         """Summarise the sweep on its parent run and end it.

@@ -151,14 +151,14 @@ def test_the_lock_of_a_file_being_made_can_be_taken_by_any_user(tmp_path, monkey
 @pytest.mark.parametrize("multirun,mode", [(False, "run"), (True, "sweep")])
 def test_a_run_or_grid_sweep_in_a_named_dir_that_another_has_just_claimed_is_refused(cli, multirun, mode):
     """Another run or sweep started there a moment before, which has begun no MLflow run yet to be refused by."""
-    from cifar.files import claim
+    from cifar.files import claim, release_claim
 
     output_dir = cli.tmp_path / mode  # the fixture's hydra.run.dir, or hydra.sweep.dir with -m
-    held = claim(output_dir)  # by this test's process, as by that run's or sweep's
+    assert claim(output_dir)  # by this test's process, as by that run's or sweep's
     try:
         refused = cli("seed=1,2" if multirun else "seed=1", multirun=multirun, check=False)
     finally:
-        held.release()
+        release_claim(output_dir)
     assert refused.returncode == 2 and refused.stderr.strip() == (
         f"cifar.train: error: hydra.{mode}.dir={output_dir} is in use by another {mode} started on this machine: give "
         f"this {mode} another hydra.{mode}.dir, or stop that {mode} (Ctrl-C or SIGTERM) first"), refused.stderr
@@ -166,18 +166,17 @@ def test_a_run_or_grid_sweep_in_a_named_dir_that_another_has_just_claimed_is_ref
 
 
 def test_a_claim_on_a_dir_is_let_go_when_its_process_ends_killed_too(tmp_path):
-    from cifar.files import claim
+    from cifar.files import claim, release_claim
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from cifar.files import claim; "
-         "held = claim(Path(sys.argv[1])); print(held is not None, flush=True); time.sleep(300)", str(tmp_path)],
+         "print(claim(Path(sys.argv[1])), flush=True); time.sleep(300)", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "True"
-        assert claim(tmp_path) is None
+        assert not claim(tmp_path)
     finally:
         holder.kill()
         holder.wait()
-    mine = claim(tmp_path)
-    assert mine is not None
-    mine.release()
+    assert claim(tmp_path)
+    release_claim(tmp_path)
