@@ -22,8 +22,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from cifar import dvc_exp, tracking
 from cifar.errors import AbortRun, ConfigError, DataError
-from cifar.files import LAST
-from cifar.output_dirs import claim_named_dir, is_time_named, release_named_dir
+from cifar.files import LAST, release_claim
+from cifar.output_dirs import claim_named_dir, is_time_named
 from cifar.tracking import NOTE_TAG, is_own_tag
 
 
@@ -274,6 +274,8 @@ class RunConfigCheck(Callback):
     (``cifar.sweeper_impl``), after a check of its search space. It holds the claim on a dir named on the command
     line for the run (:func:`cifar.output_dirs.claim_named_dir`)."""
 
+    claimed: Path | None = None  # hydra.run.dir, where it is named on the command line
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from cifar.data import cached_training_images, check_split  # numpy: once a run starts
         from cifar.parallel import check_threads
@@ -295,12 +297,13 @@ class RunConfigCheck(Callback):
                 check_split(config.data, training_images)
             if not config.trainer.resume:
                 _check_no_run_in(config)
-            claim_named_dir(config, "run")
+            self.claimed = claim_named_dir(config, "run")
         except (ConfigError, DataError) as err:
             raise AbortRun(err) from err  # past Hydra, which only warns of a callback's Exception
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        release_named_dir(config, "run")
+        if self.claimed is not None:
+            release_claim(self.claimed)
 
 
 def check_working_dir(hydra_cfg: DictConfig) -> None:

@@ -22,7 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cifar.errors import AbortRun, ConfigError
-from cifar.files import claim, first_missing, release_claim, remove_made
+from cifar.files import claim, first_missing, remove_made
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,19 @@ def make_output_dir(config: DictConfig, mode: str) -> Path | None:
     return made if made is not None and made != wanted.absolute() else path.absolute()
 
 
-def claim_named_dir(config: DictConfig, mode: str) -> None:
+def claim_named_dir(config: DictConfig, mode: str) -> Path | None:
     """Claim ``hydra.<mode>.dir`` (``mode``: run or sweep) for this process where it is named on the command line
-    (:func:`cifar.files.claim`; a time-named dir is this process's own), until :func:`release_named_dir`: a
-    ConfigError where another run or sweep of this machine holds it. That one may have started moments ago, before
-    its MLflow run, by which a run or sweep still running there is refused too (on another machine as well)."""
-    if not is_time_named(config.hydra[mode]) and not claim(output_dir := Path(config.hydra[mode].dir)):
+    (:func:`cifar.files.claim`; a time-named dir is this process's own), to be released when the run or sweep ends
+    (:func:`cifar.files.release_claim`): the dir claimed, None for none; a ConfigError where another run or sweep of
+    this machine holds it. That one may have started moments ago, before its MLflow run, by which a run or sweep
+    still running there is refused too (on another machine as well)."""
+    if is_time_named(config.hydra[mode]):
+        return None
+    output_dir = Path(config.hydra[mode].dir)
+    if not claim(output_dir):
         raise ConfigError(f"hydra.{mode}.dir={output_dir} is in use by another {mode} started on this machine: give "
                           f"this {mode} another hydra.{mode}.dir, or stop that {mode} (Ctrl-C or SIGTERM) first")
-
-
-def release_named_dir(config: DictConfig, mode: str) -> None:
-    """Let go of this process's claim on ``hydra.<mode>.dir`` (:func:`claim_named_dir`), where it holds one."""
-    release_claim(Path(config.hydra[mode].dir))
+    return output_dir
 
 
 def latest_below(folder: Path, marker: str, kind: str, option: str) -> str | None:

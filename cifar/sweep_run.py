@@ -26,9 +26,9 @@ from cifar import continuation, launchers, owner, parallel, report, sweeper, tra
 from cifar.config import check_working_dir
 from cifar.credentials import without_passwords
 from cifar.errors import AbortRun, ConfigError, UserError, first_line, unwritable_output_dir
-from cifar.files import atomic_write_text, remove_made
+from cifar.files import atomic_write_text, release_claim, remove_made
 from cifar.outages import one_request_a_try, store_outage, try_once
-from cifar.output_dirs import claim_named_dir, make_output_dir, release_named_dir
+from cifar.output_dirs import claim_named_dir, make_output_dir
 from cifar.tracking import (
     BEST_RUN_TAG, BEST_VAL_ACC, FIXED_OVERRIDES_TAG, OUTPUT_DIR_TAG, OWNER_TAG, PRUNED_TAG, REGISTERED_RUN_TAG,
     STUDY_NAME_TAG, STUDY_STORAGE_TAG, SWEEP_DIR_TAG, SWEEP_FILE, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
@@ -41,6 +41,7 @@ class SweepCallback(Callback):
     """Opens the multirun's parent run before the first job and closes it with a summary."""
 
     parent_run_id: str | None = None  # set once the sweep's parent run is open
+    claimed: Path | None = None  # a grid sweep's hydra.sweep.dir, where it is named on the command line
     report_options: list[str] = []  # those with which cifar.report reads the sweep's store
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -52,7 +53,7 @@ class SweepCallback(Callback):
             distributions, jobs = _checked_jobs(config, optuna_sweep)
             sweeper.check_machine(jobs)
             if not optuna_sweep:  # an Optuna sweep's workers may share its dir (their job dirs: trial numbers)
-                claim_named_dir(config, "sweep")
+                self.claimed = claim_named_dir(config, "sweep")
             training_images: dict[tuple[str, str, bool], int] = {}
             sweeper.check_data(jobs, training_images, decode=False)  # what the data's caches say (cheap)
             # the stores from here: finding MLflow's default imports MLflow (2 s), which a refused config need not
@@ -113,7 +114,8 @@ class SweepCallback(Callback):
         try:
             self._end_parent_run(config)
         finally:
-            release_named_dir(config, "sweep")
+            if self.claimed is not None:
+                release_claim(self.claimed)
 
     def _end_parent_run(self, config: DictConfig) -> None:
         """Summarise the sweep on its parent run and end it.
